@@ -1,0 +1,1 @@
+"""Data preparation (MovieLens -> TFRecord shards) and the Kafka replay of the rating stream."""
