@@ -1,0 +1,137 @@
+"""Validate docker-compose.yml and the Dockerfile beyond "YAML parses" (Docker is not available in CI).
+
+Every app service's command must be an entry point that exists, with flags its ``--help`` lists; every
+environment variable a service sets must be one its entry point reads (its ``--help`` names it);
+ports, volumes and the init → producer → learner → recall chain must agree.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = [name for name, svc in SERVICES.items() if "build" in svc]
+# Variables interpreted by the runtime rather than by our argument parsers.
+RUNTIME_ENV = {"PYTHONUNBUFFERED", "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def _module_of(command: list[str]) -> tuple[str, list[str]]:
+    assert command[0] == "python", f"app commands start with python (got {command!r})"
+    if command[1] == "-m":
+        return command[2], command[3:]
+    script = command[1]
+    assert (ROOT / script).is_file(), f"script {script} does not exist"
+    return script.removesuffix(".py").replace("/", "."), command[2:]
+
+
+@lru_cache(maxsize=None)
+def _help(module: str) -> str:
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120, env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3", "HOME": str(Path.home())})
+    assert out.returncode == 0, f"python -m {module} --help failed: {out.stderr[-2000:]}"
+    return out.stdout
+
+
+def _env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_images_pinned_and_dockerfile_sane():
+    for name, svc in SERVICES.items():
+        image = svc.get("image")
+        assert image, f"service {name} has no image name"
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"service {name}: image {image!r} is not pinned by tag"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^FROM\s+(\S+)", dockerfile, re.M).group(1)
+    assert re.search(r":\d+\.\d+", base), f"Dockerfile base image {base!r} is not pinned"
+    assert "slim" in base
+    user = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert user and user[-1] not in ("root", "0"), "the image must run as a non-root user"
+    # dependency layer before the sources (layer-cached install)
+    assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("COPY learner")
+    for pkg in ("lfm_stream", "producer", "learner", "ps_redis", "recall_api"):
+        assert f"COPY {pkg} " in dockerfile, f"Dockerfile does not copy {pkg}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_commands_and_flags_exist(name):
+    module, args = _module_of(SERVICES[name]["command"])
+    text = _help(module)
+    for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), f"{name}: {module} has no flag {flag}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_env_vars_are_read(name):
+    module, _ = _module_of(SERVICES[name]["command"])
+    text = _help(module)
+    for var in _env(SERVICES[name]):
+        if var in RUNTIME_ENV:
+            continue
+        assert var in text, f"{name} sets {var} but `python -m {module} --help` does not mention reading it"
+
+
+def test_chain_agrees():
+    env = {name: _env(SERVICES[name]) for name in APP_SERVICES}
+    # one topic between producer and learner, one namespace between learner and recall
+    assert env["producer"]["LFM_TOPIC"] == env["learner"]["LFM_TOPIC"]
+    assert env["learner"]["LFM_NAMESPACE"] == env["recall_api"]["LFM_NAMESPACE"]
+    # every service reads the shards where init writes them, on the same volume
+    init_cmd = SERVICES["init"]["command"]
+    out_dir = init_cmd[init_cmd.index("--out") + 1]
+    for name in ("init", "producer", "learner", "recall_api"):
+        assert env[name]["LFM_DATA_DIR"] == out_dir, f"{name} reads shards from another path"
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name]["volumes"]}
+        assert any(out_dir.startswith(target) and src == "prepared" for target, src in mounts.items()), (
+            f"{name} does not mount the prepared volume over {out_dir}")
+    # Redis and Kafka addresses point at the right services and listeners
+    for name in ("learner", "recall_api"):
+        assert re.fullmatch(r"redis://redis:6379/\d+", env[name]["REDIS_URL"])
+    kafka_env = SERVICES["kafka"]["environment"]
+    for name in ("producer", "learner"):
+        host, port = env[name]["KAFKA_BOOTSTRAP"].split(":")
+        assert f"PLAINTEXT://{host}:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+        assert f"PLAINTEXT://:{port}" in kafka_env["KAFKA_LISTENERS"]
+    # the host listener is published on the port it advertises
+    ext = re.search(r"EXTERNAL://localhost:(\d+)", kafka_env["KAFKA_ADVERTISED_LISTENERS"]).group(1)
+    assert f"{ext}:{ext}" in SERVICES["kafka"]["ports"]
+    # the API listens on the published port
+    api_cmd = SERVICES["recall_api"]["command"]
+    port = api_cmd[api_cmd.index("--port") + 1]
+    assert f"{port}:{port}" in SERVICES["recall_api"]["ports"]
+    assert api_cmd[api_cmd.index("--host") + 1] == "0.0.0.0"
+
+
+def test_startup_order_and_volumes():
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, svc in SERVICES.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if not src.startswith((".", "/")):
+                assert src in declared, f"{name} uses undeclared volume {src}"
+    for name in ("redis", "kafka"):
+        assert "healthcheck" in SERVICES[name]
+    assert "--appendonly" in SERVICES["redis"]["command"], "Redis must persist"
+    assert re.match(r"redis:7\.", SERVICES["redis"]["image"])
+    assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
+    assert "broker,controller" in SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    for name in ("producer", "learner", "recall_api"):
+        deps = SERVICES[name]["depends_on"]
+        assert deps["init"]["condition"] == "service_completed_successfully"
+    assert SERVICES["producer"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert SERVICES["learner"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert SERVICES["learner"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert SERVICES["recall_api"]["depends_on"]["redis"]["condition"] == "service_healthy"
