@@ -1,0 +1,41 @@
+"""ps_redis: a Redis-backed singleton parameter server for the online LFM learner.
+
+    from ps_redis import ParameterServer, Update, Fence, Rows
+    ps = ParameterServer.get("redis://127.0.0.1:6379/0", namespace="lfm", dim=32, init_scale=0.1, seed=0)
+    rows = ps.pull("item", ids)                                       # one MGET
+    ps.push({"item": Update(ids, vec=new_vec)}, mode="assign",
+            fence=Fence("learner", "ratings", {0: 1024}))             # one Function call, atomic
+
+Storage: one packed little-endian binary string per row (``8 * dim + 32`` bytes, layout in
+:mod:`ps_redis.codec`: vec f32[dim] | bias f32 | accum f32[dim+1] | count i64 | updated f64 | raw i64)
+under ``<namespace>:<table>:<hashed id>`` (standalone) or ``{<namespace>:<table>:<id mod S>}:<hashed id>``
+(Redis Cluster, S = 16 shard groups per table); full key layout in :mod:`ps_redis.keys`.
+
+Reading a vector with redis-cli alone (the PS loads the ``lfm`` Function library at start)::
+
+    redis-cli -u "$REDIS_URL" FCALL lfm_vec 1 lfm:item:<hashed movie id>
+    # hashed id of MovieLens movie 318:
+    #   python -c "from lfm_stream.hashing import movie_hash; print(movie_hash(318))"
+    # on a cluster: redis-cli -c -u "$REDIS_URL" FCALL lfm_vec 1 "{lfm:item:<id mod 16>}:<hashed id>"
+
+prints ``key=``, ``raw=``, ``dim=``, ``count=``, ``updated=``, ``bias=``, ``norm=``, ``vec=`` and
+``accum=`` lines.  ``python -m ps_redis inspect --movie 318`` does the hashing for you and also
+lists the nearest movies.
+
+Exactly-once (fenced pushes): on a standalone Redis one push (all its tables) and its offsets are
+one atomic Function call.  On a cluster each shard group applies its part atomically together with
+its own copy of the offsets and skips a fence it already covers; ``offsets()`` returns offsets that
+every shard group of the push has applied (raised after all groups answered).  A learner that
+crashes mid-push and replays the same batch (same fence) therefore applies every row exactly once;
+readers may briefly see a push half applied across shard groups.
+"""
+
+from __future__ import annotations
+
+from ps_redis.codec import CorruptRowError, row_dtype, row_size
+from ps_redis.connection import PSConnectionError, PSError, mask_url
+from ps_redis.server import ParameterServer
+from ps_redis.types import Fence, Rows, Update
+
+__all__ = ["ParameterServer", "Update", "Fence", "Rows", "PSError", "PSConnectionError", "CorruptRowError",
+           "row_dtype", "row_size", "mask_url"]

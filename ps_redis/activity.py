@@ -1,0 +1,203 @@
+"""Activity log next to the PS: who rated what, what is popular, which item vectors changed.
+
+Written by the learner once per micro-batch (one Function call, ``lfm_activity``); read by the
+recall service.  Keys (one hash tag, so a cluster keeps them on one node)::
+
+    {<ns>:@act}:seen:<raw user id>   set of raw movie ids the user rated
+    {<ns>:@act}:pop                  sorted set raw movie id -> number of positive events
+    {<ns>:@act}:changes              capped stream (XADD MAXLEN ~ maxlen): field ``ids`` = packed
+                                     int64 hashed item ids changed by one batch, ``ts`` = its last event time
+    {<ns>:@act}:epoch                random token, new whenever the log starts from scratch (flush / load)
+    {<ns>:@act}:clock                largest event timestamp recorded (stream time)
+
+Incremental refresh for a reader::
+
+    log = ActivityLog(ps)
+    cursor = log.cursor()                      # take the cursor first,
+    full = list(ps.scan("item"))               # then load everything;
+    ...
+    try:
+        cursor, ids = log.changes_since(cursor)   # then re-pull only the ids that changed
+    except CursorExpired:
+        ...                                       # entries were trimmed or the log restarted: full reload
+
+``changes_since(None)`` returns every retained entry (it never raises).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from ps_redis.connection import PSError
+from ps_redis.server import ParameterServer
+
+DEFAULT_MAXLEN = 10_000  # stream entries (one per recorded batch) kept, approximately
+
+
+class CursorExpired(PSError):
+    """The cursor points before the retained part of the change stream (or at an older log): reload fully."""
+
+
+def _join(values: np.ndarray) -> str:
+    return " ".join(map(str, values.tolist()))
+
+
+class ActivityLog:
+    """Activity log of ``ps``'s namespace.  ``maxlen``: change-stream entries kept (approximate trim)."""
+
+    def __init__(self, ps: ParameterServer, maxlen: int = DEFAULT_MAXLEN):
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1 (got {maxlen})")
+        self.ps, self.maxlen, self.keys = ps, int(maxlen), ps.keys
+        self._epoch_key = f"{self.keys.act_tag}:epoch"
+        self._ensure_epoch()
+
+    def _ensure_epoch(self) -> None:
+        with self.ps._io():
+            self.ps.redis.set(self._epoch_key, uuid.uuid4().hex[:12], nx=True)
+
+    def _call(self, *commands: tuple) -> list:
+        return self.ps._run([(self.keys.act_popular, c) for c in commands])
+
+    def record(self, user_ids, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> str | None:
+        """Record one micro-batch of events in one round trip; returns the change-stream entry id.
+
+        ``SADD seen:<raw user> <raw movie>...`` per user, ``ZINCRBY pop 1 <raw movie>`` per positive
+        event (``label > 0``), ``XADD changes MAXLEN ~ maxlen`` of the distinct ``item_ids``.
+        ``user_ids`` (hashed) are accepted for symmetry with the learner's batch and not stored.
+        """
+        del user_ids
+        ru = np.asarray(raw_user_ids, dtype=np.int64)
+        rm = np.asarray(raw_movie_ids, dtype=np.int64)
+        lab = np.asarray(labels)
+        if not (len(ru) == len(rm) == len(lab)):
+            raise ValueError(f"record: raw_user_ids, raw_movie_ids, labels differ in length "
+                             f"({len(ru)}, {len(rm)}, {len(lab)})")
+        n = len(ru)
+        tokens = ""
+        if n:
+            order = np.argsort(ru, kind="stable")
+            us, ms = ru[order], rm[order]
+            starts = np.r_[0, np.flatnonzero(np.diff(us)) + 1]
+            counts = np.diff(np.r_[starts, n])
+            heads = starts + 2 * np.arange(len(starts))
+            tok = np.empty(n + 2 * len(starts), dtype=np.int64)
+            body = np.ones(len(tok), dtype=bool)
+            body[heads] = body[heads + 1] = False
+            tok[heads], tok[heads + 1], tok[body] = us[starts], counts, ms
+            tokens = _join(tok)
+        movies, pos_counts = np.unique(rm[lab > 0], return_counts=True)
+        pos = np.empty(2 * len(movies), dtype=np.int64)
+        pos[0::2], pos[1::2] = movies, pos_counts
+        changed = np.unique(np.asarray(item_ids, dtype=np.int64)).astype("<i8").tobytes()
+        ts = np.asarray(timestamps)
+        last_ts = str(int(ts.max())) if ts.size else "0"
+        k = self.keys
+        args = ("FCALL", "lfm_activity", 4, k.act_popular, k.act_changes, k.act_clock, self._epoch_key,
+                k.act_seen_prefix, tokens, _join(pos), changed, last_ts, self.maxlen, uuid.uuid4().hex[:12])
+        entry = self._call(args)[0]
+        return entry.decode() if isinstance(entry, bytes) else None
+
+    def seen(self, raw_user_id: int) -> set[int]:
+        """Raw movie ids the raw user rated (empty if unknown)."""
+        members = self._call(("SMEMBERS", f"{self.keys.act_seen_prefix}{int(raw_user_id)}"))[0]
+        return {int(m) for m in members}
+
+    def popular(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` raw movie ids with most positive events, most popular first (ties: larger id first)."""
+        if k <= 0:
+            return []
+        res = self._call(("ZRANGE", self.keys.act_popular, 0, k - 1, "REV", "WITHSCORES"))[0]
+        return [(int(res[i]), float(res[i + 1])) for i in range(0, len(res), 2)]
+
+    def clock(self) -> int | None:
+        """Largest event timestamp recorded (unix seconds), None before the first batch."""
+        v = self._call(("GET", self.keys.act_clock))[0]
+        return int(v) if v is not None else None
+
+    def cursor(self) -> str:
+        """A cursor at the current end of the change stream (take it before a full reload)."""
+        epoch, last = self._call(("GET", self._epoch_key), ("XREVRANGE", self.keys.act_changes, "+", "-",
+                                                             "COUNT", 1))
+        if epoch is None:
+            self._ensure_epoch()
+            return self.cursor()
+        return f"{epoch.decode()}/{last[0][0].decode() if last else '0-0'}"
+
+    def changes_since(self, cursor: str | None) -> tuple[str, np.ndarray]:
+        """Distinct hashed item ids recorded after ``cursor`` and the new cursor.
+
+        ``cursor=None`` returns everything retained.  Raises :class:`CursorExpired` when entries
+        after ``cursor`` were trimmed from the capped stream, or the log was flushed / reloaded since
+        (another epoch): the reader must then reload every item and continue from :meth:`cursor`.
+        """
+        k = self.keys
+        start = "-"
+        if cursor is not None:
+            try:
+                epoch_c, sid = cursor.split("/")
+            except ValueError:
+                raise ValueError(f"not an activity-log cursor: {cursor!r}") from None
+            start = f"({sid}"
+        epoch, info, entries = self._call(("GET", self._epoch_key), ("XINFO", "STREAM", k.act_changes),
+                                          ("XRANGE", k.act_changes, start, "+")) \
+            if self._stream_exists() else (self._call(("GET", self._epoch_key))[0], None, [])
+        epoch = epoch.decode() if epoch is not None else None
+        if cursor is not None:
+            if epoch != epoch_c:
+                raise CursorExpired(f"cursor {cursor!r} belongs to an older activity log (now {epoch!r}); reload fully")
+            if info is not None:
+                fields = dict(zip(info[0::2], info[1::2]))
+                deleted = fields.get(b"max-deleted-entry-id", b"0-0").decode()
+                if _sid(deleted) > _sid(sid):
+                    raise CursorExpired(f"cursor {cursor!r} fell off the change stream (trimmed up to "
+                                        f"{deleted}); reload fully")
+        if epoch is None:
+            self._ensure_epoch()
+            return self.changes_since(None) if cursor is None else (cursor, np.zeros(0, np.int64))
+        last = entries[-1][0].decode() if entries else (sid if cursor is not None else "0-0")
+        blobs = [dict(zip(e[1][0::2], e[1][1::2]))[b"ids"] for e in entries]
+        ids = np.unique(np.frombuffer(b"".join(blobs), dtype="<i8")).astype(np.int64) if blobs \
+            else np.zeros(0, np.int64)
+        return f"{epoch}/{last}", ids
+
+    def _stream_exists(self) -> bool:
+        return bool(self._call(("EXISTS", self.keys.act_changes))[0])
+
+    # ---------------------------------------------------------------------------- save / load
+    def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(seen users, seen movies, popular movies, popular counts) as arrays, for snapshots."""
+        from ps_redis.connection import node_clients
+
+        users, movies = [], []
+        prefix = self.keys.act_seen_prefix
+        with self.ps._io():
+            for node in node_clients(self.ps.redis, self.ps.is_cluster):
+                for key in node.scan_iter(match=prefix + "*", count=1000):
+                    u = int(key.decode()[len(prefix):])
+                    for m in node.smembers(key):
+                        users.append(u), movies.append(int(m))
+        pop = self._call(("ZRANGE", self.keys.act_popular, 0, -1, "WITHSCORES"))[0]
+        pm = np.array([int(x) for x in pop[0::2]], dtype=np.int64)
+        pc = np.array([float(x) for x in pop[1::2]], dtype=np.float64)
+        return np.array(users, dtype=np.int64), np.array(movies, dtype=np.int64), pm, pc
+
+    def restore(self, users: np.ndarray, movies: np.ndarray, pop_movies: np.ndarray, pop_counts: np.ndarray) -> None:
+        """Write exported arrays back (after a flush)."""
+        commands = []
+        for u in np.unique(users).tolist():
+            members = movies[users == u].tolist()
+            commands.append(("SADD", f"{self.keys.act_seen_prefix}{u}", *members))
+        if len(pop_movies):
+            flat = [x for m, c in zip(pop_movies.tolist(), pop_counts.tolist()) for x in (repr(c), m)]
+            commands.append(("ZADD", self.keys.act_popular, *flat))
+        for i in range(0, len(commands), 1000):
+            self._call(*commands[i:i + 1000])
+        self._ensure_epoch()
+
+
+def _sid(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

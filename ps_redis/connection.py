@@ -1,0 +1,117 @@
+"""Redis connections for the PS: retries with capped exponential backoff, cluster detection, routing.
+
+The URL carries everything: ``redis://[user:password@]host:port/db`` for plain TCP (AUTH / ACL),
+``rediss://...`` for TLS (``?ssl_cert_reqs=none`` / ``ssl_ca_certs=...`` as redis-py reads them).
+A server with ``cluster_enabled:1`` is driven through ``redis.cluster.RedisCluster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+
+class PSError(RuntimeError):
+    """Base class of parameter-server errors."""
+
+
+class PSConnectionError(PSError):
+    """Redis could not be reached (after retries); the message names the URL, password masked."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``redis://u:***@host:6379/0``)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", re.sub(r"(://)([^:/@]+)@", r"\1***@", url))
+
+
+def _retry(retries: int, base: float, cap: float) -> Retry:
+    return Retry(ExponentialBackoff(cap=cap, base=base), retries,
+                 supported_errors=(redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError))
+
+
+def connect(url: str, retries: int = 4, backoff_base: float = 0.05, backoff_cap: float = 1.0,
+            socket_timeout: float = 10.0) -> tuple[redis.Redis | RedisCluster, bool]:
+    """Open a client for ``url``; returns ``(client, is_cluster)``.
+
+    Connection refused / timeouts are retried ``retries`` times with backoff
+    ``min(cap, base * 2**attempt)``; after that :class:`PSConnectionError` names the URL.
+    """
+    kwargs = dict(socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
+                  retry=_retry(retries, backoff_base, backoff_cap))
+    with translate_errors(url, retries):
+        client = redis.Redis.from_url(url, **kwargs)
+        info = client.info("cluster")
+        if int(info.get("cluster_enabled", 0)):
+            client.close()
+            return RedisCluster.from_url(url, **kwargs), True
+        return client, False
+
+
+@contextlib.contextmanager
+def translate_errors(url: str, retries: int) -> Iterator[None]:
+    """Turn redis-py connection errors (raised after its retries) into :class:`PSConnectionError`."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise PSConnectionError(
+            f"cannot reach Redis at {mask_url(url)} after {retries} retries: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:
+        raise PSConnectionError(f"Redis Cluster at {mask_url(url)} failed: {exc}") from exc
+
+
+def node_clients(client: redis.Redis | RedisCluster, is_cluster: bool) -> list[redis.Redis]:
+    """Clients of every primary (one element for a standalone server)."""
+    if not is_cluster:
+        return [client]
+    return [node.redis_connection or client.get_redis_connection(node) for node in client.get_primaries()]
+
+
+def run(client: redis.Redis | RedisCluster, is_cluster: bool,
+        commands: Sequence[tuple[str | bytes, tuple]]) -> list:
+    """Execute ``(routing key, args)`` commands in one round trip per node; results in order.
+
+    On a cluster every command must touch a single slot, the one of its routing key.
+    Errors returned by a command are raised (the first one) after all replies are read.
+    """
+    if not commands:
+        return []
+    if not is_cluster:
+        if len(commands) == 1:
+            return [client.execute_command(*commands[0][1])]
+        pipe = client.pipeline(transaction=False)
+        for _, args in commands:
+            pipe.execute_command(*args)
+        return pipe.execute()
+    out: list = [None] * len(commands)
+    pending = list(range(len(commands)))
+    for attempt in range(3):
+        by_node: dict[str, list[int]] = {}
+        nodes = {}
+        for i in pending:
+            node = client.get_node_from_key(commands[i][0])
+            by_node.setdefault(node.name, []).append(i)
+            nodes[node.name] = node
+        moved = []
+        for name, idx in by_node.items():
+            conn = nodes[name].redis_connection or client.get_redis_connection(nodes[name])
+            pipe = conn.pipeline(transaction=False)
+            for i in idx:
+                pipe.execute_command(*commands[i][1])
+            for i, res in zip(idx, pipe.execute(raise_on_error=False)):
+                if isinstance(res, redis.ResponseError) and str(res).startswith(("MOVED", "ASK", "TRYAGAIN")):
+                    moved.append(i)  # not executed there: safe to resend after a slot-map refresh
+                out[i] = res
+        if not moved:
+            break
+        client.nodes_manager.initialize()
+        pending = moved
+    for res in out:
+        if isinstance(res, Exception):
+            raise res
+    return out

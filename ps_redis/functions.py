@@ -1,0 +1,237 @@
+"""The ``lfm`` Redis Function library (Lua), loaded with FUNCTION LOAD REPLACE when a PS starts.
+
+Functions (rows use the layout of :mod:`ps_redis.codec`; every call touches one slot group):
+
+- ``lfm_vec``      read-only: ``FCALL lfm_vec 1 <row key>`` prints a row as text (for people).
+- ``lfm_create``   set-if-absent of fresh rows; returns the stored values (the winner's on a race).
+- ``lfm_push``     fenced assign / gradient update of one or more tables, atomic with its offsets.
+- ``lfm_put``      absolute overwrite of whole rows (``load``).
+- ``lfm_delete``   delete rows, keeping the row counter right.
+- ``lfm_fence_max`` raise stored offsets to at least the given ones (cluster bookkeeping).
+- ``lfm_activity`` one micro-batch of the activity log (see :mod:`ps_redis.activity`).
+
+Stored values of the wrong length make a function fail before it writes anything, naming the key.
+"""
+
+from __future__ import annotations
+
+LIBRARY_NAME = "lfm"
+
+LIBRARY = r"""#!lua name=lfm
+
+local function rowsize(dim) return 8 * dim + 32 end
+
+local function check(key, v, dim)
+  if v and #v ~= rowsize(dim) then
+    return redis.error_reply('lfm: stored value of key ' .. key .. ' has ' .. #v ..
+      ' bytes, expected ' .. rowsize(dim) .. ' for dim ' .. dim)
+  end
+  return nil
+end
+
+local function fmt(x) return string.format('%.7g', x) end
+
+local function lfm_vec(keys, args)
+  local v = redis.call('GET', keys[1])
+  if not v then return redis.error_reply('lfm: no row at key ' .. keys[1]) end
+  local dim = (#v - 32) / 8
+  if dim < 1 or dim ~= math.floor(dim) then
+    return redis.error_reply('lfm: value of key ' .. keys[1] .. ' has ' .. #v .. ' bytes, not a packed row')
+  end
+  local f = string.rep('f', dim)
+  local vec = {struct.unpack('<' .. f, v)}
+  local acc = {struct.unpack('<f' .. f, v, 4 * dim + 5)}
+  local bias = struct.unpack('<f', v, 4 * dim + 1)
+  local count, updated, raw = struct.unpack('<i8di8', v, 8 * dim + 9)
+  local norm, sv, sa = 0, {}, {}
+  for i = 1, dim do norm = norm + vec[i] * vec[i]; sv[i] = fmt(vec[i]) end
+  for i = 1, dim + 1 do sa[i] = fmt(acc[i]) end
+  return {'key=' .. keys[1], 'raw=' .. string.format('%d', raw), 'dim=' .. dim,
+          'count=' .. string.format('%d', count), 'updated=' .. string.format('%.3f', updated),
+          'bias=' .. fmt(bias), 'norm=' .. fmt(math.sqrt(norm)),
+          'vec=' .. table.concat(sv, ' '), 'accum=' .. table.concat(sa, ' ')}
+end
+
+-- KEYS: counter, row keys...; ARGV: dim, blob of packed rows (one per row key)
+local function lfm_create(keys, args)
+  local dim = tonumber(args[1])
+  local size = rowsize(dim)
+  local blob = args[2]
+  local out, created = {}, 0
+  for i = 2, #keys do
+    local v = string.sub(blob, (i - 2) * size + 1, (i - 1) * size)
+    if redis.call('SET', keys[i], v, 'NX') then
+      created = created + 1
+      out[i - 1] = v
+    else
+      out[i - 1] = redis.call('GET', keys[i])
+    end
+  end
+  if created > 0 then redis.call('INCRBY', keys[1], created) end
+  return out
+end
+
+-- KEYS: counter, row keys...; ARGV: dim, blob (absolute rows)
+local function lfm_put(keys, args)
+  local size = rowsize(tonumber(args[1]))
+  local blob = args[2]
+  local created = 0
+  for i = 2, #keys do
+    if not redis.call('SET', keys[i], string.sub(blob, (i - 2) * size + 1, (i - 1) * size), 'GET') then
+      created = created + 1
+    end
+  end
+  if created > 0 then redis.call('INCRBY', keys[1], created) end
+  return created
+end
+
+-- KEYS: counter, row keys...
+local function lfm_delete(keys, args)
+  local n = 0
+  for i = 2, #keys do n = n + redis.call('DEL', keys[i]) end
+  if n > 0 then redis.call('DECRBY', keys[1], n) end
+  return n
+end
+
+local function covered(fkey, args, first, np)
+  if np == 0 then return false end
+  local parts = {}
+  for j = 1, np do parts[j] = args[first + 2 * (j - 1)] end
+  local stored = redis.call('HMGET', fkey, unpack(parts))
+  for j = 1, np do
+    if not stored[j] or tonumber(stored[j]) < tonumber(args[first + 2 * j - 1]) then return false end
+  end
+  return true
+end
+
+local function raise_fence(fkey, args, first, np)
+  for j = 1, np do
+    local p, o = args[first + 2 * (j - 1)], tonumber(args[first + 2 * j - 1])
+    local s = redis.call('HGET', fkey, p)
+    if not s or tonumber(s) < o then redis.call('HSET', fkey, p, args[first + 2 * j - 1]) end
+  end
+end
+
+-- KEYS: fence key
+-- ARGV: np, (partition, next offset) * np
+local function lfm_fence_max(keys, args)
+  raise_fence(keys[1], args, 2, tonumber(args[1]))
+  return 1
+end
+
+-- KEYS: [fence key if np > 0], then per segment: counter key, row keys...
+-- ARGV: mode ('assign'|'gradient'), now, dim, np, (partition, offset) * np,
+--       nseg, then per segment: nkeys, mask (1 vec, 2 bias, 4 accum, 8 count), blob
+-- blob holds, per row key, the masked fields in order vec f32[dim], bias f32, accum f32[dim+1], count i64.
+local function lfm_push(keys, args)
+  local mode, now, dim, np = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local k = 1
+  local fkey = nil
+  if np > 0 then fkey = keys[1]; k = 2 end
+  if fkey and covered(fkey, args, 5, np) then return 0 end
+  local a = 5 + 2 * np
+  local nseg = tonumber(args[a]); a = a + 1
+  local size = rowsize(dim)
+  local vb, ab = 4 * dim, 4 * dim + 4
+  local fv, fa = '<' .. string.rep('f', dim), '<' .. string.rep('f', dim + 1)
+  local segs = {}
+  -- pass 1: read and validate everything before writing anything
+  for s = 1, nseg do
+    local n, mask, blob = tonumber(args[a]), tonumber(args[a + 1]), args[a + 2]
+    a = a + 3
+    local seg = {counter = keys[k], n = n, mask = mask, blob = blob, first = k + 1, old = {}}
+    for i = 1, n do
+      local key = keys[k + i]
+      local v = redis.call('GET', key)
+      local err = check(key, v, dim)
+      if err then return err end
+      seg.old[i] = v
+    end
+    k = k + n + 1
+    segs[s] = seg
+  end
+  local zero_head = string.rep('\0', 8 * dim + 8)
+  for s = 1, nseg do
+    local seg = segs[s]
+    local mask, blob = seg.mask, seg.blob
+    local hv, hb, ha, hc = mask % 2 == 1, math.floor(mask / 2) % 2 == 1,
+                           math.floor(mask / 4) % 2 == 1, math.floor(mask / 8) % 2 == 1
+    local stride = (hv and vb or 0) + (hb and 4 or 0) + (ha and ab or 0) + (hc and 8 or 0)
+    local created = 0
+    for i = 1, seg.n do
+      local old = seg.old[i]
+      if not old then
+        old = zero_head .. struct.pack('<i8di8', 0, now, -1)
+        created = created + 1
+      end
+      local p = (i - 1) * stride + 1
+      local vec, bias, acc
+      if mode == 'assign' then
+        if hv then vec = string.sub(blob, p, p + vb - 1); p = p + vb else vec = string.sub(old, 1, vb) end
+        if hb then bias = string.sub(blob, p, p + 3); p = p + 4 else bias = string.sub(old, vb + 1, vb + 4) end
+        if ha then acc = string.sub(blob, p, p + ab - 1); p = p + ab else acc = string.sub(old, vb + 5, vb + 4 + ab) end
+      else
+        if hv then
+          local o = {struct.unpack(fv, old, 1)}
+          local g = {struct.unpack(fv, blob, p)}
+          for j = 1, dim do o[j] = o[j] - g[j] end
+          vec = struct.pack(fv, unpack(o, 1, dim)); p = p + vb
+        else vec = string.sub(old, 1, vb) end
+        if hb then
+          bias = struct.pack('<f', struct.unpack('<f', old, vb + 1) - struct.unpack('<f', blob, p)); p = p + 4
+        else bias = string.sub(old, vb + 1, vb + 4) end
+        if ha then
+          local o = {struct.unpack(fa, old, vb + 5)}
+          local g = {struct.unpack(fa, blob, p)}
+          for j = 1, dim + 1 do o[j] = o[j] + g[j] end
+          acc = struct.pack(fa, unpack(o, 1, dim + 1)); p = p + ab
+        else acc = string.sub(old, vb + 5, vb + 4 + ab) end
+      end
+      local count = struct.unpack('<i8', old, 8 * dim + 9)
+      if hc then count = count + struct.unpack('<i8', blob, p) end
+      redis.call('SET', keys[seg.first + i - 1],
+                 vec .. bias .. acc .. struct.pack('<i8d', count, now) .. string.sub(old, 8 * dim + 25, size))
+    end
+    if created > 0 then redis.call('INCRBY', seg.counter, created) end
+  end
+  if fkey then raise_fence(fkey, args, 5, np) end
+  return 1
+end
+
+-- KEYS: popular zset, changes stream, clock, epoch
+-- ARGV: seen prefix, users ("raw_user n m1 .. mn" tokens), positives ("movie count" tokens),
+--       changed item ids (packed int64), max event ts, stream maxlen, epoch token if none yet
+local function lfm_activity(keys, args)
+  local prefix = args[1]
+  local it = string.gmatch(args[2], '%S+')
+  for user in it do
+    local n = tonumber(it())
+    local members = {}
+    for j = 1, n do members[j] = it() end
+    redis.call('SADD', prefix .. user, unpack(members))
+  end
+  local pit = string.gmatch(args[3], '%S+')
+  for movie in pit do redis.call('ZINCRBY', keys[1], pit(), movie) end
+  local id = false
+  if #args[4] > 0 then
+    id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[6], '*', 'ids', args[4], 'ts', args[5])
+  end
+  redis.call('SET', keys[4], args[7], 'NX')
+  local clock = redis.call('GET', keys[3])
+  if not clock or tonumber(clock) < tonumber(args[5]) then redis.call('SET', keys[3], args[5]) end
+  return id
+end
+
+redis.register_function{function_name='lfm_vec', callback=lfm_vec, flags={'no-writes'}}
+redis.register_function('lfm_create', lfm_create)
+redis.register_function('lfm_put', lfm_put)
+redis.register_function('lfm_delete', lfm_delete)
+redis.register_function('lfm_fence_max', lfm_fence_max)
+redis.register_function('lfm_push', lfm_push)
+redis.register_function('lfm_activity', lfm_activity)
+"""
+
+
+def load_library(client) -> None:
+    """FUNCTION LOAD REPLACE the library on ``client`` (a node client; on a cluster call it per master)."""
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)

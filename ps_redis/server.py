@@ -1,0 +1,337 @@
+"""``ParameterServer``: the Redis-backed singleton PS (pull / push / fence / scan / save / load).
+
+Update equations applied on the server (``lfm_push``), for each row ``r`` of an update:
+
+- assign:   ``vec ← vec'``, ``bias ← bias'``, ``accum ← accum'``, ``count ← count + Δcount``
+- gradient: ``vec ← vec − step``, ``bias ← bias − step_b``, ``accum ← accum + Δaccum``,
+  ``count ← count + Δcount``
+
+and ``updated ← now`` for every row touched.  Fields given as ``None`` stay unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from ps_redis import snapshot
+from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
+from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
+from ps_redis.functions import load_library
+from ps_redis.keys import KeySpace, check_namespace, check_table
+from ps_redis.types import Fence, Rows, Update, as_ids, empty_rows, pack_update
+
+DEFAULT_SHARDS = 16  # shard groups per table on a cluster
+DEFAULT_INIT_SCALE = 0.1
+DEFAULT_SEED = 0
+MODES = ("assign", "gradient")
+
+
+class ParameterServer:
+    """One instance per process per (Redis URL, namespace, dim): use :meth:`get`.
+
+    Args (of :meth:`get`):
+        url: Redis URL (``redis://``, ``rediss://``, with ``user:password@`` for AUTH/ACL).
+        namespace: key prefix; another namespace is an independent model.
+        dim: vector dimension; ``None`` reads it from the namespace's ``@meta``.
+        init_scale: std of the seeded normal initial vectors (``None``: stored or 0.1).
+        seed: initializer seed (``None``: stored or 0).
+        shards: shard groups per table (cluster layout); default 0 standalone, 16 on a cluster.
+        retries: reconnect attempts with capped exponential backoff before PSConnectionError.
+    """
+
+    _instances: dict[tuple[str, str, int], "ParameterServer"] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls, url: str, namespace: str = "lfm", dim: int | None = 32, init_scale: float | None = None,
+            seed: int | None = None, *, shards: int | None = None, retries: int = 4,
+            backoff_base: float = 0.05, backoff_cap: float = 1.0, socket_timeout: float = 10.0
+            ) -> "ParameterServer":
+        """The process-wide instance for (url, namespace, dim), created on first use."""
+        check_namespace(namespace)
+        with cls._lock:
+            if dim is not None and (url, namespace, int(dim)) in cls._instances:
+                return cls._instances[(url, namespace, int(dim))]._same(init_scale, seed)
+            ps = cls(url, namespace, dim, init_scale, seed, shards=shards, retries=retries,
+                     backoff_base=backoff_base, backoff_cap=backoff_cap, socket_timeout=socket_timeout)
+            key = (url, namespace, ps.dim)
+            if key in cls._instances:
+                ps.close()
+                return cls._instances[key]._same(init_scale, seed)
+            cls._instances[key] = ps
+            return ps
+
+    @classmethod
+    def reset_instances(cls) -> None:
+        """Forget (and close) every instance of this process, e.g. after fork or in tests."""
+        with cls._lock:
+            for ps in cls._instances.values():
+                ps.close()
+            cls._instances.clear()
+
+    def __init__(self, url: str, namespace: str, dim: int | None, init_scale: float | None, seed: int | None,
+                 *, shards: int | None, retries: int, backoff_base: float, backoff_cap: float,
+                 socket_timeout: float):
+        self.url, self.namespace, self.retries = url, namespace, retries
+        self.redis, self.is_cluster = connect(url, retries, backoff_base, backoff_cap, socket_timeout)
+        with self._io():
+            for node in node_clients(self.redis, self.is_cluster):
+                load_library(node)
+            meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(KeySpace(namespace).meta).items()}
+        if dim is None and "dim" not in meta:
+            raise PSError(f"namespace {namespace!r} at {mask_url(url)} is empty; give dim")
+        self.dim = int(dim if dim is not None else meta["dim"])
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1 (got {self.dim})")
+        if "dim" in meta and int(meta["dim"]) != self.dim:
+            raise ValueError(f"namespace {namespace!r} at {mask_url(url)} holds dim-{meta['dim']} rows; "
+                             f"asked for dim {self.dim}")
+        stored_shards = int(meta["shards"]) if "shards" in meta else None
+        if shards is None:
+            shards = stored_shards if stored_shards is not None else (DEFAULT_SHARDS if self.is_cluster else 0)
+        elif stored_shards is not None and stored_shards != shards:
+            raise ValueError(f"namespace {namespace!r} uses {stored_shards} shard groups; asked for {shards}")
+        if self.is_cluster and shards < 1:
+            raise ValueError(f"namespace {namespace!r} uses the standalone key layout; a cluster needs shards >= 1")
+        self.keys = KeySpace(namespace, int(shards))
+        self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
+        self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
+        self._write_meta()
+
+    def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
+        if init_scale is not None and float(init_scale) != self.init_scale:
+            raise ValueError(f"PS {self!r} exists with init_scale {self.init_scale}; asked for {init_scale}")
+        if seed is not None and int(seed) != self.seed:
+            raise ValueError(f"PS {self!r} exists with seed {self.seed}; asked for {seed}")
+        return self
+
+    def _write_meta(self) -> None:
+        with self._io():
+            self.redis.hset(self.keys.meta, mapping={
+                "dim": self.dim, "shards": self.keys.shards, "init_scale": repr(self.init_scale),
+                "seed": self.seed, "layout": "vec f32[dim] | bias f32 | accum f32[dim+1] | count i64 | "
+                                              "updated f64 | raw i64 (little-endian)"})
+
+    def __repr__(self) -> str:
+        return f"ParameterServer({mask_url(self.url)!r}, namespace={self.namespace!r}, dim={self.dim})"
+
+    def close(self) -> None:
+        """Close the connections (the instance stays registered; see :meth:`reset_instances`)."""
+        self.redis.close()
+
+    def _io(self):
+        return translate_errors(self.url, self.retries)
+
+    def _run(self, commands: list[tuple[str | bytes, tuple]]) -> list:
+        try:
+            with self._io():
+                return run(self.redis, self.is_cluster, commands)
+        except redis.ResponseError as exc:
+            if "lfm: stored value of key" in str(exc):
+                raise CorruptRowError(str(exc).split("lfm: ", 1)[1]) from exc
+            raise
+
+    # ------------------------------------------------------------------------------------- groups
+    def _groups(self, table: str, ids: np.ndarray) -> list[tuple[list[bytes], np.ndarray, str]]:
+        """(row keys, positions into ids, counter key) per single-slot group."""
+        if not self.keys.shards:
+            return [(self.keys.row_keys(table, ids), np.arange(len(ids)), self.keys.counter(table))]
+        return [(self.keys.shard_keys(table, s, ids[pos]), pos, self.keys.counter(table, s))
+                for s, pos in self.keys.groups(table, ids)]
+
+    # --------------------------------------------------------------------------------------- pull
+    def pull(self, table: str, ids, raw_ids=None, create: bool = True) -> Rows:
+        """Rows of ``ids`` in order, in one round trip (two when unseen ids must be created).
+
+        Unseen ids are initialized with ``vec ~ N(0, init_scale²)`` seeded by (seed, table, id), zero
+        bias / accum / count, ``raw`` from ``raw_ids`` (else -1), and stored set-if-absent, so two
+        processes creating an id at once end up with one value.  ``found`` is False for ids that
+        did not exist before this call (with ``create=False`` they come back zero and nothing is written).
+        """
+        check_table(table)
+        ids = as_ids(ids)
+        if not len(ids):
+            return Rows.from_struct(ids, empty_rows(self.dim), np.zeros(0, bool))
+        groups = self._groups(table, ids)
+        replies = self._run([(keys[0], ("MGET", *keys)) for keys, _, _ in groups])
+        if len(groups) == 1:
+            keys, values = groups[0][0], replies[0]
+        else:
+            keys, values = [b""] * len(ids), [None] * len(ids)
+            for (gkeys, pos, _), vals in zip(groups, replies):
+                for p, k, v in zip(pos.tolist(), gkeys, vals):
+                    keys[p], values[p] = k, v
+        rows, found = decode(values, keys, self.dim)
+        if create and not found.all():
+            rows = rows.copy()
+            missing = np.flatnonzero(~found)
+            raw = None if raw_ids is None else as_ids(raw_ids, "raw_ids")[missing]
+            fresh = new_rows(ids[missing], raw, self.dim, self.init_scale, self.seed, table, time.time())
+            rows[missing] = self._create(table, ids[missing], fresh, [keys[i] for i in missing])
+        return Rows.from_struct(ids, rows, found)
+
+    def _create(self, table: str, ids: np.ndarray, fresh: np.ndarray, keys: list[bytes]) -> np.ndarray:
+        commands, where = [], []
+        for gkeys, pos, counter in self._groups(table, ids):
+            commands.append((counter, ("FCALL", "lfm_create", len(gkeys) + 1, counter, *gkeys,
+                                       self.dim, fresh[pos].tobytes())))
+            where.append(pos)
+        out = fresh.copy()
+        for pos, values in zip(where, self._run(commands)):
+            stored, _ = decode(values, [keys[p] for p in pos.tolist()], self.dim)
+            out[pos] = stored
+        return out
+
+    # --------------------------------------------------------------------------------------- push
+    def push(self, updates: dict[str, Update], mode: str = "assign", fence: Fence | None = None) -> bool:
+        """Apply updates to one or more tables atomically (per slot group on a cluster).
+
+        Returns False (and changes nothing) when ``fence`` is already covered: every partition's
+        stored next offset is >= the fence's.  Otherwise applies the updates and raises the stored
+        offsets to the fence's in the same atomic step.  See the module docstring for the equations.
+
+        Raises:
+            ValueError: unknown mode, bad table name, or a field of the wrong dtype / shape
+                (the message names table, field, expected and got).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+        packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
+        fargs = fence.args() if fence is not None else []
+        np_ = len(fargs) // 2
+        now = repr(time.time())
+        if not self.keys.shards:
+            keys: list = [self.keys.fence(fence.group, fence.topic)] if np_ else []
+            segs: list = []
+            for table, ids, mask, blob in packed:
+                rkeys = self.keys.row_keys(table, ids)
+                keys += [self.keys.counter(table), *rkeys]
+                segs += [len(rkeys), mask, blob]
+            args = ("FCALL", "lfm_push", len(keys), *keys, mode, now, self.dim, np_, *fargs, len(packed), *segs)
+            return bool(self._run([(keys[0] if keys else "", args)])[0])
+        if np_ and self._covered(fence):
+            return False  # e.g. a replay after load(): the shard groups' own offsets are gone
+        commands = []
+        for table, ids, mask, blob in packed:
+            stride = len(blob) // len(ids) if len(ids) else 0
+            for shard, pos in self.keys.groups(table, ids):
+                rkeys = self.keys.shard_keys(table, shard, ids[pos])
+                sub = b"".join(blob[p * stride:(p + 1) * stride] for p in pos.tolist())
+                fkeys = [self.keys.shard_fence(table, shard, fence.group, fence.topic)] if np_ else []
+                keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
+                commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, now, self.dim, np_,
+                                            *fargs, 1, len(rkeys), mask, sub)))
+        applied = any(self._run(commands)) if commands else False
+        if np_:
+            fkey = self.keys.fence(fence.group, fence.topic)
+            self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
+        return applied if commands else False
+
+    def _covered(self, fence: Fence) -> bool:
+        stored = self.offsets(fence.group, fence.topic)
+        return bool(fence.offsets) and all(stored.get(int(p), -1) >= int(o) for p, o in fence.offsets.items())
+
+    def offsets(self, group: str, topic: str) -> dict[int, int]:
+        """Stored ``{partition: next offset}`` of (group, topic): where a restarted learner resumes."""
+        with self._io():
+            stored = self.redis.hgetall(self.keys.fence(group, topic))
+        return {int(p): int(o) for p, o in stored.items()}
+
+    # ------------------------------------------------------------------------------ maintenance
+    def delete(self, table: str, ids) -> int:
+        """Delete rows; returns how many existed."""
+        check_table(table)
+        ids = np.unique(as_ids(ids))
+        commands = [(counter, ("FCALL", "lfm_delete", len(keys) + 1, counter, *keys))
+                    for keys, _, counter in self._groups(table, ids)] if len(ids) else []
+        return int(sum(self._run(commands)))
+
+    def count(self, table: str) -> int:
+        """Number of rows in ``table`` (O(1): counters kept by the Lua functions)."""
+        check_table(table)
+        if not self.keys.shards:
+            counters = [self.keys.counter(table)]
+        else:
+            counters = [self.keys.counter(table, s) for s in range(self.keys.shards)]
+        return int(sum(int(v or 0) for v in self._run([(c, ("GET", c)) for c in counters])))
+
+    def tables(self) -> list[str]:
+        """Names of the tables that hold rows (or once did)."""
+        found = set()
+        with self._io():
+            for node in node_clients(self.redis, self.is_cluster):
+                pattern = f"{{{self.namespace}:*}}:@n" if self.keys.shards else f"{self.namespace}:@n:*"
+                for key in node.scan_iter(match=pattern, count=1000):
+                    k = key.decode()
+                    found.add(k[1:].split(":")[1] if self.keys.shards else k.rsplit(":", 1)[1])
+        return sorted(t for t in found if not t.startswith("@"))
+
+    def scan(self, table: str, chunk: int = 4096) -> Iterator[Rows]:
+        """Iterate over every row of ``table`` in chunks of up to ``chunk`` rows (SCAN-based).
+
+        Rows written during the scan may or may not appear; rows deleted meanwhile are skipped.
+        """
+        check_table(table)
+        for node in node_clients(self.redis, self.is_cluster):
+            batch: list[int] = []
+            with self._io():
+                keys_iter = list(node.scan_iter(match=self.keys.scan_patterns(table)[0], count=chunk))
+            for key in keys_iter:
+                hid = KeySpace.id_of(key)
+                if hid is not None:
+                    batch.append(hid)
+                if len(batch) >= chunk:
+                    yield self._found(table, batch)
+                    batch = []
+            if batch:
+                yield self._found(table, batch)
+
+    def _found(self, table: str, ids: list[int]) -> Rows:
+        rows = self.pull(table, np.array(ids, dtype=np.int64), create=False)
+        if rows.found.all():
+            return rows
+        keep = rows.found
+        return Rows(**{f: getattr(rows, f)[keep] for f in
+                       ("ids", "vec", "bias", "accum", "count", "updated", "raw", "found")})
+
+    def put_rows(self, table: str, ids: np.ndarray, rows: np.ndarray) -> int:
+        """Overwrite whole rows (structured array of :func:`ps_redis.codec.row_dtype`); returns rows created."""
+        check_table(table)
+        ids = as_ids(ids)
+        commands = [(counter, ("FCALL", "lfm_put", len(keys) + 1, counter, *keys, self.dim, rows[pos].tobytes()))
+                    for keys, pos, counter in self._groups(table, ids)] if len(ids) else []
+        return int(sum(self._run(commands)))
+
+    def flush(self) -> int:
+        """Delete every key of this namespace (rows, offsets, activity log); returns keys deleted."""
+        n = 0
+        with self._io():
+            for node in node_clients(self.redis, self.is_cluster):
+                for pattern in self.keys.namespace_patterns():
+                    keys = list(node.scan_iter(match=pattern, count=1000))
+                    for k in keys:  # one key per UNLINK: keys of a node may sit in different slots
+                        n += node.unlink(k) if self.is_cluster else 0
+                    if not self.is_cluster:
+                        for i in range(0, len(keys), 1000):
+                            n += node.unlink(*keys[i:i + 1000])
+        self._write_meta()
+        return n
+
+    def save(self, path: str | Path) -> Path:
+        """Write the namespace to an ``.npz`` file (see :mod:`ps_redis.snapshot` for the fields)."""
+        return snapshot.save(self, path)
+
+    def load(self, path: str | Path) -> None:
+        """Replace the namespace with the content of a :meth:`save` file (bit-exact rows and offsets)."""
+        snapshot.load(self, path)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one packed row (``8 * dim + 32``)."""
+        return row_size(self.dim)
