@@ -1,0 +1,217 @@
+"""Seeded synthetic MovieLens data: ``ratings.csv`` + ``movies.csv`` from a ground-truth latent-factor model.
+
+The model, for ``U`` users and ``M`` movies (``U ≈ N / 150``, ``M ≈ 12 √N``, like the MovieLens releases):
+
+- user activity ``n_u`` ∝ Pareto(``activity_alpha``) weights (power law), ``Σ n_u = N``, ``1 <= n_u <= M/4``;
+- movie choice: ``p(i) = 0.8 · Zipf(i; popularity_s) + 0.2 / M`` over a random permutation of the movie
+  ids, each user rates ``n_u`` distinct movies;
+- stars ``r = clip(round₀.₅(μ + b_u + b_i + s · p_u·q_i + ε), 0.5, 5)`` with ``p_u, q_i ~ N(0, I/dim)``,
+  ``b_u ~ N(0, 0.35²)``, ``b_i ~ N(0, 0.5²)``, ``ε ~ N(0, noise²)``;
+- time: user ``u`` is active from a uniform start over ``years`` years for an exponential duration; its
+  ratings are spread uniformly in that window; the file is written in increasing timestamp order.
+
+Same ``(N, seed)`` → byte-identical files.  ``python -m producer.synthetic N DIR`` writes the two files;
+``python -m producer.prepare --synthetic N --out OUT`` also prepares them (raw files in ``OUT/raw``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+          "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+T0 = 946684800  # 2000-01-01T00:00:00Z
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Synthetic data set parameters (``n`` ratings, everything else has MovieLens-like defaults)."""
+
+    n: int
+    seed: int = 0
+    users: int | None = None  # default max(10, n // 150)
+    movies: int | None = None  # default max(40, 12 * sqrt(n))
+    dim: int = 8
+    scale: float = 1.5
+    noise: float = 0.6
+    mu: float = 3.5
+    activity_alpha: float = 1.2
+    popularity_s: float = 1.0
+    years: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= 10**9:
+            raise ValueError(f"synthetic n must be in [1, 1e9] (got {self.n})")
+
+    @property
+    def n_users(self) -> int:
+        return self.users or max(10, self.n // 150)
+
+    @property
+    def n_movies(self) -> int:
+        return self.movies or max(40, int(12 * self.n ** 0.5))
+
+
+def _counts(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Ratings per user: power-law weights, total exactly ``n``, each in ``[1, cap]``."""
+    u, cap = cfg.n_users, max(1, cfg.n_movies // 4)
+    if u * cap < cfg.n:
+        raise ValueError(f"{u} users x at most {cap} movies each cannot hold {cfg.n} ratings; "
+                         "raise users or movies")
+    w = rng.pareto(cfg.activity_alpha, u) + 1.0
+    counts = np.clip(np.floor(w / w.sum() * cfg.n).astype(np.int64), 1, cap)
+    while (rest := cfg.n - int(counts.sum())) != 0:
+        room = counts < cap if rest > 0 else counts > 1
+        p = w * room
+        step = np.bincount(rng.choice(u, size=min(abs(rest), int(room.sum())), replace=False, p=p / p.sum()),
+                           minlength=u)
+        counts += step if rest > 0 else -step
+    return counts
+
+
+def _movies_for_users(counts: np.ndarray, cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Distinct (user, movie index) pairs, ``counts[u]`` per user, drawn by popularity."""
+    m = cfg.n_movies
+    zipf = 1.0 / np.arange(1, m + 1) ** cfg.popularity_s
+    p = 0.8 * zipf / zipf.sum() + 0.2 / m
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    by_rank = rng.permutation(m)  # popularity rank -> movie index
+    users = np.zeros(0, dtype=np.int64)
+    movies = np.zeros(0, dtype=np.int64)
+    need = counts.copy()
+    while need.sum() > 0:
+        draw = np.ceil(need * 1.3).astype(np.int64) + (need > 0) * 4
+        du = np.repeat(np.arange(len(counts)), draw)
+        dm = by_rank[np.minimum(np.searchsorted(cdf, rng.random(len(du))), m - 1)]
+        key = np.concatenate([users * m + movies, du * m + dm])
+        key, first = np.unique(key, return_index=True)
+        # keep what we had, then the new pairs in draw order, at most counts[u] per user
+        key = key[np.argsort(first, kind="stable")]
+        ku = key // m
+        order = np.argsort(ku, kind="stable")
+        ku, key = ku[order], key[order]
+        start = np.searchsorted(ku, np.arange(len(counts)))
+        rank = np.arange(len(ku)) - start[ku]
+        key = key[rank < counts[ku]]
+        users, movies = key // m, key % m
+        need = counts - np.bincount(users, minlength=len(counts))
+    return users, movies
+
+
+def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
+    """Generate the ratings as columns ``userId, movieId, rating, timestamp`` (time order) plus ``movie_factors``."""
+    rng = np.random.default_rng(cfg.seed)
+    u, m = cfg.n_users, cfg.n_movies
+    counts = _counts(cfg, rng)
+    users, movies = _movies_for_users(counts, cfg, rng)
+    p_u = rng.normal(0, 1 / np.sqrt(cfg.dim), (u, cfg.dim)).astype(np.float32)
+    q_i = rng.normal(0, 1 / np.sqrt(cfg.dim), (m, cfg.dim)).astype(np.float32)
+    b_u = rng.normal(0, 0.35, u).astype(np.float32)
+    b_i = rng.normal(0, 0.5, m).astype(np.float32)
+    stars = np.empty(len(users), dtype=np.float32)
+    for s in range(0, len(users), CHUNK):
+        uu, mm = users[s:s + CHUNK], movies[s:s + CHUNK]
+        score = (cfg.mu + b_u[uu] + b_i[mm] + cfg.scale * np.einsum("ij,ij->i", p_u[uu], q_i[mm])
+                 + rng.normal(0, cfg.noise, len(uu)).astype(np.float32))
+        stars[s:s + CHUNK] = np.clip(np.round(score * 2) / 2, 0.5, 5.0)
+    span = cfg.years * 365.25 * 86400
+    start = rng.uniform(0, span * 0.95, u)
+    duration = np.minimum(span - start, rng.exponential(span / 10, u) + 3600)
+    ts = (T0 + start[users] + rng.random(len(users)) * duration[users]).astype(np.int64)
+    order = np.argsort(ts, kind="stable")
+    movie_ids = rng.permutation(np.arange(1, m + 1) * 2 - 1)  # odd, shuffled raw ids: not 0..m-1
+    return {"userId": users[order] + 1, "movieId": movie_ids[movies[order]], "rating": stars[order],
+            "timestamp": ts[order], "movie_ids": movie_ids, "movie_factors": q_i}
+
+
+def _digits(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal digits of non-negative ints, left aligned in ``[n, width]`` (ASCII), and their counts."""
+    v = values.astype(np.int64)
+    nd = np.ones(len(v), dtype=np.int64)
+    for k in range(1, width):
+        nd += v >= 10 ** k
+    out = np.zeros((len(v), width), dtype=np.uint8)
+    for k in range(width):
+        power = np.maximum(nd - 1 - k, 0)
+        out[:, k] = np.where(nd > k, 48 + (v // 10 ** power) % 10, 0)
+    return out, nd
+
+
+def format_csv_rows(user: np.ndarray, movie: np.ndarray, rating: np.ndarray, timestamp: np.ndarray) -> bytes:
+    """``userId,movieId,rating,timestamp`` lines (ratings as ``4.5``), vectorized."""
+    n = len(user)
+    halves = np.round(np.asarray(rating) * 2).astype(np.int64)
+    pieces = []
+    for col, width in ((user, 10), (movie, 10)):
+        d, nd = _digits(col, width)
+        pieces += [(d, np.arange(width)[None, :] < nd[:, None]), (np.full((n, 1), ord(","), np.uint8), None)]
+    r = np.empty((n, 4), dtype=np.uint8)
+    r[:, 0] = 48 + halves // 2
+    r[:, 1] = ord(".")
+    r[:, 2] = np.where(halves % 2 == 1, ord("5"), ord("0"))
+    r[:, 3] = ord(",")
+    pieces.append((r, None))
+    d, nd = _digits(timestamp, 12)
+    pieces += [(d, np.arange(12)[None, :] < nd[:, None]), (np.full((n, 1), ord("\n"), np.uint8), None)]
+    matrix = np.concatenate([p for p, _ in pieces], axis=1)
+    keep = np.concatenate([np.ones(p.shape, bool) if k is None else k for p, k in pieces], axis=1)
+    return matrix[keep].tobytes()
+
+
+def write(cfg: SyntheticConfig, directory: Path) -> Path:
+    """Generate and write ``directory/ratings.csv`` and ``directory/movies.csv``; returns the ratings path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = generate(cfg)
+    path = directory / "ratings.csv"
+    with open(path, "wb") as f:
+        f.write(b"userId,movieId,rating,timestamp\n")
+        for s in range(0, len(data["userId"]), CHUNK):
+            f.write(format_csv_rows(*(data[k][s:s + CHUNK] for k in ("userId", "movieId", "rating", "timestamp"))))
+    genre_of = np.argmax(data["movie_factors"][:, :min(cfg.dim, len(GENRES))], axis=1)
+    second = np.argmin(data["movie_factors"][:, :min(cfg.dim, len(GENRES))], axis=1) + cfg.dim
+    with open(directory / "movies.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["movieId", "title", "genres"])
+        order = np.argsort(data["movie_ids"])
+        for i in order:
+            year = 1920 + int(i) % 100
+            genres = f"{GENRES[genre_of[i]]}|{GENRES[second[i] % len(GENRES)]}"
+            w.writerow([int(data["movie_ids"][i]), f"Synthetic Movie {int(data['movie_ids'][i])}, The ({year})", genres])
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the synthetic generator (shared by ``producer.prepare --synthetic``)."""
+    g = p.add_argument_group("synthetic data (with --synthetic N)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--synthetic-users", type=int, help="number of users (default N // 150, at least 10)")
+    g.add_argument("--synthetic-movies", type=int, help="number of movies (default 12 * sqrt(N), at least 40)")
+
+
+def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
+    return SyntheticConfig(n=args.synthetic, seed=args.seed, users=args.synthetic_users,
+                           movies=args.synthetic_movies)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m producer.synthetic N DIR``: write ratings.csv + movies.csv only."""
+    p = argparse.ArgumentParser(prog="python -m producer.synthetic", description=__doc__.split("\n\n")[0])
+    p.add_argument("synthetic", type=int, metavar="N", help="number of ratings")
+    p.add_argument("dir", type=Path, help="output directory for ratings.csv and movies.csv")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    path = write(config_from_args(args), args.dir)
+    print(f"wrote {path} ({args.synthetic} ratings) and {args.dir / 'movies.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
