@@ -9,14 +9,14 @@
 Storage: one packed little-endian binary string per row (``8 * dim + 32`` bytes, layout in
 :mod:`ps_redis.codec`: vec f32[dim] | bias f32 | accum f32[dim+1] | count i64 | updated f64 | raw i64)
 under ``<namespace>:<table>:<hashed id>`` (standalone) or ``{<namespace>:<table>:<id mod S>}:<hashed id>``
-(Redis Cluster, S = 16 shard groups per table); full key layout in :mod:`ps_redis.keys`.
+(Redis Cluster, S = 32 shard groups per table); full key layout in :mod:`ps_redis.keys`.
 
 Reading a vector with redis-cli alone (the PS loads the ``lfm`` Function library at start)::
 
     redis-cli -u "$REDIS_URL" FCALL lfm_vec 1 lfm:item:<hashed movie id>
     # hashed id of MovieLens movie 318:
     #   python -c "from lfm_stream.hashing import movie_hash; print(movie_hash(318))"
-    # on a cluster: redis-cli -c -u "$REDIS_URL" FCALL lfm_vec 1 "{lfm:item:<id mod 16>}:<hashed id>"
+    # on a cluster: redis-cli -c -u "$REDIS_URL" FCALL lfm_vec 1 "{lfm:item:<id mod 32>}:<hashed id>"
 
 prints ``key=``, ``raw=``, ``dim=``, ``count=``, ``updated=``, ``bias=``, ``norm=``, ``vec=`` and
 ``accum=`` lines.  ``python -m ps_redis inspect --movie 318`` does the hashing for you and also

@@ -110,7 +110,7 @@ class ActivityLog:
         if k <= 0:
             return []
         res = self._call(("ZRANGE", self.keys.act_popular, 0, k - 1, "REV", "WITHSCORES"))[0]
-        return [(int(res[i]), float(res[i + 1])) for i in range(0, len(res), 2)]
+        return [(int(m), float(c)) for m, c in _pairs(res)]
 
     def clock(self) -> int | None:
         """Largest event timestamp recorded (unix seconds), None before the first batch."""
@@ -149,8 +149,9 @@ class ActivityLog:
             if epoch != epoch_c:
                 raise CursorExpired(f"cursor {cursor!r} belongs to an older activity log (now {epoch!r}); reload fully")
             if info is not None:
-                fields = dict(zip(info[0::2], info[1::2]))
-                deleted = fields.get(b"max-deleted-entry-id", b"0-0").decode()
+                fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in _fields(info).items()}
+                deleted = fields.get("max-deleted-entry-id", b"0-0")
+                deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
                 if _sid(deleted) > _sid(sid):
                     raise CursorExpired(f"cursor {cursor!r} fell off the change stream (trimmed up to "
                                         f"{deleted}); reload fully")
@@ -158,7 +159,7 @@ class ActivityLog:
             self._ensure_epoch()
             return self.changes_since(None) if cursor is None else (cursor, np.zeros(0, np.int64))
         last = entries[-1][0].decode() if entries else (sid if cursor is not None else "0-0")
-        blobs = [dict(zip(e[1][0::2], e[1][1::2]))[b"ids"] for e in entries]
+        blobs = [_fields(e[1])[b"ids"] for e in entries]
         ids = np.unique(np.frombuffer(b"".join(blobs), dtype="<i8")).astype(np.int64) if blobs \
             else np.zeros(0, np.int64)
         return f"{epoch}/{last}", ids
@@ -179,9 +180,9 @@ class ActivityLog:
                     u = int(key.decode()[len(prefix):])
                     for m in node.smembers(key):
                         users.append(u), movies.append(int(m))
-        pop = self._call(("ZRANGE", self.keys.act_popular, 0, -1, "WITHSCORES"))[0]
-        pm = np.array([int(x) for x in pop[0::2]], dtype=np.int64)
-        pc = np.array([float(x) for x in pop[1::2]], dtype=np.float64)
+        pop = _pairs(self._call(("ZRANGE", self.keys.act_popular, 0, -1, "WITHSCORES"))[0])
+        pm = np.array([int(m) for m, _ in pop], dtype=np.int64)
+        pc = np.array([float(c) for _, c in pop], dtype=np.float64)
         return np.array(users, dtype=np.int64), np.array(movies, dtype=np.int64), pm, pc
 
     def restore(self, users: np.ndarray, movies: np.ndarray, pop_movies: np.ndarray, pop_counts: np.ndarray) -> None:
@@ -196,6 +197,18 @@ class ActivityLog:
         for i in range(0, len(commands), 1000):
             self._call(*commands[i:i + 1000])
         self._ensure_epoch()
+
+
+def _fields(res) -> dict:
+    """A field/value reply as a dict, flat list or already a dict."""
+    return res if isinstance(res, dict) else dict(zip(res[0::2], res[1::2]))
+
+
+def _pairs(res: list) -> list[tuple]:
+    """(member, score) pairs of a WITHSCORES reply, flat or already paired by redis-py."""
+    if res and isinstance(res[0], (list, tuple)):
+        return [tuple(p) for p in res]
+    return list(zip(res[0::2], res[1::2]))
 
 
 def _sid(stream_id: str) -> tuple[int, int]:

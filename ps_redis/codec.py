@@ -15,6 +15,7 @@ numpy reads a value with ``np.frombuffer(value, dtype=row_dtype(d))``.  Pure fun
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,6 +33,7 @@ def row_size(dim: int) -> int:
     return 8 * dim + 32
 
 
+@functools.lru_cache(maxsize=64)
 def row_dtype(dim: int) -> np.dtype:
     """numpy structured dtype of one packed row (little-endian, no padding)."""
     return np.dtype([

@@ -29,6 +29,26 @@ local function check(key, v, dim)
   return nil
 end
 
+local CHUNK = 4000  -- stay below Lua's unpack() limit
+
+-- MGET keys[first..last] in chunks; returns a 1-based table of values (false when absent)
+local function mget(keys, first, last)
+  local out, n = {}, 0
+  for c = first, last, CHUNK do
+    local vals = redis.call('MGET', unpack(keys, c, math.min(c + CHUNK - 1, last)))
+    for j = 1, #vals do out[n + j] = vals[j] end
+    n = n + #vals
+  end
+  return out
+end
+
+-- MSET of a flat {key, value, key, value, ...} table in chunks
+local function mset(kv)
+  for c = 1, #kv, CHUNK do
+    redis.call('MSET', unpack(kv, c, math.min(c + CHUNK - 1, #kv)))
+  end
+end
+
 local function fmt(x) return string.format('%.7g', x) end
 
 local function lfm_vec(keys, args)
@@ -140,12 +160,10 @@ local function lfm_push(keys, args)
     local n, mask, blob = tonumber(args[a]), tonumber(args[a + 1]), args[a + 2]
     a = a + 3
     local seg = {counter = keys[k], n = n, mask = mask, blob = blob, first = k + 1, old = {}}
+    seg.old = mget(keys, k + 1, k + n)
     for i = 1, n do
-      local key = keys[k + i]
-      local v = redis.call('GET', key)
-      local err = check(key, v, dim)
+      local err = check(keys[k + i], seg.old[i], dim)
       if err then return err end
-      seg.old[i] = v
     end
     k = k + n + 1
     segs[s] = seg
@@ -158,6 +176,7 @@ local function lfm_push(keys, args)
                            math.floor(mask / 4) % 2 == 1, math.floor(mask / 8) % 2 == 1
     local stride = (hv and vb or 0) + (hb and 4 or 0) + (ha and ab or 0) + (hc and 8 or 0)
     local created = 0
+    local kv = {}
     for i = 1, seg.n do
       local old = seg.old[i]
       if not old then
@@ -189,9 +208,10 @@ local function lfm_push(keys, args)
       end
       local count = struct.unpack('<i8', old, 8 * dim + 9)
       if hc then count = count + struct.unpack('<i8', blob, p) end
-      redis.call('SET', keys[seg.first + i - 1],
-                 vec .. bias .. acc .. struct.pack('<i8d', count, now) .. string.sub(old, 8 * dim + 25, size))
+      kv[2 * i - 1] = keys[seg.first + i - 1]
+      kv[2 * i] = vec .. bias .. acc .. struct.pack('<i8d', count, now) .. string.sub(old, 8 * dim + 25, size)
     end
+    mset(kv)
     if created > 0 then redis.call('INCRBY', seg.counter, created) end
   end
   if fkey then raise_fence(fkey, args, 5, np) end

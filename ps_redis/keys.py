@@ -83,8 +83,7 @@ class KeySpace:
 
     def row_keys(self, table: str, ids: np.ndarray) -> list[bytes]:
         """Keys of many rows, in order (standalone layout)."""
-        prefix = self.prefix(table).encode()
-        return [b"%s%d" % (prefix, i) for i in ids.tolist()]
+        return list(map((self.prefix(table).encode() + b"%d").__mod__, ids.tolist()))
 
     def groups(self, table: str, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Cluster layout: (shard, positions into ``ids``) for every shard group present."""
@@ -92,13 +91,12 @@ class KeySpace:
         order = np.argsort(shard_of, kind="stable")
         sorted_shards = shard_of[order]
         cuts = np.flatnonzero(np.diff(sorted_shards)) + 1
-        return [(int(sorted_shards[part[0]]), part) for part in np.split(order, cuts) if len(part)] \
+        return [(int(shard_of[part[0]]), part) for part in np.split(order, cuts) if len(part)] \
             if len(ids) else []
 
     def shard_keys(self, table: str, shard: int, ids: np.ndarray) -> list[bytes]:
         """Keys of rows that all belong to one shard group."""
-        prefix = self.prefix(table, shard).encode()
-        return [b"%s%d" % (prefix, i) for i in ids.tolist()]
+        return list(map((self.prefix(table, shard).encode() + b"%d").__mod__, ids.tolist()))
 
     def scan_patterns(self, table: str) -> list[str]:
         """SCAN MATCH patterns covering every row of a table."""

@@ -21,12 +21,13 @@ import redis
 
 from ps_redis import snapshot
 from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
+from ps_redis import fastpath
 from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
-from ps_redis.types import Fence, Rows, Update, as_ids, empty_rows, pack_update
+from ps_redis.types import COUNT, Fence, Rows, Update, as_ids, empty_rows, pack_update
 
-DEFAULT_SHARDS = 16  # shard groups per table on a cluster
+DEFAULT_SHARDS = 32  # shard groups per table on a cluster
 DEFAULT_INIT_SCALE = 0.1
 DEFAULT_SEED = 0
 MODES = ("assign", "gradient")
@@ -41,7 +42,7 @@ class ParameterServer:
         dim: vector dimension; ``None`` reads it from the namespace's ``@meta``.
         init_scale: std of the seeded normal initial vectors (``None``: stored or 0.1).
         seed: initializer seed (``None``: stored or 0).
-        shards: shard groups per table (cluster layout); default 0 standalone, 16 on a cluster.
+        shards: shard groups per table (cluster layout); default 0 standalone, 32 on a cluster.
         retries: reconnect attempts with capped exponential backoff before PSConnectionError.
     """
 
@@ -102,6 +103,7 @@ class ParameterServer:
         self.keys = KeySpace(namespace, int(shards))
         self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
         self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
+        self._tails = fastpath.TailCache()
         self._write_meta()
 
     def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
@@ -174,7 +176,13 @@ class ParameterServer:
             raw = None if raw_ids is None else as_ids(raw_ids, "raw_ids")[missing]
             fresh = new_rows(ids[missing], raw, self.dim, self.init_scale, self.seed, table, time.time())
             rows[missing] = self._create(table, ids[missing], fresh, [keys[i] for i in missing])
-        return Rows.from_struct(ids, rows, found)
+            out = Rows.from_struct(ids, rows, found)
+            self._tails.remember(table, ids.copy(), out.count.copy(), out.raw.copy(), keys)
+        else:
+            out = Rows.from_struct(ids, rows, found)
+            if create or found.all():
+                self._tails.remember(table, ids.copy(), out.count.copy(), out.raw.copy(), keys)
+        return out
 
     def _create(self, table: str, ids: np.ndarray, fresh: np.ndarray, keys: list[bytes]) -> np.ndarray:
         commands, where = [], []
@@ -203,35 +211,69 @@ class ParameterServer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
+        packed = [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
+        if not packed:
+            return False
         fargs = fence.args() if fence is not None else []
         np_ = len(fargs) // 2
-        now = repr(time.time())
+        now = time.time()
+        if mode == "assign" and not self.keys.shards and all(m & fastpath.FULL == fastpath.FULL
+                                                              for _, _, m, _ in packed):
+            done = self._assign_fast(packed, fence if np_ else None, now)
+            if done is not None:
+                return done
+        for table, _, _, _ in packed:
+            self._tails.forget(table)  # the server changes counts: cached tails are stale now
         if not self.keys.shards:
             keys: list = [self.keys.fence(fence.group, fence.topic)] if np_ else []
             segs: list = []
-            for table, ids, mask, blob in packed:
+            for table, ids, mask, arr in packed:
                 rkeys = self.keys.row_keys(table, ids)
                 keys += [self.keys.counter(table), *rkeys]
-                segs += [len(rkeys), mask, blob]
-            args = ("FCALL", "lfm_push", len(keys), *keys, mode, now, self.dim, np_, *fargs, len(packed), *segs)
-            return bool(self._run([(keys[0] if keys else "", args)])[0])
+                segs += [len(rkeys), mask, arr.tobytes()]
+            args = ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, np_, *fargs,
+                    len(packed), *segs)
+            return bool(self._run([(keys[0], args)])[0])
         if np_ and self._covered(fence):
             return False  # e.g. a replay after load(): the shard groups' own offsets are gone
         commands = []
-        for table, ids, mask, blob in packed:
-            stride = len(blob) // len(ids) if len(ids) else 0
+        for table, ids, mask, arr in packed:
             for shard, pos in self.keys.groups(table, ids):
                 rkeys = self.keys.shard_keys(table, shard, ids[pos])
-                sub = b"".join(blob[p * stride:(p + 1) * stride] for p in pos.tolist())
+                sub = arr[pos].tobytes()
                 fkeys = [self.keys.shard_fence(table, shard, fence.group, fence.topic)] if np_ else []
                 keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
-                commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, now, self.dim, np_,
+                commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, np_,
                                             *fargs, 1, len(rkeys), mask, sub)))
-        applied = any(self._run(commands)) if commands else False
+        applied = any(self._run(commands))
         if np_:
             fkey = self.keys.fence(fence.group, fence.topic)
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
-        return applied if commands else False
+        return applied
+
+    def _assign_fast(self, packed: list, fence: Fence | None, now: float) -> bool | None:
+        """One MSET (MULTI/EXEC with the offsets when fenced) if every row's tail is cached, else None."""
+        flat: list = []
+        fresh = []
+        for table, ids, mask, arr in packed:
+            tail = self._tails.lookup(table, ids)
+            if tail is None:
+                return None
+            count = fastpath.new_counts(arr, mask, tail[0])
+            rows = fastpath.full_rows(arr, count, tail[1], now, self.dim)
+            keys = tail[2] if tail[2] is not None else self.keys.row_keys(table, ids)
+            flat += fastpath.mset_args(keys, rows)
+            fresh.append((table, ids, count, tail[1], keys))
+        with self._io():
+            if fence is None:
+                self.redis.execute_command("MSET", *flat)
+                applied = True
+            else:
+                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence)
+        if applied:
+            for table, ids, count, raw, keys in fresh:
+                self._tails.remember(table, ids.copy(), count, raw, keys)
+        return applied
 
     def _covered(self, fence: Fence) -> bool:
         stored = self.offsets(fence.group, fence.topic)
@@ -248,6 +290,7 @@ class ParameterServer:
         """Delete rows; returns how many existed."""
         check_table(table)
         ids = np.unique(as_ids(ids))
+        self._tails.forget(table)
         commands = [(counter, ("FCALL", "lfm_delete", len(keys) + 1, counter, *keys))
                     for keys, _, counter in self._groups(table, ids)] if len(ids) else []
         return int(sum(self._run(commands)))
@@ -304,6 +347,7 @@ class ParameterServer:
         """Overwrite whole rows (structured array of :func:`ps_redis.codec.row_dtype`); returns rows created."""
         check_table(table)
         ids = as_ids(ids)
+        self._tails.forget(table)
         commands = [(counter, ("FCALL", "lfm_put", len(keys) + 1, counter, *keys, self.dim, rows[pos].tobytes()))
                     for keys, pos, counter in self._groups(table, ids)] if len(ids) else []
         return int(sum(self._run(commands)))
@@ -311,6 +355,7 @@ class ParameterServer:
     def flush(self) -> int:
         """Delete every key of this namespace (rows, offsets, activity log); returns keys deleted."""
         n = 0
+        self._tails.forget()
         with self._io():
             for node in node_clients(self.redis, self.is_cluster):
                 for pattern in self.keys.namespace_patterns():

@@ -88,8 +88,10 @@ def _check(table: str, name: str, value, shape: tuple[int, ...], kind: str) -> n
     return arr
 
 
-def pack_update(table: str, up: Update, dim: int, mode: str) -> tuple[np.ndarray, int, bytes]:
-    """Validate one update and pack it for ``lfm_push``: ``(unique ids, mask, blob)``.
+def pack_update(table: str, up: Update, dim: int, mode: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """Validate one update and pack it for ``lfm_push``: ``(unique ids, mask, packed fields)``.
+
+    ``packed.tobytes()`` is the blob ``lfm_push`` takes: per id the given fields in row order.
 
     Duplicate ids are merged first, because the server reads every row before writing: steps,
     accumulators and counts are summed (gradient) or the last value wins and counts are summed (assign).
@@ -105,8 +107,9 @@ def pack_update(table: str, up: Update, dim: int, mode: str) -> tuple[np.ndarray
         fields.append(("accum", ACCUM, _check(table, "accum", up.accum, (n, dim + 1), "f"), ("<f4", (dim + 1,))))
     if up.count is not None:
         fields.append(("count", COUNT, _check(table, "count", up.count, (n,), "i").astype(np.int64), "<i8"))
-    uniq, inverse = np.unique(ids, return_inverse=True) if n else (ids, None)
-    if len(uniq) < n:
+    srt = np.sort(ids)
+    if n > 1 and (srt[1:] == srt[:-1]).any():  # else keep the caller's order (the PS reuses its pull's keys)
+        uniq, inverse = np.unique(ids, return_inverse=True)
         _, ridx = np.unique(ids[::-1], return_index=True)
         last = n - 1 - ridx  # position of the last occurrence of each unique id
         merged = []
@@ -119,10 +122,10 @@ def pack_update(table: str, up: Update, dim: int, mode: str) -> tuple[np.ndarray
             merged.append((name, bit, acc, dt))
         fields, ids = merged, uniq
     mask = sum(bit for _, bit, _, _ in fields)
-    packed = np.empty(len(ids), dtype=[(name, dt) for name, _, _, dt in fields]) if fields else None
+    packed = np.empty(len(ids), dtype=[(name, dt) for name, _, _, dt in fields] or [("none", "V0")])
     for name, _, arr, _ in fields:
         packed[name] = arr
-    return ids, mask, packed.tobytes() if packed is not None else b""
+    return ids, mask, packed
 
 
 def empty_rows(dim: int) -> np.ndarray:
