@@ -41,7 +41,7 @@ class SyntheticConfig:
     scale: float = 1.5
     noise: float = 0.6
     mu: float = 3.5
-    activity_alpha: float = 1.2
+    activity_alpha: float = 1.4
     popularity_s: float = 1.0
     years: float = 20.0
 
