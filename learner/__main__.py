@@ -1,0 +1,113 @@
+"""``python -m learner`` / ``lfm-learner``: the online learner of one consumer-group member.
+
+Example (after ``python -m producer.prepare`` and ``python -m producer.replay``)::
+
+    python -m learner --data-dir data/prepared --metrics /tmp/metrics.jsonl --idle-timeout 10
+    python -m learner --preset seed ...        # the seed's configuration, for the before/after
+    python -m learner.plot /tmp/metrics.jsonl -o auc.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+
+from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV,
+                               REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
+from learner.config import BACKENDS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
+
+GROUP_ENV = "LFM_GROUP"
+DEFAULT_GROUP = "lfm-learner"
+_MODEL_TYPES = typing.get_type_hints(ModelConfig)
+
+
+def _model_flag(f: dataclasses.Field) -> tuple[str, dict]:
+    typ = _MODEL_TYPES[f.name]
+    name = "--" + f.name.replace("_", "-")
+    if typ is bool:
+        return name, dict(action=argparse.BooleanOptionalAction, default=None,
+                          help=f"(preset default: {f.default})")
+    conv = {int: int, float: float, str: str}.get(typ, float)
+    return name, dict(type=conv, default=None, help=f"(preset default: {f.default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lfm-learner", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("servers and stream")
+    io.add_argument("--redis-url", default=default_redis_url(), help=env_help("Redis URL of the PS", REDIS_URL_ENV))
+    io.add_argument("--bootstrap", default=default_bootstrap(), help=env_help("Kafka bootstrap servers", KAFKA_BOOTSTRAP_ENV))
+    io.add_argument("--topic", default=env_default(TOPIC_ENV, DEFAULT_TOPIC), help=env_help("ratings topic", TOPIC_ENV))
+    io.add_argument("--group", default=env_default(GROUP_ENV, DEFAULT_GROUP), help=env_help("consumer group", GROUP_ENV))
+    io.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+                    help=env_help("PS namespace", NAMESPACE_ENV))
+    io.add_argument("--data-dir", default=env_default(DATA_DIR_ENV),
+                    help=env_help("prepared data directory (test shards for the test AUC)", DATA_DIR_ENV))
+    io.add_argument("--backend", choices=BACKENDS, default="kafka-python", help="Kafka client")
+    io.add_argument("--session-timeout-ms", type=int, default=6000,
+                    help="consumer-group session timeout (Tansu joins take about half of it)")
+    io.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="consumer-group heartbeat")
+    io.add_argument("--workers", type=int, default=1,
+                    help="learners in the group (> 1: gradient-mode pushes under --push-mode auto)")
+    io.add_argument("--push-mode", choices=PUSH_MODES, default="auto", help="PS push mode")
+    io.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                    help="consume on a background thread")
+    io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
+                    help="copy poison records to <topic>.dlq")
+    run = p.add_argument_group("run and logging")
+    run.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
+    run.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0 = never)")
+    run.add_argument("--flush-ms", type=int, default=200, help="flush a partial batch after this idle time")
+    run.add_argument("--train-log-steps", type=int, default=100, help="batches between prequential AUC lines")
+    run.add_argument("--test-log-steps", type=int, default=0,
+                     help="batches between test evaluations + checkpoints (0 = at the end only)")
+    run.add_argument("--hr-sample", type=float, default=0.02, help="share of positives scored for prequential HR@k")
+    run.add_argument("--hr-k", type=int, default=50, help="k of the prequential hit rate")
+    run.add_argument("--metrics", default=None, help="JSON-lines metrics file (one object per log event)")
+    run.add_argument("--checkpoint-dir", default=None, help="PS checkpoints after each test evaluation")
+    mod = p.add_argument_group("model (override the preset)")
+    mod.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model preset")
+    for f in dataclasses.fields(ModelConfig):
+        name, kw = _model_flag(f)
+        mod.add_argument(name, dest=f"m_{f.name}", **kw)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LearnerConfig:
+    """The frozen configs from parsed flags (errors name the bad value)."""
+    overrides = {f.name: getattr(args, f"m_{f.name}") for f in dataclasses.fields(ModelConfig)}
+    model = preset(args.preset, **overrides)
+    return LearnerConfig(
+        model=model, redis_url=args.redis_url, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
+        namespace=args.namespace, data_dir=args.data_dir, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
+        backend=args.backend, session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms,
+        max_events=args.max_events, idle_timeout=args.idle_timeout, flush_ms=args.flush_ms, workers=args.workers,
+        push_mode=args.push_mode, prefetch=args.prefetch, train_log_steps=args.train_log_steps,
+        test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one learner until end of stream (``--max-events`` / ``--idle-timeout``) or SIGTERM."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"lfm-learner: error: {exc}", file=sys.stderr)
+        return 2
+    from learner.loop import Learner
+
+    try:
+        learner = Learner(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lfm-learner: error: {exc}", file=sys.stderr)
+        return 2
+    learner.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

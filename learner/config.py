@@ -1,0 +1,237 @@
+"""Learner configuration: one frozen dataclass for the model math, one for the streaming loop.
+
+Two named presets:
+
+* ``default`` — the recipe chosen on the validation split (``producer.prepare --validation``) to be
+  good at both goals at once: biased MF with Adagrad, count-aware per-row steps, plus an in-batch
+  sampled-softmax retrieval term on positive events with popularity (log-q) correction.
+* ``seed`` — the seed project's configuration, kept for the before/after comparison: dim 8, no
+  biases, MSE on the 0/1 label, plain SGD with lr 1e-4, batch 8, gradient of the batch mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+LOSSES = ("mse", "logloss")
+OPTIMIZERS = ("sgd", "adagrad")
+REDUCTIONS = ("sum", "mean")
+PUSH_MODES = ("auto", "assign", "gradient")
+BACKENDS = ("kafka-python", "confluent")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of the online MF model (see :mod:`learner.model` for the equations).
+
+    Attributes:
+        dim: latent dimension d.
+        batch_size: events per micro-batch (the TF step is traced once for this padded size).
+        init_std: vectors start as N(0, init_std²) (the PS initializes them; biases start at 0).
+        item_init_std: item vectors start as N(0, item_init_std²) (None = init_std; 0 = zero). The PS
+            has one initializer per namespace, so never-updated item rows (count 0) are rescaled on pull.
+        mse_vec_w: weight of the rating loss in the vector gradients (biases always weight 1).
+        use_bias: include b_u, b_i and μ in the prediction (False = the seed's u·i only).
+        learn_mu: learn the global offset μ (table ``global``).
+        loss: ``mse`` (½(ŷ−y)² on the 0/1 label) or ``logloss`` (BCE of sigmoid(ŷ)).
+        optimizer: ``sgd`` or ``adagrad`` (per coordinate, accumulators stored in the PS rows).
+        lr: learning rate of vectors; lr_bias of biases and μ (None = lr).
+        init_accum: Adagrad's initial accumulator (the PS stores accumulators minus this value).
+        reduction: ``sum`` — row gradient = sum over the row's events / n_row^count_pow;
+            ``mean`` — the seed's tf.reduce_mean over the batch (count_pow ignored).
+        count_pow: count-aware steps: 0 sums a row's event gradients, 1 averages them.
+        l2, l2_bias: L2 per event on vectors / biases (adds l2·x to each event's gradient).
+        clip: clip each row's vector gradient to this L2 norm and bias gradients to ±clip (0 = off).
+        ret_weight: weight of the in-batch sampled-softmax retrieval loss on positive events (0 = off).
+        ret_bias: the retrieval logit includes b_j.
+        ret_temp: softmax temperature.
+        logq: popularity correction, subtract logq·log(in-batch frequency of column j).
+        mask_same_user: other positives of the same user in the batch are not negatives.
+        ret_user_only: the retrieval gradient updates only the query side.
+        period_days: length of the time-period context vectors w_k added to the user query (0 = off).
+        period_in_pred: also add w_k to the user vector in the rating prediction.
+        gamma: recall score s(u, i) = q_u·v_i + gamma·b_i.
+        seed: seed of the PS initializer and of the HR@50 sampling.
+    """
+
+    dim: int = 32
+    batch_size: int = 512
+    init_std: float = 0.01
+    item_init_std: float | None = None
+    mse_vec_w: float = 1.0
+    use_bias: bool = True
+    learn_mu: bool = True
+    loss: str = "mse"
+    optimizer: str = "adagrad"
+    lr: float = 0.05
+    lr_bias: float | None = None
+    init_accum: float = 0.1
+    reduction: str = "sum"
+    count_pow: float = 0.5
+    l2: float = 0.0
+    l2_bias: float = 0.0
+    clip: float = 1.0
+    ret_weight: float = 1.0
+    ret_bias: bool = True
+    ret_temp: float = 1.0
+    logq: float = 1.0
+    mask_same_user: bool = True
+    ret_user_only: bool = False
+    period_days: float = 0.0
+    period_in_pred: bool = False
+    gamma: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"model config: {name} {why} (got {getattr(self, name)!r})")
+
+        if self.dim < 1:
+            bad("dim", "must be >= 1")
+        if self.batch_size < 1:
+            bad("batch_size", "must be >= 1")
+        if self.loss not in LOSSES:
+            bad("loss", f"must be one of {LOSSES}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"must be one of {OPTIMIZERS}")
+        if self.reduction not in REDUCTIONS:
+            bad("reduction", f"must be one of {REDUCTIONS}")
+        for name in ("lr", "init_accum", "ret_temp"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
+        for name in ("init_std", "l2", "l2_bias", "clip", "ret_weight", "count_pow", "logq", "period_days"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if self.item_init_std is not None and self.item_init_std < 0:
+            bad("item_init_std", "must be >= 0 or None")
+        if self.lr_bias is not None and not self.lr_bias > 0:
+            bad("lr_bias", "must be > 0 or None")
+        if self.optimizer == "adagrad" and self.init_accum <= 0:
+            bad("init_accum", "must be > 0 for adagrad")
+        if not self.use_bias and self.learn_mu:
+            bad("learn_mu", "needs use_bias=True")
+
+    @property
+    def bias_lr(self) -> float:
+        """Learning rate of biases and μ."""
+        return self.lr if self.lr_bias is None else self.lr_bias
+
+    @property
+    def item_scale(self) -> float:
+        """Factor applied to never-updated item vectors pulled from the PS (item_init_std / init_std)."""
+        if self.item_init_std is None or self.init_std == 0:
+            return 1.0
+        return self.item_init_std / self.init_std
+
+    @property
+    def period_seconds(self) -> float:
+        """Length of a context period in seconds (0 = periods off)."""
+        return self.period_days * 86400.0
+
+
+#: The recipe chosen on the validation split (see bench/quality.py and the README).
+DEFAULT_MODEL = ModelConfig()
+
+#: The seed project's configuration.
+SEED_MODEL = ModelConfig(
+    dim=8, batch_size=8, init_std=0.1, use_bias=False, learn_mu=False, loss="mse", optimizer="sgd",
+    lr=1e-4, reduction="mean", count_pow=0.0, clip=0.0, ret_weight=0.0, logq=0.0, gamma=0.0)
+
+PRESETS: dict[str, ModelConfig] = {"default": DEFAULT_MODEL, "seed": SEED_MODEL}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """The named preset with ``overrides`` applied (unknown names raise ``ValueError``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown model parameter(s) {sorted(unknown)}")
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The streaming loop: servers, topic, group, logging cadence, stop conditions.
+
+    Attributes:
+        model: the model hyperparameters.
+        redis_url, bootstrap, topic, group, namespace: where to read and write.
+        data_dir: prepared data directory (its ``manifest.json`` lists the test shards), or None.
+        metrics_path: JSON-lines metrics file (one object per log event), or None.
+        checkpoint_dir: where PS checkpoints go after each test evaluation (None = no checkpoint).
+        backend: Kafka client, ``kafka-python`` (default) or ``confluent``.
+        session_timeout_ms, heartbeat_interval_ms: consumer-group timing (Tansu joins take ~½ session).
+        max_events: stop after this many stream events (0 = no limit).
+        idle_timeout: stop after this many seconds without a record (0 = never).
+        flush_ms: flush a partial batch when no record arrived for this long.
+        workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
+        push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
+        prefetch: consume on a background thread, overlapping the network with compute.
+        train_log_steps: batches between prequential AUC/loss lines.
+        test_log_steps: batches between test evaluations + checkpoints (0 = only at the end).
+        hr_sample: share of positive events scored for prequential HR@k (0 = off).
+        hr_k: k of the prequential hit rate.
+        dlq: copy poison records to ``<topic>.dlq``.
+        retry_max_s: cap of the exponential backoff on Redis/broker errors.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: DEFAULT_MODEL)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    bootstrap: str = "127.0.0.1:9092"
+    topic: str = "ratings"
+    group: str = "lfm-learner"
+    namespace: str = "lfm"
+    data_dir: str | None = None
+    metrics_path: str | None = None
+    checkpoint_dir: str | None = None
+    backend: str = "kafka-python"
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_events: int = 0
+    idle_timeout: float = 0.0
+    flush_ms: int = 200
+    workers: int = 1
+    push_mode: str = "auto"
+    prefetch: bool = True
+    train_log_steps: int = 100
+    test_log_steps: int = 0
+    hr_sample: float = 0.02
+    hr_k: int = 50
+    dlq: bool = True
+    retry_max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"learner config: {name} {why} (got {getattr(self, name)!r})")
+
+        if self.backend not in BACKENDS:
+            bad("backend", f"must be one of {BACKENDS}")
+        if self.push_mode not in PUSH_MODES:
+            bad("push_mode", f"must be one of {PUSH_MODES}")
+        for name in ("max_events", "test_log_steps"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        for name in ("workers", "train_log_steps", "hr_k", "session_timeout_ms", "heartbeat_interval_ms"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            bad("heartbeat_interval_ms", f"must be < session_timeout_ms ({self.session_timeout_ms})")
+        if not 0.0 <= self.hr_sample <= 1.0:
+            bad("hr_sample", "must be in [0, 1]")
+        if self.idle_timeout < 0 or self.flush_ms < 0:
+            bad("idle_timeout" if self.idle_timeout < 0 else "flush_ms", "must be >= 0")
+        if not self.topic:
+            bad("topic", "must not be empty")
+
+    @property
+    def gradient_push(self) -> bool:
+        """True when pushes are gradient-mode (server-side v ← v − step)."""
+        return self.push_mode == "gradient" or (self.push_mode == "auto" and self.workers > 1)
+
+    @property
+    def dlq_topic(self) -> str:
+        """Dead-letter topic: ``<topic>.dlq``."""
+        return f"{self.topic}.dlq"

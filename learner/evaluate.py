@@ -1,0 +1,235 @@
+"""Test metrics against the parameter server: AUC (all rows, warm rows, coverage), HR@k and Recall@k.
+
+The PS and the activity log are passed in; this module only reads them (``pull(create=False)``,
+``scan``, ``seen``, ``popular``) and does the ranking math with :mod:`learner.metrics`.
+
+* AUC over all test rows: unseen users/movies get zero vectors and biases (prediction μ), so cold rows
+  count as uninformed guesses; ``warm_auc`` keeps rows whose user *and* movie were trained
+  (update count > 0); ``coverage`` is the share of warm rows.
+* HR@k: share of test users with a positive test item whose positive is in the top k of all trained
+  movies they have not rated, ranked by ``s(u, i) = q_u·v_i + gamma·b_i`` (the recall contract);
+  Recall@k: share of the user's positive test items in that top k.  ``popularity_hr`` ranks by the
+  activity log's positive counts with the same candidates and seen filter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from learner.config import ModelConfig
+from learner.metrics import auc_exact, per_user_hits, top_k
+from learner.model import predict, recall_scores
+
+
+@dataclass
+class ItemTable:
+    """All trained item rows as arrays (sorted by hashed id)."""
+
+    ids: np.ndarray
+    raw: np.ndarray
+    vec: np.ndarray
+    bias: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def from_ps(cls, ps, trained_only: bool = True) -> "ItemTable":
+        chunks = list(ps.scan("item"))
+        if not chunks:
+            z = np.zeros(0, np.int64)
+            return cls(z, z, np.zeros((0, ps.dim), np.float32), np.zeros(0, np.float32), z)
+        cat = {f: np.concatenate([getattr(c, f) for c in chunks]) for f in ("ids", "raw", "vec", "bias", "count")}
+        keep = cat["count"] > 0 if trained_only else np.ones(len(cat["ids"]), bool)
+        order = np.argsort(cat["ids"][keep])
+        return cls(**{f: v[keep][order] for f, v in cat.items()})
+
+    def column(self, ids: np.ndarray) -> np.ndarray:
+        """Column of each hashed id, -1 when absent."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        ok = (len(self.ids) > 0) & (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        return np.where(ok, pos, -1)
+
+    def raw_columns(self, raw_ids) -> np.ndarray:
+        """Columns of raw movie ids (absent ones dropped)."""
+        if not len(self.raw):
+            return np.zeros(0, np.int64)
+        order = np.argsort(self.raw)
+        raw = np.asarray(sorted(raw_ids), np.int64)
+        pos = np.minimum(np.searchsorted(self.raw[order], raw), len(order) - 1)
+        ok = self.raw[order][pos] == raw
+        return order[pos[ok]]
+
+
+@dataclass
+class EvalResult:
+    """Scalar metrics plus per-row / per-user arrays for bootstrap intervals."""
+
+    metrics: dict
+    users: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per test row
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    preds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    warm: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    per_user: dict = field(default_factory=dict)  # name -> per-ranked-user array (hit@10, hit@50, recall@50, pop@50)
+
+
+def _user_query(cfg: ModelConfig, ps, rows, user_periods: np.ndarray | None) -> np.ndarray:
+    q = np.asarray(rows.vec, np.float32).copy()
+    if cfg.period_days > 0 and user_periods is not None:
+        per = ps.pull("period", user_periods, create=False)
+        q += per.vec
+    return q
+
+
+def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tuple[int, ...] = (10, 50),
+             user_period: dict[int, int] | None = None, max_users: int = 0, popularity: bool = False,
+             seed: int = 0) -> EvalResult:
+    """Test metrics of the model currently in the PS.
+
+    Args:
+        ps: the ParameterServer.  log: its ActivityLog (seen filter and popularity), or None to skip ranking.
+        cfg: model config (prediction and recall score).
+        test: test columns (``InputFn.read_all`` of the test shards).
+        ks: cut-offs of HR@k (Recall is reported at the largest k).
+        user_period: hashed user id → period of the user's last event (period models only).
+        max_users: rank at most this many users (a seeded sample; 0 = all).
+        popularity: also compute the popularity baseline's HR@k.
+    """
+    labels = np.asarray(test["label"], np.float64)
+    users, items = test["user_id"], test["movie_id"]
+    out: dict = {"test_rows": int(labels.size)}
+    if labels.size == 0:
+        return EvalResult(out)
+    uu, uinv = np.unique(users, return_inverse=True)
+    ii, iinv = np.unique(items, return_inverse=True)
+    ur = ps.pull("user", uu, create=False)
+    ir = ps.pull("item", ii, create=False)
+    mu = 0.0
+    if cfg.learn_mu:
+        g = ps.pull("global", np.zeros(1, np.int64), create=False)
+        mu = float(g.bias[0])
+    uwarm = ur.found & (ur.count > 0)
+    iwarm = ir.found & (ir.count > 0)
+    ivec = ir.vec.copy()
+    if cfg.item_scale != 1.0:
+        ivec[~iwarm] *= cfg.item_scale
+    periods = None
+    if cfg.period_days > 0 and cfg.period_in_pred and user_period is not None:
+        k = np.array([user_period.get(int(u), -1) for u in uu], np.int64)
+        periods = ps.pull("period", np.maximum(k, 0), create=False).vec * (k >= 0)[:, None]
+    preds = predict(cfg, ur.vec[uinv], ur.bias[uinv], ivec[iinv], ir.bias[iinv], mu,
+                    None if periods is None else periods[uinv])
+    warm = uwarm[uinv] & iwarm[iinv]
+    out["test_auc"] = auc_exact(labels, preds)
+    out["warm_auc"] = auc_exact(labels[warm], preds[warm]) if warm.any() else 0.5
+    out["coverage"] = float(warm.mean())
+    out["warm_rows"] = int(warm.sum())
+    res = EvalResult(out, users=users, labels=labels, preds=preds, warm=warm)
+    if log is None:
+        return res
+    table = ItemTable.from_ps(ps)
+    out["items_ranked"] = int(len(table.ids))
+    pos = labels > 0.5
+    rank_users = np.unique(users[pos])
+    if max_users and rank_users.size > max_users:
+        rank_users = np.sort(np.random.default_rng(seed).choice(rank_users, max_users, replace=False))
+    out["ranked_users"] = int(rank_users.size)
+    if rank_users.size == 0 or len(table.ids) == 0:
+        return res
+    sel = pos & np.isin(users, rank_users)
+    urow = np.searchsorted(rank_users, users[sel])
+    target = table.column(items[sel])
+    raw_user = {int(u): int(r) for u, r in zip(users[sel], test["raw_user_id"][sel])}
+    qrows = ps.pull("user", rank_users, create=False)
+    kq = None
+    if cfg.period_days > 0 and user_period is not None:
+        kq = np.array([user_period.get(int(u), -1) for u in rank_users], np.int64)
+    query = np.asarray(qrows.vec, np.float32).copy()
+    if kq is not None:
+        query += ps.pull("period", np.maximum(kq, 0), create=False).vec * (kq >= 0)[:, None]
+    kmax = max(ks)
+    pop_score = None
+    if popularity:
+        pop = dict(log.popular(max(len(table.ids), 1)))
+        pop_score = np.array([pop.get(int(r), 0.0) for r in table.raw], np.float64)
+    tops = np.zeros((rank_users.size, kmax), np.int64)
+    pop_tops = np.zeros((rank_users.size, kmax), np.int64)
+    chunk = 512
+    for s in range(0, rank_users.size, chunk):
+        e = min(s + chunk, rank_users.size)
+        scores = recall_scores(cfg, query[s:e], table.vec, table.bias).astype(np.float64)
+        seen_mask = np.zeros(scores.shape, bool)
+        for r in range(s, e):
+            cols = table.raw_columns(log.seen(raw_user[int(rank_users[r])]))
+            seen_mask[r - s, cols] = True
+        scores[seen_mask] = -np.inf
+        tops[s:e] = _pad_top(top_k(scores, kmax), kmax)
+        if pop_score is not None:
+            ps_ = np.broadcast_to(pop_score, scores.shape).copy()
+            ps_[seen_mask] = -np.inf
+            pop_tops[s:e] = _pad_top(top_k(ps_, kmax), kmax)
+    for k in ks:
+        hit, rec = per_user_hits(tops[:, :k], urow, target, rank_users.size)
+        out[f"hr_at_{k}"] = float(hit.mean())
+        res.per_user[f"hr_at_{k}"] = hit
+        if k == kmax:
+            out[f"recall_at_{k}"] = float(rec.mean())
+            res.per_user[f"recall_at_{k}"] = rec
+    if pop_score is not None:
+        hit, _ = per_user_hits(pop_tops, urow, target, rank_users.size)
+        out[f"popularity_hr_at_{kmax}"] = float(hit.mean())
+        res.per_user[f"popularity_hr_at_{kmax}"] = hit
+    return res
+
+
+def _pad_top(top: np.ndarray, k: int) -> np.ndarray:
+    if top.shape[1] == k:
+        return top
+    out = np.full((top.shape[0], k), -2, np.int64)
+    out[:, : top.shape[1]] = top
+    return out
+
+
+class ItemMirror:
+    """The learner's local copy of item rows (vec, bias, raw id), for prequential HR@k without a PS scan."""
+
+    def __init__(self, dim: int):
+        self._row: dict[int, int] = {}
+        self.ids = np.zeros(1024, np.int64)
+        self.raw = np.zeros(1024, np.int64)
+        self.vec = np.zeros((1024, dim), np.float32)
+        self.bias = np.zeros(1024, np.float32)
+        self.n = 0
+
+    def update(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray) -> None:
+        """Insert or overwrite rows."""
+        rows = np.empty(len(ids), np.int64)
+        for j, x in enumerate(ids.tolist()):
+            r = self._row.get(x)
+            if r is None:
+                r = self._row[x] = self.n
+                self.n += 1
+                if self.n > len(self.ids):
+                    self._grow()
+            rows[j] = r
+        self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows] = ids, raw, vec, bias
+
+    def _grow(self) -> None:
+        n = 2 * len(self.ids)
+        for name in ("ids", "raw", "vec", "bias"):
+            old = getattr(self, name)
+            new = np.zeros((n,) + old.shape[1:], old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def columns(self, ids) -> np.ndarray:
+        """Row of each hashed id (-1 absent)."""
+        return np.array([self._row.get(int(x), -1) for x in ids], np.int64)
+
+    def raw_columns(self, raw_ids: set[int]) -> np.ndarray:
+        """Rows of a set of raw movie ids (absent ones dropped)."""
+        if not raw_ids:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(np.isin(self.raw[: self.n], np.fromiter(raw_ids, np.int64)))

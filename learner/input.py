@@ -1,0 +1,149 @@
+"""InputFn: rating records → numpy column batches, from the Kafka stream or from TFRecord shards.
+
+Both paths decode with the one feature spec of :mod:`lfm_stream.schema` (``tf.io.parse_example``).
+Stream batches may hold poison records (not an Example, a missing field, a NaN label, an unknown
+schema version): :meth:`InputFn.parse` returns the valid rows and names each bad record with a reason,
+so the loop can dead-letter it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from lfm_stream.schema import FEATURES, SCHEMA_VERSION, feature_spec
+
+
+@dataclass
+class Parsed:
+    """Result of parsing a list of serialized records.
+
+    Attributes:
+        columns: feature → numpy array over the *valid* records, in input order.
+        valid: int64 indexes (into the input list) of the valid records.
+        bad: (input index, reason) of each poison record.
+    """
+
+    columns: dict[str, np.ndarray]
+    valid: np.ndarray
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.valid.size)
+
+
+def empty_columns() -> dict[str, np.ndarray]:
+    """Zero-length columns of the record schema."""
+    from lfm_stream.schema import INT_FEATURES
+
+    return {k: np.zeros(0, np.int64 if k in INT_FEATURES else np.float32) for k in FEATURES}
+
+
+class InputFn:
+    """Decodes serialized ``tf.train.Example`` rating records (stream values or shard records)."""
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._spec = feature_spec()
+        self._parse = tf.function(lambda s: tf.io.parse_example(s, self._spec),
+                                  input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def _decode(self, values: list[bytes]) -> dict[str, np.ndarray]:
+        out = self._parse(self._tf.constant(values, dtype=self._tf.string))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def parse(self, values: list[bytes]) -> Parsed:
+        """Decode a batch; poison records are split off with a reason, the rest decoded.
+
+        A batch that fails to decode as a whole is bisected until the bad records are isolated, so a
+        clean batch costs one ``parse_example`` call.
+        """
+        if not values:
+            return Parsed(empty_columns(), np.zeros(0, np.int64))
+        bad: list[tuple[int, str]] = []
+        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        self._bisect(values, 0, len(values), parts, bad)
+        if parts:
+            idx = np.concatenate([p[0] for p in parts])
+            cols = {k: np.concatenate([p[1][k] for p in parts]) for k in FEATURES}
+        else:
+            idx, cols = np.zeros(0, np.int64), empty_columns()
+        ok = np.ones(idx.size, bool)
+        version = cols["schema_version"]
+        wrong = version != SCHEMA_VERSION
+        for j in np.nonzero(wrong)[0]:
+            bad.append((int(idx[j]), f"unknown schema_version {int(version[j])} (expected {SCHEMA_VERSION})"))
+        ok &= ~wrong
+        label = cols["label"]
+        nan = ~np.isfinite(label) & ok
+        for j in np.nonzero(nan)[0]:
+            bad.append((int(idx[j]), f"label is {float(label[j])!r}, not a finite number"))
+        ok &= ~nan
+        out_of_range = ok & ((label < 0) | (label > 1))
+        for j in np.nonzero(out_of_range)[0]:
+            bad.append((int(idx[j]), f"label {float(label[j])!r} outside [0, 1]"))
+        ok &= ~out_of_range
+        if not ok.all():
+            idx = idx[ok]
+            cols = {k: v[ok] for k, v in cols.items()}
+        bad.sort()
+        return Parsed(cols, idx, bad)
+
+    def _bisect(self, values, lo, hi, parts, bad) -> None:
+        try:
+            cols = self._decode(values[lo:hi])
+            parts.append((np.arange(lo, hi, dtype=np.int64), cols))
+        except self._tf.errors.InvalidArgumentError as exc:
+            if hi - lo == 1:
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                msg = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", msg)
+                bad.append((lo, f"not a valid rating Example: {msg[:200]}"))
+                return
+            mid = (lo + hi) // 2
+            self._bisect(values, lo, mid, parts, bad)
+            self._bisect(values, mid, hi, parts, bad)
+
+    def files(self, paths: list[str | Path], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of decoded records from TFRecord files, in file order (shards are trusted)."""
+        tf = self._tf
+        if not paths:
+            return
+        ds = tf.data.TFRecordDataset([str(p) for p in paths]).batch(batch_size)
+        ds = ds.map(lambda s: tf.io.parse_example(s, self._spec)).prefetch(2)
+        for batch in ds:
+            yield {k: v.numpy() for k, v in batch.items()}
+
+    def read_all(self, paths: list[str | Path]) -> dict[str, np.ndarray]:
+        """Every record of the files as one column dict."""
+        parts = list(self.files(paths, 65536))
+        if not parts:
+            return empty_columns()
+        return {k: np.concatenate([p[k] for p in parts]) for k in FEATURES}
+
+
+def manifest(data_dir: str | Path) -> dict:
+    """The prepared data directory's ``manifest.json`` (clear error when it is missing)."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m producer.prepare --out {data_dir}` first")
+    return json.loads(path.read_text())
+
+
+def shard_paths(data_dir: str | Path, split: str = "test") -> list[Path]:
+    """Shard files of ``split`` (``train`` / ``test``) listed in the manifest, in order."""
+    man = manifest(data_dir)
+    key = f"{split}_shards"
+    if key not in man:
+        raise ValueError(f"{Path(data_dir) / 'manifest.json'} has no {key!r} list")
+    paths = [Path(data_dir) / s["file"] for s in man[key]]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {missing[:3]}")
+    return paths

@@ -1,0 +1,401 @@
+"""The streaming loop: consume → pull → predict → step → push (fenced) → activity log → commit.
+
+The only module doing Redis I/O, and (through :mod:`learner.kafka_io`) Kafka I/O.
+
+Exactly-once: every push carries ``Fence(group, topic, {partition: next offset})`` of the records
+it covers, and the PS stores those offsets in the same atomic step.  When partitions are assigned
+the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes
+exactly after the last applied batch; a replayed push whose fence is already covered is skipped.
+Kafka commits follow each push (the PS offsets remain the source of truth).  On revocation the
+in-flight batch is finished and everything consumed but not pushed is dropped (the new owner
+resumes from the PS offsets).  SIGTERM finishes the batch, pushes, commits, evaluates, checkpoints
+and exits 0.  Redis errors are retried with capped exponential backoff; nothing is committed that
+was not applied.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from learner.config import LearnerConfig
+from learner.evaluate import ItemMirror, evaluate
+from learner.input import InputFn, shard_paths
+from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
+from learner.metrics import AUCUtils, top_k
+from learner.model import MFModel, index_batch, make_input, recall_scores
+
+
+class Learner:
+    """One learner process of the consumer group (see the module docstring)."""
+
+    def __init__(self, cfg: LearnerConfig, ps=None, log=None):
+        from ps_redis import ParameterServer
+        from ps_redis.activity import ActivityLog
+
+        self.cfg = cfg
+        m = cfg.model
+        self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
+        self.activity = log or ActivityLog(self.ps)
+        self.model = MFModel(m)
+        self.input = InputFn()
+        self.mode = "gradient" if cfg.gradient_push else "assign"
+        self.lock = threading.RLock()
+        self.pending: list[Chunk] = []
+        self.pending_n = 0
+        self.window = AUCUtils()
+        self.all_labels: list[np.ndarray] = []
+        self.all_preds: list[np.ndarray] = []
+        self.step = 0
+        self.events = 0  # valid events trained
+        self.records = 0  # stream records consumed and handled (valid + poison)
+        self.poison = 0
+        self.skipped = 0
+        self.hr_hits = 0
+        self.hr_n = 0
+        self.ret_loss = 0.0
+        self._mu: tuple[float, float] | None = None
+        self.user_period: dict[int, int] = {}
+        self.mirror = ItemMirror(m.dim) if cfg.hr_sample > 0 else None
+        self._rng = np.random.default_rng(m.seed)
+        self._stop = False
+        self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
+        self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
+        self.test = None
+        if cfg.data_dir:
+            self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
+        self.t0 = time.time()
+        self.fetcher: Fetcher | None = None
+
+    # ----------------------------------------------------------------------------- logging
+    def say(self, text: str) -> None:
+        print(f"[learner {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def emit(self, event: str, **fields) -> dict:
+        rec = {"event": event, "step": self.step, "events": self.events, "records": self.records,
+               "time": round(time.time(), 3), "elapsed": round(time.time() - self.t0, 3), **fields}
+        if self._metrics:
+            self._metrics.write(json.dumps(rec) + "\n")
+            self._metrics.flush()
+        return rec
+
+    # ----------------------------------------------------------------------------- I/O edge
+    def _retry(self, what: str, fn, *args, **kwargs):
+        """Call ``fn`` until it succeeds, backing off on Redis errors (returns (result, attempts))."""
+        from ps_redis import PSConnectionError
+        import redis
+
+        delay, attempt = 0.1, 0
+        while True:
+            try:
+                return fn(*args, **kwargs), attempt
+            except (PSConnectionError, redis.ConnectionError, redis.TimeoutError) as exc:
+                attempt += 1
+                self.say(f"{what} failed ({type(exc).__name__}: {exc}); retry {attempt} in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, self.cfg.retry_max_s)
+
+    def on_assign(self, partitions: list[int]) -> dict[int, int]:
+        stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
+        seek = {p: stored[p] for p in partitions if p in stored}
+        self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: committed/earliest)'}")
+        self.emit("assign", partitions=partitions, resume=seek)
+        return seek
+
+    def on_revoke(self, partitions: list[int]) -> None:
+        with self.lock:  # waits for the in-flight batch to be pushed
+            if self.fetcher is not None:
+                self.fetcher.generation += 1
+                self.fetcher.drain()
+            self.pending, self.pending_n = [], 0
+        self.say(f"partitions {partitions} revoked; unpushed records dropped (the next owner resumes from the PS)")
+
+    # ----------------------------------------------------------------------------- main loop
+    def run(self) -> dict:
+        """Consume until max_events, idle_timeout or SIGTERM; returns the final summary."""
+        cfg = self.cfg
+        B = cfg.model.batch_size
+        prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, max(4 * B, 10000)),
+                               cfg.prefetch, log=self.say)
+        self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}, {self.mode} pushes, "
+                 f"batch {B}, dim {cfg.model.dim})")
+        last_rec = time.monotonic()
+        flush_s = cfg.flush_ms / 1000.0
+        reason = "stopped"
+        try:
+            while True:
+                chunk = self.fetcher.get(timeout=min(0.1, flush_s) if flush_s > 0 else 0.1)
+                now = time.monotonic()
+                with self.lock:
+                    if chunk is not None and chunk.gen == self.fetcher.generation:
+                        self.pending.append(chunk)
+                        self.pending_n += len(chunk)
+                        last_rec = now
+                    while self.pending_n >= B and not self._limit_reached():
+                        self._process(self._take(B))
+                    idle = now - last_rec
+                    if self.pending_n and (idle >= flush_s or self._stop) and not self._limit_reached():
+                        self._process(self._take(self.pending_n))
+                if self._limit_reached():
+                    reason = "max_events"
+                    break
+                if self._stop:
+                    reason = "signal"
+                    break
+                if cfg.idle_timeout and idle >= cfg.idle_timeout and not self.pending_n:
+                    reason = "idle_timeout"
+                    break
+        finally:
+            summary = self._finish(reason)
+            for s, h in prev.items():
+                signal.signal(s, h)
+        return summary
+
+    def _on_signal(self, signum, frame) -> None:
+        self.say(f"signal {signum}: finishing the batch, then push, commit, checkpoint, exit")
+        self._stop = True
+
+    def _limit_reached(self) -> bool:
+        return bool(self.cfg.max_events) and self.records >= self.cfg.max_events
+
+    def _take(self, n: int) -> Chunk:
+        if self.cfg.max_events:
+            n = min(n, self.cfg.max_events - self.records)
+        parts, offs, vals, keys, got = [], [], [], [], 0
+        while got < n:
+            c = self.pending[0]
+            k = min(len(c) - 0, n - got)
+            parts.append(c.parts[:k])
+            offs.append(c.offsets[:k])
+            vals.extend(c.values[:k])
+            keys.extend(c.keys[:k] if c.keys else [None] * k)
+            got += k
+            if k == len(c):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen)
+        self.pending_n -= got
+        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys)
+
+    # ----------------------------------------------------------------------------- one batch
+    def _process(self, batch: Chunk) -> None:
+        cfg, m = self.cfg, self.cfg.model
+        fence_offsets = {int(p): int(batch.offsets[batch.parts == p].max()) + 1 for p in np.unique(batch.parts)}
+        parsed = self.input.parse(batch.values)
+        if parsed.bad:
+            self._dead_letters(batch, parsed.bad)
+        self.records += len(batch)
+        from ps_redis import Fence, Update
+
+        fence = Fence(cfg.group, cfg.topic, fence_offsets)
+        if len(parsed) == 0:
+            self._retry("fenced push", self.ps.push, {}, mode=self.mode, fence=fence)
+            self.fetcher.commit(fence_offsets)
+            return
+        c = parsed.columns
+        n = len(parsed)
+        y = c["label"].astype(np.float32)
+        uu, uinv, ucnt = index_batch(c["user_id"], m.batch_size)
+        ii, iinv, icnt = index_batch(c["movie_id"], m.batch_size)
+        raw_u = np.empty(len(uu), np.int64)
+        raw_u[uinv[:n]] = c["raw_user_id"]
+        raw_i = np.empty(len(ii), np.int64)
+        raw_i[iinv[:n]] = c["raw_movie_id"]
+        (urows, _) = self._retry("pull user", self.ps.pull, "user", uu, raw_ids=raw_u)
+        (irows, _) = self._retry("pull item", self.ps.pull, "item", ii, raw_ids=raw_i)
+        stored_ivec = irows.vec
+        if m.item_scale != 1.0:
+            fresh = irows.count == 0
+            if fresh.any():
+                irows.vec = irows.vec.copy()
+                irows.vec[fresh] *= m.item_scale
+        prow = None
+        kk = np.zeros(1, np.int64)
+        kinv = np.zeros(m.batch_size, np.int32)
+        kcnt = np.zeros(1, np.int64)
+        if m.period_days > 0:
+            k = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
+            kk, kinv, kcnt = index_batch(k, m.batch_size)
+            (prow, _) = self._retry("pull period", self.ps.pull, "period", kk)
+            last = np.zeros(len(uu), np.int64)
+            np.maximum.at(last, uinv[:n], k)
+            self.user_period.update(zip(uu.tolist(), last.tolist()))
+        mu, mu_acc = self._global()
+        if self.mirror is not None:
+            self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n])
+        x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
+                       uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
+        out = self.model.step(x)
+        nu, ni, nk = len(uu), len(ii), len(kk)
+        grad = self.mode == "gradient"
+        sgd = m.optimizer == "sgd"
+
+        def update(ids, rows, stored_vec, vec, bias, acc, count, with_bias=True):
+            if grad:
+                return Update(ids, vec=(stored_vec - vec).astype(np.float32),
+                              bias=(rows.bias - bias).astype(np.float32) if with_bias else None,
+                              accum=None if sgd else (acc - rows.accum).astype(np.float32), count=count)
+            return Update(ids, vec=vec, bias=bias if with_bias else None, accum=None if sgd else acc, count=count)
+
+        ups = {
+            "user": update(uu, urows, urows.vec, out.user_vec[:nu], out.user_bias[:nu], out.user_acc[:nu], ucnt, m.use_bias),
+            "item": update(ii, irows, stored_ivec, out.item_vec[:ni], out.item_bias[:ni], out.item_acc[:ni], icnt, m.use_bias),
+        }
+        if prow is not None:
+            ups["period"] = update(kk, prow, prow.vec, out.period_vec[:nk], prow.bias, out.period_acc[:nk], kcnt, False)
+        if m.learn_mu:
+            acc = np.zeros((1, m.dim + 1), np.float32)
+            acc0 = acc.copy()
+            acc[0, -1], acc0[0, -1] = out.mu_acc[0], mu_acc
+            g = np.zeros(1, np.int64)
+            if grad:
+                ups["global"] = Update(g, bias=np.float32([mu - out.mu[0]]),
+                                       accum=None if sgd else acc - acc0, count=np.int64([n]))
+            else:
+                ups["global"] = Update(g, bias=out.mu.astype(np.float32), accum=None if sgd else acc,
+                                       count=np.int64([n]))
+            self._mu = (float(out.mu[0]), float(out.mu_acc[0]))
+        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
+        applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
+        if applied:
+            self._retry("activity log", self.activity.record, uu[uinv[:n]], c["raw_user_id"], c["raw_movie_id"],
+                        c["movie_id"], y, c["timestamp"])
+        else:
+            self.skipped += 1
+            self.say(f"fenced push for {fence_offsets} skipped: the PS already holds it")
+        self.fetcher.commit(fence_offsets)
+        if self.mirror is not None:
+            self.mirror.update(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni])
+        pred = out.pred[:n]
+        self.window.add(y, pred, out.loss_sum)
+        self.all_labels.append(y)
+        self.all_preds.append(pred.astype(np.float32))
+        self.ret_loss += out.ret_loss
+        self.events += n
+        self.step += 1
+        if self.step % cfg.train_log_steps == 0:
+            self._log_train()
+        if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
+            self._test_and_checkpoint()
+
+    def _global(self) -> tuple[float, float]:
+        if not self.cfg.model.learn_mu:
+            return 0.0, 0.0
+        if self._mu is None or self.mode == "gradient":  # one writer: keep μ locally after the first pull
+            (g, _) = self._retry("pull global", self.ps.pull, "global", np.zeros(1, np.int64))
+            self._mu = (float(g.bias[0]), float(g.accum[0, -1]))
+        return self._mu
+
+    def _prequential_hr(self, c, y, urows, uinv, prow, kinv) -> None:
+        """Before the update: is each sampled positive's movie in its user's current top k?"""
+        pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < self.cfg.hr_sample))
+        if not len(pos) or self.mirror.n == 0:
+            return
+        m = self.cfg.model
+        q = urows.vec[uinv[pos]].astype(np.float32)
+        if prow is not None:
+            q = q + prow.vec[kinv[pos]]
+        n = self.mirror.n
+        scores = recall_scores(m, q, self.mirror.vec[:n], self.mirror.bias[:n]).astype(np.float64)
+        for r, e in enumerate(pos):
+            seen, _ = self._retry("activity seen", self.activity.seen, int(c["raw_user_id"][e]))
+            scores[r, self.mirror.raw_columns(seen)] = -np.inf
+        target = self.mirror.columns(c["movie_id"][pos])
+        top = top_k(scores, self.cfg.hr_k)
+        hit = (top == target[:, None]).any(1) & (target >= 0)
+        self.hr_hits += int(hit.sum())
+        self.hr_n += len(pos)
+
+    def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
+        for idx, reason in bad:
+            p, o = int(batch.parts[idx]), int(batch.offsets[idx])
+            self.poison += 1
+            self.say(f"poison record at {self.cfg.topic}[{p}]@{o}: {reason}")
+            self.emit("poison", partition=p, offset=o, reason=reason)
+            if self.dlq is not None:
+                key = batch.keys[idx] if batch.keys else None
+                self._retry_kafka("dead-letter send", self.dlq.send, batch.values[idx], key, self.cfg.topic, p, o, reason)
+        if self.dlq is not None:  # dead letters are durable before the batch's offsets can be committed
+            self._retry_kafka("dead-letter flush", self.dlq.flush)
+
+    def _retry_kafka(self, what: str, fn, *args) -> None:
+        delay = 0.1
+        while True:
+            try:
+                fn(*args)
+                return
+            except Exception as exc:
+                self.say(f"{what} failed ({type(exc).__name__}: {exc}); retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, self.cfg.retry_max_s)
+
+    # ----------------------------------------------------------------------------- logs, eval, end
+    def prequential_auc(self) -> float:
+        from learner.metrics import auc_exact
+
+        if not self.all_labels:
+            return 0.5
+        self.all_labels = [np.concatenate(self.all_labels)]
+        self.all_preds = [np.concatenate(self.all_preds)]
+        return auc_exact(self.all_labels[0], self.all_preds[0])
+
+    def _log_train(self) -> None:
+        w = self.window
+        if not w.n:
+            return
+        rate = self.events / max(time.time() - self.t0, 1e-9)
+        hr = self.hr_hits / self.hr_n if self.hr_n else None
+        self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
+                 + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={self.hr_n})" if hr is not None else "")
+                 + f" {rate:,.0f} ev/s")
+        self.emit("train", auc=None if w.one_class else round(w.cal(), 6), loss=round(w.loss(), 6), window=w.n,
+                  positives=w.positives, negatives=w.negatives, **{f"preq_hr_at_{self.cfg.hr_k}": hr},
+                  hr_samples=self.hr_n, events_per_s=round(rate, 1), poison=self.poison)
+        w.reset()
+
+    def _test_and_checkpoint(self) -> dict:
+        res = {}
+        if self.test is not None:
+            t = time.time()
+            r, _ = self._retry("test evaluation", evaluate, self.ps, self.activity, self.cfg.model, self.test,
+                               user_period=self.user_period or None)
+            res = r.metrics
+            self.say("test " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
+                     + f" ({time.time() - t:.1f}s)")
+            self.emit("test", **res)
+        if self.cfg.checkpoint_dir:
+            d = Path(self.cfg.checkpoint_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            path, _ = self._retry("checkpoint", self.ps.save, d / f"{self.cfg.namespace}-step{self.step:08d}.npz")
+            for old in sorted(d.glob(f"{self.cfg.namespace}-step*.npz"))[:-2]:
+                old.unlink()
+            self.emit("checkpoint", path=str(path))
+        return res
+
+    def _finish(self, reason: str) -> dict:
+        with self.lock:
+            if self.window.n:
+                self._log_train()
+        if self.fetcher is not None:
+            self.fetcher.close()
+        test = self._test_and_checkpoint() if self.step or self.test is not None else {}
+        if self.dlq is not None:
+            self.dlq.close()
+        secs = time.time() - self.t0
+        hr = self.hr_hits / self.hr_n if self.hr_n else None
+        summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
+                            **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=self.hr_n,
+                            poison=self.poison, skipped_pushes=self.skipped, **test)
+        self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
+                 f"{summary['prequential_auc']:.4f}, poison {self.poison}, skipped pushes {self.skipped}")
+        if self._metrics:
+            self._metrics.close()
+        return summary

@@ -1,0 +1,292 @@
+"""The online MF model: prediction, loss, gradients and the optimizer step, on tensors only (no I/O).
+
+One micro-batch of E events touches the rows it pulled from the PS (unique users, unique items,
+optionally the time periods of its events and the global offset μ).  ``mf_fn`` takes those rows plus
+the event→row index arrays and returns the predictions made *before* the update (they feed the
+prequential AUC) and the updated rows.  Shapes are padded to the configured batch size so the
+``tf.function`` is traced once.
+
+Equations (per event e = (u, i, y), rows gathered from the PS; ``k`` the event's time period):
+
+    q_e   = p_u + w_k   if period_in_pred else p_u
+    ŷ_e   = q_e·v_i + b_u + b_i + μ        (the seed preset: ŷ_e = p_u·v_i)
+    mse:      ℓ_e = ½ (ŷ_e − y_e)²          ∂ℓ/∂ŷ = ŷ − y
+    logloss:  ℓ_e = BCE(sigmoid(ŷ_e), y_e)  ∂ℓ/∂ŷ = sigmoid(ŷ) − y
+    L2:       + ½ l2 (|p_u|² + |v_i|²) + ½ l2_bias (b_u² + b_i²)   per event
+    the rating term's gradient on p_u and v_i is scaled by mse_vec_w (biases and w_k: weight 1)
+    retrieval (positive events P, columns C = unique items of P, ≥ 2 positives):
+        z_ej = ((p_u + w_k)·v_j + b_j) / temp − logq · log(n_j / |P|)
+        (mask_same_user: columns that are other positives of e's user are left out)
+        L_ret = ret_weight · Σ_{e∈P} CE(softmax_j z_e·, i_e)
+    L = Σ_e ℓ_e + L_ret             (reduction "mean": L / E, the seed's tf.reduce_mean)
+
+Row gradient g_r = ∂L/∂x_r / n_r^count_pow (n_r = events of row r in the batch; μ uses E), then
+clipping (vector rows to L2 norm ``clip``, biases to ±clip), then per coordinate:
+
+    sgd:      x ← x − lr · g
+    adagrad:  a ← a + g²;   x ← x − lr · g / sqrt(init_accum + a)
+
+``a`` is what the PS stores (its rows start with a = 0).  Biases and μ use ``lr_bias``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from learner.config import ModelConfig
+
+_NEG = -1e9  # logit of a masked retrieval column
+
+
+@dataclass
+class StepInput:
+    """One padded micro-batch: pulled rows (R = batch_size rows per table) and event indexes.
+
+    ``*_acc`` are the PS accumulators ``[R, d + 1]`` (vector part, then bias).  ``mask`` is 1 for
+    real events and 0 for padding; padded rows are ignored (their gradient is zero).
+    """
+
+    user_vec: np.ndarray
+    user_bias: np.ndarray
+    user_acc: np.ndarray
+    item_vec: np.ndarray
+    item_bias: np.ndarray
+    item_acc: np.ndarray
+    period_vec: np.ndarray
+    period_acc: np.ndarray
+    mu: np.ndarray  # float32[1]
+    mu_acc: np.ndarray  # float32[1]
+    uinv: np.ndarray
+    iinv: np.ndarray
+    kinv: np.ndarray
+    label: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class StepOutput:
+    """Predictions before the update, losses, and every updated row (same layout as the input)."""
+
+    pred: np.ndarray
+    loss_sum: float  # Σ of the per-event data loss (squared error or BCE) over real events
+    ret_loss: float
+    user_vec: np.ndarray
+    user_bias: np.ndarray
+    user_acc: np.ndarray
+    item_vec: np.ndarray
+    item_bias: np.ndarray
+    item_acc: np.ndarray
+    period_vec: np.ndarray
+    period_acc: np.ndarray
+    mu: np.ndarray
+    mu_acc: np.ndarray
+
+
+def _pad(a: np.ndarray, n: int, dtype) -> np.ndarray:
+    out = np.zeros((n,) + a.shape[1:], dtype=dtype)
+    out[: len(a)] = a
+    return out
+
+
+def index_batch(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique keys, event→row index padded to ``size`` (int32), and per-row event counts."""
+    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return uniq, _pad(inv.astype(np.int32), size, np.int32), counts
+
+
+def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_acc,
+               uinv, iinv, kinv, label) -> StepInput:
+    """Pad pulled rows (objects with ``vec``, ``bias``, ``accum``) and indexes to the batch size."""
+    n, d = cfg.batch_size, cfg.dim
+    if len(label) > n:
+        raise ValueError(f"batch of {len(label)} events exceeds batch_size {n}")
+    f32 = np.float32
+
+    def rows(r, width_bias=True):
+        if r is None:
+            return np.zeros((n, d), f32), np.zeros(n, f32), np.zeros((n, d + 1), f32)
+        return _pad(np.asarray(r.vec, f32), n, f32), _pad(np.asarray(r.bias, f32), n, f32), \
+            _pad(np.asarray(r.accum, f32), n, f32)
+
+    uv, ub, ua = rows(user_rows)
+    iv, ib, ia = rows(item_rows)
+    wv, _, wa = rows(period_rows)
+    mask = np.zeros(n, f32)
+    mask[: len(label)] = 1.0
+    return StepInput(uv, ub, ua, iv, ib, ia, wv, wa, np.asarray([mu], f32), np.asarray([mu_acc], f32),
+                     _pad(np.asarray(uinv), n, np.int32), _pad(np.asarray(iinv), n, np.int32),
+                     _pad(np.asarray(kinv), n, np.int32), _pad(np.asarray(label, f32), n, f32), mask)
+
+
+class MFModel:
+    """Holds the traced ``mf_fn`` step for one :class:`ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig):
+        import tensorflow as tf
+
+        self.cfg = cfg
+        n, d = cfg.batch_size, cfg.dim
+        f32, i32 = tf.float32, tf.int32
+        spec = [
+            tf.TensorSpec([n, d], f32), tf.TensorSpec([n], f32), tf.TensorSpec([n, d + 1], f32),
+            tf.TensorSpec([n, d], f32), tf.TensorSpec([n], f32), tf.TensorSpec([n, d + 1], f32),
+            tf.TensorSpec([n, d], f32), tf.TensorSpec([n, d + 1], f32),
+            tf.TensorSpec([1], f32), tf.TensorSpec([1], f32),
+            tf.TensorSpec([n], i32), tf.TensorSpec([n], i32), tf.TensorSpec([n], i32),
+            tf.TensorSpec([n], f32), tf.TensorSpec([n], f32),
+        ]
+        self._tf = tf
+        self._step = tf.function(self._mf_fn, input_signature=spec, jit_compile=False)
+
+    def step(self, x: StepInput) -> StepOutput:
+        """Run ``mf_fn`` on one padded batch; returns numpy arrays."""
+        out = self._step(x.user_vec, x.user_bias, x.user_acc, x.item_vec, x.item_bias, x.item_acc,
+                         x.period_vec, x.period_acc, x.mu, x.mu_acc, x.uinv, x.iinv, x.kinv, x.label, x.mask)
+        a = [t.numpy() for t in out]
+        return StepOutput(a[0], float(a[1]), float(a[2]), *a[3:])
+
+    # ------------------------------------------------------------------ the TF math
+    def _mf_fn(self, uv, ub, ua, iv, ib, ia, wv, wa, mu, mua, uinv, iinv, kinv, y, mask):
+        """Forward pass, loss, gradients and optimizer step (see the module docstring)."""
+        tf = self._tf
+        cfg = self.cfg
+        n = cfg.batch_size
+        periods = cfg.period_days > 0
+        seg = tf.math.unsorted_segment_sum
+        pe = tf.gather(uv, uinv)
+        ve = tf.gather(iv, iinv)
+        we = tf.gather(wv, kinv) if periods else None
+        q_pred = pe + we if (periods and cfg.period_in_pred) else pe
+        yhat = tf.reduce_sum(q_pred * ve, axis=1)
+        if cfg.use_bias:
+            bue = tf.gather(ub, uinv)
+            bie = tf.gather(ib, iinv)
+            yhat = yhat + bue + bie + mu[0]
+        if cfg.loss == "mse":
+            data = mask * tf.square(yhat - y)
+            dy = mask * (yhat - y)
+        else:
+            data = mask * tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=yhat)
+            dy = mask * (tf.sigmoid(yhat) - y)
+        dyv = dy * cfg.mse_vec_w
+        m = mask[:, None]
+        gpe = dyv[:, None] * ve + cfg.l2 * pe * m
+        gve = dyv[:, None] * q_pred + cfg.l2 * ve * m
+        guv, giv = seg(gpe, uinv, n), seg(gve, iinv, n)
+        gwv = seg(dy[:, None] * ve, kinv, n) if (periods and cfg.period_in_pred) else tf.zeros_like(wv)
+        if cfg.use_bias:
+            gub = seg(dy + cfg.l2_bias * bue * mask, uinv, n)
+            gib = seg(dy + cfg.l2_bias * bie * mask, iinv, n)
+        else:
+            gub, gib = tf.zeros_like(ub), tf.zeros_like(ib)
+        gmu = tf.reduce_sum(dy)[None]
+        ret = tf.zeros([])
+        if cfg.ret_weight > 0:
+            ret, gq, gvc, gbc = self._retrieval(pe, we, iv, ib, uinv, iinv, y, mask)
+            guv += seg(gq, uinv, n)
+            if periods:
+                gwv += seg(gq, kinv, n)
+            if not cfg.ret_user_only:
+                giv += gvc
+                if cfg.ret_bias and cfg.use_bias:
+                    gib += gbc
+        nvalid = tf.maximum(tf.reduce_sum(mask), 1.0)
+        if cfg.reduction == "mean":
+            guv, giv, gub, gib, gwv, gmu = (g / nvalid for g in (guv, giv, gub, gib, gwv, gmu))
+        elif cfg.count_pow > 0:
+            def scale(keys):
+                return tf.pow(tf.maximum(seg(mask, keys, n), 1.0), -cfg.count_pow)
+
+            su, si, sk = scale(uinv), scale(iinv), scale(kinv)
+            guv, gub = guv * su[:, None], gub * su
+            giv, gib = giv * si[:, None], gib * si
+            gwv = gwv * sk[:, None]
+            gmu = gmu * tf.pow(nvalid, -cfg.count_pow)
+        uv2, ua_v = self._apply(uv, ua[:, :-1], self._clip_rows(guv), cfg.lr)
+        iv2, ia_v = self._apply(iv, ia[:, :-1], self._clip_rows(giv), cfg.lr)
+        wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr)
+        if cfg.use_bias:
+            ub2, ua_b = self._apply(ub, ua[:, -1], self._clip_bias(gub), cfg.bias_lr)
+            ib2, ia_b = self._apply(ib, ia[:, -1], self._clip_bias(gib), cfg.bias_lr)
+        else:
+            ub2, ua_b, ib2, ia_b = ub, ua[:, -1], ib, ia[:, -1]
+        if cfg.learn_mu:
+            mu2, mua2 = self._apply(mu, mua, self._clip_bias(gmu), cfg.bias_lr)
+        else:
+            mu2, mua2 = mu, mua
+        loss_sum = tf.reduce_sum(data)
+        return (yhat, loss_sum, ret, uv2, ub2, tf.concat([ua_v, ua_b[:, None]], 1),
+                iv2, ib2, tf.concat([ia_v, ia_b[:, None]], 1), wv2, tf.concat([wa_v, wa[:, -1:]], 1), mu2, mua2)
+
+    def _retrieval(self, pe, we, iv, ib, uinv, iinv, y, mask):
+        """In-batch sampled softmax over the batch's positive items, with log-q popularity correction.
+
+        Returns (loss, ∂L/∂q per event, ∂L/∂v per item row, ∂L/∂b per item row).
+        """
+        tf = self._tf
+        cfg = self.cfg
+        n = cfg.batch_size
+        pos = mask * tf.cast(y > 0.5, tf.float32)
+        npos = tf.reduce_sum(pos)
+        colcnt = tf.math.unsorted_segment_sum(pos, iinv, n)
+        q = pe + we if we is not None else pe
+        z = tf.matmul(q, iv, transpose_b=True)
+        if cfg.ret_bias and cfg.use_bias:
+            z = z + ib[None, :]
+        z = z / cfg.ret_temp
+        target = tf.one_hot(iinv, n)
+        valid = (colcnt > 0)[None, :]
+        if cfg.mask_same_user:
+            # a column that is another positive of the same user is not a negative (accidental hit)
+            hit = tf.tensor_scatter_nd_max(tf.zeros([n, n]), tf.stack([uinv, iinv], 1), pos)
+            valid = valid & ~((tf.gather(hit, uinv) > 0) & (target < 0.5))
+        if cfg.logq > 0:
+            z = z - cfg.logq * tf.math.log(tf.maximum(colcnt, 1.0) / tf.maximum(npos, 1.0))[None, :]
+        z = tf.where(valid, z, _NEG)
+        logp = tf.nn.log_softmax(z, axis=1)
+        weight = cfg.ret_weight * tf.cast(npos >= 2.0, tf.float32) * pos
+        loss = -tf.reduce_sum(weight * tf.reduce_sum(target * logp, 1))
+        g = (tf.exp(logp) - target) * (weight / cfg.ret_temp)[:, None]  # ∂L/∂(q·v_j + b_j)
+        return loss, tf.matmul(g, iv), tf.matmul(g, q, transpose_a=True), tf.reduce_sum(g, 0)
+
+    def _clip_rows(self, g):
+        tf = self._tf
+        if self.cfg.clip <= 0:
+            return g
+        norm = tf.sqrt(tf.reduce_sum(g * g, axis=-1, keepdims=True))
+        return g * tf.minimum(1.0, self.cfg.clip / tf.maximum(norm, 1e-12))
+
+    def _clip_bias(self, g):
+        tf = self._tf
+        return g if self.cfg.clip <= 0 else tf.clip_by_value(g, -self.cfg.clip, self.cfg.clip)
+
+    def _apply(self, x, acc, g, lr):
+        """One optimizer step: returns (new x, new accumulator)."""
+        tf = self._tf
+        if self.cfg.optimizer == "sgd":
+            return x - lr * g, acc
+        acc2 = acc + g * g
+        return x - lr * g / tf.sqrt(self.cfg.init_accum + acc2), acc2
+
+
+# ---------------------------------------------------------------------- numpy views for evaluation
+def predict(cfg: ModelConfig, user_vec, user_bias, item_vec, item_bias, mu: float,
+            period_vec: np.ndarray | None = None) -> np.ndarray:
+    """ŷ = q·v_i + b_u + b_i + μ row by row (q = p_u [+ w_k]); the seed preset: p_u·v_i."""
+    q = np.asarray(user_vec, np.float64)
+    if period_vec is not None and cfg.period_days > 0 and cfg.period_in_pred:
+        q = q + period_vec
+    out = (q * np.asarray(item_vec, np.float64)).sum(1)
+    if cfg.use_bias:
+        out = out + user_bias + item_bias + mu
+    return out
+
+
+def recall_scores(cfg: ModelConfig, query: np.ndarray, item_vec: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
+    """Recall score matrix ``s(u, i) = q_u·v_i + gamma·b_i`` (rows: queries, columns: items)."""
+    s = np.asarray(query, np.float32) @ np.asarray(item_vec, np.float32).T
+    if cfg.gamma and cfg.use_bias:
+        s = s + cfg.gamma * np.asarray(item_bias, np.float32)[None, :]
+    return s
