@@ -249,9 +249,11 @@ def read_ratings(path: Path, fmt: str | None = None, skip_bad_lines: bool = Fals
 # --- movies side table ---------------------------------------------------------------------------------
 
 
-def find_movies_file(ratings_path: Path) -> Path | None:
-    """The movies side table next to a ratings file (movies.csv, movies.dat or u.item), if any."""
-    for name in MOVIES_FILES:
+def find_movies_file(ratings_path: Path, fmt: str | None = None) -> Path | None:
+    """The movies side table next to a ratings file, if any: the one of the same release first
+    (csv → movies.csv, dat → movies.dat, udata → u.item), then the others."""
+    preferred = {"csv": "movies.csv", "dat": "movies.dat", "udata": "u.item"}.get(fmt or "")
+    for name in ([preferred] if preferred else []) + list(MOVIES_FILES):
         candidate = Path(ratings_path).parent / name
         if candidate.is_file():
             return candidate

@@ -149,7 +149,7 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
     r = movielens.read_ratings(ratings_path, cfg.format, cfg.skip_bad_lines)
     for message in r.bad_examples:
         log(f"skipped bad line: {message}", file=sys.stderr)
-    movies_path = Path(cfg.movies) if cfg.movies else movielens.find_movies_file(ratings_path)
+    movies_path = Path(cfg.movies) if cfg.movies else movielens.find_movies_file(ratings_path, r.format)
     movies = movielens.read_movies(movies_path) if movies_path else None
     parts = split(r, cfg)
 
