@@ -203,6 +203,11 @@ class ParameterServer:
         Returns False (and changes nothing) when ``fence`` is already covered: every partition's
         stored next offset is >= the fence's.  Otherwise applies the updates and raises the stored
         offsets to the fence's in the same atomic step.  See the module docstring for the equations.
+        ``push({}, fence=f)`` only moves the offsets (a batch with nothing to learn).  Without a
+        fence, returns whether anything was written.
+
+        Assign pushes of whole rows (vec, bias and accum given) for ids this process pulled recently
+        are one MSET (see :mod:`ps_redis.fastpath`); other pushes run ``lfm_push`` on the server.
 
         Raises:
             ValueError: unknown mode, bad table name, or a field of the wrong dtype / shape
@@ -212,12 +217,12 @@ class ParameterServer:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
         packed = [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
-        if not packed:
-            return False
         fargs = fence.args() if fence is not None else []
         np_ = len(fargs) // 2
+        if not packed and not np_:
+            return False
         now = time.time()
-        if mode == "assign" and not self.keys.shards and all(m & fastpath.FULL == fastpath.FULL
+        if packed and mode == "assign" and not self.keys.shards and all(m & fastpath.FULL == fastpath.FULL
                                                               for _, _, m, _ in packed):
             done = self._assign_fast(packed, fence if np_ else None, now)
             if done is not None:
@@ -245,7 +250,7 @@ class ParameterServer:
                 keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
                 commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, np_,
                                             *fargs, 1, len(rkeys), mask, sub)))
-        applied = any(self._run(commands))
+        applied = any(self._run(commands)) if commands else True  # a fence-only push moves the offsets
         if np_:
             fkey = self.keys.fence(fence.group, fence.topic)
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
