@@ -1,0 +1,69 @@
+"""``python -m recall_api`` / ``lfm-recall``: run the recall service with uvicorn (one worker).
+
+Every flag falls back to an environment variable (shown in ``--help``), so docker compose configures the
+service with ``REDIS_URL``, ``LFM_NAMESPACE`` and ``LFM_DATA_DIR`` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
+                               env_default, env_help)
+
+HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of the service."""
+    p = argparse.ArgumentParser(prog="python -m recall_api", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default=env_default(HOST_ENV, "127.0.0.1"),
+                   help=env_help("interface to listen on", HOST_ENV, "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env_default(PORT_ENV, "8000")),
+                   help=env_help("TCP port", PORT_ENV, 8000))
+    p.add_argument("--redis-url", default=default_redis_url(),
+                   help=env_help("Redis URL of the parameter server", REDIS_URL_ENV, default_redis_url()))
+    p.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+                   help=env_help("PS namespace (model) to serve", NAMESPACE_ENV, DEFAULT_NAMESPACE))
+    p.add_argument("--data-dir", default=env_default(DATA_DIR_ENV),
+                   help=env_help("prepared data directory (movies.csv for titles, manifest.json + shards "
+                                 "for the known users); optional", DATA_DIR_ENV))
+    p.add_argument("--dim", type=int, default=None,
+                   help="vector dimension (default: read from the namespace; the service waits for the learner)")
+    p.add_argument("--refresh-interval", type=float, default=0.1,
+                   help="seconds between incremental refreshes of the item matrix (default 0.1)")
+    p.add_argument("--faiss", action="store_true",
+                   help="rank with Faiss IVF indexes (approximate; for catalogues of >= 100k movies)")
+    p.add_argument("--faiss-nprobe", type=int, default=16, help="Faiss lists visited per query (default 16)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="log level of the service and uvicorn (default warning)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the catalog, serve until interrupted."""
+    args = build_parser().parse_args(argv)
+    import uvicorn
+
+    from recall_api.app import create_app
+    from recall_api.catalog import Catalog
+    from recall_api.store import RecallStore, StoreConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = StoreConfig(redis_url=args.redis_url, namespace=args.namespace, dim=args.dim,
+                             refresh_interval=args.refresh_interval, faiss=args.faiss,
+                             faiss_nprobe=args.faiss_nprobe)
+        catalog = Catalog.load(args.data_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(RecallStore(config, catalog))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""RecallStore: the item matrix kept fresh from the Redis PS, and the u2i / i2i queries over it.
+
+Refresh protocol (docs/design.md "Activity log"): take ``log.cursor()``, load every item row with
+``ps.scan("item")``, then every ``refresh_interval`` seconds ask ``log.changes_since(cursor)`` for the
+hashed item ids the learner changed and re-pull only those (``ps.pull("item", ids, create=False)``).
+When the cursor fell off the capped change stream, or the log restarted (flush / load / an empty Redis
+after a restart), :class:`~ps_redis.activity.CursorExpired` triggers a full reload into a fresh matrix.
+
+Request path: u2i reads the user row (one MGET) and the user's rated movies (one SMEMBERS), then ranks
+the in-memory matrix (:mod:`recall_api.topk`, or Faiss with ``faiss=True``); i2i touches no Redis.
+
+Availability: any Redis error marks the store unhealthy; while unhealthy, queries fail at once with
+:class:`Unavailable` (HTTP 503) instead of waiting on Redis, and the refresh thread keeps probing every
+``refresh_interval`` (capped backoff up to ``max_backoff``) and marks it healthy again when Redis answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from lfm_stream.hashing import user_hash
+from ps_redis import ParameterServer, PSError
+from ps_redis.activity import ActivityLog, CursorExpired
+from recall_api.catalog import Catalog
+from recall_api.matrix import ItemMatrix
+from recall_api.topk import NEG_INF, cosine_scores, lookup_rows, popularity_top_k, top_k, u2i_scores
+
+log = logging.getLogger("recall_api")
+
+SOURCE_MODEL = "model"
+SOURCE_POPULARITY = "popularity"
+
+
+class Unavailable(RuntimeError):
+    """Redis is unreachable, or no item vectors are loaded yet (HTTP 503)."""
+
+
+class NotFound(LookupError):
+    """Unknown user or movie (HTTP 404); the message says why."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the vectors are and how the store keeps them fresh.
+
+    Attributes:
+        redis_url, namespace: the PS to read.
+        dim: vector dimension; None reads it from the namespace (waits until the learner created it).
+        refresh_interval: seconds between incremental refreshes (and between probes while Redis is down).
+        max_backoff: cap of the probe interval while Redis is down.
+        faiss: rank with Faiss IVF indexes instead of brute force (approximate; for >= 100k movies).
+        faiss_nprobe: inverted lists visited per Faiss query.
+        chunk: rows per MGET when loading or re-pulling items.
+        socket_timeout, retries: Redis client settings of the PS this store creates.
+    """
+
+    redis_url: str
+    namespace: str = "lfm"
+    dim: int | None = None
+    refresh_interval: float = 0.1
+    max_backoff: float = 1.0
+    faiss: bool = False
+    faiss_nprobe: int = 16
+    chunk: int = 8192
+    socket_timeout: float = 2.0
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.refresh_interval > 0:
+            raise ValueError(f"refresh_interval must be > 0 seconds (got {self.refresh_interval!r})")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"dim must be >= 1 (got {self.dim!r})")
+        if self.faiss_nprobe < 1 or self.chunk < 1:
+            raise ValueError(f"faiss_nprobe and chunk must be >= 1 (got {self.faiss_nprobe}, {self.chunk})")
+
+
+@dataclass
+class Answer:
+    """Ranked movies: raw ids and scores, best first, and where they came from."""
+
+    source: str
+    movies: list[int]
+    scores: list[float]
+
+
+@dataclass
+class RefreshStats:
+    """Counters the refresh thread keeps for /stats."""
+
+    refreshes: int = 0
+    full_reloads: int = 0
+    rows_applied: int = 0
+    unmapped: int = 0
+    last_refresh: float | None = None
+    last_full_reload: float | None = None
+    applied_change_ms: int | None = None  # stream time of the newest change applied
+    last_error: str | None = None
+    errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def cursor_ms(cursor: str | None) -> int | None:
+    """Redis stream time (ms) of an activity-log cursor ``"<epoch>/<ms>-<seq>"`` (None before any entry)."""
+    if not cursor or "/" not in cursor:
+        return None
+    ms = int(cursor.split("/", 1)[1].split("-", 1)[0])
+    return ms or None
+
+
+class RecallStore:
+    """Holds the item matrix, refreshes it from Redis, answers u2i / i2i.
+
+    Args:
+        config: the store configuration.
+        catalog: movie names and known users (may be empty).
+    """
+
+    def __init__(self, config: StoreConfig, catalog: Catalog | None = None):
+        self.config = config
+        self.catalog = catalog or Catalog()
+        self.ps: ParameterServer | None = None
+        self.log: ActivityLog | None = None
+        self.matrix: ItemMatrix | None = None
+        self.index = None
+        self.cursor: str | None = None
+        self.healthy = False
+        self.stats = RefreshStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def start(self) -> "RecallStore":
+        """Try one load now (errors are kept for /stats), then refresh on a daemon thread."""
+        self.refresh_once()
+        self._thread = threading.Thread(target=self._loop, name="recall-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the refresh thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        delay = self.config.refresh_interval
+        while not self._stop.wait(delay):
+            try:
+                ok = self.refresh_once()
+            except Exception as exc:  # a bug must not kill the thread: keep it visible in /stats, retry
+                log.exception("refresh failed")
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                ok = False
+            delay = self.config.refresh_interval if ok else min(self.config.max_backoff, delay * 2)
+
+    # -------------------------------------------------------------------------------- refresh
+    def _connect(self) -> None:
+        if self.ps is None:
+            c = self.config
+            self.ps = ParameterServer.get(c.redis_url, c.namespace, c.dim, retries=c.retries,
+                                          socket_timeout=c.socket_timeout, backoff_cap=0.2)
+        if self.log is None:
+            self.log = ActivityLog(self.ps)
+
+    def refresh_once(self) -> bool:
+        """One refresh step (connect / full load / incremental); returns False when Redis failed."""
+        with self._write_lock:
+            try:
+                self._connect()
+                if self.matrix is None:
+                    self._full_load()
+                else:
+                    try:
+                        self._incremental()
+                    except CursorExpired as exc:
+                        log.info("full reload: %s", exc)
+                        self._full_load()
+            except (PSError, redis.RedisError, OSError) as exc:
+                self._failed(exc)
+                return False
+            self.healthy = True
+            self.stats.refreshes += 1
+            self.stats.last_refresh = time.time()
+            return True
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.healthy or self.stats.last_error != str(exc):
+            log.warning("redis unavailable: %s", exc)
+        self.healthy = False
+        self.stats.errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _full_load(self) -> None:
+        cursor = self.log.cursor()  # first, so changes made during the scan are re-pulled afterwards
+        matrix = ItemMatrix(self.ps.dim, capacity=max(1024, self.ps.count("item")))
+        self.stats.unmapped = 0
+        for rows in self.ps.scan("item", chunk=self.config.chunk):
+            self._apply(matrix, rows, index=None)
+        index = None
+        if self.config.faiss:
+            from recall_api.index import FaissIndex
+
+            index = FaissIndex(matrix.dim, nprobe=self.config.faiss_nprobe)
+            snap = matrix.snapshot()
+            index.build(snap.vec, snap.bias)
+        self.matrix, self.index, self.cursor = matrix, index, cursor
+        self.stats.full_reloads += 1
+        self.stats.last_full_reload = time.time()
+        self.stats.applied_change_ms = cursor_ms(cursor)
+
+    def _incremental(self) -> None:
+        cursor, ids = self.log.changes_since(self.cursor)
+        for start in range(0, len(ids), self.config.chunk):
+            part = ids[start:start + self.config.chunk]
+            rows = self.ps.pull("item", part, create=False)
+            gone = part[~rows.found]
+            if len(gone):
+                removed = self.matrix.remove(gone)
+                if self.index is not None:
+                    self.index.remove(removed)
+            self._apply(self.matrix, rows, index=self.index)
+        self.cursor = cursor
+        self.stats.applied_change_ms = cursor_ms(cursor) or self.stats.applied_change_ms
+        if self.index is not None and self.index.needs_rebuild(self.matrix.n):
+            snap = self.matrix.snapshot()
+            self.index.build(snap.vec, snap.bias)
+            if snap.invalid is not None:
+                self.index.remove(snap.invalid)
+
+    def _apply(self, matrix: ItemMatrix, rows, index) -> None:
+        found = rows.found
+        if not found.all():
+            rows_ids, raw, vec, bias = rows.ids[found], rows.raw[found], rows.vec[found], rows.bias[found]
+        else:
+            rows_ids, raw, vec, bias = rows.ids, rows.raw, rows.vec, rows.bias
+        if len(rows_ids) == 0:
+            return
+        raw = raw.copy()
+        unknown = raw < 0
+        if unknown.any():  # the learner did not store the raw id: name the row from the catalog
+            names = self.catalog.raw_of_hash
+            raw[unknown] = [names.get(h, -1) for h in rows_ids[unknown].tolist()]
+            keep = raw >= 0
+            self.stats.unmapped += int((~keep).sum())
+            rows_ids, raw, vec, bias = rows_ids[keep], raw[keep], vec[keep], bias[keep]
+        updated, appended = matrix.upsert(rows_ids, raw, vec, bias)
+        self.stats.rows_applied += len(rows_ids)
+        if index is not None and index.ready:
+            written = np.concatenate([updated, appended])
+            index.upsert(written, matrix._vec[written], matrix._bias[written])
+
+    # -------------------------------------------------------------------------------- queries
+    @contextlib.contextmanager
+    def _redis(self):
+        """Run request-path Redis calls; a failure marks the store unhealthy and raises Unavailable."""
+        try:
+            yield
+        except (PSError, redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            raise Unavailable(f"Redis unavailable at {self.config.redis_url}: {exc}") from exc
+
+    def _ready(self) -> ItemMatrix:
+        if not self.healthy or self.ps is None:
+            raise Unavailable(f"service unavailable: {self.stats.last_error or 'not connected to Redis yet'}; retrying")
+        if self.matrix is None:
+            raise Unavailable("item vectors are not loaded yet")
+        return self.matrix
+
+    def u2i(self, user_id: int, k: int) -> Answer:
+        """Top-k movies for a raw user id, movies the user rated excluded.
+
+        ``s(u, i) = q_u · v_i + b_i`` for a user with a vector (source ``model``); a user without a
+        vector who is known (rated something, or is in the prepared data) gets the most popular movies
+        they have not rated (source ``popularity``, score = positive events).
+
+        Raises:
+            NotFound: the user has no vector, no activity and is not in the prepared data.
+            Unavailable: Redis is down or nothing is loaded yet.
+        """
+        matrix = self._ready()
+        with self._redis():
+            user = self.ps.pull("user", np.array([user_hash(user_id)], np.int64), create=False)
+            seen = self.log.seen(user_id)
+        if user.found[0]:
+            snap = matrix.snapshot()
+            exclude = lookup_rows(snap.raw_pos, seen) if seen else None
+            if self.index is not None and self.index.ready:
+                pos, scores = self.index.search_u2i(user.vec[0], k, exclude)
+            else:
+                s = u2i_scores(user.vec[0], snap.vec, snap.bias)
+                if snap.invalid is not None:
+                    s[snap.invalid] = NEG_INF
+                pos, scores = top_k(s, k, exclude)
+            return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
+        if not seen and not self.catalog.knows_user(user_id):
+            raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
+        with self._redis():
+            popular = self.log.popular(k + len(seen))
+        top = popularity_top_k(popular, k, seen)
+        return Answer(SOURCE_POPULARITY, [m for m, _ in top], [c for _, c in top])
+
+    def i2i(self, movie_id: int, k: int) -> Answer:
+        """Top-k movies by cosine similarity to a raw movie id, the movie itself excluded.
+
+        Raises:
+            NotFound: the movie has no vector (not in the catalog, or not trained yet).
+            Unavailable: Redis is down or nothing is loaded yet.
+        """
+        matrix = self._ready()
+        snap = matrix.snapshot()
+        row = matrix.row_of_raw(movie_id)
+        if row is None or row >= snap.n:
+            if movie_id in self.catalog.movies:
+                raise NotFound(f"movie {movie_id} ({self.catalog.movies[movie_id].title}) has no vector yet")
+            raise NotFound(f"unknown movie {movie_id}: not in the catalog and no vector")
+        exclude = np.array([row], np.int64)
+        if self.index is not None and self.index.ready:
+            pos, scores = self.index.search_i2i(snap.unit[row], k, exclude)
+        else:
+            s = cosine_scores(snap.unit, snap.unit[row])
+            if snap.invalid is not None:
+                s[snap.invalid] = NEG_INF
+            pos, scores = top_k(s, k, exclude)
+        return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
+
+    # ---------------------------------------------------------------------------------- stats
+    def describe(self) -> dict:
+        """Vectors loaded, refresh times, lag behind the learner, health (for /stats)."""
+        now = time.time()
+        st = self.stats
+        learner_ms = None
+        if self.healthy and self.log is not None:
+            with contextlib.suppress(PSError, redis.RedisError, OSError):
+                learner_ms = cursor_ms(self.log.cursor())
+        applied = st.applied_change_ms
+        lag = None
+        if learner_ms is not None:
+            lag = max(0.0, (learner_ms - (applied or 0)) / 1000.0) if applied else None
+        m = self.matrix
+        return {
+            "healthy": self.healthy,
+            "redis_url": self.config.redis_url,
+            "namespace": self.config.namespace,
+            "dim": None if self.ps is None else self.ps.dim,
+            "vectors_loaded": 0 if m is None else len(m),
+            "rows_removed": 0 if m is None else m.n_invalid,
+            "rows_unmapped": st.unmapped,
+            "index": "faiss-ivf" if self.index is not None else "brute-force",
+            "faiss": None if self.index is None else self.index.stats(),
+            "last_refresh": st.last_refresh,
+            "refresh_age_s": None if st.last_refresh is None else round(now - st.last_refresh, 4),
+            "refresh_interval_s": self.config.refresh_interval,
+            "last_full_reload": st.last_full_reload,
+            "refreshes": st.refreshes,
+            "full_reloads": st.full_reloads,
+            "rows_applied": st.rows_applied,
+            "cursor": self.cursor,
+            "learner_last_change": None if learner_ms is None else learner_ms / 1000.0,
+            "applied_last_change": None if applied is None else applied / 1000.0,
+            "lag_s": lag,
+            "errors": st.errors,
+            "last_error": st.last_error,
+            "catalog": self.catalog.stats(),
+        }

@@ -1,0 +1,131 @@
+"""Brute-force top-k over an in-memory item matrix (pure numpy, no I/O).
+
+Scores (see docs/design.md "Recall scoring"):
+
+    u2i:  s(u, i) = q_u · v_i + b_i                over all item rows, minus the user's rated movies
+    i2i:  s(j, i) = v_j · v_i / (‖v_j‖ ‖v_i‖)      cosine, minus the query movie itself
+
+Selection is ``np.argpartition`` (O(n)) followed by a sort of the k survivors, so a query over n
+items costs one mat-vec, one partition and an O(k log k) sort; there is no Python loop over items.
+Excluded positions are set to ``-inf`` and never returned, even when k exceeds what is left.
+"""
+
+from __future__ import annotations
+
+from itertools import repeat
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+def u2i_scores(query: np.ndarray, vec: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Scores ``s_i = q · v_i + b_i`` of every item row.
+
+    Args:
+        query: float32[d], the user vector q_u.
+        vec: float32[n, d], item vectors v_i.
+        bias: float32[n], item biases b_i (None = no bias term).
+
+    Returns:
+        float32[n], a fresh array the caller may modify.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    if vec.shape[1] != q.shape[0]:
+        raise ValueError(f"query has dim {q.shape[0]} but item vectors have dim {vec.shape[1]}")
+    s = vec @ q
+    if bias is not None:
+        s += bias
+    return s
+
+
+def normalize_rows(vec: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm, ``v / max(‖v‖, eps)`` (zero rows stay zero: cosine 0 to everything)."""
+    vec = np.asarray(vec, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", vec, vec, dtype=np.float64)).astype(np.float32)
+    return vec / np.maximum(norms, np.float32(eps))[:, None]
+
+
+def cosine_scores(unit: np.ndarray, query_unit: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every unit-normalized row to a unit query: ``unit @ query_unit`` (float32[n])."""
+    return unit @ np.asarray(query_unit, dtype=np.float32)
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and scores of the ``k`` largest scores, best first.
+
+    Ties are broken by position (lower first), so the result is deterministic.
+
+    Args:
+        scores: float32[n]; modified in place where ``exclude`` points (set to -inf).
+        k: how many to return (>= 1). Fewer come back when fewer than k positions are left.
+        exclude: int positions never to return (out-of-range and negative entries are ignored).
+
+    Returns:
+        ``(positions int64[m], scores float32[m])`` with ``m <= k``, scores descending.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (got {k})")
+    n = scores.shape[0]
+    if exclude is not None and len(exclude):
+        ex = np.asarray(exclude, dtype=np.int64)
+        ex = ex[(ex >= 0) & (ex < n)]
+        scores[ex] = NEG_INF
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    cand = _candidates(scores, k)
+    cand_scores = scores[cand]
+    order = np.lexsort((cand, -cand_scores.astype(np.float64)))
+    cand, cand_scores = cand[order[:k]], cand_scores[order[:k]]
+    keep = cand_scores > NEG_INF
+    # NaN scores (a corrupt vector) compare False and are dropped with the excluded ones
+    return cand[keep].astype(np.int64), cand_scores[keep]
+
+
+def _candidates(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions that include the k largest scores and all ties of the k-th (every position when k >= n).
+
+    Pre-filter: the k-th largest score of a strided subsample is a lower bound of the k-th largest of
+    all scores, so ``scores >= bound`` keeps every member of the top k while dropping most positions;
+    the exact partition then runs over about ``k * n / m`` survivors instead of ``n`` (m = sample size,
+    ≈ sqrt(k n)).  Falls back to a full partition when the bound is not finite (excluded -inf or NaN).
+    """
+    n = scores.shape[0]
+    if k >= n:
+        return np.arange(n)
+    stride = int(n // max(k, np.sqrt(k * n)))
+    if stride >= 2:
+        sample = scores[::stride]
+        m = sample.shape[0]
+        if m > k:
+            bound = np.partition(sample, m - k)[m - k]
+            if np.isfinite(bound):
+                cand = np.flatnonzero(scores >= bound)
+                if cand.shape[0] <= k:
+                    return cand
+                sub = scores[cand]
+                return cand[sub >= np.partition(sub, sub.shape[0] - k)[sub.shape[0] - k]]
+    kth = np.partition(scores, n - k)[n - k]
+    if np.isnan(kth):
+        return np.argpartition(scores, n - k)[n - k:]
+    return np.flatnonzero(scores >= kth)  # every tie of the k-th score, so ties break by position
+
+
+def lookup_rows(positions: dict[int, int], keys) -> np.ndarray:
+    """Row positions of ``keys`` in a ``{key: row}`` dict, -1 where absent (one C-level pass, no bytecode loop)."""
+    if not isinstance(keys, (list, tuple, set, frozenset)):
+        keys = list(keys)
+    return np.fromiter(map(positions.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+
+
+def popularity_top_k(popular: list[tuple[int, float]], k: int, exclude: set[int] | frozenset[int] = frozenset()
+                     ) -> list[tuple[int, float]]:
+    """The first ``k`` of a most-popular-first list whose movie is not in ``exclude``."""
+    out: list[tuple[int, float]] = []
+    for movie, count in popular:
+        if movie in exclude:
+            continue
+        out.append((int(movie), float(count)))
+        if len(out) == k:
+            break
+    return out

@@ -1,0 +1,144 @@
+"""Pure parts of the recall service: top-k selection, the item matrix, the catalog, the Faiss wrapper."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lfm_stream.hashing import hash_movie_ids
+from lfm_stream.schema import encode_examples
+from recall_api.catalog import Catalog, decode_varint, read_movies, scan_raw_user_ids
+from recall_api.index import FaissIndex
+from recall_api.matrix import ItemMatrix
+from recall_api.topk import cosine_scores, lookup_rows, normalize_rows, popularity_top_k, top_k, u2i_scores
+
+
+def reference_top_k(scores: np.ndarray, k: int, exclude=()) -> list[int]:
+    s = scores.astype(np.float64).copy()
+    s[list(exclude)] = -np.inf
+    order = np.lexsort((np.arange(len(s)), -s))
+    return [int(i) for i in order if np.isfinite(s[i])][:k]
+
+
+def test_top_k_hand_computed():
+    s = np.array([1.0, 5.0, 3.0, 5.0, 2.0], np.float32)
+    pos, sc = top_k(s.copy(), 3)
+    assert pos.tolist() == [1, 3, 2] and sc.tolist() == [5.0, 5.0, 3.0]  # tie broken by position
+    pos, sc = top_k(s.copy(), 10, exclude=np.array([1, 3, 99, -1]))
+    assert pos.tolist() == [2, 4, 0]  # fewer than k left; out-of-range exclusions ignored
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        top_k(s.copy(), 0)
+    assert top_k(np.zeros(0, np.float32), 5)[0].tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_equals_full_sort(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n, k = int(rng.integers(1, 6000)), int(rng.integers(1, 300))
+        s = rng.normal(size=n).astype(np.float32)
+        if seed % 2:
+            s = np.round(np.sort(s), 1)  # adversarial: sorted, many ties
+        ex = rng.choice(n, size=min(n, int(rng.integers(0, 80))), replace=False)
+        assert top_k(s.copy(), k, ex)[0].tolist() == reference_top_k(s, k, ex)
+
+
+def test_top_k_drops_nan():
+    s = np.array([np.nan, 1.0, 2.0, np.nan], np.float32)
+    assert top_k(s, 4)[0].tolist() == [2, 1]
+
+
+def test_scores():
+    q = np.array([1.0, 2.0], np.float32)
+    vec = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]], np.float32)
+    bias = np.array([0.5, -1.0, 0.0], np.float32)
+    np.testing.assert_allclose(u2i_scores(q, vec, bias), [1.5, 1.0, 11.0])
+    unit = normalize_rows(np.vstack([vec, np.zeros((1, 2), np.float32)]))
+    np.testing.assert_allclose(cosine_scores(unit, unit[2]), [0.6, 0.8, 1.0, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="dim 3"):
+        u2i_scores(np.zeros(3, np.float32), vec, bias)
+
+
+def test_lookup_and_popularity():
+    assert lookup_rows({10: 0, 20: 1}, {20, 30}).tolist() in ([1, -1], [-1, 1])
+    assert lookup_rows({10: 0}, []).tolist() == []
+    pop = [(5, 9.0), (7, 8.0), (9, 3.0), (11, 1.0)]
+    assert popularity_top_k(pop, 2, {5}) == [(7, 8.0), (9, 3.0)]
+    assert popularity_top_k(pop, 10, {5, 7, 9, 11}) == []
+
+
+def test_item_matrix_upsert_remove_and_snapshots():
+    m = ItemMatrix(2, capacity=1)
+    rows_u, rows_a = m.upsert(np.array([100, 200]), np.array([1, 2]), np.eye(2, dtype=np.float32),
+                              np.array([0.1, 0.2], np.float32))
+    assert rows_u.tolist() == [] and rows_a.tolist() == [0, 1]
+    old = m.snapshot()
+    m.upsert(np.array([200, 300]), np.array([2, 3]), np.array([[0, 2], [3, 4]], np.float32),
+             np.array([0.5, 0.3], np.float32))
+    new = m.snapshot()
+    assert old.n == 2 and new.n == 3 and len(m) == 3
+    assert new.vec[1].tolist() == [0, 2] and new.unit[1].tolist() == [0, 1]
+    np.testing.assert_allclose(new.unit[2], [0.6, 0.8])
+    assert m.row_of_raw(3) == 2 and m.row_of_raw(4) is None
+    assert m.remove(np.array([100, 999])).tolist() == [0]
+    assert m.row_of_raw(1) is None and len(m) == 2 and m.snapshot().invalid.tolist() == [0]
+    m.upsert(np.array([100]), np.array([1]), np.ones((1, 2), np.float32), np.zeros(1, np.float32))
+    assert m.row_of_raw(1) == 0 and len(m) == 3 and m.snapshot().invalid is None
+    with pytest.raises(ValueError, match=r"shape \(1, 3\)"):
+        m.upsert(np.array([5]), np.array([5]), np.ones((1, 3), np.float32), np.zeros(1, np.float32))
+
+
+def test_catalog_movies_users_and_hashes(tmp_path):
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n1,"Toy Story (1995)",Animation|Comedy\n'
+                                         '2,"Heat, The (1995)",(no genres listed)\n')
+    cols = dict(user_id=np.array([5, 6, 7]), movie_id=np.array([7, 8, 9]), raw_user_id=np.array([3, 123456, 3]),
+                raw_movie_id=np.array([1, 2, 1]), rating=np.array([1, 2, 3], np.float32),
+                label=np.array([0, 1, 1], np.float32), timestamp=np.array([10, 20, 30]))
+    buf, _ = encode_examples(cols)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "part-00000.tfrecord").write_bytes(b"framing" + buf.tobytes())
+    (tmp_path / "manifest.json").write_text(json.dumps({"train_shards": [{"file": "train/part-00000.tfrecord"}],
+                                                        "test_shards": []}))
+    cat = Catalog.load(tmp_path)
+    assert cat.movie(1).title == "Toy Story (1995)" and cat.movie(1).genres == ("Animation", "Comedy")
+    assert cat.movie(2).title == "Heat, The (1995)" and cat.movie(2).genres == ()
+    assert cat.movie(3).title is None
+    assert cat.users == {3, 123456} and cat.knows_user(3) and not cat.knows_user(4)
+    assert cat.raw_of_hash[int(hash_movie_ids(np.array([2]))[0])] == 2
+    assert scan_raw_user_ids(tmp_path / "train" / "part-00000.tfrecord") == {3, 123456}
+    assert decode_varint(bytes([0xAC, 0x02])) == 300
+    assert Catalog.load(None).knows_user(3) is False
+
+
+def test_catalog_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "movies.csv"
+    bad.write_text("movieId,title,genres\n1,A,Drama\nx,B,Drama\n")
+    with pytest.raises(ValueError, match=r"movies.csv:3: movieId is not an integer \(got 'x'\)"):
+        read_movies(bad)
+    bad.write_text("id,name\n")
+    with pytest.raises(ValueError, match="movies.csv:1: expected header"):
+        read_movies(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Catalog.load(tmp_path / "nope")
+
+
+def test_faiss_exact_when_probing_every_list():
+    rng = np.random.default_rng(1)
+    vec = rng.normal(size=(2000, 8)).astype(np.float32)
+    bias = rng.normal(size=2000).astype(np.float32)
+    index = FaissIndex(8, nprobe=64, nlist=16)
+    index.build(vec, bias)
+    q = rng.normal(size=8).astype(np.float32)
+    ex = np.array([int(np.argmax(vec @ q + bias)), 5])
+    pos, sc = index.search_u2i(q, 20, ex)
+    assert pos.tolist() == reference_top_k(u2i_scores(q, vec, bias), 20, ex)
+    unit = normalize_rows(vec)
+    pos, _ = index.search_i2i(unit[3], 10, np.array([3]))
+    assert pos.tolist() == reference_top_k(cosine_scores(unit, unit[3]), 10, [3])
+    # replace a row: it must now be found with its new vector
+    index.upsert(np.array([7]), (q * 10)[None, :], np.zeros(1, np.float32))
+    assert index.search_u2i(q, 1)[0].tolist() == [7]
+    index.remove(np.array([7]))
+    assert 7 not in index.search_u2i(q, 50)[0].tolist()
