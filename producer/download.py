@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -50,8 +51,11 @@ class DownloadError(RuntimeError):
 
 
 def _get(url: str, timeout: float = 60.0):
+    host = urllib.parse.urlsplit(url).hostname or ""
+    # a loopback server (tests, a local mirror) is never reached through an HTTP proxy from the environment
+    handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
     try:
-        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http/https only, checked by caller)
+        return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
