@@ -2,7 +2,7 @@
 
 The model, for ``U`` users and ``M`` movies (``U ≈ N / 150``, ``M ≈ 12 √N``, like the MovieLens releases):
 
-- user activity ``n_u`` ∝ Pareto(``activity_alpha``) weights (power law), ``Σ n_u = N``, ``1 <= n_u <= M/4``;
+- user activity ``n_u`` ∝ Pareto(``activity_alpha``) weights (power law), ``Σ n_u = N``, ``1 <= n_u <= M/3``;
 - movie choice: ``p(i) = 0.8 · Zipf(i; popularity_s) + 0.2 / M`` over a random permutation of the movie
   ids, each user rates ``n_u`` distinct movies;
 - stars ``r = clip(round₀.₅(μ + b_u + b_i + s · p_u·q_i + ε), 0.5, 5)`` with ``p_u, q_i ~ N(0, I/dim)``,
@@ -40,7 +40,7 @@ class SyntheticConfig:
     dim: int = 8
     scale: float = 1.5
     noise: float = 0.6
-    mu: float = 3.5
+    mu: float = 3.6
     activity_alpha: float = 1.4
     popularity_s: float = 1.0
     years: float = 20.0
@@ -51,7 +51,15 @@ class SyntheticConfig:
 
     @property
     def n_users(self) -> int:
-        return self.users or max(10, self.n // 150)
+        if self.users:
+            return self.users
+        # enough users that each needs at most a third of the catalogue
+        return min(self.n, max(10, self.n // 150, -(-self.n // self.cap)))
+
+    @property
+    def cap(self) -> int:
+        """Most ratings one user gets (a third of the movies)."""
+        return max(1, self.n_movies // 3)
 
     @property
     def n_movies(self) -> int:
@@ -60,7 +68,7 @@ class SyntheticConfig:
 
 def _counts(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     """Ratings per user: power-law weights, total exactly ``n``, each in ``[1, cap]``."""
-    u, cap = cfg.n_users, max(1, cfg.n_movies // 4)
+    u, cap = cfg.n_users, cfg.cap
     if u * cap < cfg.n:
         raise ValueError(f"{u} users x at most {cap} movies each cannot hold {cfg.n} ratings; "
                          "raise users or movies")
@@ -106,7 +114,11 @@ def _movies_for_users(counts: np.ndarray, cfg: SyntheticConfig, rng: np.random.G
 
 
 def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
-    """Generate the ratings as columns ``userId, movieId, rating, timestamp`` (time order) plus ``movie_factors``."""
+    """Generate the ratings as columns ``userId, movieId, rating, timestamp`` (time order).
+
+    Also returns the ground truth: ``user_factors`` / ``user_bias`` (row ``userId - 1``), ``movie_factors`` /
+    ``movie_bias`` (row ``k`` is movie ``movie_ids[k]``).
+    """
     rng = np.random.default_rng(cfg.seed)
     u, m = cfg.n_users, cfg.n_movies
     counts = _counts(cfg, rng)
@@ -128,7 +140,8 @@ def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
     order = np.argsort(ts, kind="stable")
     movie_ids = rng.permutation(np.arange(1, m + 1) * 2 - 1)  # odd, shuffled raw ids: not 0..m-1
     return {"userId": users[order] + 1, "movieId": movie_ids[movies[order]], "rating": stars[order],
-            "timestamp": ts[order], "movie_ids": movie_ids, "movie_factors": q_i}
+            "timestamp": ts[order], "movie_ids": movie_ids, "movie_factors": q_i, "user_factors": p_u,
+            "movie_bias": b_i, "user_bias": b_u}
 
 
 def _digits(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
