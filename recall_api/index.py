@@ -64,6 +64,7 @@ class FaissIndex:
         f = self.faiss
         index = f.IndexIVFFlat(f.IndexFlatIP(d), d, nlist, f.METRIC_INNER_PRODUCT)
         index.cp.seed = self.seed
+        index.cp.min_points_per_centroid = 1  # small catalogues: no "please provide more points" warning
         index.train(train)
         index.set_direct_map_type(f.DirectMap.Hashtable)
         index.nprobe = min(self.nprobe, nlist)

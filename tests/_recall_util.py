@@ -58,23 +58,23 @@ def record(log: ActivityLog, raw_users, raw_movies, labels=None, ts: int = 1_000
     return log.record(hash_user_ids(ru), ru, rm, hash_movie_ids(rm), lab, np.full(len(ru), ts, np.int64))
 
 
-def populate(ps: ParameterServer, n_movies: int = 300, n_users: int = 20, seed: int = 0,
-             ratings_per_user: int = 15, movie_base: int = 1) -> Populated:
-    """Random item/user vectors and ratings written to the PS and the activity log."""
+def populate(ps: ParameterServer, movies: np.ndarray, users: np.ndarray, seed: int = 0,
+             ratings_per_user: int = 15) -> Populated:
+    """Random vectors for raw ``movies`` and ``users`` and random ratings, written to the PS and the log."""
     rng = np.random.default_rng(seed)
     d = ps.dim
-    movies = movie_base + np.arange(n_movies, dtype=np.int64) * 3  # sparse raw ids, like MovieLens
-    mvec = rng.normal(size=(n_movies, d)).astype(np.float32)
-    mbias = rng.normal(scale=0.5, size=n_movies).astype(np.float32)
+    movies = np.asarray(movies, np.int64)
+    users = np.asarray(users, np.int64)
+    mvec = rng.normal(size=(len(movies), d)).astype(np.float32)
+    mbias = rng.normal(scale=0.5, size=len(movies)).astype(np.float32)
     push_items(ps, movies, mvec, mbias)
-    users = 1 + np.arange(n_users, dtype=np.int64)
-    uvec = rng.normal(size=(n_users, d)).astype(np.float32)
+    uvec = rng.normal(size=(len(users), d)).astype(np.float32)
     push_users(ps, users, uvec)
     log = ActivityLog(ps)
     seen: dict[int, set[int]] = {}
     ru, rm = [], []
     for u in users.tolist():
-        picked = rng.choice(movies, size=ratings_per_user, replace=False)
+        picked = rng.choice(movies, size=min(ratings_per_user, len(movies)), replace=False)
         seen[u] = set(picked.tolist())
         ru += [u] * len(picked)
         rm += picked.tolist()

@@ -1,0 +1,242 @@
+"""The recall service over real HTTP (uvicorn on a free port) and a real Redis PS.
+
+Vectors and ratings are written through the PS API (assign pushes, ``ActivityLog.record``); answers
+are checked against a float64 brute-force computation over the rows read back from the PS.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lfm_stream.hashing import hash_movie_ids, user_hash
+from lfm_stream.stack import RedisServer
+from producer.prepare import main as prepare_main
+from ps_redis import ParameterServer
+from ps_redis.activity import ActivityLog
+from recall_api import Catalog, RecallStore, StoreConfig
+from recall_api.app import create_app
+from tests._recall_util import ServerThread, brute_i2i, brute_u2i, populate, push_items, record, wait_for
+
+DIM = 8
+
+
+def ps_items(ps: ParameterServer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw movie ids, vectors, biases) of every item row in the PS, sorted by raw id."""
+    raw, vec, bias = [], [], []
+    for rows in ps.scan("item"):
+        raw.append(rows.raw), vec.append(rows.vec), bias.append(rows.bias)
+    raw, vec, bias = np.concatenate(raw), np.concatenate(vec), np.concatenate(bias)
+    order = np.argsort(raw)
+    return raw[order], vec[order], bias[order]
+
+
+def check_ranking(items: list[dict], expected_ids: list[int], all_scores: np.ndarray, movies: np.ndarray,
+                  tol: float = 1e-4) -> None:
+    """Returned scores equal the reference scores of the returned movies and the reference top-k scores.
+
+    (Ids are compared through scores so a float32/float64 near-tie may swap places without failing.)
+    """
+    got_ids = [it["movie_id"] for it in items]
+    got_scores = np.array([it["score"] for it in items])
+    index = {m: i for i, m in enumerate(movies.tolist())}
+    np.testing.assert_allclose(got_scores, all_scores[[index[m] for m in got_ids]], rtol=tol, atol=tol)
+    np.testing.assert_allclose(got_scores, all_scores[[index[m] for m in expected_ids]], rtol=tol, atol=tol)
+    assert len(set(got_ids)) == len(got_ids)
+    assert sum(a != b for a, b in zip(got_ids, expected_ids)) <= 2  # at most one adjacent near-tie swap
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("recall-prepared") / "data"
+    assert prepare_main(["--synthetic", "20000", "--out", str(out), "--seed", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(redis_url, prepared):
+    """A populated namespace and the API serving it."""
+    catalog = Catalog.load(prepared)
+    movies = np.array(sorted(catalog.movies))
+    users = np.array(sorted(catalog.users))
+    ns = f"rc{uuid.uuid4().hex[:8]}"
+    ps = ParameterServer.get(redis_url, ns, dim=DIM)
+    with_vec = users[:-10]
+    P = populate(ps, movies[:-5], with_vec, seed=1, ratings_per_user=40)  # last 5 movies: no vector
+    log = ActivityLog(ps)
+    record(log, [int(users[-1])] * 3, movies[:3], labels=[1, 1, 0])  # rated, but no vector yet
+    store = RecallStore(StoreConfig(redis_url, ns, dim=DIM, refresh_interval=0.05), catalog)
+    with ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        yield dict(ps=ps, log=log, P=P, catalog=catalog, movies=movies, users=users, client=client,
+                   store=store, ns=ns, url=redis_url)
+
+
+def test_u2i_matches_brute_force_and_excludes_seen(world):
+    ps, P, client = world["ps"], world["P"], world["client"]
+    raw, vec, bias = ps_items(ps)
+    assert raw.tolist() == sorted(P.movies.tolist())
+    for u in P.users[:12].tolist():
+        q = ps.pull("user", np.array([user_hash(u)]), create=False).vec[0]
+        expected, scores = brute_u2i(q, raw, vec, bias, P.seen[u], 25)
+        r = client.get(f"/u2i/{u}", params={"k": 25})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["source"] == "model" and body["query"] == "u2i" and body["id"] == u and body["k"] == 25
+        assert len(body["items"]) == 25
+        check_ranking(body["items"], expected, scores, raw)
+        first = body["items"][0]
+        movie = world["catalog"].movie(first["movie_id"])
+        assert first["title"] == movie.title and first["genres"] == list(movie.genres)
+
+
+def test_seen_movies_never_come_back(world):
+    P, client = world["P"], world["client"]
+    for u in P.users[:25].tolist():
+        body = client.get(f"/u2i/{u}", params={"k": 1000}).json()
+        got = {it["movie_id"] for it in body["items"]}
+        assert not got & P.seen[u]
+        assert len(got) == min(1000, len(P.movies) - len(P.seen[u]))
+
+
+def test_i2i_cosine_matches_brute_force(world):
+    ps, client = world["ps"], world["client"]
+    raw, vec, _ = ps_items(ps)
+    for m in raw[::97][:10].tolist():
+        expected, scores = brute_i2i(m, raw, vec, 30)
+        body = client.get(f"/i2i/{m}?k=30").json()
+        assert body["source"] == "model" and len(body["items"]) == 30
+        assert m not in [it["movie_id"] for it in body["items"]]
+        check_ranking(body["items"], expected, scores, raw)
+        assert all(-1.0001 <= it["score"] <= 1.0001 for it in body["items"])
+
+
+def test_popularity_fallback_for_known_users_without_vector(world):
+    client, log, users, movies = world["client"], world["log"], world["users"], world["movies"]
+    popular = log.popular(60)
+    assert popular
+    plain = int(users[-5])  # in the prepared data, no vector, nothing rated
+    body = client.get(f"/u2i/{plain}?k=20").json()
+    assert body["source"] == "popularity"
+    assert [(it["movie_id"], it["score"]) for it in body["items"]] == [(m, c) for m, c in popular[:20]]
+    rated = int(users[-1])  # rated movies[:3] (recorded), no vector: fallback without its rated movies
+    body = client.get(f"/u2i/{rated}?k=20").json()
+    assert body["source"] == "popularity"
+    want = [(m, c) for m, c in popular if m not in set(movies[:3].tolist())][:20]
+    assert [(it["movie_id"], it["score"]) for it in body["items"]] == want
+
+
+@pytest.mark.parametrize("path, status, needle", [
+    ("/u2i/99999999", 404, "unknown user 99999999"),
+    ("/i2i/99999999", 404, "unknown movie 99999999"),
+    ("/u2i/abc", 422, "user_id"),
+    ("/u2i/-3", 422, "user_id"),
+    ("/u2i/1.5", 422, "user_id"),
+    ("/i2i/xyz", 422, "movie_id"),
+    ("/u2i/1?k=0", 422, "k"),
+    ("/u2i/1?k=-1", 422, "k"),
+    ("/u2i/1?k=1001", 422, "k"),
+    ("/u2i/1?k=ten", 422, "k"),
+    ("/u2i/1?k=2.5", 422, "k"),
+    ("/i2i/1?k=0", 422, "k"),
+    ("/i2i/1?k=5000", 422, "k"),
+])
+def test_bad_input(world, path, status, needle):
+    r = world["client"].get(path)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_movie_in_catalog_without_vector_is_404(world):
+    m = int(world["movies"][-1])
+    r = world["client"].get(f"/i2i/{m}")
+    assert r.status_code == 404 and "has no vector yet" in r.json()["detail"]
+    assert world["client"].get("/u2i/1?k=1000").status_code == 200  # k = 1000 is allowed
+    assert m not in {it["movie_id"] for it in world["client"].get("/u2i/1?k=1000").json()["items"]}
+
+
+def test_health_stats_and_openapi(world):
+    client = world["client"]
+    assert client.get("/healthz").json() == {"status": "ok", "vectors_loaded": len(world["P"].movies)}
+    st = client.get("/stats").json()
+    assert st["healthy"] and st["vectors_loaded"] == len(world["P"].movies) and st["dim"] == DIM
+    assert st["lag_s"] == 0.0 and st["last_refresh"] > 0 and st["index"] == "brute-force"
+    assert st["catalog"]["users"] == len(world["users"])
+    spec = client.get("/openapi.json").json()
+    assert {"/u2i/{user_id}", "/i2i/{movie_id}", "/healthz", "/stats"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_incremental_refresh_picks_up_changed_and_new_vectors(world):
+    ps, log, client, store = world["ps"], world["log"], world["client"], world["store"]
+    before = client.get("/stats").json()
+    raw, vec, bias = ps_items(ps)
+    target, anchor = int(raw[10]), int(raw[20])
+    # move `target` onto `anchor`: it must become anchor's nearest neighbour once the change is seen
+    push_items(ps, np.array([target]), vec[20:21] * 2.0, np.zeros(1, np.float32), store_raw=False)
+    record(log, [int(world["P"].users[0])], [target])
+    wait_for(lambda: client.get(f"/i2i/{anchor}?k=1").json()["items"][0]["movie_id"] == target, timeout=10)
+    # a movie never seen before appears (named through the catalog: the row's raw id is unknown)
+    new_movie = int(world["movies"][-2])
+    push_items(ps, np.array([new_movie]), vec[20:21] * 3.0, np.ones(1, np.float32), store_raw=False)
+    record(log, [int(world["P"].users[0])], [new_movie])
+    body = wait_for(lambda: (r := client.get(f"/i2i/{new_movie}?k=2")).status_code == 200 and r.json(), timeout=10)
+    assert {it["movie_id"] for it in body["items"]} == {target, anchor}
+    after = client.get("/stats").json()
+    assert after["full_reloads"] == before["full_reloads"]  # incremental, not a reload
+    assert after["vectors_loaded"] == before["vectors_loaded"] + 1
+    assert after["rows_applied"] >= before["rows_applied"] + 2
+    # leave the world as the other tests expect it
+    ps.delete("item", hash_movie_ids(np.array([new_movie])))
+    push_items(ps, np.array([target]), vec[10:11], bias[10:11], store_raw=False)
+    record(log, [int(world["P"].users[0])] * 2, [target, new_movie])
+    wait_for(lambda: client.get(f"/i2i/{new_movie}").status_code == 404, timeout=10)
+    assert store.matrix.n_invalid == 1
+
+
+def test_faiss_store_agrees_with_brute_force(world):
+    store = RecallStore(StoreConfig(world["url"], world["ns"], dim=DIM, faiss=True, faiss_nprobe=1000),
+                        world["catalog"])
+    store.refresh_once()
+    assert store.index is not None and store.index.stats()["ntotal"] == len(store.matrix.snapshot().raw)
+    P, brute = world["P"], world["store"]
+    for u in P.users[:5].tolist():
+        a, b = store.u2i(u, 20), brute.u2i(u, 20)
+        assert a.movies == b.movies and np.allclose(a.scores, b.scores, atol=1e-4)
+    for m in P.movies[:5].tolist():
+        a, b = store.i2i(m, 20), brute.i2i(m, 20)
+        assert a.movies == b.movies and np.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_redis_outage_503_then_recovery(tmp_path, prepared):
+    """Stop our own redis-server: 503; start it again on the same port: answers come back by themselves."""
+    srv = RedisServer(tmp_path, extra=["--appendonly", "yes", "--appendfsync", "always"])
+    srv.start()
+    port = srv.port
+    try:
+        catalog = Catalog.load(prepared)
+        ps = ParameterServer.get(srv.url, "outage", dim=DIM, retries=1, backoff_cap=0.05)
+        movies = np.array(sorted(catalog.movies))[:200]
+        P = populate(ps, movies, np.array([1, 2, 3]), seed=2)
+        store = RecallStore(StoreConfig(srv.url, "outage", dim=DIM, refresh_interval=0.05, max_backoff=0.2), catalog)
+        with ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            good = client.get("/u2i/1?k=10")
+            assert good.status_code == 200
+            srv.stop()
+            wait_for(lambda: client.get("/u2i/1?k=10").status_code == 503, timeout=15)
+            r = client.get("/u2i/1?k=10")
+            assert r.status_code == 503 and "unavailable" in r.json()["detail"]
+            assert client.get(f"/i2i/{int(P.movies[0])}").status_code == 503
+            assert client.get("/healthz").status_code == 503
+            st = client.get("/stats").json()
+            assert st["healthy"] is False and st["last_error"]
+            srv = RedisServer(tmp_path, port=port, extra=["--appendonly", "yes", "--appendfsync", "always"])
+            srv.start()
+            wait_for(lambda: client.get("/healthz").status_code == 200, timeout=15)
+            again = client.get("/u2i/1?k=10")
+            assert again.status_code == 200 and again.json() == good.json()
+    finally:
+        srv.stop()
