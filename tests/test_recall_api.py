@@ -6,6 +6,7 @@ are checked against a float64 brute-force computation over the rows read back fr
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -240,3 +241,21 @@ def test_redis_outage_503_then_recovery(tmp_path, prepared):
             assert again.status_code == 200 and again.json() == good.json()
     finally:
         srv.stop()
+
+
+def test_query_cli_reads_ps_or_asks_the_service(world, prepared, capsys):
+    from recall_api.query import main as query_main
+
+    u = int(world["P"].users[0])
+    base = ["--redis-url", world["url"], "--namespace", world["ns"], "--data-dir", str(prepared)]
+    assert query_main(["u2i", str(u), "-k", "5", *base]) == 0
+    direct = capsys.readouterr().out
+    assert "source=model" in direct and len(direct.strip().splitlines()) == 7
+    server_url = str(world["client"].base_url)
+    assert query_main(["u2i", str(u), "-k", "5", "--url", server_url]) == 0
+    assert capsys.readouterr().out == direct  # same answer either way
+    assert query_main(["i2i", str(int(world["movies"][0])), "-k", "3", "--json", *base]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 3
+    assert query_main(["i2i", "99999999", *base]) == 1
+    assert "unknown movie" in capsys.readouterr().err
+    assert query_main(["u2i", "1", "-k", "0", *base]) == 2
