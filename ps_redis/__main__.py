@@ -62,8 +62,9 @@ def nearest(ps: ParameterServer, query: np.ndarray, exclude: int, k: int) -> lis
     return [(float(cos[i]), int(raw_a[i]), int(ids_a[i])) for i in top if np.isfinite(cos[i])]
 
 
-def inspect_row(ps: ParameterServer, kind: str, raw_id: int, cfg: InspectConfig, out=sys.stdout) -> int:
+def inspect_row(ps: ParameterServer, kind: str, raw_id: int, cfg: InspectConfig, out=None) -> int:
     """Print one user's or movie's row; for movies also the nearest movies.  Returns an exit code."""
+    out = out or sys.stdout
     table, hashed = ("user", user_hash(raw_id)) if kind == "user" else ("item", movie_hash(raw_id))
     key = ps.keys.row_key(table, hashed)
     rows = ps.pull(table, np.array([hashed]), create=False)
@@ -86,8 +87,9 @@ def inspect_row(ps: ParameterServer, kind: str, raw_id: int, cfg: InspectConfig,
     return 0
 
 
-def print_stats(ps: ParameterServer, out=sys.stdout) -> int:
+def print_stats(ps: ParameterServer, out=None) -> int:
     """Namespace, dim, tables with row counts, stored offsets, activity summary, Redis memory."""
+    out = out or sys.stdout
     from ps_redis.activity import ActivityLog
     from ps_redis.snapshot import fence_names
 

@@ -134,38 +134,41 @@ class ActivityLog:
         (another epoch): the reader must then reload every item and continue from :meth:`cursor`.
         """
         k = self.keys
-        start = "-"
+        sid = None
         if cursor is not None:
             try:
                 epoch_c, sid = cursor.split("/")
+                _sid(sid)
             except ValueError:
                 raise ValueError(f"not an activity-log cursor: {cursor!r}") from None
-            start = f"({sid}"
-        epoch, info, entries = self._call(("GET", self._epoch_key), ("XINFO", "STREAM", k.act_changes),
-                                          ("XRANGE", k.act_changes, start, "+")) \
-            if self._stream_exists() else (self._call(("GET", self._epoch_key))[0], None, [])
-        epoch = epoch.decode() if epoch is not None else None
+        exists = bool(self._call(("EXISTS", k.act_changes))[0])
+        commands = [("GET", self._epoch_key)]
+        if exists:
+            commands += [("XINFO", "STREAM", k.act_changes), ("XRANGE", k.act_changes, f"({sid}" if sid else "-", "+")]
+            if sid not in (None, "0-0"):
+                commands.append(("XRANGE", k.act_changes, sid, sid))
+        epoch, *rest = self._call(*commands)
+        if epoch is None:
+            self._ensure_epoch()
+            epoch = self._call(("GET", self._epoch_key))[0]
+        epoch = epoch.decode()
+        entries = rest[1] if exists else []
         if cursor is not None:
             if epoch != epoch_c:
                 raise CursorExpired(f"cursor {cursor!r} belongs to an older activity log (now {epoch!r}); reload fully")
-            if info is not None:
-                fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in _fields(info).items()}
-                deleted = fields.get("max-deleted-entry-id", b"0-0")
-                deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-                if _sid(deleted) > _sid(sid):
-                    raise CursorExpired(f"cursor {cursor!r} fell off the change stream (trimmed up to "
-                                        f"{deleted}); reload fully")
-        if epoch is None:
-            self._ensure_epoch()
-            return self.changes_since(None) if cursor is None else (cursor, np.zeros(0, np.int64))
-        last = entries[-1][0].decode() if entries else (sid if cursor is not None else "0-0")
+            if exists:
+                info = {(f.decode() if isinstance(f, bytes) else f): v for f, v in _fields(rest[0]).items()}
+                # trimming removes the oldest entries: if the cursor's own entry is gone, entries after it
+                # may be gone too (conservative: a reload may come one entry early, never too late)
+                lost = int(info["entries-added"]) > int(info["length"]) if sid == "0-0" else not rest[2]
+                if lost:
+                    raise CursorExpired(f"cursor {cursor!r} fell off the change stream (capped at ~{self.maxlen} "
+                                        "entries); reload fully")
+        last = entries[-1][0].decode() if entries else (sid or "0-0")
         blobs = [_fields(e[1])[b"ids"] for e in entries]
         ids = np.unique(np.frombuffer(b"".join(blobs), dtype="<i8")).astype(np.int64) if blobs \
             else np.zeros(0, np.int64)
         return f"{epoch}/{last}", ids
-
-    def _stream_exists(self) -> bool:
-        return bool(self._call(("EXISTS", self.keys.act_changes))[0])
 
     # ---------------------------------------------------------------------------- save / load
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

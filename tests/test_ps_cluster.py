@@ -1,0 +1,87 @@
+"""ps_redis against a 3-master Redis Cluster started by the fixture (hash-tagged shard groups)."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from _ps_cluster import LocalCluster
+from ps_redis import Fence, ParameterServer, Update
+from ps_redis.activity import ActivityLog
+
+DIM = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def cps(cluster) -> ParameterServer:
+    ps = ParameterServer.get(cluster.url, f"c{uuid.uuid4().hex[:8]}", dim=DIM, init_scale=0.1, seed=3)
+    yield ps
+    ps.flush()
+
+
+def test_cluster_layout_spreads_rows_over_all_masters(cps, cluster):
+    assert cps.is_cluster and cps.keys.shards == 32
+    ids = np.arange(2000, dtype=np.int64)
+    rows = cps.pull("item", ids, raw_ids=ids + 1)
+    assert not rows.found.any() and cps.count("item") == 2000
+    sizes = [redis.Redis(port=s.port).dbsize() for s in cluster.servers]
+    assert all(n > 0 for n in sizes), sizes
+    assert cps.keys.row_key("item", 33) == f"{{{cps.namespace}:item:1}}:33"
+    again = cps.pull("item", ids[::-1])  # order asked is kept across shard groups
+    np.testing.assert_array_equal(again.vec, rows.vec[::-1])
+    assert again.raw.tolist() == (ids[::-1] + 1).tolist() and again.found.all()
+
+
+def test_cluster_push_modes_and_fence(cps):
+    ids = np.arange(100, dtype=np.int64)
+    cps.pull("item", ids)
+    zeros = np.zeros((100, DIM), np.float32)
+    fence = Fence("learner", "ratings", {0: 10})
+    assert cps.push({"item": Update(ids, vec=zeros, bias=np.zeros(100, np.float32)),
+                     "user": Update(ids[:5], vec=zeros[:5])}, mode="assign", fence=fence)
+    assert not cps.push({"item": Update(ids, vec=zeros + 1)}, mode="assign", fence=fence)  # covered
+    assert cps.offsets("learner", "ratings") == {0: 10}
+    step = Update(ids, vec=np.full((100, DIM), 0.25, np.float32), count=np.ones(100, np.int64))
+    fence2 = Fence("learner", "ratings", {0: 20})
+    assert cps.push({"item": step}, mode="gradient", fence=fence2)
+    assert not cps.push({"item": step}, mode="gradient", fence=fence2)
+    rows = cps.pull("item", ids)
+    assert (rows.vec == -0.25).all() and (rows.count == 1).all()
+    assert cps.offsets("learner", "ratings") == {0: 20}
+    assert (cps.pull("user", ids[:5]).vec == 0).all()
+
+
+def test_cluster_delete_scan_save_load(cps, tmp_path):
+    ids = np.arange(500, dtype=np.int64)
+    cps.pull("item", ids, raw_ids=ids)
+    cps.push({}, fence=Fence("g", "t", {1: 5}))
+    assert sorted(np.concatenate([r.ids for r in cps.scan("item", chunk=64)]).tolist()) == ids.tolist()
+    assert cps.delete("item", ids[:50]) == 50 and cps.count("item") == 450
+    before = cps.pull("item", ids[50:], create=False)
+    path = cps.save(tmp_path / "c.npz")
+    cps.flush()
+    assert cps.count("item") == 0
+    cps.load(path)
+    after = cps.pull("item", ids[50:], create=False)
+    for f in ("vec", "bias", "accum", "count", "updated", "raw"):
+        assert getattr(after, f).tobytes() == getattr(before, f).tobytes(), f
+    assert cps.count("item") == 450 and cps.offsets("g", "t") == {1: 5}
+
+
+def test_cluster_activity_log(cps):
+    log = ActivityLog(cps)
+    log.record(np.arange(3), np.array([1, 1, 2]), np.array([10, 11, 10]), np.array([7, 8, 7]),
+               np.array([1.0, 0.0, 1.0]), np.array([100, 101, 102]))
+    assert log.seen(1) == {10, 11} and log.popular(2) == [(10, 2.0)]
+    cursor, changed = log.changes_since(None)
+    assert changed.tolist() == [7, 8]
+    assert log.changes_since(cursor)[1].tolist() == []
