@@ -73,21 +73,27 @@ def node_clients(client: redis.Redis | RedisCluster, is_cluster: bool) -> list[r
 
 
 def run(client: redis.Redis | RedisCluster, is_cluster: bool,
-        commands: Sequence[tuple[str | bytes, tuple]]) -> list:
+        commands: Sequence[tuple[str | bytes, tuple]], raise_on_error: bool = True) -> list:
     """Execute ``(routing key, args)`` commands in one round trip per node; results in order.
 
     On a cluster every command must touch a single slot, the one of its routing key.
-    Errors returned by a command are raised (the first one) after all replies are read.
+    Errors returned by a command are raised (the first one) after all replies are read, or
+    returned in place of the result with ``raise_on_error=False``.
     """
     if not commands:
         return []
     if not is_cluster:
         if len(commands) == 1:
-            return [client.execute_command(*commands[0][1])]
+            try:
+                return [client.execute_command(*commands[0][1])]
+            except redis.ResponseError as exc:
+                if raise_on_error:
+                    raise
+                return [exc]
         pipe = client.pipeline(transaction=False)
         for _, args in commands:
             pipe.execute_command(*args)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=raise_on_error)
     out: list = [None] * len(commands)
     pending = list(range(len(commands)))
     for attempt in range(3):
@@ -111,7 +117,8 @@ def run(client: redis.Redis | RedisCluster, is_cluster: bool,
             break
         client.nodes_manager.initialize()
         pending = moved
-    for res in out:
-        if isinstance(res, Exception):
-            raise res
+    if raise_on_error:
+        for res in out:
+            if isinstance(res, Exception):
+                raise res
     return out

@@ -81,9 +81,8 @@ class ParameterServer:
                  socket_timeout: float):
         self.url, self.namespace, self.retries = url, namespace, retries
         self.redis, self.is_cluster = connect(url, retries, backoff_base, backoff_cap, socket_timeout)
+        self.load_functions()
         with self._io():
-            for node in node_clients(self.redis, self.is_cluster):
-                load_library(node)
             meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(KeySpace(namespace).meta).items()}
         if dim is None and "dim" not in meta:
             raise PSError(f"namespace {namespace!r} at {mask_url(url)} is empty; give dim")
@@ -131,13 +130,27 @@ class ParameterServer:
         return translate_errors(self.url, self.retries)
 
     def _run(self, commands: list[tuple[str | bytes, tuple]]) -> list:
-        try:
-            with self._io():
-                return run(self.redis, self.is_cluster, commands)
-        except redis.ResponseError as exc:
-            if "lfm: stored value of key" in str(exc):
-                raise CorruptRowError(str(exc).split("lfm: ", 1)[1]) from exc
-            raise
+        """Run commands (see :func:`ps_redis.connection.run`); reload the Function library once if a
+        server lost it (restart without persistence) and resend only the commands that failed so."""
+        with self._io():
+            out = run(self.redis, self.is_cluster, commands, raise_on_error=False)
+            lost = [i for i, r in enumerate(out) if isinstance(r, redis.ResponseError) and "Function not found" in str(r)]
+            if lost:
+                self.load_functions()
+                for i, r in zip(lost, run(self.redis, self.is_cluster, [commands[i] for i in lost], False)):
+                    out[i] = r
+        for r in out:
+            if isinstance(r, redis.ResponseError):
+                if "lfm: stored value of key" in str(r):
+                    raise CorruptRowError(str(r).split("lfm: ", 1)[1]) from r
+                raise r
+        return out
+
+    def load_functions(self) -> None:
+        """FUNCTION LOAD REPLACE the ``lfm`` library on every primary (done at start and after a restart)."""
+        with self._io():
+            for node in node_clients(self.redis, self.is_cluster):
+                load_library(node)
 
     # ------------------------------------------------------------------------------------- groups
     def _groups(self, table: str, ids: np.ndarray) -> list[tuple[list[bytes], np.ndarray, str]]:
@@ -241,20 +254,25 @@ class ParameterServer:
             return bool(self._run([(keys[0], args)])[0])
         if np_ and self._covered(fence):
             return False  # e.g. a replay after load(): the shard groups' own offsets are gone
-        commands = []
-        for table, ids, mask, arr in packed:
-            for shard, pos in self.keys.groups(table, ids):
-                rkeys = self.keys.shard_keys(table, shard, ids[pos])
-                sub = arr[pos].tobytes()
-                fkeys = [self.keys.shard_fence(table, shard, fence.group, fence.topic)] if np_ else []
-                keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
-                commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, np_,
-                                            *fargs, 1, len(rkeys), mask, sub)))
+        commands = self._shard_commands(packed, mode, now, fence if np_ else None)
         applied = any(self._run(commands)) if commands else True  # a fence-only push moves the offsets
         if np_:
             fkey = self.keys.fence(fence.group, fence.topic)
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
         return applied
+
+    def _shard_commands(self, packed: list, mode: str, now: float, fence: Fence | None) -> list:
+        """Cluster layout: one ``lfm_push`` per (table, shard group), each with its own offsets copy."""
+        fargs = fence.args() if fence is not None else []
+        commands = []
+        for table, ids, mask, arr in packed:
+            for shard, pos in self.keys.groups(table, ids):
+                rkeys = self.keys.shard_keys(table, shard, ids[pos])
+                fkeys = [self.keys.shard_fence(table, shard, fence.group, fence.topic)] if fence else []
+                keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
+                commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim,
+                                            len(fargs) // 2, *fargs, 1, len(rkeys), mask, arr[pos].tobytes())))
+        return commands
 
     def _assign_fast(self, packed: list, fence: Fence | None, now: float) -> bool | None:
         """One MSET (MULTI/EXEC with the offsets when fenced) if every row's tail is cached, else None."""

@@ -194,6 +194,15 @@ def test_fenced_push_is_idempotent(ps, mode, fast):
     assert ps.offsets("learner", "other-topic") == {}
 
 
+def test_functions_are_reloaded_after_a_server_lost_them(ps):
+    ps.pull("item", ids_of(1))
+    r = redis.Redis.from_url(ps.url)
+    r.function_flush()  # what a restart without persistence does
+    r.close()
+    assert ps.push({"item": Update(ids_of(1), bias=np.float32([2]))}, mode="gradient")
+    assert ps.pull("item", ids_of(1)).bias[0] == -2
+
+
 def test_fence_only_push_moves_offsets(ps):
     assert ps.push({}, fence=Fence("g", "t", {3: 7})) is True
     assert ps.push({}, fence=Fence("g", "t", {3: 7})) is False
@@ -311,6 +320,11 @@ def test_auth_through_the_url(tmp_path, namespace):
             ParameterServer.get(f"redis://:wrong@127.0.0.1:{srv.port}/0", namespace, dim=4, retries=0)
         with pytest.raises(PSConnectionError):
             ParameterServer.get(f"redis://127.0.0.1:{srv.port}/0", namespace, dim=4, retries=0)
+        # an ACL user through the URL
+        redis.Redis(port=srv.port, password="s3cret").acl_setuser(
+            "learner", enabled=True, passwords=["+pw1"], keys=["*"], channels=["*"], commands=["+@all"])
+        acl = ParameterServer.get(f"redis://learner:pw1@127.0.0.1:{srv.port}/0", namespace, dim=4)
+        assert acl is not ps and acl.pull("item", ids_of(1), create=False).found[0]
     finally:
         srv.stop()
 
