@@ -259,3 +259,15 @@ def test_query_cli_reads_ps_or_asks_the_service(world, prepared, capsys):
     assert query_main(["i2i", "99999999", *base]) == 1
     assert "unknown movie" in capsys.readouterr().err
     assert query_main(["u2i", "1", "-k", "0", *base]) == 2
+
+
+def test_user_context_equals_pull_and_seen(world):
+    """The one-round-trip read of the request path agrees with the contract API (pull + ActivityLog.seen)."""
+    ps, log, store = world["ps"], world["log"], world["store"]
+    for u in [int(world["P"].users[3]), int(world["users"][-1]), 99999999]:
+        vec, seen = store.user_context(u)
+        rows = ps.pull("user", np.array([user_hash(u)]), create=False)
+        assert (vec is not None) == bool(rows.found[0])
+        if vec is not None:
+            np.testing.assert_array_equal(vec, rows.vec[0])
+        assert seen == log.seen(u)
