@@ -361,3 +361,43 @@ def test_row_layout_is_the_documented_one(ps):
     assert (row["vec"] == 1).all() and row["bias"] == 2 and (row["accum"] == 3).all()
     assert row["count"] == 2 and row["raw"] == 44
     assert np.frombuffer(value[8 * DIM + 24:], "<i8")[0] == 44
+
+
+def test_tls_through_a_rediss_url(tmp_path, namespace):
+    import shutil
+    import subprocess
+
+    from lfm_stream.stack import RedisServer, free_port
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the test certificates"
+
+    def sh(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=lfm-test-ca",
+       "-keyout", "ca.key", "-out", "ca.crt")
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sh("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+       "-out", "server.crt", "-extfile", "san.ext")
+    port = free_port()
+    ca = tmp_path / "ca.crt"
+    url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+
+    class TlsRedis(RedisServer):
+        def ready(self, timeout: float) -> None:
+            redis.Redis.from_url(url).ping()
+
+    srv = TlsRedis(tmp_path, port, extra=["--port", "0", "--tls-port", str(port),
+                                          "--tls-cert-file", str(tmp_path / "server.crt"),
+                                          "--tls-key-file", str(tmp_path / "server.key"),
+                                          "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"])
+    srv.start()
+    try:
+        ps = ParameterServer.get(url, namespace, dim=4)
+        ps.pull("item", ids_of(1, 2))
+        assert ps.push({"item": Update(ids_of(1), bias=np.float32([1]))}, mode="gradient")
+        assert ps.pull("item", ids_of(1)).bias[0] == -1 and ps.count("item") == 2
+    finally:
+        srv.stop()
