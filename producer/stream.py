@@ -1,0 +1,372 @@
+"""The time-ordered record stream of a prepared data directory (train shards only).
+
+The stream is the train records sorted by ``(timestamp, shard number, position in shard)``: a k-way
+merge of the shards listed in ``manifest.json`` (``train_shards``, in that order).  A record's
+**global index** is its position in that order, 0-based; the replay's resume position is the global
+index of the next record to send.
+
+The merge works on batches (numpy, no per-record Python): every open shard holds a buffered batch; the
+records up to ``B``, the smallest last timestamp among the open shards' buffers, are taken from every
+shard, stable-sorted and emitted.  Shards are opened lazily when their first timestamp (from the
+manifest, checked on opening) falls within ``B``, so shards that are already in global time order (what
+``producer.prepare`` writes) are read one after the other and never sorted.
+
+Validation: the manifest must list existing shard files whose record counts (and CRC-checked TFRecord
+framing) match (:func:`verify_shards`); while streaming, each shard's first/last timestamps and record
+count are checked against the manifest and its records must be in non-decreasing time order.  Every
+problem raises :class:`DataError` naming the file.  The test shards are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lfm_stream.schema import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+PARSED = ("timestamp", "user_id")
+
+
+class DataError(ValueError):
+    """The prepared data directory is missing, inconsistent or corrupt (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One train shard as listed in the manifest."""
+
+    path: Path
+    records: int
+    first_ts: int
+    last_ts: int
+    number: int  # position in the manifest list (tie-breaker of the merge)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parts of ``manifest.json`` the replay needs."""
+
+    path: Path
+    shards: tuple[ShardInfo, ...]
+    train_records: int
+    digest: str  # sha256 of the manifest file: identifies the data set in the replay state file
+
+    @property
+    def ordered(self) -> bool:
+        """True when the shards are in global time order (the stream is their concatenation)."""
+        return all(a.last_ts <= b.first_ts for a, b in zip(self.shards, self.shards[1:]))
+
+
+@dataclass
+class Batch:
+    """Consecutive records of the stream: ``index`` is the global index of the first one."""
+
+    index: int
+    values: list[bytes]
+    timestamps: np.ndarray  # int64 seconds
+    user_ids: np.ndarray  # int64 hashed user ids
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def load_manifest(data_dir: str | Path) -> Manifest:
+    """Read and check ``<data_dir>/manifest.json`` (train shard list, counts, schema version).
+
+    Raises:
+        DataError: the directory or manifest is missing, unreadable or inconsistent, or a listed
+            shard file does not exist.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist; prepare it first "
+                        f"(`python -m producer.prepare --ratings ratings.csv --out {data_dir}`) "
+                        "or point --data-dir / LFM_DATA_DIR at a prepared directory")
+    path = data_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: {data_dir} is not a prepared data directory "
+                        "(run `python -m producer.prepare ... --out` on it)")
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version {version!r} is not the supported {SCHEMA_VERSION}; re-run prepare")
+    entries = doc.get("train_shards")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: field 'train_shards' must be a non-empty list (got {entries!r:.80})")
+    shards = []
+    for i, e in enumerate(entries):
+        where = f"{path}: train_shards[{i}]"
+        try:
+            rel, records, first, last = e["file"], int(e["records"]), int(e["first_ts"]), int(e["last_ts"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where} needs file, records, first_ts, last_ts (got {e!r:.120}): {exc}") from exc
+        shard = (data_dir / rel).resolve()
+        if re.search(r"(^|/)test/", str(rel)):
+            raise DataError(f"{where}: {rel!r} is a test shard; the held-out set is never streamed")
+        if records < 0 or (records > 0 and first > last):
+            raise DataError(f"{where}: bad records/time range ({records}, {first}..{last})")
+        if not shard.is_file():
+            raise DataError(f"shard {shard} listed in {path} (train_shards[{i}]) does not exist")
+        shards.append(ShardInfo(shard, records, first, last, i))
+    total = sum(s.records for s in shards)
+    train_records = int(doc.get("train_records", total))
+    if train_records != total:
+        raise DataError(f"{path}: train_records is {train_records} but the train_shards add up to {total}")
+    return Manifest(path, tuple(shards), total, hashlib.sha256(raw).hexdigest())
+
+
+def _tf():
+    import tensorflow as tf  # lazy: `--help` and the pure parts do not need TensorFlow
+
+    return tf
+
+
+def _first_line(exc: Exception) -> str:
+    msg = getattr(exc, "message", None) or str(exc)
+    return (msg.strip().splitlines() or [""])[0][:200]
+
+
+def _data_loss(shard: ShardInfo, exc: Exception) -> DataError:
+    msg = getattr(exc, "message", None) or str(exc)
+    m = re.search(r"(corrupted record at \d+[^\[]*|truncated record at \d+)", msg)
+    what = m.group(1).strip() if m else msg.strip().splitlines()[-1][:200]
+    return DataError(f"shard {shard.path} is corrupt or truncated ({what}; byte offset in the file); "
+                     "re-run prepare to rewrite it")
+
+
+def verify_shards(manifest: Manifest) -> None:
+    """Read every train shard once (CRC-checked, in TensorFlow's C++ reader) and compare record counts.
+
+    Raises:
+        DataError: a shard is corrupt or truncated, or holds a different number of records than
+            the manifest says.
+    """
+    tf = _tf()
+    for shard in manifest.shards:
+        ds = tf.data.TFRecordDataset(str(shard.path), buffer_size=1 << 20).batch(8192)
+        try:
+            n = sum(int(b.shape[0]) for b in ds)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            raise _data_loss(shard, exc) from exc
+        if n != shard.records:
+            raise DataError(f"shard {shard.path} holds {n} records but {manifest.path} says {shard.records}")
+
+
+_PARSE = None
+
+
+def _parser():
+    """A ``tf.function`` decoding timestamps and user ids of a string batch (traced once per process)."""
+    global _PARSE
+    if _PARSE is None:
+        tf = _tf()
+        from lfm_stream.schema import feature_spec
+
+        spec = {k: v for k, v in feature_spec().items() if k in PARSED}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def parse(serialized):
+            cols = tf.io.parse_example(serialized, spec)
+            return cols["timestamp"], cols["user_id"]
+
+        _PARSE = parse
+    return _PARSE
+
+
+class _ShardReader:
+    """Batches of one shard (values, timestamps, user ids) with the per-shard checks."""
+
+    def __init__(self, shard: ShardInfo, skip: int, batch_size: int):
+        tf = _tf()
+        self.shard = shard
+        self.pos = skip
+        self.last_ts: int | None = None
+        self.batch_size = batch_size
+        self._loss, self._invalid = tf.errors.DataLossError, tf.errors.InvalidArgumentError
+        self._parse = _parser()
+        ds = tf.data.TFRecordDataset(str(shard.path), buffer_size=1 << 20)
+        if skip:
+            ds = ds.skip(skip)
+        self._it = iter(ds.batch(batch_size).prefetch(2))
+
+    def next(self) -> tuple[list[bytes], np.ndarray, np.ndarray] | None:
+        """The next batch, or None at the end of the shard (after checking count and last timestamp)."""
+        try:
+            serialized = next(self._it)
+        except StopIteration:
+            self._finish()
+            return None
+        except self._loss as exc:
+            raise _data_loss(self.shard, exc) from exc
+        try:
+            ts_t, users_t = self._parse(serialized)
+        except self._invalid as exc:
+            raise DataError(f"shard {self.shard.path}: a record in #{self.pos}..#{self.pos + self.batch_size - 1} is "
+                            f"not a rating Example of schema {SCHEMA_VERSION}: {_first_line(exc)}") from exc
+        ts = ts_t.numpy()
+        n = len(ts)
+        if self.pos == 0 and n and ts[0] != self.shard.first_ts:
+            raise DataError(f"shard {self.shard.path}: first timestamp {ts[0]} but the manifest says "
+                            f"first_ts {self.shard.first_ts}")
+        prev = self.last_ts if self.last_ts is not None else ts[0]
+        if n and (ts[0] < prev or (n > 1 and bool((np.diff(ts) < 0).any()))):
+            bad = int(np.argmax(np.diff(np.concatenate([[prev], ts])) < 0))
+            raise DataError(f"shard {self.shard.path}: records out of time order at record #{self.pos + bad}")
+        self.pos += n
+        if self.pos > self.shard.records:
+            raise DataError(f"shard {self.shard.path} holds more than the {self.shard.records} records "
+                            "the manifest says")
+        self.last_ts = int(ts[-1]) if n else self.last_ts
+        return serialized.numpy().tolist(), ts, users_t.numpy()
+
+    def _finish(self) -> None:
+        if self.pos != self.shard.records:
+            raise DataError(f"shard {self.shard.path} holds {self.pos} records but the manifest says "
+                            f"{self.shard.records}")
+        if self.last_ts is not None and self.last_ts != self.shard.last_ts:
+            raise DataError(f"shard {self.shard.path}: last timestamp {self.last_ts} but the manifest says "
+                            f"last_ts {self.shard.last_ts}")
+
+
+@dataclass
+class _Open:
+    reader: _ShardReader
+    values: list[bytes]
+    ts: np.ndarray
+    users: np.ndarray
+    done: bool = False
+
+    def fill(self) -> None:
+        """Append batches while the buffer is empty (or ``extend`` is requested by the caller)."""
+        while not self.done and not self.values:
+            self._append()
+
+    def _append(self) -> None:
+        got = self.reader.next()
+        if got is None:
+            self.done = True
+            return
+        v, t, u = got
+        self.values = self.values + v
+        self.ts = np.concatenate([self.ts, t])
+        self.users = np.concatenate([self.users, u])
+
+    def bound(self) -> float:
+        """Largest timestamp certainly complete in the buffer (inf when the shard is exhausted)."""
+        return float("inf") if self.done else float(self.ts[-1])
+
+    def extend_past(self, bound: float) -> None:
+        """Read on until the buffer holds every record with timestamp <= ``bound``."""
+        while not self.done and self.ts[-1] <= bound:
+            self._append()
+
+    def take(self, bound: float) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        n = int(np.searchsorted(self.ts, bound, side="right"))
+        out = (self.values[:n], self.ts[:n], self.users[:n])
+        self.values, self.ts, self.users = self.values[n:], self.ts[n:], self.users[n:]
+        return out
+
+
+def _start_plan(manifest: Manifest, start_index: int) -> tuple[list[tuple[ShardInfo, int]], int]:
+    """Shards to read with a per-shard skip, and how many leading merged records still to drop."""
+    if not manifest.ordered:
+        return [(s, 0) for s in manifest.shards], start_index
+    plan, left = [], start_index
+    for s in manifest.shards:
+        if left >= s.records:
+            left -= s.records
+            continue
+        plan.append((s, left))
+        left = 0
+    return plan, 0
+
+
+def iter_batches(manifest: Manifest, start_index: int = 0, start_ts: int | None = None,
+                 batch_size: int = 4096) -> Iterator[Batch]:
+    """Yield the train records in global time order, starting at global index ``start_index``.
+
+    Args:
+        manifest: from :func:`load_manifest`.
+        start_index: global index of the first record to yield (the resume position).
+        start_ts: also skip records with ``timestamp < start_ts`` (their indices still count).
+        batch_size: records read per shard per step (yielded batches may be larger or smaller).
+
+    Raises:
+        DataError: a shard does not match the manifest or is corrupt (raised when reached).
+    """
+    if start_index < 0 or start_index > manifest.train_records:
+        raise DataError(f"resume position {start_index} is outside the stream of {manifest.train_records} "
+                        f"records ({manifest.path})")
+    if start_ts is not None and manifest.ordered:  # whole shards before start_ts need not be read
+        before = 0
+        for s in manifest.shards:
+            if s.last_ts >= start_ts:
+                break
+            before += s.records
+        start_index = max(start_index, before)
+    plan, drop = _start_plan(manifest, start_index)
+    index = start_index - drop
+    pending = list(plan)  # shards not opened yet, in manifest order
+    opened: list[tuple[int, _Open]] = []
+    while pending or opened:
+        # open every shard that may hold records up to the current bound
+        while True:
+            bound = min((o.bound() for _, o in opened), default=float("inf"))
+            ready = [p for p in pending if p[0].first_ts <= bound]
+            if not ready and not opened and pending:
+                ready = [min(pending, key=lambda p: (p[0].first_ts, p[0].number))]
+            if not ready:
+                break
+            for p in ready:
+                pending.remove(p)
+                o = _Open(_ShardReader(p[0], p[1], batch_size), [], np.empty(0, np.int64), np.empty(0, np.int64))
+                o.fill()
+                opened.append((p[0].number, o))
+            opened.sort(key=lambda x: x[0])
+        for _, o in opened:
+            o.extend_past(bound)
+        parts = [o.take(bound) for _, o in opened]
+        parts = [p for p in parts if p[0]]
+        opened = [(k, o) for k, o in opened if not (o.done and not o.values)]
+        for _, o in opened:
+            o.fill()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            values, ts, users = parts[0]
+        else:  # concatenated in shard order, so a stable sort by time gives (ts, shard, position)
+            ts = np.concatenate([p[1] for p in parts])
+            order = np.argsort(ts, kind="stable")
+            flat = [v for p in parts for v in p[0]]
+            values = [flat[i] for i in order.tolist()]
+            ts = ts[order]
+            users = np.concatenate([p[2] for p in parts])[order]
+        lo = 0
+        if drop:
+            lo = min(drop, len(values))
+            drop -= lo
+        if start_ts is not None and lo < len(values) and ts[lo] < start_ts:
+            lo = max(lo, int(np.searchsorted(ts, start_ts, side="left")))
+        if lo < len(values):
+            yield Batch(index + lo, values[lo:], ts[lo:], users[lo:])
+        index += len(values)
+
+
+def start_index_for_ts(manifest: Manifest, start_ts: int) -> int:
+    """Global index of the first record with ``timestamp >= start_ts`` (reads up to it)."""
+    for b in iter_batches(manifest, 0, start_ts):
+        return b.index
+    return manifest.train_records
