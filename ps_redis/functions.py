@@ -189,6 +189,17 @@ local function lfm_push(keys, args)
         if hv then vec = string.sub(blob, p, p + vb - 1); p = p + vb else vec = string.sub(old, 1, vb) end
         if hb then bias = string.sub(blob, p, p + 3); p = p + 4 else bias = string.sub(old, vb + 1, vb + 4) end
         if ha then acc = string.sub(blob, p, p + ab - 1); p = p + ab else acc = string.sub(old, vb + 5, vb + 4 + ab) end
+      elseif hv and hb then  -- vec and bias are adjacent: one unpack / pack of dim + 1 floats
+        local o = {struct.unpack(fa, old, 1)}
+        local g = {struct.unpack(fa, blob, p)}
+        for j = 1, dim + 1 do o[j] = o[j] - g[j] end
+        vec = struct.pack(fa, unpack(o, 1, dim + 1)); bias = ''; p = p + vb + 4
+        if ha then
+          local o2 = {struct.unpack(fa, old, vb + 5)}
+          local g2 = {struct.unpack(fa, blob, p)}
+          for j = 1, dim + 1 do o2[j] = o2[j] + g2[j] end
+          acc = struct.pack(fa, unpack(o2, 1, dim + 1)); p = p + ab
+        else acc = string.sub(old, vb + 5, vb + 4 + ab) end
       else
         if hv then
           local o = {struct.unpack(fv, old, 1)}

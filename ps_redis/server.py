@@ -25,7 +25,7 @@ from ps_redis import fastpath
 from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
-from ps_redis.types import COUNT, Fence, Rows, Update, as_ids, empty_rows, pack_update
+from ps_redis.types import Fence, Rows, Update, as_ids, empty_rows, pack_update
 
 DEFAULT_SHARDS = 32  # shard groups per table on a cluster
 DEFAULT_INIT_SCALE = 0.1
@@ -102,7 +102,7 @@ class ParameterServer:
         self.keys = KeySpace(namespace, int(shards))
         self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
         self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
-        self._tails = fastpath.TailCache()
+        self._tails = fastpath.RowCache()
         self._write_meta()
 
     def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
@@ -189,13 +189,10 @@ class ParameterServer:
             raw = None if raw_ids is None else as_ids(raw_ids, "raw_ids")[missing]
             fresh = new_rows(ids[missing], raw, self.dim, self.init_scale, self.seed, table, time.time())
             rows[missing] = self._create(table, ids[missing], fresh, [keys[i] for i in missing])
-            out = Rows.from_struct(ids, rows, found)
-            self._tails.remember(table, ids.copy(), out.count.copy(), out.raw.copy(), keys)
-        else:
-            out = Rows.from_struct(ids, rows, found)
-            if create or found.all():
-                self._tails.remember(table, ids.copy(), out.count.copy(), out.raw.copy(), keys)
-        return out
+            self._tails.remember(table, ids.copy(), rows, keys)
+        elif create or found.all():
+            self._tails.remember(table, ids.copy(), rows, keys)
+        return Rows.from_struct(ids, rows, found)
 
     def _create(self, table: str, ids: np.ndarray, fresh: np.ndarray, keys: list[bytes]) -> np.ndarray:
         commands, where = [], []
@@ -235,8 +232,7 @@ class ParameterServer:
         if not packed and not np_:
             return False
         now = time.time()
-        if packed and mode == "assign" and not self.keys.shards and all(m & fastpath.FULL == fastpath.FULL
-                                                              for _, _, m, _ in packed):
+        if packed and mode == "assign" and not self.keys.shards:
             done = self._assign_fast(packed, fence if np_ else None, now)
             if done is not None:
                 return done
@@ -279,14 +275,13 @@ class ParameterServer:
         flat: list = []
         fresh = []
         for table, ids, mask, arr in packed:
-            tail = self._tails.lookup(table, ids)
-            if tail is None:
+            hit = self._tails.lookup(table, ids)
+            if hit is None:
                 return None
-            count = fastpath.new_counts(arr, mask, tail[0])
-            rows = fastpath.full_rows(arr, count, tail[1], now, self.dim)
-            keys = tail[2] if tail[2] is not None else self.keys.row_keys(table, ids)
+            rows = fastpath.apply_assign(hit[0], arr, mask, now)
+            keys = hit[1] if hit[1] is not None else self.keys.row_keys(table, ids)
             flat += fastpath.mset_args(keys, rows)
-            fresh.append((table, ids, count, tail[1], keys))
+            fresh.append((table, ids, rows, keys))
         with self._io():
             if fence is None:
                 self.redis.execute_command("MSET", *flat)
@@ -294,8 +289,8 @@ class ParameterServer:
             else:
                 applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence)
         if applied:
-            for table, ids, count, raw, keys in fresh:
-                self._tails.remember(table, ids.copy(), count, raw, keys)
+            for table, ids, rows, keys in fresh:
+                self._tails.remember(table, ids.copy(), rows, keys)
         return applied
 
     def _covered(self, fence: Fence) -> bool:
