@@ -325,6 +325,11 @@ class RecallStore:
             return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
         if not seen and not self.catalog.knows_user(user_id):
             raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
+        return self.popularity(k, seen)
+
+    def popularity(self, k: int, seen: set[int] = frozenset()) -> Answer:
+        """The k movies with most positive events that are not in ``seen`` (source ``popularity``)."""
+        self._ready()
         with self._redis():
             popular = self.log.popular(k + len(seen))
         top = popularity_top_k(popular, k, seen)
