@@ -14,7 +14,12 @@ A concurrency-1 pass gives the unloaded latency.
 
 Synthetic mode fills a fresh namespace of a redis-server started here (``put_rows``, whole rows with raw
 ids) with ``--movies`` item and ``--users`` user vectors (dim --dim) and ~``--seen`` rated movies per user.
-Freshness (``--freshness``) is measured by :mod:`bench.freshness` (replay at --rate 1000 + learner).
+Freshness (``--freshness``): a local redis-server + Tansu, the service, one learner and
+``producer.replay --rate 1000`` of the prepared train shards run together; into the same topic this script
+injects probe events (a new user rates a new movie, raw ids beyond the data set) every ``--probe-every``
+seconds and polls the service every ``--poll-ms``: the *item* delay is produce -> first 200 of
+``/i2i/<probe movie>`` (learner push + activity log + the service's incremental refresh), the *user* delay is
+produce -> first ``source: model`` answer of ``/u2i/<probe user>`` (learner push; the user row is read live).
 """
 
 from __future__ import annotations
@@ -199,6 +204,110 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
     return out
 
 
+# -------------------------------------------------------------------------------------- freshness
+def _probe_record(j: int, ts: int) -> tuple[bytes, bytes, int, int]:
+    """(key, value, raw user, raw movie) of probe event j: new user 10^9 + j rates new movie 10^9 + j."""
+    from lfm_stream.hashing import movie_hash, user_hash
+    from lfm_stream.schema import encode_examples
+
+    ru, rm = 1_000_000_000 + j, 1_000_000_000 + j
+    buf, off = encode_examples(dict(
+        user_id=np.array([user_hash(ru)]), movie_id=np.array([movie_hash(rm)]), raw_user_id=np.array([ru]),
+        raw_movie_id=np.array([rm]), rating=np.array([5.0], np.float32), label=np.array([1.0], np.float32),
+        timestamp=np.array([ts])))
+    return str(user_hash(ru)).encode(), buf[off[0]:off[1]].tobytes(), ru, rm
+
+
+def measure_freshness(args: argparse.Namespace, run_dir: Path) -> dict:
+    """Produce -> visible-in-answer delays of probe events injected into a --rate stream (see module doc)."""
+    import httpx
+    from kafka import KafkaProducer
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import recall as pipeline  # bench/recall.py: prepare / start_learner / replay helpers
+
+    data_dir = Path(args.data_dir or "/tmp/lfm-bench-data/ml-latest-small")
+    pipeline.prepare(pipeline.DEFAULT_RATINGS, data_dir)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    stack = LocalStack(run_dir / "fresh", use_env=False).start()
+    procs: list = []
+    svc = None
+    try:
+        ns, topic = f"fr{uuid.uuid4().hex[:6]}", f"ratings-{uuid.uuid4().hex[:6]}"
+        from ps_redis import ParameterServer
+
+        dim = 32
+        for a in args.learner_arg:
+            if a.startswith("--dim="):
+                dim = int(a.split("=", 1)[1])
+        ParameterServer.get(stack.redis_url, ns, dim=dim)
+        svc = Service(stack.redis_url, ns, str(data_dir), False, args.nprobe, run_dir / "recall-fresh.log")
+        svc.wait_ready()
+        procs.append(pipeline.start_learner(data_dir, stack.redis_url, stack.bootstrap, ns, topic,
+                                            run_dir / "learner-fresh.log", 0, tuple(args.learner_arg)))
+        procs.append(pipeline.replay(data_dir, stack.bootstrap, topic, args.rate, run_dir / "fresh-state.json",
+                                     run_dir / "replay-fresh.log"))
+        client = httpx.Client(base_url=svc.base, timeout=10)
+        t_wait = time.perf_counter()
+        while client.get("/stats").json()["vectors_loaded"] == 0:  # learner joined and training
+            if time.perf_counter() - t_wait > 120:
+                raise RuntimeError(f"no vectors after 120 s; see {run_dir}/learner-fresh.log")
+            time.sleep(0.2)
+        producer = KafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=0, acks=1)
+        ts = int(manifest["time_range"][1])
+        pending: dict[int, dict] = {}
+        item_delay, user_delay = [], []
+        sent = 0
+        next_probe = time.perf_counter()
+        deadline = next_probe + args.probes * args.probe_every + 30
+        while (sent < args.probes or pending) and time.perf_counter() < deadline:
+            now = time.perf_counter()
+            if sent < args.probes and now >= next_probe:
+                key, value, ru, rm = _probe_record(sent, ts)
+                t0 = time.perf_counter()
+                producer.send(topic, key=key, value=value, timestamp_ms=ts * 1000)
+                producer.flush()
+                pending[sent] = {"t0": t0, "user": ru, "movie": rm, "item_done": False, "user_done": False}
+                sent += 1
+                next_probe += args.probe_every
+            for j, pr in list(pending.items()):
+                if not pr["item_done"] and client.get(f"/i2i/{pr['movie']}?k=1").status_code == 200:
+                    pr["item_done"] = True
+                    item_delay.append(time.perf_counter() - pr["t0"])
+                if not pr["user_done"]:
+                    r = client.get(f"/u2i/{pr['user']}?k=1")
+                    if r.status_code == 200 and r.json()["source"] == "model":
+                        pr["user_done"] = True
+                        user_delay.append(time.perf_counter() - pr["t0"])
+                if pr["item_done"] and pr["user_done"]:
+                    del pending[j]
+            time.sleep(args.poll_ms / 1000.0)
+        producer.close()
+        stats = client.get("/stats").json()
+
+        def summary(d: list[float]) -> dict:
+            if not d:
+                return {"n": 0}
+            ms = np.array(d) * 1000
+            return {"n": len(d), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1)}
+
+        return {"rate": args.rate, "probes_sent": sent, "never_seen": len(pending), "poll_ms": args.poll_ms,
+                "learner_args": args.learner_arg, "item_visible_in_i2i": summary(item_delay),
+                "user_visible_in_u2i": summary(user_delay), "service_refresh_interval_s": stats["refresh_interval_s"],
+                "vectors_loaded_at_end": stats["vectors_loaded"], "lag_s_at_end": stats["lag_s"]}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if svc is not None:
+            svc.stop()
+        stack.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/api.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--redis-url", default=None, help="use this PS (default: start a local redis-server)")
@@ -215,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20_000, help="max requests per pass (default 20000)")
     p.add_argument("--seconds", type=float, default=10.0, help="max seconds per pass (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--freshness", action="store_true", help="also measure freshness (see bench/freshness.py)")
+    p.add_argument("--freshness", action="store_true", help="also measure freshness (needs Kafka: Tansu is started)")
+    p.add_argument("--fresh-only", action="store_true", help="only the freshness measurement")
+    p.add_argument("--rate", type=float, default=1000, help="replay rate of the freshness run (default 1000)")
+    p.add_argument("--probes", type=int, default=60, help="probe events of the freshness run (default 60)")
+    p.add_argument("--probe-every", type=float, default=0.4, help="seconds between probes (default 0.4)")
+    p.add_argument("--poll-ms", type=float, default=10, help="poll interval of a pending probe (default 10)")
+    p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag for the freshness run")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -224,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     stack = None
     try:
+        if args.fresh_only:
+            result["freshness"] = measure_freshness(args, run_dir)
+            print(json.dumps(result, indent=2))
+            return 0
         redis_url = args.redis_url
         if redis_url is None:
             stack = LocalStack(run_dir, kafka=False, use_env=False).start()
@@ -254,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 svc.stop()
             result["faiss" if faiss else "brute_force"] = entry
         if args.freshness:
-            from bench.freshness import measure_freshness
-
-            result["freshness"] = measure_freshness(args.data_dir, run_dir)
+            result["freshness"] = measure_freshness(args, run_dir)
     finally:
         if stack is not None:
             stack.stop()

@@ -54,7 +54,7 @@ def start_learner(data_dir: Path, redis_url: str, bootstrap: str, namespace: str
     """One learner subprocess on ``topic`` writing ``namespace`` (short session timeout: Tansu joins fast)."""
     argv = [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic", topic,
             "--namespace", namespace, "--group", f"g-{namespace}", "--session-timeout-ms", "3000",
-            "--heartbeat-interval-ms", "500", "--idle-timeout", "60", *extra]
+            "--heartbeat-interval-ms", "500", "--idle-timeout", "60", "--data-dir", str(data_dir), *extra]
     if max_events:
         argv += ["--max-events", str(max_events)]
     return subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         result["model"] = {"namespace": namespace, "dim": ps.dim, "items": ps.count("item"),
                            "users": ps.count("user"), "data_dir": str(data_dir)}
         result["metrics"] = evaluate(store, read_test(data_dir))
+        if args.train:  # the learner's own end-of-run test line, for a cross-check of the metric definitions
+            lines = [ln for ln in Path(result["training"]["learner_log"]).read_text().splitlines() if "] test " in ln]
+            if lines:
+                result["learner_reported"] = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in lines[-1].split()
+                                              if "=" in kv and kv.split("=")[0].startswith(("hr_at", "recall_at"))}
     finally:
         if stack is not None:
             stack.stop()
