@@ -100,9 +100,11 @@ class InputFn:
         try:
             cols = self._decode(values[lo:hi])
             parts.append((np.arange(lo, hi, dtype=np.int64), cols))
-        except self._tf.errors.InvalidArgumentError as exc:
+        except (self._tf.errors.InvalidArgumentError, UnicodeDecodeError) as exc:  # TF may fail to decode its own message
             if hi - lo == 1:
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if isinstance(exc, UnicodeDecodeError):
+                    msg = "could not parse example input"
                 msg = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", msg)
                 bad.append((lo, f"not a valid rating Example: {msg[:200]}"))
                 return

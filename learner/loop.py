@@ -72,6 +72,8 @@ class Learner:
             self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
         self.t0 = time.time()
         self.fetcher: Fetcher | None = None
+        self._assigned_at = 0.0
+        self._assigned: list[int] = []
 
     # ----------------------------------------------------------------------------- logging
     def say(self, text: str) -> None:
@@ -104,6 +106,8 @@ class Learner:
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
         seek = {p: stored[p] for p in partitions if p in stored}
+        self._assigned_at = time.monotonic()
+        self._assigned = list(partitions)
         self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: committed/earliest)'}")
         self.emit("assign", partitions=partitions, resume=seek)
         return seek
@@ -114,6 +118,7 @@ class Learner:
                 self.fetcher.generation += 1
                 self.fetcher.drain()
             self.pending, self.pending_n = [], 0
+            self._assigned_at, self._assigned = time.monotonic(), []
         self.say(f"partitions {partitions} revoked; unpushed records dropped (the next owner resumes from the PS)")
 
     # ----------------------------------------------------------------------------- main loop
@@ -139,18 +144,24 @@ class Learner:
                         self.pending.append(chunk)
                         self.pending_n += len(chunk)
                         last_rec = now
-                    while self.pending_n >= B and not self._limit_reached():
+                    while self.pending_n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(B))
                     idle = now - last_rec
-                    if self.pending_n and (idle >= flush_s or self._stop) and not self._limit_reached():
+                    if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
                         self._process(self._take(self.pending_n))
+                    if chunk is not None:
+                        last_rec = time.monotonic()  # idle time counts from the end of its processing
                 if self._limit_reached():
                     reason = "max_events"
                     break
                 if self._stop:
                     reason = "signal"
                     break
-                if cfg.idle_timeout and idle >= cfg.idle_timeout and not self.pending_n:
+                # idle counts from the last record or the last assignment; before the first assignment the
+                # group join (about half the session timeout on Tansu, longer after a crash) is allowed too
+                idle = now - max(last_rec, self._assigned_at)
+                allowance = 0.0 if self._assigned else 2 * cfg.session_timeout_ms / 1000
+                if cfg.idle_timeout and idle >= cfg.idle_timeout + allowance and not self.pending_n:
                     reason = "idle_timeout"
                     break
         finally:

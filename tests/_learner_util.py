@@ -44,10 +44,13 @@ def train_records(data_dir: Path) -> list[bytes]:
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
     finally:
         admin.close()
 
@@ -108,3 +111,28 @@ def event_counts(values: list[bytes]) -> tuple[dict[int, int], dict[int, int]]:
     u, nu = np.unique(c["user_id"], return_counts=True)
     i, ni = np.unique(c["movie_id"], return_counts=True)
     return dict(zip(u.tolist(), nu.tolist())), dict(zip(i.tolist(), ni.tolist()))
+
+
+FAST = ["--session-timeout-ms", "3000", "--heartbeat-interval-ms", "500", "--flush-ms", "100", "--dim", "8"]
+
+
+def ps_state(redis_url: str, namespace: str, dim: int = 8):
+    """(ParameterServer, {table: {id: count}}) of a namespace."""
+    from ps_redis import ParameterServer
+
+    ps = ParameterServer.get(redis_url, namespace, dim)
+    counts = {}
+    for table in ("user", "item", "global"):
+        counts[table] = {int(i): int(c) for r in ps.scan(table) for i, c in zip(r.ids, r.count)}
+    return ps, counts
+
+
+def assert_exactly_once(redis_url: str, namespace: str, values: list[bytes]) -> None:
+    """Every user / movie row's update count equals its number of events; μ's count equals all events."""
+    users, items = event_counts(values)
+    _, counts = ps_state(redis_url, namespace)
+    bad_u = {u: (counts["user"].get(u), n) for u, n in users.items() if counts["user"].get(u) != n}
+    bad_i = {i: (counts["item"].get(i), n) for i, n in items.items() if counts["item"].get(i) != n}
+    assert not bad_u, f"{len(bad_u)} users with (count, events) off, e.g. {list(bad_u.items())[:3]}"
+    assert not bad_i, f"{len(bad_i)} items with (count, events) off, e.g. {list(bad_i.items())[:3]}"
+    assert counts["global"] == {0: len(values)}

@@ -1,0 +1,113 @@
+"""The learner on real servers: stream path end to end, poison records to the DLQ, SIGTERM clean exit."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from _learner_util import FAST, ROOT, assert_exactly_once, child_env, learner_cmd, produce, ps_state, read_metrics
+from learner_fixtures import reference_run, run_learner, syn_dir, syn_topic, syn_values  # noqa: F401 (fixtures)
+from lfm_stream.schema import make_example
+
+
+def test_stream_end_to_end(redis_url, syn_values, reference_run):
+    """prepare --synthetic → produce → learner subprocess → metrics file, checkpoint and PS state."""
+    r = reference_run["proc"]
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "prequential AUC" in r.stderr and "step 5 events 160" in r.stderr
+    recs = reference_run["metrics"]
+    kinds = [m["event"] for m in recs]
+    assert kinds.count("train") >= 5 and "test" in kinds and kinds[-1] == "end"
+    end = recs[-1]
+    assert end["reason"] == "idle_timeout" and end["events"] == len(syn_values) and end["poison"] == 0
+    # the synthetic ratings come from a latent-factor model: the learner must beat chance clearly
+    assert end["test_auc"] > 0.6 and end["prequential_auc"] > 0.55, end
+    assert 0.9 < end["coverage"] <= 1.0 and end["warm_auc"] > 0.6
+    for key in ("hr_at_10", "hr_at_50", "recall_at_50", "prequential_hr_at_50"):
+        assert 0.0 <= end[key] <= 1.0
+    assert end["hr_at_50"] >= end["hr_at_10"] and end["hr_samples"] > 50
+    train = [m for m in recs if m["event"] == "train"]
+    assert all(0.0 <= m["auc"] <= 1.0 and m["loss"] > 0 for m in train if m["auc"] is not None)
+    assert list(reference_run["ckpt"].glob("*.npz")), "no PS checkpoint written"
+    namespace = reference_run["namespace"]
+    assert_exactly_once(redis_url, namespace, syn_values)
+    ps, _ = ps_state(redis_url, namespace)
+    from ps_redis.activity import ActivityLog
+
+    offsets = ps.offsets(f"g-{namespace}", reference_run["topic"])
+    assert sum(offsets.values()) == len(syn_values) and set(offsets) == {0, 1}
+    assert ActivityLog(ps).popular(5), "activity log not written"
+
+
+def poison_values() -> list[tuple[bytes, str]]:
+    import tensorflow as tf
+
+    missing = tf.train.Example(features=tf.train.Features(feature={
+        "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
+    good = dict(user_id=11, movie_id=22, raw_user_id=1, raw_movie_id=2, rating=4.0, timestamp=10**9)
+    return [(b"\x08\xffnot a protobuf", "not a valid rating Example"),
+            (missing, "is required but could not be found"),
+            (make_example(**good, label=float("nan")), "not a finite number"),
+            (make_example(**good, label=1.0, schema_version=99), "unknown schema_version 99")]
+
+
+def test_poison_records_go_to_the_dead_letter_topic(redis_url, bootstrap, topic, namespace, syn_values, tmp_path):
+    from kafka import KafkaConsumer, TopicPartition
+
+    good = syn_values[:300]
+    poison = poison_values()
+    values, where = list(good), {}
+    for j, (v, reason) in enumerate(poison):
+        pos = 40 + 70 * j
+        values.insert(pos, v)
+        where[pos] = reason
+    produce(bootstrap, topic, values, partitions=1)
+    metrics = tmp_path / "m.jsonl"
+    r = run_learner(redis_url, bootstrap, topic, namespace, metrics, "--batch-size", "64", "--idle-timeout", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for pos in where:
+        assert f"poison record at {topic}[0]@{pos}" in r.stderr
+    end = read_metrics(metrics)[-1]
+    assert end["poison"] == 4 and end["events"] == 300 and end["records"] == 304
+    assert_exactly_once(redis_url, namespace, good)
+    dlq = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000, auto_offset_reset="earliest")
+    tp = TopicPartition(f"{topic}.dlq", 0)
+    dlq.assign([tp])
+    dlq.seek_to_beginning(tp)
+    got = list(dlq)
+    dlq.close()
+    assert len(got) == 4
+    for rec, (value, _) in zip(got, poison):
+        h = {k: v.decode() for k, v in rec.headers}
+        assert rec.value == value and h["topic"] == topic and h["partition"] == "0"
+        assert where[int(h["offset"])].split()[0] in h["error"] or where[int(h["offset"])] in h["error"]
+
+
+def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_topic, namespace, syn_values,
+                                                     tmp_path):
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = syn_topic
+    metrics = tmp_path / "m.jsonl"
+    cmd = learner_cmd(redis_url, bootstrap, topic, namespace, "--metrics", str(metrics), *FAST, "--batch-size", "16",
+                      "--train-log-steps", "1", "--hr-sample", "0.5", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while sum(m["event"] == "train" for m in read_metrics(metrics)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    end = read_metrics(metrics)[-1]
+    assert end["event"] == "end" and end["reason"] == "signal" and 0 < end["events"] < len(syn_values)
+    assert list((tmp_path / "ckpt").glob("*.npz"))
+    ps, counts = ps_state(redis_url, namespace)
+    group = f"g-{namespace}"
+    stored = ps.offsets(group, topic)
+    assert sum(stored.values()) == end["events"] == counts["global"][0]  # nothing applied beyond the offsets
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    committed = {p: c.committed(TopicPartition(topic, p)) for p in stored}
+    c.close()
+    assert committed == stored  # Kafka commits kept in step with the PS offsets
