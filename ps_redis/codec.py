@@ -55,6 +55,8 @@ def dim_of(nbytes: int) -> int | None:
 def decode(values: list[bytes | None], keys: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode MGET results into a structured array (absent rows zero) and a found mask.
 
+    The array may be a read-only view of the joined replies: copy before writing to it.
+
     Args:
         values: one bytes value or None per key.
         keys: the keys, only used to name a corrupt value in the error.
@@ -66,10 +68,12 @@ def decode(values: list[bytes | None], keys: list[bytes], dim: int) -> tuple[np.
     size = row_size(dim)
     dtype = row_dtype(dim)
     n = len(values)
-    if n and None not in values:
-        blob = b"".join(values)
-        if len(blob) == n * size:
-            return np.frombuffer(blob, dtype=dtype).copy(), np.ones(n, dtype=bool)
+    try:
+        blob = b"".join(values)  # TypeError when a value is None (absent)
+    except TypeError:
+        blob = None
+    if blob is not None and len(blob) == n * size:
+        return np.frombuffer(blob, dtype=dtype), np.ones(n, dtype=bool)  # read-only view
     found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
     for key, value in zip(keys, values):
         if value is not None and len(value) != size:

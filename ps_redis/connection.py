@@ -17,6 +17,12 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 
+try:  # redis[hiredis] is a dependency; without it `call` falls back to execute_command
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover
+    _pack_command = None
+
+
 class PSError(RuntimeError):
     """Base class of parameter-server errors."""
 
@@ -65,6 +71,29 @@ def translate_errors(url: str, retries: int) -> Iterator[None]:
         raise PSConnectionError(f"Redis Cluster at {mask_url(url)} failed: {exc}") from exc
 
 
+def call(client: redis.Redis, *args):
+    """One command on a standalone client: packed by ``hiredis.pack_command`` directly, raw reply.
+
+    Same connection pool and retry policy as ``client.execute_command``, minus redis-py's generic
+    ``pack`` (a Python generator over every argument, ~0.15 µs each: a third of a 1024-key MGET's
+    client CPU) and its response callbacks (replies come back as RESP decoded them).
+    """
+    if _pack_command is None:
+        return client.execute_command(*args)
+    packed = [_pack_command(args)]
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        return conn.retry.call_with_retry(lambda: _send_read(conn, packed), lambda _err: conn.disconnect())
+    finally:
+        pool.release(conn)
+
+
+def _send_read(conn, packed: list[bytes]):
+    conn.send_packed_command(packed)
+    return conn.read_response()
+
+
 def node_clients(client: redis.Redis | RedisCluster, is_cluster: bool) -> list[redis.Redis]:
     """Clients of every primary (one element for a standalone server)."""
     if not is_cluster:
@@ -85,7 +114,7 @@ def run(client: redis.Redis | RedisCluster, is_cluster: bool,
     if not is_cluster:
         if len(commands) == 1:
             try:
-                return [client.execute_command(*commands[0][1])]
+                return [call(client, *commands[0][1])]
             except redis.ResponseError as exc:
                 if raise_on_error:
                     raise

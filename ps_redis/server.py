@@ -22,7 +22,7 @@ import redis
 from ps_redis import snapshot
 from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
 from ps_redis import fastpath
-from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
+from ps_redis.connection import PSError, call, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
 from ps_redis.types import Fence, Rows, Update, as_ids, empty_rows, pack_update
@@ -174,10 +174,12 @@ class ParameterServer:
         if not len(ids):
             return Rows.from_struct(ids, empty_rows(self.dim), np.zeros(0, bool))
         groups = self._groups(table, ids)
-        replies = self._run([(keys[0], ("MGET", *keys)) for keys, _, _ in groups])
-        if len(groups) == 1:
-            keys, values = groups[0][0], replies[0]
+        if not self.keys.shards:  # the hot path: one MGET
+            keys = groups[0][0]
+            with self._io():
+                values = call(self.redis, "MGET", *keys)
         else:
+            replies = self._run([(keys[0], ("MGET", *keys)) for keys, _, _ in groups])
             keys, values = [b""] * len(ids), [None] * len(ids)
             for (gkeys, pos, _), vals in zip(groups, replies):
                 for p, k, v in zip(pos.tolist(), gkeys, vals):
@@ -284,7 +286,7 @@ class ParameterServer:
             fresh.append((table, ids, rows, keys))
         with self._io():
             if fence is None:
-                self.redis.execute_command("MSET", *flat)
+                call(self.redis, "MSET", *flat)
                 applied = True
             else:
                 applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence)
