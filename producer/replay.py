@@ -11,8 +11,8 @@ Resume position: the global index (0-based) of the next record of the time-order
 not been acknowledged by the broker.  It is printed in the summary (also on Ctrl-C / SIGTERM, after
 flushing) and saved per topic in a small state file (default ``<data-dir>/replay-state.json``, also
 rewritten every progress interval); ``--resume`` continues from the saved position, ``--resume N``
-from record N.  Exit codes: 0 done, 1 bad input or arguments, 2 broker unreachable or failing beyond
-the retry budget, 130 / 143 stopped by SIGINT / SIGTERM (position saved).
+from record N.  Exit codes: 0 done, 1 bad input data, 2 bad arguments, 3 broker unreachable or failing
+beyond the retry budget (position saved), 130 / 143 stopped by SIGINT / SIGTERM (position saved).
 """
 
 from __future__ import annotations
@@ -90,14 +90,13 @@ class Stop:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM (a second signal aborts immediately)."""
+    def install(self) -> dict:
+        """Handle SIGINT and SIGTERM (a second signal aborts immediately); returns the previous handlers."""
         def handler(signum, frame):
             if self.signum is not None:
                 raise KeyboardInterrupt
             self.signum = signum
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def iso(ts: int | None) -> str:
@@ -301,8 +300,9 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
     return summary
 
 
-def print_summary(cfg: ReplayConfig, s: Summary, out=sys.stdout) -> None:
+def print_summary(cfg: ReplayConfig, s: Summary, out=None) -> None:
     """The final report: events, seconds, rate achieved, last timestamp, resume position."""
+    out = out or sys.stdout
     target = (f"{cfg.throttle.rate:g} events/s" if cfg.throttle.mode == "rate" else
               f"speedup x{cfg.throttle.speedup:g}" if cfg.throttle.mode == "speedup" else "as fast as possible")
     head = f"stopped by {s.stopped_by}: " if s.stopped_by else ""
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are reported by producer.publish
     stop = Stop()
-    stop.install()
+    previous = stop.install()
     try:
         summary = run(cfg, stop)
     except DataError as exc:
@@ -429,7 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         s = getattr(exc, "summary", None)
         if s is not None:
             print_summary(cfg, s)
-        return 2
+        return 3
+    except KeyboardInterrupt:
+        print(f"aborted by a second signal; the last saved position is in {cfg.state_path}", file=sys.stderr)
+        return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print_summary(cfg, summary)
     if summary.stopped_by:
         return 128 + int(signal.Signals[summary.stopped_by])
