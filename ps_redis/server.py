@@ -336,22 +336,28 @@ class ParameterServer:
         return sorted(t for t in found if not t.startswith("@"))
 
     def scan(self, table: str, chunk: int = 4096) -> Iterator[Rows]:
-        """Iterate over every row of ``table`` in chunks of up to ``chunk`` rows (SCAN-based).
+        """Iterate over every row of ``table`` in chunks of up to ``chunk`` rows (SCAN-based, streaming).
 
-        Rows written during the scan may or may not appear; rows deleted meanwhile are skipped.
+        Every row present for the whole scan appears exactly once; rows written or deleted during
+        the scan may or may not appear (deleted ones are skipped when already gone).
         """
         check_table(table)
+        pattern = self.keys.scan_patterns(table)[0]
+        seen: set[int] = set()  # SCAN may return a key twice (rehashing)
         for node in node_clients(self.redis, self.is_cluster):
             batch: list[int] = []
-            with self._io():
-                keys_iter = list(node.scan_iter(match=self.keys.scan_patterns(table)[0], count=chunk))
-            for key in keys_iter:
-                hid = KeySpace.id_of(key)
-                if hid is not None:
-                    batch.append(hid)
-                if len(batch) >= chunk:
-                    yield self._found(table, batch)
-                    batch = []
+            cursor = None
+            while cursor != 0:
+                with self._io():
+                    cursor, keys = node.scan(cursor or 0, match=pattern, count=chunk)
+                for key in keys:
+                    hid = KeySpace.id_of(key)
+                    if hid is not None and hid not in seen:
+                        seen.add(hid)
+                        batch.append(hid)
+                while len(batch) >= chunk:
+                    yield self._found(table, batch[:chunk])
+                    batch = batch[chunk:]
             if batch:
                 yield self._found(table, batch)
 
@@ -373,18 +379,21 @@ class ParameterServer:
         return int(sum(self._run(commands)))
 
     def flush(self) -> int:
-        """Delete every key of this namespace (rows, offsets, activity log); returns keys deleted."""
+        """Delete every key of this namespace (rows, offsets, activity log); returns keys deleted.
+
+        The instance stays usable (its ``@meta`` is written again).
+        """
         n = 0
         self._tails.forget()
         with self._io():
             for node in node_clients(self.redis, self.is_cluster):
                 for pattern in self.keys.namespace_patterns():
-                    keys = list(node.scan_iter(match=pattern, count=1000))
-                    for k in keys:  # one key per UNLINK: keys of a node may sit in different slots
-                        n += node.unlink(k) if self.is_cluster else 0
-                    if not self.is_cluster:
-                        for i in range(0, len(keys), 1000):
-                            n += node.unlink(*keys[i:i + 1000])
+                    pipe = node.pipeline(transaction=False)
+                    for key in node.scan_iter(match=pattern, count=1000):
+                        pipe.unlink(key)  # one key per UNLINK: on a cluster keys sit in many slots
+                        if len(pipe) >= 1000:
+                            n += sum(pipe.execute())
+                    n += sum(pipe.execute())
         self._write_meta()
         return n
 
