@@ -13,14 +13,19 @@ under ``<namespace>:<table>:<hashed id>`` (standalone) or ``{<namespace>:<table>
 
 Reading a vector with redis-cli alone (the PS loads the ``lfm`` Function library at start)::
 
-    redis-cli -u "$REDIS_URL" FCALL lfm_vec 1 lfm:item:<hashed movie id>
-    # hashed id of MovieLens movie 318:
-    #   python -c "from lfm_stream.hashing import movie_hash; print(movie_hash(318))"
-    # on a cluster: redis-cli -c -u "$REDIS_URL" FCALL lfm_vec 1 "{lfm:item:<id mod 32>}:<hashed id>"
+    redis-cli -u "$REDIS_URL" FCALL lfm_movie 0 lfm 318     # by raw MovieLens id (namespace lfm)
+    redis-cli -u "$REDIS_URL" FCALL lfm_user 0 lfm 42
+    redis-cli -u "$REDIS_URL" FCALL lfm_vec 1 lfm:item:950013827834067564   # by key (hashed id)
 
-prints ``key=``, ``raw=``, ``dim=``, ``count=``, ``updated=``, ``bias=``, ``norm=``, ``vec=`` and
-``accum=`` lines.  ``python -m ps_redis inspect --movie 318`` does the hashing for you and also
-lists the nearest movies.
+each prints ``key=``, ``raw=``, ``dim=``, ``count=``, ``updated=`` (unix s), ``bias=``, ``norm=``,
+``vec=`` and ``accum=`` lines.  ``lfm_movie`` / ``lfm_user`` hash the raw id in Lua and need a
+standalone Redis; on a cluster use ``redis-cli -c ... FCALL lfm_vec 1 "{lfm:item:<id mod 32>}:<id>"``
+(``python -m ps_redis inspect --movie 318`` prints the key, and also the nearest movies).
+Hashed ids: ``lfm_stream.hashing.movie_hash(318)`` / ``user_hash(42)``.
+
+Assign pushes are one MSET when this process pulled the rows just before (the learner's cycle),
+else a Lua read-modify-write; gradient pushes always run in Lua (atomic ``v ← v − step``).  Assign
+is last-writer-wins per row (count included): concurrent learners should use ``mode="gradient"``.
 
 Exactly-once (fenced pushes): on a standalone Redis one push (all its tables) and its offsets are
 one atomic Function call.  On a cluster each shard group applies its part atomically together with

@@ -79,6 +79,8 @@ def inspect_row(ps: ParameterServer, kind: str, raw_id: int, cfg: InspectConfig,
           f"  bias     {rows.bias[0]:.6g}\n  norm     {np.linalg.norm(vec):.6g}\n"
           f"  vec      {np.array2string(vec, precision=4, max_line_width=100, separator=' ')}", file=out)
     print(f"  redis-cli FCALL lfm_vec 1 '{key}'", file=out)
+    if not ps.is_cluster:
+        print(f"  redis-cli FCALL lfm_{'movie' if kind == 'movie' else 'user'} 0 {ps.namespace} {raw_id}", file=out)
     if kind == "movie":
         print(f"nearest movies by cosine (top {cfg.k}):", file=out)
         for rank, (cos, raw, _) in enumerate(nearest(ps, vec, hashed, cfg.k), 1):

@@ -3,6 +3,8 @@
 Functions (rows use the layout of :mod:`ps_redis.codec`; every call touches one slot group):
 
 - ``lfm_vec``      read-only: ``FCALL lfm_vec 1 <row key>`` prints a row as text (for people).
+- ``lfm_movie`` / ``lfm_user``  read-only, standalone Redis: ``FCALL lfm_movie 0 <namespace> <raw id>``
+  hashes the raw MovieLens id (bkdr2hash64 in exact double arithmetic) and prints that row.
 - ``lfm_create``   set-if-absent of fresh rows; returns the stored values (the winner's on a race).
 - ``lfm_push``     fenced assign / gradient update of one or more tables, atomic with its offsets.
 - ``lfm_put``      absolute overwrite of whole rows (``load``).
@@ -51,12 +53,12 @@ end
 
 local function fmt(x) return string.format('%.7g', x) end
 
-local function lfm_vec(keys, args)
-  local v = redis.call('GET', keys[1])
-  if not v then return redis.error_reply('lfm: no row at key ' .. keys[1]) end
+local function show(key)
+  local v = redis.call('GET', key)
+  if not v then return redis.error_reply('lfm: no row at key ' .. key) end
   local dim = (#v - 32) / 8
   if dim < 1 or dim ~= math.floor(dim) then
-    return redis.error_reply('lfm: value of key ' .. keys[1] .. ' has ' .. #v .. ' bytes, not a packed row')
+    return redis.error_reply('lfm: value of key ' .. key .. ' has ' .. #v .. ' bytes, not a packed row')
   end
   local f = string.rep('f', dim)
   local vec = {struct.unpack('<' .. f, v)}
@@ -66,10 +68,52 @@ local function lfm_vec(keys, args)
   local norm, sv, sa = 0, {}, {}
   for i = 1, dim do norm = norm + vec[i] * vec[i]; sv[i] = fmt(vec[i]) end
   for i = 1, dim + 1 do sa[i] = fmt(acc[i]) end
-  return {'key=' .. keys[1], 'raw=' .. string.format('%d', raw), 'dim=' .. dim,
+  return {'key=' .. key, 'raw=' .. string.format('%d', raw), 'dim=' .. dim,
           'count=' .. string.format('%d', count), 'updated=' .. string.format('%.3f', updated),
           'bias=' .. fmt(bias), 'norm=' .. fmt(math.sqrt(norm)),
           'vec=' .. table.concat(sv, ' '), 'accum=' .. table.concat(sa, ' ')}
+end
+
+local function lfm_vec(keys, args) return show(keys[1]) end
+
+-- bkdr2hash64 (seed 131, low 60 bits) in exact double arithmetic: h = hi * 2^30 + lo
+local TWO30 = 1073741824
+local function bkdr60(text)
+  local hi, lo = 0, 0
+  for i = 1, #text do
+    lo = lo * 131 + string.byte(text, i)
+    local carry = math.floor(lo / TWO30)
+    lo = lo - carry * TWO30
+    hi = (hi * 131 + carry) % TWO30
+  end
+  return hi, lo
+end
+
+local function decimal(hi, lo)
+  if hi == 0 and lo == 0 then return '0' end
+  local digits = {}
+  while hi > 0 or lo > 0 do
+    local qh = math.floor(hi / 10)
+    local rest = (hi - qh * 10) * TWO30 + lo
+    local ql = math.floor(rest / 10)
+    table.insert(digits, 1, string.format('%d', rest - ql * 10))
+    hi, lo = qh, ql
+  end
+  return table.concat(digits)
+end
+
+-- standalone Redis only (the key is computed here, not declared): ARGV namespace, raw id
+local function by_raw(table_name, prefix)
+  return function(keys, args)
+    local ns = args[1]
+    local hi, lo = bkdr60(prefix .. args[2])
+    local shards = tonumber(redis.call('HGET', ns .. ':@meta', 'shards') or '0')
+    local id = decimal(hi, lo)
+    if shards > 0 then
+      return show('{' .. ns .. ':' .. table_name .. ':' .. (lo % shards) .. '}:' .. id)
+    end
+    return show(ns .. ':' .. table_name .. ':' .. id)
+  end
 end
 
 -- KEYS: counter, row keys...; ARGV: dim, blob of packed rows (one per row key)
@@ -254,6 +298,8 @@ local function lfm_activity(keys, args)
 end
 
 redis.register_function{function_name='lfm_vec', callback=lfm_vec, flags={'no-writes'}}
+redis.register_function{function_name='lfm_movie', callback=by_raw('item', 'MovieID='), flags={'no-writes'}}
+redis.register_function{function_name='lfm_user', callback=by_raw('user', 'UserID='), flags={'no-writes'}}
 redis.register_function('lfm_create', lfm_create)
 redis.register_function('lfm_put', lfm_put)
 redis.register_function('lfm_delete', lfm_delete)

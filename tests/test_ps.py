@@ -350,6 +350,23 @@ def test_redis_cli_fcall_one_liner(ps):
     missing = subprocess.run([shutil.which("redis-cli"), "-u", ps.url, "FCALL", "lfm_vec", "1", key + "0"],
                              capture_output=True, text=True, timeout=10).stdout
     assert "no row at key" in missing
+    # by raw MovieLens id: the Function hashes it itself
+    by_raw = subprocess.run([shutil.which("redis-cli"), "-u", ps.url, "FCALL", "lfm_movie", "0", ps.namespace, "318"],
+                            capture_output=True, text=True, timeout=10, check=True).stdout
+    assert by_raw == out
+
+
+def test_lua_hashing_matches_python(ps):
+    from lfm_stream.hashing import movie_hash, user_hash
+
+    r = redis.Redis.from_url(ps.url)
+    raws = [0, 1, 9, 10, 318, 99999, 193609, 2**31 - 1, 10**12 + 7]
+    for raw in raws:
+        for fn, table, h in (("lfm_movie", "item", movie_hash), ("lfm_user", "user", user_hash)):
+            with pytest.raises(redis.ResponseError, match="no row at key") as info:
+                r.fcall(fn, 0, ps.namespace, str(raw))
+            assert str(info.value).endswith(f"{ps.namespace}:{table}:{h(raw)}"), (raw, table)
+    r.close()
 
 
 def test_row_layout_is_the_documented_one(ps):
