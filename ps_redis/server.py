@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from ps_redis import snapshot
+from ps_redis import fastpath, maintenance, snapshot
 from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
-from ps_redis import fastpath
 from ps_redis.connection import PSError, call, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
@@ -326,14 +325,7 @@ class ParameterServer:
 
     def tables(self) -> list[str]:
         """Names of the tables that hold rows (or once did)."""
-        found = set()
-        with self._io():
-            for node in node_clients(self.redis, self.is_cluster):
-                pattern = f"{{{self.namespace}:*}}:@n" if self.keys.shards else f"{self.namespace}:@n:*"
-                for key in node.scan_iter(match=pattern, count=1000):
-                    k = key.decode()
-                    found.add(k[1:].split(":")[1] if self.keys.shards else k.rsplit(":", 1)[1])
-        return sorted(t for t in found if not t.startswith("@"))
+        return maintenance.tables(self)
 
     def scan(self, table: str, chunk: int = 4096) -> Iterator[Rows]:
         """Iterate over every row of ``table`` in chunks of up to ``chunk`` rows (SCAN-based, streaming).
@@ -342,32 +334,7 @@ class ParameterServer:
         the scan may or may not appear (deleted ones are skipped when already gone).
         """
         check_table(table)
-        pattern = self.keys.scan_patterns(table)[0]
-        seen: set[int] = set()  # SCAN may return a key twice (rehashing)
-        for node in node_clients(self.redis, self.is_cluster):
-            batch: list[int] = []
-            cursor = None
-            while cursor != 0:
-                with self._io():
-                    cursor, keys = node.scan(cursor or 0, match=pattern, count=chunk)
-                for key in keys:
-                    hid = KeySpace.id_of(key)
-                    if hid is not None and hid not in seen:
-                        seen.add(hid)
-                        batch.append(hid)
-                while len(batch) >= chunk:
-                    yield self._found(table, batch[:chunk])
-                    batch = batch[chunk:]
-            if batch:
-                yield self._found(table, batch)
-
-    def _found(self, table: str, ids: list[int]) -> Rows:
-        rows = self.pull(table, np.array(ids, dtype=np.int64), create=False)
-        if rows.found.all():
-            return rows
-        keep = rows.found
-        return Rows(**{f: getattr(rows, f)[keep] for f in
-                       ("ids", "vec", "bias", "accum", "count", "updated", "raw", "found")})
+        return maintenance.scan(self, table, chunk)
 
     def put_rows(self, table: str, ids: np.ndarray, rows: np.ndarray) -> int:
         """Overwrite whole rows (structured array of :func:`ps_redis.codec.row_dtype`); returns rows created."""
@@ -383,17 +350,8 @@ class ParameterServer:
 
         The instance stays usable (its ``@meta`` is written again).
         """
-        n = 0
         self._tails.forget()
-        with self._io():
-            for node in node_clients(self.redis, self.is_cluster):
-                for pattern in self.keys.namespace_patterns():
-                    pipe = node.pipeline(transaction=False)
-                    for key in node.scan_iter(match=pattern, count=1000):
-                        pipe.unlink(key)  # one key per UNLINK: on a cluster keys sit in many slots
-                        if len(pipe) >= 1000:
-                            n += sum(pipe.execute())
-                    n += sum(pipe.execute())
+        n = maintenance.flush(self)
         self._write_meta()
         return n
 
