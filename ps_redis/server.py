@@ -133,7 +133,8 @@ class ParameterServer:
         server lost it (restart without persistence) and resend only the commands that failed so."""
         with self._io():
             out = run(self.redis, self.is_cluster, commands, raise_on_error=False)
-            lost = [i for i, r in enumerate(out) if isinstance(r, redis.ResponseError) and "Function not found" in str(r)]
+            lost = [i for i, r in enumerate(out)
+                    if isinstance(r, redis.ResponseError) and "Function not found" in str(r)]
             if lost:
                 self.load_functions()
                 for i, r in zip(lost, run(self.redis, self.is_cluster, [commands[i] for i in lost], False)):
