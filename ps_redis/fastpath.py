@@ -12,7 +12,9 @@ A push qualifies when
 Then the new row is the cached row with the given fields replaced, ``count ← cached count + Δcount``
 and ``updated ← now``; with one writer per row this is exactly what the server-side path computes.
 Two processes assigning the same row are last-writer-wins for the whole row (vectors as well as
-count): use ``mode="gradient"`` for concurrent learners.
+count): use ``mode="gradient"`` for concurrent learners.  A row deleted by another process between
+this process's pull and its assign push is written back (and the table's row counter, which only
+the server-side paths maintain, then undercounts it by one until the next flush / load).
 
 A fenced fast push is ``WATCH fence; HMGET fence; MULTI; MSET rows; HSET fence; EXEC``: skipped
 when covered, and retried from the coverage check if another process changed the offsets meanwhile.
@@ -55,6 +57,7 @@ class RowCache:
         entries = self._entries.get(table)
         if not entries or not len(ids):
             return None
+        entries = list(entries)  # a snapshot: other threads may pull (and append) meanwhile
         first = entries[0]
         if len(first[0]) == len(ids) and np.array_equal(first[0], ids):
             return first[1], first[3]
