@@ -64,6 +64,9 @@ class ActivityLog:
     def record(self, user_ids, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> str | None:
         """Record one micro-batch of events in one round trip; returns the change-stream entry id.
 
+        Cost per 1024-event batch: a few hundred µs of client CPU (numpy grouping, joining the ids as
+        text) and ~1 ms of Redis time; an empty batch is a no-op (returns None).
+
         ``SADD seen:<raw user> <raw movie>...`` per user, ``ZINCRBY pop 1 <raw movie>`` per positive
         event (``label > 0``), ``XADD changes MAXLEN ~ maxlen`` of the distinct ``item_ids``.
         ``user_ids`` (hashed) are accepted for symmetry with the learner's batch and not stored.
@@ -76,18 +79,19 @@ class ActivityLog:
             raise ValueError(f"record: raw_user_ids, raw_movie_ids, labels differ in length "
                              f"({len(ru)}, {len(rm)}, {len(lab)})")
         n = len(ru)
-        tokens = ""
-        if n:
-            order = np.argsort(ru, kind="stable")
-            us, ms = ru[order], rm[order]
-            starts = np.r_[0, np.flatnonzero(np.diff(us)) + 1]
-            counts = np.diff(np.r_[starts, n])
-            heads = starts + 2 * np.arange(len(starts))
-            tok = np.empty(n + 2 * len(starts), dtype=np.int64)
-            body = np.ones(len(tok), dtype=bool)
-            body[heads] = body[heads + 1] = False
-            tok[heads], tok[heads + 1], tok[body] = us[starts], counts, ms
-            tokens = _join(tok)
+        if not n:
+            return None
+        # per user: "<raw user> <n> <movie 1> ... <movie n>", users sorted (stable: event order kept)
+        order = np.argsort(ru, kind="stable")
+        us, ms = ru[order], rm[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(us)) + 1]
+        counts = np.diff(np.r_[starts, n])
+        heads = starts + 2 * np.arange(len(starts))
+        tok = np.empty(n + 2 * len(starts), dtype=np.int64)
+        body = np.ones(len(tok), dtype=bool)
+        body[heads] = body[heads + 1] = False
+        tok[heads], tok[heads + 1], tok[body] = us[starts], counts, ms
+        tokens = _join(tok)
         movies, pos_counts = np.unique(rm[lab > 0], return_counts=True)
         pos = np.empty(2 * len(movies), dtype=np.int64)
         pos[0::2], pos[1::2] = movies, pos_counts
