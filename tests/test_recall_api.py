@@ -271,3 +271,37 @@ def test_user_context_equals_pull_and_seen(world):
         if vec is not None:
             np.testing.assert_array_equal(vec, rows.vec[0])
         assert seen == log.seen(u)
+
+
+def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
+    """``python -m recall_api`` wired from env vars (REDIS_URL, LFM_NAMESPACE, LFM_DATA_DIR) and flags."""
+    import os
+    import subprocess
+    import sys
+
+    from lfm_stream.stack import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), REDIS_URL=world["url"], LFM_NAMESPACE=world["ns"],
+               LFM_DATA_DIR=str(prepared))
+    bad = subprocess.run([sys.executable, "-m", "recall_api", "--refresh-interval", "0"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "refresh_interval must be > 0" in bad.stderr
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return httpx.get(url + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None  # exited: fail below with its output
+        wait_for(ready, timeout=30, interval=0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        u = int(world["P"].users[1])
+        assert httpx.get(f"{url}/u2i/{u}?k=7").json() == world["client"].get(f"/u2i/{u}?k=7").json()
+    finally:
+        proc.terminate()
+        proc.wait(15)
