@@ -40,10 +40,6 @@ class CursorExpired(PSError):
     """The cursor points before the retained part of the change stream (or at an older log): reload fully."""
 
 
-def _join(values: np.ndarray) -> str:
-    return " ".join(map(str, values.tolist()))
-
-
 class ActivityLog:
     """Activity log of ``ps``'s namespace.  ``maxlen``: change-stream entries kept (approximate trim)."""
 
@@ -64,8 +60,8 @@ class ActivityLog:
     def record(self, user_ids, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> str | None:
         """Record one micro-batch of events in one round trip; returns the change-stream entry id.
 
-        Cost per 1024-event batch: a few hundred µs of client CPU (numpy grouping, joining the ids as
-        text) and ~1 ms of Redis time; an empty batch is a no-op (returns None).
+        Cost per 1024-event batch: ~0.1 ms of client Python (numpy grouping, ids packed as int32) plus
+        the socket write, and ~1 ms of Redis time; an empty batch is a no-op (returns None).
 
         ``SADD seen:<raw user> <raw movie>...`` per user, ``ZINCRBY pop 1 <raw movie>`` per positive
         event (``label > 0``), ``XADD changes MAXLEN ~ maxlen`` of the distinct ``item_ids``.
@@ -91,16 +87,19 @@ class ActivityLog:
         body = np.ones(len(tok), dtype=bool)
         body[heads] = body[heads + 1] = False
         tok[heads], tok[heads + 1], tok[body] = us[starts], counts, ms
-        tokens = _join(tok)
         movies, pos_counts = np.unique(rm[lab > 0], return_counts=True)
         pos = np.empty(2 * len(movies), dtype=np.int64)
         pos[0::2], pos[1::2] = movies, pos_counts
+        # ints travel packed (int32 when they fit: MovieLens ids do), unpacked by struct in Lua
+        small = all(a.size == 0 or (a.min() > -2**31 and a.max() < 2**31) for a in (tok, pos))
+        width, dt = (4, "<i4") if small else (8, "<i8")
         changed = np.unique(np.asarray(item_ids, dtype=np.int64)).astype("<i8").tobytes()
         ts = np.asarray(timestamps)
         last_ts = str(int(ts.max())) if ts.size else "0"
         k = self.keys
         args = ("FCALL", "lfm_activity", 4, k.act_popular, k.act_changes, k.act_clock, self._epoch_key,
-                k.act_seen_prefix, tokens, _join(pos), changed, last_ts, self.maxlen, uuid.uuid4().hex[:12])
+                k.act_seen_prefix, width, tok.astype(dt).tobytes(), pos.astype(dt).tobytes(), changed, last_ts,
+                self.maxlen, uuid.uuid4().hex[:12])
         entry = self._call(args)[0]
         return entry.decode() if isinstance(entry, bytes) else None
 

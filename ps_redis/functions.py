@@ -273,27 +273,44 @@ local function lfm_push(keys, args)
   return 1
 end
 
+-- little-endian signed ints of `width` bytes (4 or 8) packed in `blob`, as a Lua table
+local function ints(blob, width)
+  local out, n = {}, #blob / width
+  local f = width == 4 and 'i4' or 'i8'
+  for c = 0, n - 1, CHUNK do
+    local m = math.min(CHUNK, n - c)
+    local vals = {struct.unpack('<' .. string.rep(f, m), blob, c * width + 1)}
+    for j = 1, m do out[c + j] = vals[j] end
+  end
+  return out
+end
+
+local function int(x) return string.format('%d', x) end
+
 -- KEYS: popular zset, changes stream, clock, epoch
--- ARGV: seen prefix, users ("raw_user n m1 .. mn" tokens), positives ("movie count" tokens),
---       changed item ids (packed int64), max event ts, stream maxlen, epoch token if none yet
+-- ARGV: seen prefix, int width (4|8), users (packed ints: raw user, n, movie 1 .. movie n, ...),
+--       positives (packed ints: movie, count, ...), changed item ids (packed int64), max event ts,
+--       stream maxlen, epoch token (set if none yet)
 local function lfm_activity(keys, args)
-  local prefix = args[1]
-  local it = string.gmatch(args[2], '%S+')
-  for user in it do
-    local n = tonumber(it())
+  local prefix, width = args[1], tonumber(args[2])
+  local u = ints(args[3], width)
+  local i = 1
+  while i <= #u do
+    local n = u[i + 1]
     local members = {}
-    for j = 1, n do members[j] = it() end
-    redis.call('SADD', prefix .. user, unpack(members))
+    for j = 1, n do members[j] = int(u[i + 1 + j]) end
+    redis.call('SADD', prefix .. int(u[i]), unpack(members))
+    i = i + 2 + n
   end
-  local pit = string.gmatch(args[3], '%S+')
-  for movie in pit do redis.call('ZINCRBY', keys[1], pit(), movie) end
+  local p = ints(args[4], width)
+  for j = 1, #p, 2 do redis.call('ZINCRBY', keys[1], p[j + 1], int(p[j])) end
   local id = false
-  if #args[4] > 0 then
-    id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[6], '*', 'ids', args[4], 'ts', args[5])
+  if #args[5] > 0 then
+    id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[7], '*', 'ids', args[5], 'ts', args[6])
   end
-  redis.call('SET', keys[4], args[7], 'NX')
+  redis.call('SET', keys[4], args[8], 'NX')
   local clock = redis.call('GET', keys[3])
-  if not clock or tonumber(clock) < tonumber(args[5]) then redis.call('SET', keys[3], args[5]) end
+  if not clock or tonumber(clock) < tonumber(args[6]) then redis.call('SET', keys[3], args[6]) end
   return id
 end
 
