@@ -75,3 +75,11 @@ def test_record_validates_lengths_and_handles_empty(ps):
         log.record([1, 2], [1, 2], [5], [7, 8], [1, 1], [0, 0])
     assert log.record([], [], [], [], [], []) is None
     assert log.popular(3) == []
+
+
+def test_ids_beyond_int32_travel_as_int64(ps):
+    log = ActivityLog(ps)
+    big = 2**40 + 3
+    log.record([7, 8], [big, 5], [big + 1, 6], [1, 2], [1, 1], [0, 0])
+    assert log.seen(big) == {big + 1} and log.seen(5) == {6}
+    assert dict(log.popular(5)) == {big + 1: 1.0, 6: 1.0}
