@@ -80,6 +80,14 @@ class ParameterServer:
                  socket_timeout: float):
         self.url, self.namespace, self.retries = url, namespace, retries
         self.redis, self.is_cluster = connect(url, retries, backoff_base, backoff_cap, socket_timeout)
+        try:
+            self._setup(dim, init_scale, seed, shards)
+        except BaseException:
+            self.redis.close()
+            raise
+
+    def _setup(self, dim: int | None, init_scale: float | None, seed: int | None, shards: int | None) -> None:
+        namespace, url = self.namespace, self.url
         self.load_functions()
         with self._io():
             meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(KeySpace(namespace).meta).items()}
