@@ -204,6 +204,26 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
     return out
 
 
+def faiss_agreement(redis_url: str, namespace: str, args: argparse.Namespace, users: np.ndarray,
+                    movies: np.ndarray, n: int = 200) -> dict:
+    """Mean |top-k(Faiss) ∩ top-k(brute force)| / k over random users (u2i) and movies (i2i), in-process."""
+    from recall_api import RecallStore, StoreConfig
+
+    exact = RecallStore(StoreConfig(redis_url, namespace))
+    approx = RecallStore(StoreConfig(redis_url, namespace, faiss=True, faiss_nprobe=args.nprobe))
+    exact.refresh_once(), approx.refresh_once()
+    rng = np.random.default_rng(args.seed + 1)
+    out = {"nprobe": args.nprobe, "k": args.k, "queries": n}
+    for kind, ids in (("u2i", users), ("i2i", movies)):
+        overlap = []
+        for i in rng.choice(ids, size=n).tolist():
+            a = getattr(approx, kind)(int(i), args.k).movies
+            b = getattr(exact, kind)(int(i), args.k).movies
+            overlap.append(len(set(a) & set(b)) / max(1, len(b)))
+        out[f"{kind}_overlap_at_k"] = round(float(np.mean(overlap)), 4)
+    return out
+
+
 # -------------------------------------------------------------------------------------- freshness
 def _probe_record(j: int, ts: int) -> tuple[bytes, bytes, int, int]:
     """(key, value, raw user, raw movie) of probe event j: new user 10^9 + j rates new movie 10^9 + j."""
@@ -318,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seen", type=int, default=150, help="synthetic rated movies per user (default 150)")
     p.add_argument("--dim", type=int, default=32, help="synthetic vector dimension (default 32)")
     p.add_argument("--faiss", choices=["no", "yes", "both"], default="no", help="rank with Faiss (default no)")
-    p.add_argument("--nprobe", type=int, default=16, help="Faiss lists probed (default 16)")
+    p.add_argument("--nprobe", type=int, default=128, help="Faiss lists probed (default 128)")
     p.add_argument("--k", type=int, default=50, help="k of every query (default 50)")
     p.add_argument("--concurrency", type=int, default=8, help="connections of the loaded pass (default 8)")
     p.add_argument("--requests", type=int, default=20_000, help="max requests per pass (default 20000)")
@@ -372,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 svc.stop()
             result["faiss" if faiss else "brute_force"] = entry
+        if True in modes:
+            result["faiss"]["agreement_with_brute_force"] = faiss_agreement(redis_url, namespace, args, users, movies)
         if args.freshness:
             result["freshness"] = measure_freshness(args, run_dir)
     finally:

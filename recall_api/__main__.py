@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between incremental refreshes of the item matrix (default 0.1)")
     p.add_argument("--faiss", action="store_true",
                    help="rank with Faiss IVF indexes (approximate; for catalogues of >= 100k movies)")
-    p.add_argument("--faiss-nprobe", type=int, default=16, help="Faiss lists visited per query (default 16)")
+    p.add_argument("--faiss-nprobe", type=int, default=128,
+                   help="Faiss lists visited per query (default 128 of ~sqrt(n); more = slower, closer to exact)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the service and uvicorn (default warning)")
     return p

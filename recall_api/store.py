@@ -70,7 +70,7 @@ class StoreConfig:
     refresh_interval: float = 0.1
     max_backoff: float = 1.0
     faiss: bool = False
-    faiss_nprobe: int = 16
+    faiss_nprobe: int = 128
     chunk: int = 8192
     socket_timeout: float = 2.0
     retries: int = 1
