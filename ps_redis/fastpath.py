@@ -28,6 +28,7 @@ import numpy as np
 import redis
 
 from ps_redis.codec import encode
+from ps_redis.connection import pack
 from ps_redis.types import Fence
 
 
@@ -98,24 +99,41 @@ def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
 
 
 def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: Fence, max_tries: int = 16) -> bool:
-    """MSET ``flat`` and raise the offsets in ``fence_key`` in one MULTI/EXEC, unless already covered."""
+    """MSET ``flat`` and raise the offsets in ``fence_key`` in one MULTI/EXEC, unless already covered.
+
+    Two round trips on one pooled connection: ``WATCH + HMGET``, then ``MULTI, MSET, HSET, EXEC``
+    (or ``UNWATCH`` when covered).  A lost connection retries the whole exchange (the retry policy
+    of the client): safe, because a push that did land is then found covered.
+    """
     parts = sorted(int(p) for p in fence.offsets)
-    for _ in range(max_tries):
-        with client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(fence_key)
-                stored = pipe.hmget(fence_key, parts)
-                stored_i = [int(s) if s is not None else None for s in stored]
-                if all(s is not None and s >= int(fence.offsets[p]) for p, s in zip(parts, stored_i)):
-                    pipe.unwatch()
-                    return False
-                raise_to = {p: int(fence.offsets[p]) for p, s in zip(parts, stored_i)
-                            if s is None or s < int(fence.offsets[p])}
-                pipe.multi()
-                pipe.execute_command("MSET", *flat)
-                pipe.hset(fence_key, mapping=raise_to)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                continue  # another learner moved the offsets: check coverage again
+    pool = client.connection_pool
+    conn = pool.get_connection()
+
+    def attempt() -> bool | None:
+        conn.send_packed_command(conn.pack_commands([("WATCH", fence_key), ("HMGET", fence_key, *parts)]))
+        conn.read_response()
+        stored = [int(v) if v is not None else None for v in conn.read_response()]
+        want = [int(fence.offsets[p]) for p in parts]
+        if all(s is not None and s >= w for s, w in zip(stored, want)):
+            conn.send_packed_command(conn.pack_command("UNWATCH"))
+            conn.read_response()
+            return False
+        raise_to = [x for p, s, w in zip(parts, stored, want) if s is None or s < w for x in (p, w)]
+        commands = [("MULTI",), ("MSET", *flat), ("HSET", fence_key, *raise_to), ("EXEC",)]
+        conn.send_packed_command([pack(c) for c in commands])
+        for _ in commands[:-1]:
+            conn.read_response()  # OK, QUEUED, QUEUED
+        return None if conn.read_response() is None else True  # EXEC is nil when the WATCH fired
+
+    try:
+        for _ in range(max_tries):
+            applied = conn.retry.call_with_retry(attempt, lambda _err: conn.disconnect())
+            if applied is not None:
+                return applied
+            # another learner moved the offsets meanwhile: check coverage again
+    except BaseException:
+        conn.disconnect()  # the protocol state of this connection is unknown now
+        raise
+    finally:
+        pool.release(conn)
     raise redis.WatchError(f"offsets {fence_key!r} kept changing during {max_tries} attempts")
