@@ -198,6 +198,7 @@ local function lfm_push(keys, args)
   local size = rowsize(dim)
   local vb, ab = 4 * dim, 4 * dim + 4
   local fv, fa = '<' .. string.rep('f', dim), '<' .. string.rep('f', dim + 1)
+  local fall = '<' .. string.rep('f', 2 * dim + 2)
   local segs = {}
   -- pass 1: read and validate everything before writing anything
   for s = 1, nseg do
@@ -233,6 +234,12 @@ local function lfm_push(keys, args)
         if hv then vec = string.sub(blob, p, p + vb - 1); p = p + vb else vec = string.sub(old, 1, vb) end
         if hb then bias = string.sub(blob, p, p + 3); p = p + 4 else bias = string.sub(old, vb + 1, vb + 4) end
         if ha then acc = string.sub(blob, p, p + ab - 1); p = p + ab else acc = string.sub(old, vb + 5, vb + 4 + ab) end
+      elseif hv and hb and ha then  -- vec|bias|accum are adjacent: one unpack / pack of 2 dim + 2 floats
+        local o = {struct.unpack(fall, old, 1)}
+        local g = {struct.unpack(fall, blob, p)}
+        for j = 1, dim + 1 do o[j] = o[j] - g[j] end
+        for j = dim + 2, 2 * dim + 2 do o[j] = o[j] + g[j] end
+        vec = struct.pack(fall, unpack(o, 1, 2 * dim + 2)); bias = ''; acc = ''; p = p + vb + 4 + ab
       elseif hv and hb then  -- vec and bias are adjacent: one unpack / pack of dim + 1 floats
         local o = {struct.unpack(fa, old, 1)}
         local g = {struct.unpack(fa, blob, p)}
