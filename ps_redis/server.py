@@ -109,7 +109,7 @@ class ParameterServer:
         self.keys = KeySpace(namespace, int(shards))
         self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
         self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
-        self._tails = fastpath.RowCache()
+        self._rows = fastpath.RowCache()
         self._write_meta()
 
     def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
@@ -199,9 +199,9 @@ class ParameterServer:
             raw = None if raw_ids is None else as_ids(raw_ids, "raw_ids")[missing]
             fresh = new_rows(ids[missing], raw, self.dim, self.init_scale, self.seed, table, time.time())
             rows[missing] = self._create(table, ids[missing], fresh, [keys[i] for i in missing])
-            self._tails.remember(table, ids.copy(), rows, keys)
+            self._rows.remember(table, ids.copy(), rows, keys)
         elif create or found.all():
-            self._tails.remember(table, ids.copy(), rows, keys)
+            self._rows.remember(table, ids.copy(), rows, keys)
         return Rows.from_struct(ids, rows, found)
 
     def _create(self, table: str, ids: np.ndarray, fresh: np.ndarray, keys: list[bytes]) -> np.ndarray:
@@ -226,8 +226,9 @@ class ParameterServer:
         ``push({}, fence=f)`` only moves the offsets (a batch with nothing to learn).  Without a
         fence, returns whether anything was written.
 
-        Assign pushes of whole rows (vec, bias and accum given) for ids this process pulled recently
-        are one MSET (see :mod:`ps_redis.fastpath`); other pushes run ``lfm_push`` on the server.
+        Assign pushes of ids this process pulled (or pushed) recently are one MSET of whole rows built
+        from the cached rows (see :mod:`ps_redis.fastpath`: one writer per row assumed); other pushes
+        run ``lfm_push`` on the server.
 
         Raises:
             ValueError: unknown mode, bad table name, or a field of the wrong dtype / shape
@@ -247,7 +248,7 @@ class ParameterServer:
             if done is not None:
                 return done
         for table, _, _, _ in packed:
-            self._tails.forget(table)  # the server changes counts: cached tails are stale now
+            self._rows.forget(table)  # the server changes these rows: cached copies are stale now
         if not self.keys.shards:
             keys: list = [self.keys.fence(fence.group, fence.topic)] if np_ else []
             segs: list = []
@@ -281,11 +282,11 @@ class ParameterServer:
         return commands
 
     def _assign_fast(self, packed: list, fence: Fence | None, now: float) -> bool | None:
-        """One MSET (MULTI/EXEC with the offsets when fenced) if every row's tail is cached, else None."""
+        """One MSET (MULTI/EXEC with the offsets when fenced) if every row is cached, else None."""
         flat: list = []
         fresh = []
         for table, ids, mask, arr in packed:
-            hit = self._tails.lookup(table, ids)
+            hit = self._rows.lookup(table, ids)
             if hit is None:
                 return None
             rows = fastpath.apply_assign(hit[0], arr, mask, now)
@@ -300,7 +301,7 @@ class ParameterServer:
                 applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence)
         if applied:
             for table, ids, rows, keys in fresh:
-                self._tails.remember(table, ids.copy(), rows, keys)
+                self._rows.remember(table, ids.copy(), rows, keys)
         return applied
 
     def _covered(self, fence: Fence) -> bool:
@@ -318,7 +319,7 @@ class ParameterServer:
         """Delete rows; returns how many existed."""
         check_table(table)
         ids = np.unique(as_ids(ids))
-        self._tails.forget(table)
+        self._rows.forget(table)
         commands = [(counter, ("FCALL", "lfm_delete", len(keys) + 1, counter, *keys))
                     for keys, _, counter in self._groups(table, ids)] if len(ids) else []
         return int(sum(self._run(commands)))
@@ -349,7 +350,7 @@ class ParameterServer:
         """Overwrite whole rows (structured array of :func:`ps_redis.codec.row_dtype`); returns rows created."""
         check_table(table)
         ids = as_ids(ids)
-        self._tails.forget(table)
+        self._rows.forget(table)
         commands = [(counter, ("FCALL", "lfm_put", len(keys) + 1, counter, *keys, self.dim, rows[pos].tobytes()))
                     for keys, pos, counter in self._groups(table, ids)] if len(ids) else []
         return int(sum(self._run(commands)))
@@ -359,7 +360,7 @@ class ParameterServer:
 
         The instance stays usable (its ``@meta`` is written again).
         """
-        self._tails.forget()
+        self._rows.forget()
         n = maintenance.flush(self)
         self._write_meta()
         return n

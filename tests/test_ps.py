@@ -108,7 +108,7 @@ def test_push_assign_sets_values_and_adds_count(ps, fast):
     ids = ids_of(1, 2, 3)
     before = ps.pull("item", ids, raw_ids=ids_of(10, 20, 30))
     if not fast:
-        ps._tails.forget()  # as if another process had pulled: the server-side path runs
+        ps._rows.forget()  # as if another process had pulled: the server-side path runs
     assert ps.push({"item": full_update(ids, 0.5)}, mode="assign") is True
     assert ps.push({"item": full_update(ids, 0.25)}, mode="assign") is True
     rows = ps.pull("item", ids)
@@ -179,7 +179,7 @@ def test_fenced_push_is_idempotent(ps, mode, fast):
     ids = ids_of(1, 2, 3)
     ps.pull("item", ids)
     if not fast:
-        ps._tails.forget()
+        ps._rows.forget()
     fence = Fence("learner", "ratings", {0: 100, 1: 50})
     assert ps.push({"item": full_update(ids, 0.5)}, mode=mode, fence=fence) is True
     keys = [ps.keys.row_key("item", i) for i in ids]
