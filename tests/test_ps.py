@@ -418,3 +418,38 @@ def test_tls_through_a_rediss_url(tmp_path, namespace):
         assert ps.pull("item", ids_of(1)).bias[0] == -1 and ps.count("item") == 2
     finally:
         srv.stop()
+
+
+def test_timeout_names_the_url():
+    import socket
+
+    from ps_redis import PSConnectionError
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with pytest.raises(PSConnectionError, match=f"cannot reach Redis at {url} after 1 retries.*[Tt]imeout"):
+            ParameterServer.get(url, "x", dim=4, retries=1, backoff_base=0.01, socket_timeout=0.2)
+
+
+def test_server_restart_reconnects_and_reloads_functions(tmp_path, namespace):
+    from lfm_stream.stack import RedisServer
+    from ps_redis import PSConnectionError
+
+    srv = RedisServer(tmp_path)
+    srv.start()
+    port = srv.port
+    try:
+        ps = ParameterServer.get(srv.url, namespace, dim=4, retries=1, backoff_base=0.01, backoff_cap=0.05)
+        ps.pull("item", ids_of(1))
+        srv.stop()
+        with pytest.raises(PSConnectionError, match=f"127.0.0.1:{port}"):
+            ps.pull("item", ids_of(1))
+        srv = RedisServer(tmp_path, port)  # back on the same port, empty (no persistence)
+        srv.start()
+        assert not ps.pull("item", ids_of(1), create=False).found[0]
+        assert ps.push({"item": Update(ids_of(1), bias=np.float32([1]))}, mode="gradient")  # Function reloaded
+        assert ps.pull("item", ids_of(1)).bias[0] == -1
+    finally:
+        srv.stop()
