@@ -78,7 +78,7 @@ def inspect_row(ps: ParameterServer, kind: str, raw_id: int, cfg: InspectConfig,
           f"  count    {rows.count[0]}\n  updated  {_when(float(rows.updated[0]))}\n"
           f"  bias     {rows.bias[0]:.6g}\n  norm     {np.linalg.norm(vec):.6g}\n"
           f"  vec      {np.array2string(vec, precision=4, max_line_width=100, separator=' ')}", file=out)
-    print(f"  redis-cli FCALL lfm_vec 1 '{key}'", file=out)
+    print(f"  redis-cli {'-c ' if ps.is_cluster else ''}FCALL lfm_vec 1 '{key}'", file=out)
     if not ps.is_cluster:
         print(f"  redis-cli FCALL lfm_{'movie' if kind == 'movie' else 'user'} 0 {ps.namespace} {raw_id}", file=out)
     if kind == "movie":
