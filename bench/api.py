@@ -10,7 +10,9 @@ loopback port, and a load generator in this process: ``--concurrency`` keep-aliv
 (asyncio + uvloop, raw sockets, so the client costs a few µs per request), each sending its next request
 when the previous answer arrived (closed loop), bounded by ``--requests`` and ``--seconds``.  Latency is
 request-write to last-body-byte.  u2i asks random users that have a vector, i2i random movies; k = --k.
-A concurrency-1 pass gives the unloaded latency.
+Per endpoint: ``unloaded`` (one connection, closed loop: pure latency), ``loaded`` (``--concurrency``
+connections, closed loop: saturation throughput, latency includes queueing) and ``paced`` (open loop at
+``--paced-qps`` requests/s: the latency at that rate, charged from the scheduled send time).
 
 Synthetic mode fills a fresh namespace of a redis-server started here (``put_rows``, whole rows with raw
 ids) with ``--movies`` item and ``--users`` user vectors (dim --dim) and ~``--seen`` rated movies per user.
@@ -136,14 +138,24 @@ class Service:
 
 # ------------------------------------------------------------------------------------ load client
 async def _worker(port: int, paths: list[bytes], start: int, step: int, stop_at: float, budget: list[int],
-                  lat: list[float], codes: dict[int, int]) -> None:
+                  lat: list[float], codes: dict[int, int], interval: float = 0.0) -> None:
+    """One keep-alive connection.  ``interval`` > 0: open loop, a request every ``interval`` s on a fixed
+    schedule, latency counted from the scheduled time (a late answer delays the next send and is charged)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = start
     perf = time.perf_counter
+    next_t = perf() + (interval * start / step if interval else 0.0)
     try:
         while budget[0] > 0 and perf() < stop_at:
             budget[0] -= 1
-            t0 = perf()
+            if interval:
+                delay = next_t - perf()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t0 = next_t
+                next_t += interval
+            else:
+                t0 = perf()
             writer.write(b"GET " + paths[i % len(paths)] + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
@@ -160,8 +172,9 @@ async def _worker(port: int, paths: list[bytes], start: int, step: int, stop_at:
         writer.close()
 
 
-def load(port: int, paths: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
-    """Closed-loop load: ``concurrency`` connections, at most ``requests`` requests or ``seconds``."""
+def load(port: int, paths: list[bytes], concurrency: int, requests: int, seconds: float, rate: float = 0.0) -> dict:
+    """``concurrency`` connections, at most ``requests`` requests or ``seconds``; closed loop, or open loop
+    at ``rate`` requests/s in total when ``rate`` > 0."""
     try:
         import uvloop
 
@@ -174,13 +187,14 @@ def load(port: int, paths: list[bytes], concurrency: int, requests: int, seconds
     async def run() -> float:
         budget = [requests]
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(port, paths, c, concurrency, t0 + seconds, budget, lat, codes)
+        interval = concurrency / rate if rate > 0 else 0.0
+        await asyncio.gather(*(_worker(port, paths, c, concurrency, t0 + seconds, budget, lat, codes, interval)
                                for c in range(concurrency)))
         return time.perf_counter() - t0
 
     elapsed = asyncio.run(run())
     ms = np.array(lat) * 1000.0
-    return {"concurrency": concurrency, "requests": len(lat), "seconds": round(elapsed, 3),
+    return {"concurrency": concurrency, "target_qps": rate or None, "requests": len(lat), "seconds": round(elapsed, 3),
             "qps": round(len(lat) / elapsed, 1), "status": {str(k): v for k, v in sorted(codes.items())},
             "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3)}
@@ -201,6 +215,8 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
             "unloaded": load(svc.port, paths, 1, min(args.requests, 2000), args.seconds / 2),
             "loaded": load(svc.port, paths, args.concurrency, args.requests, args.seconds),
         }
+        if args.paced_qps:
+            out[kind]["paced"] = load(svc.port, paths, args.concurrency, args.requests, args.seconds, args.paced_qps)
     return out
 
 
@@ -343,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8, help="connections of the loaded pass (default 8)")
     p.add_argument("--requests", type=int, default=20_000, help="max requests per pass (default 20000)")
     p.add_argument("--seconds", type=float, default=10.0, help="max seconds per pass (default 10)")
+    p.add_argument("--paced-qps", type=float, default=2000,
+                   help="open-loop pass at this total rate, latency from the scheduled send (0 = skip; default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freshness", action="store_true", help="also measure freshness (needs Kafka: Tansu is started)")
     p.add_argument("--fresh-only", action="store_true", help="only the freshness measurement")
