@@ -305,3 +305,24 @@ def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_full_reload_when_the_cursor_fell_off_the_change_stream(redis_url, prepared):
+    """Changes trimmed away before the store read them: CursorExpired -> full reload with the newest rows."""
+    ns = f"rt{uuid.uuid4().hex[:8]}"
+    ps = ParameterServer.get(redis_url, ns, dim=DIM)
+    catalog = Catalog.load(prepared)
+    movies = np.array(sorted(catalog.movies))[:50]
+    P = populate(ps, movies, np.array([1, 2]), seed=4)
+    store = RecallStore(StoreConfig(redis_url, ns, dim=DIM), catalog)
+    assert store.refresh_once() and store.stats.full_reloads == 1
+    changed = P.movie_vec[7:8] * -3.0
+    push_items(ps, movies[7:8], changed, P.movie_bias[7:8])
+    tiny = ActivityLog(ps, maxlen=1)  # approximate trimming drops whole stream nodes (~100 entries)
+    for _ in range(300):
+        record(tiny, [1], [int(movies[0])])
+    assert store.refresh_once()
+    assert store.stats.full_reloads == 2
+    row = store.matrix.row_of_raw(int(movies[7]))
+    np.testing.assert_array_equal(store.matrix.snapshot().vec[row], changed[0])
+    assert store.refresh_once() and store.stats.full_reloads == 2  # incremental again from the new cursor
