@@ -326,3 +326,28 @@ def test_full_reload_when_the_cursor_fell_off_the_change_stream(redis_url, prepa
     row = store.matrix.row_of_raw(int(movies[7]))
     np.testing.assert_array_equal(store.matrix.snapshot().vec[row], changed[0])
     assert store.refresh_once() and store.stats.full_reloads == 2  # incremental again from the new cursor
+
+
+def test_service_started_before_redis_comes_up(tmp_path, prepared):
+    """Redis absent at start: 503 (not a crash); once it is up and holds vectors, answers come by themselves."""
+    from lfm_stream.stack import free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = RecallStore(StoreConfig(url, "late", dim=DIM, refresh_interval=0.05, max_backoff=0.2), Catalog.load(prepared))
+    srv = None
+    with ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        try:
+            assert client.get("/healthz").status_code == 503
+            r = client.get("/u2i/1")
+            assert r.status_code == 503 and "unavailable" in r.json()["detail"]
+            assert client.get("/stats").json()["vectors_loaded"] == 0
+            srv = RedisServer(tmp_path, port=port)
+            srv.start()
+            ps = ParameterServer.get(url, "late", dim=DIM)
+            populate(ps, np.array(sorted(store.catalog.movies))[:30], np.array([1]), seed=5)
+            wait_for(lambda: client.get("/u2i/1?k=3").status_code == 200, timeout=15)
+            assert client.get("/u2i/1?k=3").json()["source"] == "model"
+        finally:
+            if srv is not None:
+                srv.stop()
