@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, default=5.0, help="length of the accuracy run (30 for the spec)")
     ap.add_argument("--acks", default="all", choices=["0", "1", "all"])
     ap.add_argument("--max-in-flight", type=int, default=1)
+    ap.add_argument("--switch-interval", type=float, default=0.001,
+                    help="sys.setswitchinterval for raw and replay alike (the replay's own setting)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             linger_ms, batch_size, max_in_flight = base.linger_ms, base.batch_size, base.max_in_flight
 
         raw, raw_default, replay = [], [], []
+        sys.setswitchinterval(args.switch_interval)
         for r in range(args.repeat):
             for explicit, out in ((True, raw), (False, raw_default)):
                 topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ReplayConfig(data_dir=data, publish=PublishConfig(**{**base.__dict__,
                                                                         "topic": f"bench-replay-{uuid.uuid4().hex[:8]}"}),
                                throttle=ThrottleConfig(rate=0), verify=False, state_file=tmp / "state.json",
-                               progress_s=3600)
+                               progress_s=3600, switch_interval_s=args.switch_interval)
             s = run(cfg, progress_tty=False)
             replay.append(s.rate)
 
@@ -156,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             "bootstrap": bootstrap if args.bootstrap else "own tansu", "acks": args.acks,
             "max_in_flight": args.max_in_flight, "linger_ms": base.linger_ms, "batch_size": base.batch_size,
             "crc32c_c_extension": _has_crc32c(),
+            "switch_interval_s": args.switch_interval,
             "raw_msgs_per_s": [round(x) for x in raw], "raw_default_partitioner_msgs_per_s": [round(x) for x in raw_default],
             "replay_rate0_events_per_s": [round(x) for x in replay],
             "ratio_replay_to_raw": round(float(np.median(replay)) / med, 3),
+            "ratio_per_round": [round(a / b, 3) for a, b in zip(replay, raw)],
             "rate_run": {"target_rate": args.rate, "events": s.events, "target_events": n_target,
                          "release_span_s": round(span, 3),
                          "achieved_rate": round((s.events - 1) / span, 1) if span > 0 else None,

@@ -370,3 +370,45 @@ def start_index_for_ts(manifest: Manifest, start_ts: int) -> int:
     for b in iter_batches(manifest, 0, start_ts):
         return b.index
     return manifest.train_records
+
+
+def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Run ``batches`` in a background thread, ``depth`` batches ahead (reading overlaps sending).
+
+    Exceptions of the producer side (e.g. :class:`DataError`) are re-raised in the consumer. The
+    thread stops when the consumer stops iterating (generator closed) or the stream ends.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                while not done.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            q.put(end)
+        except BaseException as exc:  # handed to the consumer thread
+            q.put(exc)
+
+    t = threading.Thread(target=work, name="lfm-replay-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
