@@ -166,7 +166,12 @@ def encode_examples(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     head = np.full((n, 1), 0x0A, dtype=np.uint8)  # Example.features
     blocks = [(head, None), (fb[:, :3], np.arange(3)[None, :] < flen[:, None])] + blocks
     matrix = np.concatenate([b for b, _ in blocks], axis=1)
-    keep = np.concatenate([np.ones(b.shape, dtype=bool) if m is None else m for b, m in blocks], axis=1)
+    keep = np.ones(matrix.shape, dtype=bool)
+    col = 0
+    for b, m in blocks:
+        if m is not None:
+            keep[:, col:col + b.shape[1]] = m
+        col += b.shape[1]
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(keep.sum(axis=1), out=offsets[1:])
+    np.cumsum(flen + features_len + 1, out=offsets[1:])  # 0x0A + varint(length) + features
     return matrix[keep], offsets

@@ -54,9 +54,10 @@ def crc32c_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     t0, t1, t2, t3 = _T[0], _T[1], _T[2], _T[3]
     m8 = np.uint32(0xFF)
     common = int(lengths.min()) // 4
-    words = np.ascontiguousarray(rows[:, :common * 4]).view("<u4")
+    # one contiguous row of words per step (column access of the [n, width] matrix would be strided)
+    words = np.ascontiguousarray(np.ascontiguousarray(rows[:, :common * 4]).view("<u4").T)
     for k in range(common):
-        x = crc ^ words[:, k]
+        x = crc ^ words[k]
         crc = t3[x & m8] ^ t2[(x >> np.uint32(8)) & m8] ^ t1[(x >> np.uint32(16)) & m8] ^ t0[x >> np.uint32(24)]
     for p in range(common * 4, int(lengths.max())):
         nxt = t0[(crc ^ rows[:, p]) & m8] ^ (crc >> np.uint32(8))
@@ -123,7 +124,7 @@ def write_shards(directory: Path, columns: dict[str, np.ndarray], shard_size: in
         buffer, offsets = encode_examples(part)
         name = f"{prefix}-{index:05d}.tfrecord"
         with open(directory / name, "wb") as f:
-            f.write(frame_records(buffer, offsets).tobytes())
+            f.write(memoryview(frame_records(buffer, offsets)))
         ts = part["timestamp"]
         entries.append({"file": f"{directory.name}/{name}", "records": int(len(ts)),
                         "first_ts": int(ts[0]), "last_ts": int(ts[-1])})

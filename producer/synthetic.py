@@ -4,7 +4,8 @@ The model, for ``U`` users and ``M`` movies (``U ≈ N / 150``, ``M ≈ 12 √N`
 
 - user activity ``n_u`` ∝ Pareto(``activity_alpha``) weights (power law), ``Σ n_u = N``, ``1 <= n_u <= M/3``;
 - movie choice: ``p(i) = 0.8 · Zipf(i; popularity_s) + 0.2 / M`` over a random permutation of the movie
-  ids, each user rates ``n_u`` distinct movies;
+  ids, each user rates ``n_u`` distinct movies (duplicates dropped; a heavy user's shortfall is filled
+  uniformly from the movies it has not rated);
 - stars ``r = clip(round₀.₅(μ + b_u + b_i + s · p_u·q_i + ε), 0.5, 5)`` with ``p_u, q_i ~ N(0, I/dim)``,
   ``b_u ~ N(0, 0.35²)``, ``b_i ~ N(0, 0.5²)``, ``ε ~ N(0, noise²)``;
 - time: user ``u`` is active from a uniform start over ``years`` years for an exponential duration; its
@@ -83,34 +84,48 @@ def _counts(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     return counts
 
 
+def _first_per_user(du: np.ndarray, dm: np.ndarray, m: int, quota: np.ndarray,
+                    taken: np.ndarray | None = None) -> np.ndarray:
+    """Keys ``u * m + i`` of the first distinct draws per user (draw order), at most ``quota[u]`` each,
+    skipping keys in ``taken``."""
+    key, first = np.unique(du * m + dm, return_index=True)
+    if taken is not None and len(taken):
+        fresh = ~np.isin(key, taken)
+        key, first = key[fresh], first[fresh]
+    key = key[np.argsort(first)]  # back to draw order (first indices are distinct)
+    ku = key // m
+    order = np.argsort(ku, kind="stable")
+    ku, key = ku[order], key[order]
+    start = np.searchsorted(ku, np.arange(len(quota)))
+    return key[(np.arange(len(ku)) - start[ku]) < quota[ku]]
+
+
 def _movies_for_users(counts: np.ndarray, cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Distinct (user, movie index) pairs, ``counts[u]`` per user, drawn by popularity."""
+    """Distinct (user, movie index) pairs, ``counts[u]`` per user: drawn by popularity with replacement,
+    duplicates dropped; a user's remaining shortfall is then filled uniformly from the movies it lacks."""
     m = cfg.n_movies
     zipf = 1.0 / np.arange(1, m + 1) ** cfg.popularity_s
     p = 0.8 * zipf / zipf.sum() + 0.2 / m
     cdf = np.cumsum(p)
     cdf /= cdf[-1]
     by_rank = rng.permutation(m)  # popularity rank -> movie index
-    users = np.zeros(0, dtype=np.int64)
-    movies = np.zeros(0, dtype=np.int64)
-    need = counts.copy()
+    draw = np.ceil(counts * 1.3).astype(np.int64) + 4
+    du = np.repeat(np.arange(len(counts)), draw)
+    dm = by_rank[np.minimum(np.searchsorted(cdf, rng.random(len(du))), m - 1)]
+    keys = [_first_per_user(du, dm, m, counts)]
+    del du, dm
+    need = counts - np.bincount(keys[0] // m, minlength=len(counts))
     while need.sum() > 0:
-        draw = np.ceil(need * 1.3).astype(np.int64) + (need > 0) * 4
-        du = np.repeat(np.arange(len(counts)), draw)
-        dm = by_rank[np.minimum(np.searchsorted(cdf, rng.random(len(du))), m - 1)]
-        key = np.concatenate([users * m + movies, du * m + dm])
-        key, first = np.unique(key, return_index=True)
-        # keep what we had, then the new pairs in draw order, at most counts[u] per user
-        key = key[np.argsort(first, kind="stable")]
-        ku = key // m
-        order = np.argsort(ku, kind="stable")
-        ku, key = ku[order], key[order]
-        start = np.searchsorted(ku, np.arange(len(counts)))
-        rank = np.arange(len(ku)) - start[ku]
-        key = key[rank < counts[ku]]
-        users, movies = key // m, key % m
-        need = counts - np.bincount(users, minlength=len(counts))
-    return users, movies
+        needy = np.flatnonzero(need > 0)
+        du = np.repeat(needy, need[needy] * 2 + 4)
+        dm = rng.integers(0, m, len(du))
+        have = np.concatenate(keys)
+        have = have[need[have // m] > 0]
+        new = _first_per_user(du, dm, m, need, have)
+        keys.append(new)
+        need = need - np.bincount(new // m, minlength=len(counts))
+    key = np.concatenate(keys)
+    return key // m, key % m
 
 
 def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
@@ -145,16 +160,17 @@ def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
 
 
 def _digits(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal digits of non-negative ints, left aligned in ``[n, width]`` (ASCII), and their counts."""
+    """Decimal digits of non-negative ints, right aligned in ``[n, width]`` (ASCII), and the keep mask."""
     v = values.astype(np.int64)
+    out = np.full((len(v), width), 48, dtype=np.uint8)
     nd = np.ones(len(v), dtype=np.int64)
-    for k in range(1, width):
-        nd += v >= 10 ** k
-    out = np.zeros((len(v), width), dtype=np.uint8)
     for k in range(width):
-        power = np.maximum(nd - 1 - k, 0)
-        out[:, k] = np.where(nd > k, 48 + (v // 10 ** power) % 10, 0)
-    return out, nd
+        out[:, width - 1 - k] += (v % 10).astype(np.uint8)
+        v = v // 10
+        if not v.any():
+            break
+        nd += v > 0
+    return out, np.arange(width)[None, :] >= (width - nd)[:, None]
 
 
 def format_csv_rows(user: np.ndarray, movie: np.ndarray, rating: np.ndarray, timestamp: np.ndarray) -> bytes:
@@ -162,17 +178,15 @@ def format_csv_rows(user: np.ndarray, movie: np.ndarray, rating: np.ndarray, tim
     n = len(user)
     halves = np.round(np.asarray(rating) * 2).astype(np.int64)
     pieces = []
-    for col, width in ((user, 10), (movie, 10)):
-        d, nd = _digits(col, width)
-        pieces += [(d, np.arange(width)[None, :] < nd[:, None]), (np.full((n, 1), ord(","), np.uint8), None)]
+    for col in (user, movie):
+        pieces += [_digits(col, 10), (np.full((n, 1), ord(","), np.uint8), None)]
     r = np.empty((n, 4), dtype=np.uint8)
     r[:, 0] = 48 + halves // 2
     r[:, 1] = ord(".")
     r[:, 2] = np.where(halves % 2 == 1, ord("5"), ord("0"))
     r[:, 3] = ord(",")
     pieces.append((r, None))
-    d, nd = _digits(timestamp, 12)
-    pieces += [(d, np.arange(12)[None, :] < nd[:, None]), (np.full((n, 1), ord("\n"), np.uint8), None)]
+    pieces += [_digits(timestamp, 12), (np.full((n, 1), ord("\n"), np.uint8), None)]
     matrix = np.concatenate([p for p, _ in pieces], axis=1)
     keep = np.concatenate([np.ones(p.shape, bool) if k is None else k for p, k in pieces], axis=1)
     return matrix[keep].tobytes()
