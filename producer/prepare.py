@@ -166,9 +166,10 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
         shards = {}
         labels = {}
         for name in ("train", "test"):
-            cols = _columns(r, parts[name], cfg.pos_threshold)
-            labels[name] = cols["label"]
-            shards[name] = write_shards(tmp / name, cols, cfg.shard_size)
+            idx = parts[name]
+            labels[name] = r.rating[idx] >= cfg.pos_threshold
+            shards[name] = write_shards(tmp / name, lambda a, b: _columns(r, idx[a:b], cfg.pos_threshold),
+                                        cfg.shard_size, n=len(idx))
         if movies is not None:
             movielens.write_movies_csv(movies, tmp / "movies.csv")
         kept = parts["kept"]

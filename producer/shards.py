@@ -9,6 +9,7 @@ one ``write`` call and no Python code runs per record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +100,17 @@ def frame_records(buffer: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return matrix[np.arange(matrix.shape[1])[None, :] < (16 + lengths)[:, None]]
 
 
-def write_shards(directory: Path, columns: dict[str, np.ndarray], shard_size: int,
-                 prefix: str = "part") -> list[dict]:
-    """Write the records (already in their final order) as ``directory/<prefix>-NNNNN.tfrecord`` shards.
+def write_shards(directory: Path, columns: dict[str, np.ndarray] | Callable[[int, int], dict[str, np.ndarray]],
+                 shard_size: int, n: int | None = None, prefix: str = "part") -> list[dict]:
+    """Write records (already in their final order) as ``directory/<prefix>-NNNNN.tfrecord`` shards.
 
     Args:
         directory: created if missing.
-        columns: the record columns of :func:`lfm_stream.schema.encode_examples`.
+        columns: the record columns of :func:`lfm_stream.schema.encode_examples`, or a function
+            ``(start, stop) -> columns`` of records ``start..stop-1`` (then ``n`` is required), so only
+            one shard's columns are in memory at a time.
         shard_size: at most this many records per shard (> 0).
+        n: number of records (default: the length of ``columns["timestamp"]``).
         prefix: file name prefix.
 
     Returns:
@@ -115,12 +119,18 @@ def write_shards(directory: Path, columns: dict[str, np.ndarray], shard_size: in
     """
     if shard_size <= 0:
         raise ValueError(f"shard_size must be > 0 (got {shard_size})")
+    if callable(columns):
+        if n is None:
+            raise ValueError("write_shards: n is required when columns is a function")
+        get = columns
+    else:
+        n = len(columns["timestamp"]) if n is None else n
+        get = lambda a, b: {k: v[a:b] for k, v in columns.items()}  # noqa: E731
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    n = len(columns["timestamp"])
     entries: list[dict] = []
     for index, start in enumerate(range(0, n, shard_size)):
-        part = {k: v[start:start + shard_size] for k, v in columns.items()}
+        part = get(start, min(n, start + shard_size))
         buffer, offsets = encode_examples(part)
         name = f"{prefix}-{index:05d}.tfrecord"
         with open(directory / name, "wb") as f:
