@@ -138,6 +138,7 @@ class RecallStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
+        self._aredis = None  # redis.asyncio client of u2i_async (bound to the serving event loop)
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> "RecallStore":
@@ -312,6 +313,40 @@ class RecallStore:
         matrix = self._ready()
         with self._redis():
             query, seen = self.user_context(user_id)
+        return self._rank_user(matrix, user_id, k, query, seen)
+
+    async def u2i_async(self, user_id: int, k: int) -> Answer:
+        """:meth:`u2i` for an event loop: the Redis read is awaited (``redis.asyncio``), so the loop ranks
+        other requests while this one waits for Redis; the ranking is the same code."""
+        matrix = self._ready()
+        if self.ps.is_cluster:  # the async pipeline below addresses one node
+            return self.u2i(user_id, k)
+        with self._redis():
+            query, seen = await self.user_context_async(user_id)
+        return self._rank_user(matrix, user_id, k, query, seen)
+
+    async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int]]:
+        """:meth:`user_context` over an asyncio Redis client (standalone Redis; created on first use)."""
+        ps = self.ps
+        if self._aredis is None:
+            import redis.asyncio as aredis
+
+            self._aredis = aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
+                                                 socket_connect_timeout=self.config.socket_timeout)
+        row_key = ps.keys.row_key("user", user_hash(user_id))
+        seen_key = f"{ps.keys.act_seen_prefix}{int(user_id)}"
+        async with self._aredis.pipeline(transaction=False) as pipe:
+            pipe.get(row_key)
+            pipe.smembers(seen_key)
+            value, members = await pipe.execute()
+        seen = {int(m) for m in members}
+        if value is None:
+            return None, seen
+        rows, _ = decode([value], [row_key.encode()], ps.dim)
+        return rows["vec"][0], seen
+
+    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, seen: set[int]
+                   ) -> Answer:
         if query is not None:
             snap = matrix.snapshot()
             exclude = lookup_rows(snap.raw_pos, seen) if seen else None

@@ -263,14 +263,28 @@ def test_query_cli_reads_ps_or_asks_the_service(world, prepared, capsys):
 
 def test_user_context_equals_pull_and_seen(world):
     """The one-round-trip read of the request path agrees with the contract API (pull + ActivityLog.seen)."""
+    import asyncio
+
     ps, log, store = world["ps"], world["log"], world["store"]
-    for u in [int(world["P"].users[3]), int(world["users"][-1]), 99999999]:
-        vec, seen = store.user_context(u)
+    other = RecallStore(store.config, store.catalog)  # its asyncio client binds to this test's event loop
+    other.refresh_once()
+
+    users = [int(world["P"].users[3]), int(world["users"][-1]), 99999999]
+
+    async def async_reads():  # one event loop for all calls
+        return [(await other.user_context_async(u), await other.u2i_async(u, 20) if u == users[0] else None)
+                for u in users]
+
+    for u, (ctx, answer) in zip(users, asyncio.run(async_reads())):
         rows = ps.pull("user", np.array([user_hash(u)]), create=False)
-        assert (vec is not None) == bool(rows.found[0])
-        if vec is not None:
-            np.testing.assert_array_equal(vec, rows.vec[0])
-        assert seen == log.seen(u)
+        for vec, seen in (store.user_context(u), ctx):
+            assert (vec is not None) == bool(rows.found[0])
+            if vec is not None:
+                np.testing.assert_array_equal(vec, rows.vec[0])
+            assert seen == log.seen(u)
+        if answer is not None:
+            expected = store.u2i(u, 20)
+            assert answer.movies == expected.movies and answer.scores == expected.scores
 
 
 def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
@@ -351,3 +365,15 @@ def test_service_started_before_redis_comes_up(tmp_path, prepared):
         finally:
             if srv is not None:
                 srv.stop()
+
+
+def test_fast_path_and_fastapi_routes_answer_identically(world):
+    """Well-formed requests take the ASGI fast path; an extra parameter sends the same query through FastAPI."""
+    client = world["client"]
+    u, m = int(world["P"].users[2]), int(world["P"].movies[4])
+    for fast, routed in [(f"/u2i/{u}?k=7", f"/u2i/{u}?k=7&via=fastapi"), (f"/i2i/{m}", f"/i2i/{m}?via=fastapi"),
+                         ("/u2i/99999999?k=3", "/u2i/99999999?k=3&via=fastapi"),
+                         (f"/u2i/{int(world['users'][-5])}?k=4", f"/u2i/{int(world['users'][-5])}?via=1&k=4")]:
+        a, b = client.get(fast), client.get(routed)
+        assert (a.status_code, a.content, a.headers["content-type"]) == \
+               (b.status_code, b.content, b.headers["content-type"])
