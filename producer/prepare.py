@@ -261,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
 
     raw_dir, extra = None, None
     try:
+        check_out(Path(args.out), args.force)  # before any download or generation
+        if args.ratings and (args.download or args.synthetic is not None):
+            print(f"note: using --ratings {args.ratings} (given or from ${RATINGS_ENV}); "
+                  "--download / --synthetic ignored", file=sys.stderr)
         if args.synthetic is not None and not args.ratings:
-            check_out(Path(args.out), args.force)
             syn = synthetic.config_from_args(args)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             raw_dir = Path(tempfile.mkdtemp(prefix=f".{Path(args.out).name}.synthetic-", dir=Path(args.out).parent))
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"synthetic": asdict(syn)}
         elif not args.ratings and args.download:
             args.ratings = str(download.fetch_ratings(args))
+            extra = {"download": {"name": args.download, "base_url": args.base_url}}
         if not args.ratings:
             print("error: give --ratings FILE, --download NAME or --synthetic N", file=sys.stderr)
             return 2

@@ -59,6 +59,7 @@ def test_download_verify_extract_prepare_and_reuse(served, tmp_path, monkeypatch
     assert main(["--download", "ml-latest-small", "--cache-dir", str(cache), "--out", str(out)]) == 0
     m = manifest(out)
     assert (m["train_records"], m["test_records"], m["users"]) == (30, 10, 5)
+    assert m["download"] == {"name": "ml-latest-small", "base_url": base}
     assert m["source"]["path"] == str((cache / "ml-latest-small" / "ml-latest-small" / "ratings.csv").resolve())
     assert (out / "movies.csv").read_text().splitlines()[1] == '1,"Film 1, The (1991)",Drama'
     assert f"md5 {real}" in (cache / "ml-latest-small" / ".verified").read_text()
