@@ -294,6 +294,8 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
             pub.flush(timeout=cfg.stop_flush_s)
         else:
             pub.flush()
+        last = None if pub.last_acked_ts_ms is None else pub.last_acked_ts_ms // 1000
+        progress.show(pub.sent_to - start, pub.acked, None, last)
     except Interrupted:
         pass
     except PublishError as exc:
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its startup notice; the replay does no math
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are reported by producer.publish
