@@ -5,6 +5,7 @@
     python -m recall_api.query u2i 42            # the same from the shell (titles and scores)
 
 Modules: :mod:`recall_api.topk` (pure top-k math), :mod:`recall_api.matrix` (the in-memory item matrix),
+:mod:`recall_api.types` (config, answers, errors),
 :mod:`recall_api.catalog` (titles, genres, known users), :mod:`recall_api.index` (optional Faiss),
 :mod:`recall_api.store` (refresh from Redis, u2i/i2i), :mod:`recall_api.app` (FastAPI routes).
 """
