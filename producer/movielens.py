@@ -143,8 +143,8 @@ def _parse_line(text: str, sep: str) -> tuple[int, int, float, int] | str:
                     return f"field {name!r}: rating {raw!r} outside [0.5, 5]"
             else:
                 v = int(raw)
-                if v < 0:
-                    return f"field {name!r}: expected a non-negative integer, got {raw!r}"
+                if not 0 <= v < 2**63:
+                    return f"field {name!r}: expected a non-negative 64-bit integer, got {raw!r}"
         except ValueError:
             return f"field {name!r}: not a number: {raw!r}"
         values.append(v)

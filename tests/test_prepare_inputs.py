@@ -111,7 +111,9 @@ BAD = {
     "rating_too_low": ("userId,movieId,rating,timestamp\n1,2,0,100\n",
                        r"ratings\.csv:2: field 'rating': rating '0' outside \[0\.5, 5\]"),
     "negative_id": ("userId,movieId,rating,timestamp\n-1,2,3.0,100\n",
-                    r"ratings\.csv:2: field 'userId': expected a non-negative integer, got '-1'"),
+                    r"ratings\.csv:2: field 'userId': expected a non-negative 64-bit integer, got '-1'"),
+    "huge_id": ("userId,movieId,rating,timestamp\n1,99999999999999999999,3.0,100\n",
+                r"ratings\.csv:2: field 'movieId': expected a non-negative 64-bit integer, got '9{20}'"),
     "bad_timestamp": ("userId,movieId,rating,timestamp\n1,2,3.0,1.5e9\n",
                       r"ratings\.csv:2: field 'timestamp': not a number: '1\.5e9'"),
 }
