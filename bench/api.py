@@ -344,6 +344,37 @@ def measure_freshness(args: argparse.Namespace, run_dir: Path) -> dict:
         stack.stop()
 
 
+def bench_http(args: argparse.Namespace, result: dict, run_dir: Path, redis_url: str) -> None:
+    """Latency / throughput passes of the service (brute force and / or Faiss) over the PS at ``redis_url``."""
+    namespace = args.namespace
+    if namespace is None:
+        namespace = f"bench{uuid.uuid4().hex[:6]}"
+        result["synthetic"] = {"movies": args.movies, "users": args.users, "dim": args.dim, "seen": args.seen,
+                               **fill_synthetic(redis_url, namespace, args.movies, args.users, args.dim,
+                                                args.seen, args.seed)}
+    from ps_redis import ParameterServer
+
+    ps = ParameterServer.get(redis_url, namespace, dim=None)
+    users = np.concatenate([r.raw for r in ps.scan("user")])
+    movies = np.concatenate([r.raw for r in ps.scan("item")])
+    users, movies = users[users >= 0], movies[movies >= 0]
+    result["model"] = {"namespace": namespace, "dim": ps.dim, "movies": int(len(movies)), "users": int(len(users))}
+    modes = {"no": [False], "yes": [True], "both": [False, True]}[args.faiss]
+    for faiss in modes:
+        svc = Service(redis_url, namespace, args.data_dir, faiss, args.nprobe, run_dir / "recall.log")
+        try:
+            ready = svc.wait_ready()
+            entry = {"startup_s": round(ready, 2), **bench_service(svc, users, movies, args)}
+            st = svc.stats()
+            entry["vectors_loaded"] = st["vectors_loaded"]
+            entry["index"] = st["index"] if not faiss else {"faiss": st["faiss"]}
+        finally:
+            svc.stop()
+        result["faiss" if faiss else "brute_force"] = entry
+    if True in modes:
+        result["faiss"]["agreement_with_brute_force"] = faiss_agreement(redis_url, namespace, args, users, movies)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/api.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--redis-url", default=None, help="use this PS (default: start a local redis-server)")
@@ -377,42 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     stack = None
     try:
-        if args.fresh_only:
-            result["freshness"] = measure_freshness(args, run_dir)
-            print(json.dumps(result, indent=2))
-            return 0
-        redis_url = args.redis_url
-        if redis_url is None:
-            stack = LocalStack(run_dir, kafka=False, use_env=False).start()
-            redis_url = stack.redis_url
-        namespace = args.namespace
-        if namespace is None:
-            namespace = f"bench{uuid.uuid4().hex[:6]}"
-            result["synthetic"] = {"movies": args.movies, "users": args.users, "dim": args.dim, "seen": args.seen,
-                                   **fill_synthetic(redis_url, namespace, args.movies, args.users, args.dim,
-                                                    args.seen, args.seed)}
-        from ps_redis import ParameterServer
-
-        ps = ParameterServer.get(redis_url, namespace, dim=None)
-        users = np.concatenate([r.raw for r in ps.scan("user")])
-        movies = np.concatenate([r.raw for r in ps.scan("item")])
-        users, movies = users[users >= 0], movies[movies >= 0]
-        result["model"] = {"namespace": namespace, "dim": ps.dim, "movies": int(len(movies)), "users": int(len(users))}
-        modes = {"no": [False], "yes": [True], "both": [False, True]}[args.faiss]
-        for faiss in modes:
-            svc = Service(redis_url, namespace, args.data_dir, faiss, args.nprobe, run_dir / "recall.log")
-            try:
-                ready = svc.wait_ready()
-                entry = {"startup_s": round(ready, 2), **bench_service(svc, users, movies, args)}
-                st = svc.stats()
-                entry["vectors_loaded"] = st["vectors_loaded"]
-                entry["index"] = st["index"] if not faiss else {"faiss": st["faiss"]}
-            finally:
-                svc.stop()
-            result["faiss" if faiss else "brute_force"] = entry
-        if True in modes:
-            result["faiss"]["agreement_with_brute_force"] = faiss_agreement(redis_url, namespace, args, users, movies)
-        if args.freshness:
+        if not args.fresh_only:
+            if args.redis_url is None:
+                stack = LocalStack(run_dir, kafka=False, use_env=False).start()
+            bench_http(args, result, run_dir, args.redis_url or stack.redis_url)
+        if args.freshness or args.fresh_only:
             result["freshness"] = measure_freshness(args, run_dir)
     finally:
         if stack is not None:
