@@ -7,7 +7,8 @@ The PS and the activity log are passed in; this module only reads them (``pull(c
   count as uninformed guesses; ``warm_auc`` keeps rows whose user *and* movie were trained
   (update count > 0); ``coverage`` is the share of warm rows.
 * HR@k: share of test users with a positive test item whose positive is in the top k of all trained
-  movies they have not rated, ranked by ``s(u, i) = q_u·v_i + gamma·b_i`` (the recall contract);
+  movies they have not rated, ranked by ``s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i)``
+  (τ: the time-aware popularity prior, :class:`PeriodPrior`; with pop_weight 0 this is the recall contract);
   Recall@k: share of the user's positive test items in that top k.  ``popularity_hr`` ranks by the
   activity log's positive counts with the same candidates and seen filter.
 """
@@ -52,6 +53,15 @@ class ItemTable:
         ok = (len(self.ids) > 0) & (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), bool)
         return np.where(ok, pos, -1)
 
+    def raw_column_array(self, raw: np.ndarray) -> np.ndarray:
+        """Column of each raw movie id, -1 when absent."""
+        raw = np.asarray(raw, np.int64)
+        if not len(self.raw):
+            return np.full(raw.shape, -1, np.int64)
+        order = np.argsort(self.raw)
+        pos = np.minimum(np.searchsorted(self.raw[order], raw), len(order) - 1)
+        return np.where(self.raw[order][pos] == raw, order[pos], -1)
+
     def raw_columns(self, raw_ids) -> np.ndarray:
         """Columns of raw movie ids (absent ones dropped)."""
         if not len(self.raw):
@@ -75,12 +85,58 @@ class EvalResult:
     per_user: dict = field(default_factory=dict)  # name -> per-ranked-user array (hit@10, hit@50, recall@50, pop@50)
 
 
-def _user_query(cfg: ModelConfig, ps, rows, user_periods: np.ndarray | None) -> np.ndarray:
-    q = np.asarray(rows.vec, np.float32).copy()
-    if cfg.period_days > 0 and user_periods is not None:
-        per = ps.pull("period", user_periods, create=False)
-        q += per.vec
-    return q
+PPOP_SHIFT = 32  # ppop row id = period << 32 | raw movie id
+
+
+def ppop_ids(periods: np.ndarray, raw_movies: np.ndarray) -> np.ndarray:
+    """Row ids of the ``ppop`` table: ``period << 32 | raw movie id``."""
+    return (np.asarray(periods, np.int64) << PPOP_SHIFT) | (np.asarray(raw_movies, np.int64) & 0xFFFFFFFF)
+
+
+class PeriodPrior:
+    """Time-aware popularity prior τ_u(i) over the columns of an item table (pure numpy).
+
+    τ(k, i) = log(smooth + Σ_{|k' − k| ≤ window} n[k', i] + total_w · n_i) with n[k, i] the positive
+    events of movie i in period k and n_i all of them.
+    """
+
+    def __init__(self, cfg: ModelConfig, periods: np.ndarray, cols: np.ndarray, counts: np.ndarray, n_items: int):
+        self.cfg = cfg
+        periods = np.asarray(periods, np.int64)
+        self.k0 = int(periods.min()) if periods.size else 0
+        nk = int(periods.max()) - self.k0 + 1 if periods.size else 1
+        dense = np.zeros((nk + 1, n_items), np.float64)  # row 0 = zeros for the cumulative sums
+        np.add.at(dense, (periods - self.k0 + 1, cols), counts)
+        self.cum = np.cumsum(dense, axis=0)
+        self.total = self.cum[-1]
+        self.latest = self.k0 + nk - 1
+
+    @classmethod
+    def from_ps(cls, ps, cfg: ModelConfig, table: "ItemTable") -> "PeriodPrior":
+        ids, counts = [], []
+        for r in ps.scan("ppop"):
+            ids.append(r.ids)
+            counts.append(r.count)
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        cols = table.raw_column_array(ids & 0xFFFFFFFF)
+        ok = cols >= 0
+        return cls(cfg, ids[ok] >> PPOP_SHIFT, cols[ok], counts[ok], len(table.ids))
+
+    def tau(self, k: np.ndarray) -> np.ndarray:
+        """τ rows for periods ``k`` (one row per entry)."""
+        c = self.cfg
+        k = np.asarray(k, np.int64) - self.k0
+        hi = np.clip(k + c.pop_window + 1, 0, self.cum.shape[0] - 1)
+        lo = np.clip(k - c.pop_window, 0, self.cum.shape[0] - 1)
+        window = self.cum[hi] - self.cum[lo]
+        return np.log(c.pop_smooth + window + c.pop_total_w * self.total[None, :])
+
+
+def user_periods(ps, user_ids: np.ndarray, default: int) -> np.ndarray:
+    """Period of each user's last event (``user_ctx`` bias), ``default`` for unknown users."""
+    rows = ps.pull("user_ctx", np.asarray(user_ids, np.int64), create=False)
+    return np.where(rows.found, np.rint(rows.bias).astype(np.int64), default)
 
 
 def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tuple[int, ...] = (10, 50),
@@ -149,6 +205,10 @@ def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tupl
     query = np.asarray(qrows.vec, np.float32).copy()
     if kq is not None:
         query += ps.pull("period", np.maximum(kq, 0), create=False).vec * (kq >= 0)[:, None]
+    prior, ku = None, None
+    if cfg.pop_period_days > 0 and cfg.pop_weight > 0:
+        prior = PeriodPrior.from_ps(ps, cfg, table)
+        ku = user_periods(ps, rank_users, prior.latest)
     kmax = max(ks)
     pop_score = None
     if popularity:
@@ -160,6 +220,8 @@ def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tupl
     for s in range(0, rank_users.size, chunk):
         e = min(s + chunk, rank_users.size)
         scores = recall_scores(cfg, query[s:e], table.vec, table.bias).astype(np.float64)
+        if prior is not None:
+            scores += cfg.pop_weight * prior.tau(ku[s:e])
         seen_mask = np.zeros(scores.shape, bool)
         for r in range(s, e):
             cols = table.raw_columns(log.seen(raw_user[int(rank_users[r])]))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.evaluate import ItemMirror, evaluate
+from learner.evaluate import ItemMirror, evaluate, ppop_ids
 from learner.input import InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils, top_k
@@ -63,6 +63,7 @@ class Learner:
         self._mu: tuple[float, float] | None = None
         self.user_period: dict[int, int] = {}
         self.mirror = ItemMirror(m.dim) if cfg.hr_sample > 0 else None
+        self._pop: dict[int, np.ndarray] = {}  # local positive counts per period (prequential HR prior)
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -240,8 +241,9 @@ class Learner:
             np.maximum.at(last, uinv[:n], k)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
         mu, mu_acc = self._global()
+        kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
         if self.mirror is not None:
-            self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n])
+            self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
         x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
@@ -274,6 +276,8 @@ class Learner:
                 ups["global"] = Update(g, bias=out.mu.astype(np.float32), accum=None if sgd else acc,
                                        count=np.int64([n]))
             self._mu = (float(out.mu[0]), float(out.mu_acc[0]))
+        if kpop is not None:
+            self._pop_updates(ups, c, y, kpop, uu, uinv[:n], ucnt, grad)
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
         applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
         if applied:
@@ -285,6 +289,17 @@ class Learner:
         self.fetcher.commit(fence_offsets)
         if self.mirror is not None:
             self.mirror.update(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni])
+            if kpop is not None:
+                pos = y > 0.5
+                cols = self.mirror.columns(c["movie_id"][pos])
+                for k, col in zip(kpop[pos].tolist(), cols.tolist()):
+                    row = self._pop.get(k)
+                    if row is None or len(row) <= col:
+                        grown = np.zeros(max(len(self.mirror.ids), col + 1))
+                        if row is not None:
+                            grown[: len(row)] = row
+                        row = self._pop[k] = grown
+                    row[col] += 1.0
         pred = out.pred[:n]
         self.window.add(y, pred, out.loss_sum)
         self.all_labels.append(y)
@@ -305,7 +320,35 @@ class Learner:
             self._mu = (float(g.bias[0]), float(g.accum[0, -1]))
         return self._mu
 
-    def _prequential_hr(self, c, y, urows, uinv, prow, kinv) -> None:
+    def _pop_updates(self, ups: dict, c, y, kpop, uu, uinv, ucnt, grad: bool) -> None:
+        """Positive counts per (period, movie) into ``ppop``; each user's last period into ``user_ctx``."""
+        from ps_redis import Update
+
+        pos = y > 0.5
+        if pos.any():
+            pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
+            ups["ppop"] = Update(pid, count=pcnt.astype(np.int64))
+        last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(last, uinv, kpop)
+        new = last.astype(np.float32)
+        if grad:  # gradient mode subtracts: send old − new (a user lives on one partition, one writer)
+            (old, _) = self._retry("pull user_ctx", self.ps.pull, "user_ctx", uu)
+            new = (old.bias - new).astype(np.float32)
+        ups["user_ctx"] = Update(uu, bias=new, count=ucnt.astype(np.int64))
+
+    def _tau(self, k: int, n: int) -> np.ndarray:
+        """The local time-aware popularity prior of period ``k`` over the first ``n`` mirror items."""
+        m = self.cfg.model
+        window = np.zeros(n)
+        total = np.zeros(n)
+        for kk, row in self._pop.items():
+            r = row[:n]
+            total[: len(r)] += r
+            if abs(kk - k) <= m.pop_window:
+                window[: len(r)] += r
+        return np.log(m.pop_smooth + window + m.pop_total_w * total)
+
+    def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""
         pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < self.cfg.hr_sample))
         if not len(pos) or self.mirror.n == 0:
@@ -316,6 +359,13 @@ class Learner:
             q = q + prow.vec[kinv[pos]]
         n = self.mirror.n
         scores = recall_scores(m, q, self.mirror.vec[:n], self.mirror.bias[:n]).astype(np.float64)
+        if kpop is not None and m.pop_weight > 0:
+            taus = {}
+            for r, e in enumerate(pos):
+                k = int(kpop[e])
+                if k not in taus:
+                    taus[k] = self._tau(k, n)
+                scores[r] += m.pop_weight * taus[k]
         for r, e in enumerate(pos):
             seen, _ = self._retry("activity seen", self.activity.seen, int(c["raw_user_id"][e]))
             scores[r, self.mirror.raw_columns(seen)] = -np.inf
