@@ -23,10 +23,14 @@ Equations (per event e = (u, i, y), rows gathered from the PS; ``k`` the event's
 Row gradient g_r = ∂L/∂x_r / n_r^count_pow (n_r = events of row r in the batch; μ uses E), then
 clipping (vector rows to L2 norm ``clip``, biases to ±clip), then per coordinate:
 
-    sgd:      x ← x − lr · g
-    adagrad:  a ← a + g²;   x ← x − lr · g / sqrt(init_accum + a)
+    sgd:         x ← x − lr · g
+    adagrad:     a ← a + g²;          x ← x − lr · g / sqrt(a)
+    adagrad_ev:  a ← a + Σ_e g_e²;    x ← x − lr · g / sqrt(a)     ("per-event-equivalent": a row hit n
+                 times moves about as far as n per-event Adagrad steps would; the research recipe)
+    user_bias_decay < 1: the user-bias accumulator forgets, a ← decay^{n_u} · a + Σ_e g_e²
 
-``a`` is what the PS stores (its rows start with a = 0).  Biases and μ use ``lr_bias``.
+Accumulators start at init_accum; the PS stores a − init_accum (its rows start at 0).  Biases and μ use
+``lr_bias``.
 """
 
 from __future__ import annotations
@@ -175,45 +179,74 @@ class MFModel:
         gpe = dyv[:, None] * ve + cfg.l2 * pe * m
         gve = dyv[:, None] * q_pred + cfg.l2 * ve * m
         guv, giv = seg(gpe, uinv, n), seg(gve, iinv, n)
-        gwv = seg(dy[:, None] * ve, kinv, n) if (periods and cfg.period_in_pred) else tf.zeros_like(wv)
+        gwe = dy[:, None] * ve if (periods and cfg.period_in_pred) else None
+        gwv = seg(gwe, kinv, n) if gwe is not None else tf.zeros_like(wv)
         if cfg.use_bias:
-            gub = seg(dy + cfg.l2_bias * bue * mask, uinv, n)
-            gib = seg(dy + cfg.l2_bias * bie * mask, iinv, n)
+            gbue = dy + cfg.l2_bias * bue * mask
+            gbie = dy + cfg.l2_bias * bie * mask
+            gub, gib = seg(gbue, uinv, n), seg(gbie, iinv, n)
         else:
+            gbue = gbie = tf.zeros_like(dy)
             gub, gib = tf.zeros_like(ub), tf.zeros_like(ib)
         gmu = tf.reduce_sum(dy)[None]
+        ev = cfg.optimizer == "adagrad_ev"
+        if ev:  # per-event-equivalent Adagrad: accumulate the sum of per-event squared gradients
+            suv, siv = seg(gpe * gpe, uinv, n), seg(gve * gve, iinv, n)
+            sub, sib = seg(gbue * gbue, uinv, n), seg(gbie * gbie, iinv, n)
+            swv = seg(gwe * gwe, kinv, n) if gwe is not None else tf.zeros_like(wv)
+            smu = tf.reduce_sum(dy * dy)[None]
         ret = tf.zeros([])
         if cfg.ret_weight > 0:
             ret, gq, gvc, gbc = self._retrieval(pe, we, iv, ib, uinv, iinv, y, mask)
             guv += seg(gq, uinv, n)
+            if ev:
+                suv += seg(gq * gq, uinv, n)
             if periods:
                 gwv += seg(gq, kinv, n)
+                if ev:
+                    swv += seg(gq * gq, kinv, n)
             if not cfg.ret_user_only:
                 giv += gvc
+                if ev:
+                    siv += gvc * gvc  # per item row (the retrieval gradient is not split by event)
                 if cfg.ret_bias and cfg.use_bias:
                     gib += gbc
+                    if ev:
+                        sib += gbc * gbc
         nvalid = tf.maximum(tf.reduce_sum(mask), 1.0)
         if cfg.reduction == "mean":
             guv, giv, gub, gib, gwv, gmu = (g / nvalid for g in (guv, giv, gub, gib, gwv, gmu))
+            if ev:
+                suv, siv, sub, sib, swv, smu = (g / nvalid**2 for g in (suv, siv, sub, sib, swv, smu))
         elif cfg.count_pow > 0:
             def scale(keys):
                 return tf.pow(tf.maximum(seg(mask, keys, n), 1.0), -cfg.count_pow)
 
             su, si, sk = scale(uinv), scale(iinv), scale(kinv)
+            sm = tf.pow(nvalid, -cfg.count_pow)
             guv, gub = guv * su[:, None], gub * su
             giv, gib = giv * si[:, None], gib * si
             gwv = gwv * sk[:, None]
-            gmu = gmu * tf.pow(nvalid, -cfg.count_pow)
-        uv2, ua_v = self._apply(uv, ua[:, :-1], self._clip_rows(guv), cfg.lr)
-        iv2, ia_v = self._apply(iv, ia[:, :-1], self._clip_rows(giv), cfg.lr)
-        wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr)
+            gmu = gmu * sm
+            if ev:
+                suv, sub = suv * (su * su)[:, None], sub * su * su
+                siv, sib = siv * (si * si)[:, None], sib * si * si
+                swv, smu = swv * (sk * sk)[:, None], smu * sm * sm
+        if not ev:
+            suv = siv = sub = sib = swv = smu = None
+        uv2, ua_v = self._apply(uv, ua[:, :-1], self._clip_rows(guv), cfg.lr, suv)
+        iv2, ia_v = self._apply(iv, ia[:, :-1], self._clip_rows(giv), cfg.lr, siv)
+        wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr, swv)
         if cfg.use_bias:
-            ub2, ua_b = self._apply(ub, ua[:, -1], self._clip_bias(gub), cfg.bias_lr)
-            ib2, ia_b = self._apply(ib, ia[:, -1], self._clip_bias(gib), cfg.bias_lr)
+            decay = None
+            if cfg.user_bias_decay < 1.0:
+                decay = tf.pow(cfg.user_bias_decay, seg(mask, uinv, n))
+            ub2, ua_b = self._apply(ub, ua[:, -1], self._clip_bias(gub), cfg.bias_lr, sub, decay)
+            ib2, ia_b = self._apply(ib, ia[:, -1], self._clip_bias(gib), cfg.bias_lr, sib)
         else:
             ub2, ua_b, ib2, ia_b = ub, ua[:, -1], ib, ia[:, -1]
         if cfg.learn_mu:
-            mu2, mua2 = self._apply(mu, mua, self._clip_bias(gmu), cfg.bias_lr)
+            mu2, mua2 = self._apply(mu, mua, self._clip_bias(gmu), cfg.bias_lr, smu)
         else:
             mu2, mua2 = mu, mua
         loss_sum = tf.reduce_sum(data)
@@ -262,13 +295,19 @@ class MFModel:
         tf = self._tf
         return g if self.cfg.clip <= 0 else tf.clip_by_value(g, -self.cfg.clip, self.cfg.clip)
 
-    def _apply(self, x, acc, g, lr):
-        """One optimizer step: returns (new x, new accumulator)."""
+    def _apply(self, x, acc, g, lr, sq=None, decay=None):
+        """One optimizer step: returns (new x, new stored accumulator).
+
+        The stored accumulator is a − init_accum; ``sq`` is what adds to a (default g², plain Adagrad;
+        Σ per-event g² for adagrad_ev); ``decay`` (per row) makes a forget: a ← decay·a + sq.
+        """
         tf = self._tf
         if self.cfg.optimizer == "sgd":
             return x - lr * g, acc
-        acc2 = acc + g * g
-        return x - lr * g / tf.sqrt(self.cfg.init_accum + acc2), acc2
+        a0 = self.cfg.init_accum
+        sq = g * g if sq is None else sq
+        a = (a0 + acc) * decay + sq if decay is not None else a0 + acc + sq
+        return x - lr * g / tf.sqrt(a), a - a0
 
 
 # ---------------------------------------------------------------------- numpy views for evaluation

@@ -12,7 +12,8 @@ from learner.config import SEED_MODEL, ModelConfig, preset
 from learner.model import MFModel, index_batch, make_input
 
 D = 2
-BASE = dict(dim=D, batch_size=4, clip=0.0, count_pow=0.0, ret_weight=0.0, logq=0.0, lr=0.1, lr_bias=0.05)
+BASE = dict(dim=D, batch_size=4, clip=0.0, count_pow=0.0, ret_weight=0.0, logq=0.0, lr=0.1, lr_bias=0.05,
+            loss="mse", optimizer="adagrad", user_bias_decay=1.0)
 
 
 def rows(vec, bias, acc=None):
@@ -82,6 +83,28 @@ def test_logloss_adagrad_clip_count_pow_by_hand():
     np.testing.assert_allclose(out.mu[0], 0.1 - 0.05 * g_mu / np.sqrt(0.1 + 0.2 + g_mu**2), rtol=1e-5)
     bce = -np.log(sig(-1.1)) - np.log(1 - sig(3.0))
     np.testing.assert_allclose(out.loss_sum, bce, rtol=1e-5)
+
+
+def test_per_event_adagrad_with_user_bias_decay_by_hand():
+    """The default optimizer: a += Σ_e g_e² (not (Σ g)²); the user-bias accumulator decays per event."""
+    cfg = ModelConfig(**{**BASE, "loss": "logloss", "optimizer": "adagrad_ev", "init_accum": 0.1,
+                         "user_bias_decay": 0.9})
+    acc_u = np.array([[0.3, 0.0, 0.5]], np.float32)
+    out = run(cfg, [7, 7], [1, 2], [1.0, 0.0], user_rows=rows(P.vec, P.bias, acc_u), item_rows=V, mu_acc=0.2)
+    sig = lambda z: 1 / (1 + np.exp(-z))
+    da, db = sig(-1.1) - 1.0, sig(3.0) - 0.0
+    va, vb = np.array([0.5, -1.0]), np.array([1.0, 1.0])
+    G = da * va + db * vb
+    a = 0.1 + acc_u[0, :2] + (da * va) ** 2 + (db * vb) ** 2
+    np.testing.assert_allclose(out.user_vec[0], [1.0, 2.0] - 0.1 * G / np.sqrt(a), rtol=1e-5)
+    np.testing.assert_allclose(out.user_acc[0, :2], a - 0.1, rtol=1e-5)
+    a_bu = 0.9**2 * (0.1 + 0.5) + da**2 + db**2  # two events of the user: decays twice
+    np.testing.assert_allclose(out.user_bias[0], 0.2 - 0.05 * (da + db) / np.sqrt(a_bu), rtol=1e-5)
+    np.testing.assert_allclose(out.user_acc[0, 2], a_bu - 0.1, rtol=1e-5)
+    a_bi = 0.1 + da**2  # item biases do not decay
+    np.testing.assert_allclose(out.item_bias[0], 0.1 - 0.05 * da / np.sqrt(a_bi), rtol=1e-5)
+    a_mu = 0.1 + 0.2 + da**2 + db**2
+    np.testing.assert_allclose(out.mu[0], 0.1 - 0.05 * (da + db) / np.sqrt(a_mu), rtol=1e-5)
 
 
 def test_retrieval_softmax_with_logq_by_hand():
