@@ -73,6 +73,9 @@ class Learner:
             self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
         self.t0 = time.time()
         self.fetcher: Fetcher | None = None
+        self.stage: dict[str, float] = {}  # cumulative seconds per stage of _process
+        self._first_batch_t: float | None = None
+        self._last_batch_t = 0.0
         self._assigned_at = 0.0
         self._assigned: list[int] = []
 
@@ -138,7 +141,10 @@ class Learner:
         reason = "stopped"
         try:
             while True:
+                t = time.perf_counter()
                 chunk = self.fetcher.get(timeout=min(0.1, flush_s) if flush_s > 0 else 0.1)
+                if self._first_batch_t is not None and chunk is not None:
+                    self._tick("wait_consume", t)
                 now = time.monotonic()
                 with self.lock:
                     if chunk is not None and chunk.gen == self.fetcher.generation:
@@ -198,12 +204,25 @@ class Learner:
         return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys)
 
     # ----------------------------------------------------------------------------- one batch
+    def _tick(self, name: str, t: float) -> float:
+        now = time.perf_counter()
+        self.stage[name] = self.stage.get(name, 0.0) + now - t
+        return now
+
     def _process(self, batch: Chunk) -> None:
+        t = time.perf_counter()
+        if self._first_batch_t is None:
+            self._first_batch_t = time.time()
+        self._process_batch(batch, t)
+        self._last_batch_t = time.time()
+
+    def _process_batch(self, batch: Chunk, t: float) -> None:
         cfg, m = self.cfg, self.cfg.model
         fence_offsets = {int(p): int(batch.offsets[batch.parts == p].max()) + 1 for p in np.unique(batch.parts)}
         parsed = self.input.parse(batch.values)
         if parsed.bad:
             self._dead_letters(batch, parsed.bad)
+        t = self._tick("parse", t)
         self.records += len(batch)
         from ps_redis import Fence, Update
 
@@ -241,12 +260,15 @@ class Learner:
             np.maximum.at(last, uinv[:n], k)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
         mu, mu_acc = self._global()
+        t = self._tick("pull", t)
         kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
         if self.mirror is not None:
             self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
+        t = self._tick("prequential_hr", t)
         x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
+        t = self._tick("step", t)
         nu, ni, nk = len(uu), len(ii), len(kk)
         grad = self.mode == "gradient"
         sgd = m.optimizer == "sgd"
@@ -280,12 +302,14 @@ class Learner:
             self._pop_updates(ups, c, y, kpop, uu, uinv[:n], ucnt, grad)
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
         applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
+        t = self._tick("push", t)
         if applied:
             self._retry("activity log", self.activity.record, uu[uinv[:n]], c["raw_user_id"], c["raw_movie_id"],
                         c["movie_id"], y, c["timestamp"])
         else:
             self.skipped += 1
             self.say(f"fenced push for {fence_offsets} skipped: the PS already holds it")
+        t = self._tick("activity", t)
         self.fetcher.commit(fence_offsets)
         if self.mirror is not None:
             self.mirror.update(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni])
@@ -309,6 +333,7 @@ class Learner:
         self.step += 1
         if self.step % cfg.train_log_steps == 0:
             self._log_train()
+        t = self._tick("metrics", t)
         if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
             self._test_and_checkpoint()
 
@@ -452,7 +477,11 @@ class Learner:
             self.dlq.close()
         secs = time.time() - self.t0
         hr = self.hr_hits / self.hr_n if self.hr_n else None
+        span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
         summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
+                            stream_seconds=round(span, 3),
+                            stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
+                            stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=self.hr_n,
                             poison=self.poison, skipped_pushes=self.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "

@@ -127,7 +127,7 @@ def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_ac
 class MFModel:
     """Holds the traced ``mf_fn`` step for one :class:`ModelConfig`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, jit: bool = False):
         import tensorflow as tf
 
         self.cfg = cfg
@@ -142,7 +142,7 @@ class MFModel:
             tf.TensorSpec([n], f32), tf.TensorSpec([n], f32),
         ]
         self._tf = tf
-        self._step = tf.function(self._mf_fn, input_signature=spec, jit_compile=False)
+        self._step = tf.function(self._mf_fn, input_signature=spec, jit_compile=jit)
 
     def step(self, x: StepInput) -> StepOutput:
         """Run ``mf_fn`` on one padded batch; returns numpy arrays."""

@@ -1,0 +1,141 @@
+"""Learner throughput: events/s of one learner process draining a pre-filled topic (JSON on stdout).
+
+    python bench/learner.py                      # 500k synthetic events, dim 32, default batch
+    python bench/learner.py --events 200000 --variants kafka-python,confluent
+
+Fills a topic once (``producer.prepare --synthetic N`` → ``producer.replay --rate 0``), measures in the same
+run the raw consume ceilings (kafka-python poll-and-discard with ``check_crcs=False``; confluent-kafka), then
+runs ``python -m learner`` to the end of the topic for each variant (fresh group + namespace) and reports
+events/s over the span from its first to its last batch, plus the seconds spent per stage (parse, pull, step,
+push, activity, waiting for the consumer) so the binding stage is visible.  Starts its own redis-server + Tansu
+unless --redis-url / --bootstrap are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    "kafka-python": ["--backend", "kafka-python"],
+    "kafka-python-no-prefetch": ["--backend", "kafka-python", "--no-prefetch"],
+    "kafka-python-gradient-push": ["--backend", "kafka-python", "--push-mode", "gradient"],
+    "confluent": ["--backend", "confluent"],
+}
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+def consume_ceiling_kafka_python(bootstrap: str, topic: str, n: int) -> float:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, check_crcs=False,
+                      max_poll_records=10000, fetch_max_bytes=8 << 20, max_partition_fetch_bytes=8 << 20)
+    parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
+    c.assign(parts)
+    c.seek_to_beginning(*parts)
+    got, t0 = 0, None
+    while got < n:
+        for recs in c.poll(timeout_ms=500).values():
+            if t0 is None:
+                t0 = time.perf_counter()
+            got += len(recs)
+    dt = time.perf_counter() - t0
+    c.close()
+    return got / dt
+
+
+def consume_ceiling_confluent(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False, "fetch.queue.backoff.ms": 10})
+    meta = c.list_topics(topic, timeout=10)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.topics[topic].partitions])
+    got, t0 = 0, None
+    while got < n:
+        msgs = c.consume(num_messages=10000, timeout=0.5)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        got += sum(1 for m in msgs if m.error() is None)
+    dt = time.perf_counter() - t0
+    c.close()
+    return got / dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--variants", default="kafka-python,confluent,kafka-python-gradient-push")
+    p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
+    p.add_argument("--redis-url", default=None)
+    p.add_argument("--bootstrap", default=None)
+    p.add_argument("--work-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="lfm-bench-learner-"))
+    work.mkdir(parents=True, exist_ok=True)
+    stack = None
+    if not (args.redis_url and args.bootstrap):
+        from lfm_stream.stack import LocalStack
+
+        stack = LocalStack(work / "stack", use_env=False).start()
+    redis_url = args.redis_url or stack.redis_url
+    bootstrap = args.bootstrap or stack.bootstrap
+    out: dict = {"events_requested": args.events, "dim": 32, "partitions": args.partitions, "variants": {}}
+    try:
+        data = work / f"syn{args.events}"
+        if not (data / "manifest.json").exists():
+            subprocess.run([sys.executable, "-m", "producer.prepare", "--synthetic", str(args.events), "--out",
+                            str(data), "--force"], cwd=ROOT, env=env(), check=True, capture_output=True)
+        man = json.loads((data / "manifest.json").read_text())
+        n = int(man["train_records"])
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "producer.replay", "--data-dir", str(data), "--bootstrap", bootstrap,
+                        "--topic", topic, "--rate", "0", "--partitions", str(args.partitions), "--acks", "1",
+                        "--state-file", str(work / "replay.state")], cwd=ROOT, env=env(), check=True,
+                       capture_output=True)
+        out["topic_events"] = n
+        out["fill_seconds"] = round(time.time() - t, 1)
+        out["raw_consume_kafka_python_per_s"] = round(consume_ceiling_kafka_python(bootstrap, topic, n))
+        out["raw_consume_confluent_per_s"] = round(consume_ceiling_confluent(bootstrap, topic, n))
+        for name in args.variants.split(","):
+            ns = f"b{uuid.uuid4().hex[:8]}"
+            metrics = work / f"{name}-{ns}.jsonl"
+            cmd = [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic",
+                   topic, "--namespace", ns, "--group", f"g-{ns}", "--dim", "32", "--metrics", str(metrics),
+                   "--idle-timeout", "3", "--train-log-steps", "200", *VARIANTS[name], *args.learner_arg]
+            subprocess.run(cmd, cwd=ROOT, env=env(), check=True, stderr=subprocess.DEVNULL)
+            end = [json.loads(x) for x in metrics.read_text().splitlines()][-1]
+            stages = end.get("stage_seconds", {})
+            busy = {k: v for k, v in stages.items()}
+            out["variants"][name] = {
+                "events": end["events"], "events_per_s": end["stream_events_per_s"],
+                "stream_seconds": end["stream_seconds"], "stage_seconds": stages,
+                "binding_stage": max(busy, key=busy.get) if busy else None,
+                "args": VARIANTS[name] + args.learner_arg,
+            }
+            print(f"{name}: {json.dumps(out['variants'][name])}", file=sys.stderr, flush=True)
+    finally:
+        if stack is not None:
+            stack.stop()
+    out["note"] = "measured on a 2-core machine shared with other jobs unless stated otherwise"
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
