@@ -118,7 +118,7 @@ def evaluate(store, test: dict[str, np.ndarray], ks: tuple[int, ...] = (10, 50))
         except NotFound:
             unknown += 1
             ans = None
-        _, seen = store.user_context(u)
+        _, seen, _ = store.user_context(u)
         pop = store.popularity(kmax, seen)
         if ans is None:
             ans = pop
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--namespace", default=None, help="namespace of a trained model (without --train)")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable), e.g. "
                                                                          "--learner-arg=--dim=32")
+    p.add_argument("--score-prior", action="store_true",
+                   help="also evaluate the service with the learner's popularity prior (recall_api.prior)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -176,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"cannot load the model: {store.stats.last_error}")
         result["model"] = {"namespace": namespace, "dim": ps.dim, "items": ps.count("item"),
                            "users": ps.count("user"), "data_dir": str(data_dir)}
-        result["metrics"] = evaluate(store, read_test(data_dir))
+        test = read_test(data_dir)
+        result["metrics"] = evaluate(store, test)
+        if args.score_prior:
+            with_prior = RecallStore(StoreConfig(redis_url, namespace, score_prior=True), store.catalog)
+            if not with_prior.refresh_once():
+                raise RuntimeError(f"cannot load the model: {with_prior.stats.last_error}")
+            result["metrics_score_prior"] = evaluate(with_prior, test)
         if args.train:  # the learner's own end-of-run test line, for a cross-check of the metric definitions
             lines = [ln for ln in Path(result["training"]["learner_log"]).read_text().splitlines() if "] test " in ln]
             if lines:

@@ -32,6 +32,7 @@ from ps_redis.codec import decode
 from ps_redis.connection import run
 from recall_api.catalog import Catalog
 from recall_api.matrix import ItemMatrix
+from recall_api.prior import USER_CTX_TABLE, ScorePrior
 from recall_api.topk import NEG_INF, cosine_scores, lookup_rows, popularity_top_k, top_k, u2i_scores
 from recall_api.types import (SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
                               Unavailable, cursor_ms)
@@ -63,6 +64,8 @@ class RecallStore:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._aredis = None  # redis.asyncio client of u2i_async (bound to the serving event loop)
+        self.prior = ScorePrior(config.prior_preset) if config.score_prior else None
+        self._prior_at = 0.0  # monotonic time of the last prior rebuild
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> "RecallStore":
@@ -112,6 +115,11 @@ class RecallStore:
                     except CursorExpired as exc:
                         log.info("full reload: %s", exc)
                         self._full_load()
+                if self.prior is not None and (time.monotonic() - self._prior_at >= self.config.prior_interval
+                                               or self.prior.n_built == 0):
+                    snap = self.matrix.snapshot()
+                    self.prior.build(self.ps, snap.raw_pos, snap.n)
+                    self._prior_at = time.monotonic()
             except (PSError, redis.RedisError, OSError) as exc:
                 self._failed(exc)
                 return False
@@ -203,25 +211,43 @@ class RecallStore:
             raise Unavailable("item vectors are not loaded yet")
         return self.matrix
 
-    def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int]]:
-        """The user's vector (None without a row) and rated raw movie ids, in one Redis round trip.
+    def _context_keys(self, user_id: int) -> list[str]:
+        ps = self.ps
+        h = user_hash(user_id)
+        keys = [ps.keys.row_key("user", h), f"{ps.keys.act_seen_prefix}{int(user_id)}"]
+        if self.prior is not None:
+            keys.append(ps.keys.row_key(USER_CTX_TABLE, h))
+        return keys
 
-        Equivalent to ``ps.pull("user", [h], create=False)`` plus ``ActivityLog.seen(user_id)``, sent as
-        one pipeline (``ps_redis.connection.run``: one round trip per node; the keys come from the PS's
-        own :class:`~ps_redis.keys.KeySpace` and the row is decoded by :func:`ps_redis.codec.decode`).
-        Halving the round trips matters on a busy machine, where each one costs a scheduler wake-up.
+    def _context(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, set[int], int | None]:
+        value, members = replies[0], replies[1]
+        seen = {int(m) for m in members}
+        period = None
+        if self.prior is not None and replies[2] is not None:
+            ctx, _ = decode([replies[2]], [keys[2].encode()], self.ps.dim)
+            period = int(np.rint(ctx["bias"][0]))
+        if value is None:
+            return None, seen, period
+        rows, _ = decode([value], [keys[0].encode()], self.ps.dim)
+        return rows["vec"][0], seen, period
+
+    def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
+        """The user's vector (None without a row), rated raw movie ids and, with the score prior, the period
+        of their last event (``user_ctx``; None without) — in one Redis round trip.
+
+        Equivalent to ``ps.pull("user", [h], create=False)`` plus ``ActivityLog.seen(user_id)`` (plus
+        ``ps.pull("user_ctx", [h], create=False)``), sent as one pipeline (``ps_redis.connection.run``: one
+        round trip per node; keys from the PS's own :class:`~ps_redis.keys.KeySpace`, rows decoded by
+        :func:`ps_redis.codec.decode`).  Fewer round trips matter on a busy machine, where each one costs a
+        scheduler wake-up.
         """
         ps = self.ps
-        row_key = ps.keys.row_key("user", user_hash(user_id))
-        seen_key = f"{ps.keys.act_seen_prefix}{int(user_id)}"
+        keys = self._context_keys(user_id)
+        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1]))] + \
+            ([(keys[2], ("GET", keys[2]))] if len(keys) > 2 else [])
         with ps._io():
-            value, members = run(ps.redis, ps.is_cluster, [(row_key, ("GET", row_key)),
-                                                           (seen_key, ("SMEMBERS", seen_key))])
-        seen = {int(m) for m in members}
-        if value is None:
-            return None, seen
-        rows, _ = decode([value], [row_key.encode()], ps.dim)
-        return rows["vec"][0], seen
+            replies = run(ps.redis, ps.is_cluster, cmds)
+        return self._context(keys, replies)
 
     def u2i(self, user_id: int, k: int) -> Answer:
         """Top-k movies for a raw user id, movies the user rated excluded.
@@ -236,8 +262,8 @@ class RecallStore:
         """
         matrix = self._ready()
         with self._redis():
-            query, seen = self.user_context(user_id)
-        return self._rank_user(matrix, user_id, k, query, seen)
+            query, seen, period = self.user_context(user_id)
+        return self._rank_user(matrix, user_id, k, query, seen, period)
 
     async def u2i_async(self, user_id: int, k: int) -> Answer:
         """:meth:`u2i` for an event loop: the Redis read is awaited (``redis.asyncio``), so the loop ranks
@@ -246,38 +272,39 @@ class RecallStore:
         if self.ps.is_cluster:  # the async pipeline below addresses one node
             return self.u2i(user_id, k)
         with self._redis():
-            query, seen = await self.user_context_async(user_id)
-        return self._rank_user(matrix, user_id, k, query, seen)
+            query, seen, period = await self.user_context_async(user_id)
+        return self._rank_user(matrix, user_id, k, query, seen, period)
 
-    async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int]]:
+    async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
         """:meth:`user_context` over an asyncio Redis client (standalone Redis; created on first use)."""
-        ps = self.ps
         if self._aredis is None:
             import redis.asyncio as aredis
 
             self._aredis = aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
                                                  socket_connect_timeout=self.config.socket_timeout)
-        row_key = ps.keys.row_key("user", user_hash(user_id))
-        seen_key = f"{ps.keys.act_seen_prefix}{int(user_id)}"
+        keys = self._context_keys(user_id)
         async with self._aredis.pipeline(transaction=False) as pipe:
-            pipe.get(row_key)
-            pipe.smembers(seen_key)
-            value, members = await pipe.execute()
-        seen = {int(m) for m in members}
-        if value is None:
-            return None, seen
-        rows, _ = decode([value], [row_key.encode()], ps.dim)
-        return rows["vec"][0], seen
+            pipe.get(keys[0])
+            pipe.smembers(keys[1])
+            if len(keys) > 2:
+                pipe.get(keys[2])
+            replies = await pipe.execute()
+        return self._context(keys, replies)
 
-    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, seen: set[int]
-                   ) -> Answer:
+    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, seen: set[int],
+                   period: int | None = None) -> Answer:
         if query is not None:
             snap = matrix.snapshot()
             exclude = lookup_rows(snap.raw_pos, seen) if seen else None
             if self.index is not None and self.index.ready:
                 pos, scores = self.index.search_u2i(query, k, exclude)
             else:
-                s = u2i_scores(query, snap.vec, snap.bias)
+                prior = self.prior
+                if prior is None:
+                    s = u2i_scores(query, snap.vec, snap.bias)
+                else:  # learner recipe: q·v + gamma·b + pop_weight·τ_u (see recall_api.prior)
+                    s = u2i_scores(query, snap.vec, snap.bias * np.float32(prior.gamma))
+                    s += np.float32(prior.weight) * prior.tau(period, snap.n)
                 if snap.invalid is not None:
                     s[snap.invalid] = NEG_INF
                 pos, scores = top_k(s, k, exclude)
@@ -356,4 +383,6 @@ class RecallStore:
             "errors": st.errors,
             "last_error": st.last_error,
             "catalog": self.catalog.stats(),
+            "score": "contract: q·v + b" if self.prior is None else "learner prior: q·v + gamma·b + w·tau",
+            "score_prior": None if self.prior is None else self.prior.stats(),
         }

@@ -29,6 +29,9 @@ class StoreConfig:
         faiss_nprobe: inverted lists visited per Faiss query.
         chunk: rows per MGET when loading or re-pulling items.
         socket_timeout, retries: Redis client settings of the PS this store creates.
+        score_prior: rank u2i with the learner's time-aware popularity prior (:mod:`recall_api.prior`)
+            instead of the contract score q·v + b; prior_preset: learner preset of its parameters;
+            prior_interval: seconds between rebuilds of the prior from the ``ppop`` table.
     """
 
     redis_url: str
@@ -41,12 +44,19 @@ class StoreConfig:
     chunk: int = 8192
     socket_timeout: float = 2.0
     retries: int = 1
+    score_prior: bool = False
+    prior_preset: str = "default"
+    prior_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.refresh_interval > 0:
             raise ValueError(f"refresh_interval must be > 0 seconds (got {self.refresh_interval!r})")
         if self.dim is not None and self.dim < 1:
             raise ValueError(f"dim must be >= 1 (got {self.dim!r})")
+        if self.score_prior and self.faiss:
+            raise ValueError("score_prior ranks by brute force only; drop faiss (or score_prior)")
+        if not self.prior_interval > 0:
+            raise ValueError(f"prior_interval must be > 0 seconds (got {self.prior_interval!r})")
         if self.faiss_nprobe < 1 or self.chunk < 1:
             raise ValueError(f"faiss_nprobe and chunk must be >= 1 (got {self.faiss_nprobe}, {self.chunk})")
 

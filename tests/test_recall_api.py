@@ -277,7 +277,8 @@ def test_user_context_equals_pull_and_seen(world):
 
     for u, (ctx, answer) in zip(users, asyncio.run(async_reads())):
         rows = ps.pull("user", np.array([user_hash(u)]), create=False)
-        for vec, seen in (store.user_context(u), ctx):
+        for vec, seen, period in (store.user_context(u), ctx):
+            assert period is None  # no score prior
             assert (vec is not None) == bool(rows.found[0])
             if vec is not None:
                 np.testing.assert_array_equal(vec, rows.vec[0])
