@@ -82,3 +82,33 @@ def test_answers_after_real_training_match_brute_force(tmp_path, stack, namespac
         for m in raw[:: max(1, len(raw) // 8)].tolist():
             expected, scores = brute_i2i(m, raw, vec, 20)
             check_ranking(client.get(f"/i2i/{m}?k=20").json()["items"], expected, scores, raw)
+
+        # opt-in score prior: q·v + gamma·b + w·tau_u over the learner's ppop / user_ctx tables
+        check_score_prior(stack.redis_url, namespace, catalog, ps, log, raw, vec, bias, users)
+
+
+def check_score_prior(redis_url, namespace, catalog, ps, log, raw, vec, bias, users) -> None:
+    from learner.evaluate import PeriodPrior
+
+    prior_store = RecallStore(StoreConfig(redis_url, namespace, dim=DIM, score_prior=True), catalog)
+    assert prior_store.refresh_once()
+    cfg = prior_store.prior.cfg
+    ids = np.concatenate([r.ids for r in ps.scan("ppop")])
+    counts = np.concatenate([r.count for r in ps.scan("ppop")])
+    assert len(ids) > 0, "the learner wrote no ppop rows (is its popularity prior off?)"
+    col = {m: i for i, m in enumerate(raw.tolist())}
+    cols = np.array([col.get(int(m), -1) for m in (ids & 0xFFFFFFFF).tolist()])
+    ok = cols >= 0
+    reference = PeriodPrior(cfg, ids[ok] >> 32, cols[ok], counts[ok], len(raw))
+    for u in users[:8]:
+        h = np.array([user_hash(u)])
+        q = ps.pull("user", h, create=False).vec[0].astype(np.float64)
+        ctx = ps.pull("user_ctx", h, create=False)
+        k_u = int(np.rint(ctx.bias[0])) if ctx.found[0] else reference.latest
+        scores = vec.astype(np.float64) @ q + cfg.gamma * bias + cfg.pop_weight * reference.tau(np.array([k_u]))[0]
+        seen = log.seen(u)
+        order = [i for i in np.argsort(-scores, kind="stable") if int(raw[i]) not in seen][:30]
+        got = prior_store.u2i(u, 30)
+        assert got.source == "model"
+        check_ranking([{"movie_id": m, "score": s} for m, s in zip(got.movies, got.scores)],
+                      raw[order].tolist(), scores, raw)
