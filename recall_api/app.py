@@ -56,7 +56,8 @@ class RecallItem(BaseModel):
     movie_id: int = Field(description="raw MovieLens movie id")
     title: str | None = Field(description="title from movies.csv (null when the catalog lacks it)")
     genres: list[str] = Field(description="genres from movies.csv")
-    score: float = Field(description="model: q_u·v_i + b_i (u2i) or cosine (i2i); popularity: positive events")
+    score: float = Field(description="model: q_u·v_i + b_i (u2i; with --score-prior q_u·v_i + gamma·b_i + "
+                                     "pop_weight·tau_u(i)) or cosine (i2i); popularity: positive events")
 
 
 class RecallAnswer(BaseModel):
