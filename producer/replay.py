@@ -303,6 +303,15 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
         checkpoint()
         exc.summary = summary  # type: ignore[attr-defined]
         raise
+    except DataError as exc:  # a bad shard met mid-stream: keep what was delivered, save the position
+        try:
+            pub.flush(timeout=cfg.stop_flush_s)
+        except (PublishError, Interrupted):
+            pass
+        summary.seconds = time.monotonic() - t0
+        checkpoint()
+        exc.summary = summary  # type: ignore[attr-defined]
+        raise
     finally:
         if hasattr(batches, "close"):
             batches.close()  # stops the reader thread
@@ -441,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg, stop)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        s = getattr(exc, "summary", None)
+        if s is not None:
+            print_summary(cfg, s)
         return 1
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -322,12 +322,16 @@ def iter_batches(manifest: Manifest, start_index: int = 0, start_ts: int | None 
     pending = list(plan)  # shards not opened yet, in manifest order
     opened: list[tuple[int, _Open]] = []
     while pending or opened:
-        # open every shard that may hold records up to the current bound
+        # open every shard that may hold records up to what can be emitted now; shards starting
+        # later stay closed (for ordered shards: one open at a time)
         while True:
             bound = min((o.bound() for _, o in opened), default=float("inf"))
-            ready = [p for p in pending if p[0].first_ts <= bound]
-            if not ready and not opened and pending:
-                ready = [min(pending, key=lambda p: (p[0].first_ts, p[0].number))]
+            buffered = [o.ts[-1] for _, o in opened if len(o.ts)]
+            limit = bound if bound != float("inf") else (max(buffered) if buffered else None)
+            if limit is None:
+                ready = [min(pending, key=lambda p: (p[0].first_ts, p[0].number))] if pending else []
+            else:
+                ready = [p for p in pending if p[0].first_ts <= limit]
             if not ready:
                 break
             for p in ready:

@@ -194,3 +194,21 @@ def test_entry_points_show_help_with_env_fallbacks(cmd):
     assert r.returncode == 0, r.stderr
     for env in ("LFM_DATA_DIR", "KAFKA_BOOTSTRAP", "LFM_TOPIC", "LFM_REPLAY_RATE", "LFM_PARTITIONS", "LFM_KAFKA_ACKS"):
         assert f"env {env}" in r.stdout
+
+
+def test_corrupt_shard_met_mid_stream_keeps_delivered_records_and_position(data, expected, bootstrap, topic, tmp_path,
+                                                                           capsys):
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(data, d)
+    shard = d / "train" / "part-00002.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    rc = main(["--data-dir", str(d), "--bootstrap", bootstrap, "--topic", topic, "--rate", "0", "--no-verify",
+               "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert f"error: shard {shard.resolve()} is corrupt or truncated" in err
+    assert summary_of(out)["resume"] == 2000  # shards 0 and 1 (1000 records each) went out, in full
+    assert json.loads((d / "replay-state.json").read_text())[topic]["next_index"] == 2000
+    assert [m.value for m in consume(bootstrap, topic, expect=2000)[0]] == expected[0][:2000]
