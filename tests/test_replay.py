@@ -212,3 +212,17 @@ def test_corrupt_shard_met_mid_stream_keeps_delivered_records_and_position(data,
     assert summary_of(out)["resume"] == 2000  # shards 0 and 1 (1000 records each) went out, in full
     assert json.loads((d / "replay-state.json").read_text())[topic]["next_index"] == 2000
     assert [m.value for m in consume(bootstrap, topic, expect=2000)[0]] == expected[0][:2000]
+
+
+def test_start_ts_iso_date_max_events_and_speedup(data, expected, bootstrap, topic, capsys):
+    from datetime import datetime, timezone
+
+    values, ts, _ = expected
+    cut = int(ts[1500])
+    first = int((ts < cut).sum())
+    iso = datetime.fromtimestamp(cut, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    assert main(["--data-dir", str(data), "--bootstrap", bootstrap, "--topic", topic, "--start-ts", iso,
+                 "--max-events", "100", "--speedup", "1e9", "--json", "--state-file", str(data.parent / "st.json")]) == 0
+    s = summary_of(capsys.readouterr().out)
+    assert (s["start"], s["events"], s["resume"]) == (first, 100, first + 100)
+    assert [m.value for m in consume(bootstrap, topic, expect=100)[0]] == values[first:first + 100]
