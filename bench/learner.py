@@ -31,6 +31,8 @@ VARIANTS = {
     "kafka-python-no-prefetch": ["--backend", "kafka-python", "--no-prefetch"],
     "kafka-python-gradient-push": ["--backend", "kafka-python", "--push-mode", "gradient"],
     "confluent": ["--backend", "confluent"],
+    "confluent-xla": ["--backend", "confluent", "--xla"],
+    "kafka-python-xla": ["--backend", "kafka-python", "--xla"],
 }
 
 

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batches between test evaluations + checkpoints (0 = at the end only)")
     run.add_argument("--hr-sample", type=float, default=0.02, help="share of positives scored for prequential HR@k")
     run.add_argument("--hr-k", type=int, default=50, help="k of the prequential hit rate")
+    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
+                     help="compile the TF step with XLA")
     run.add_argument("--metrics", default=None, help="JSON-lines metrics file (one object per log event)")
     run.add_argument("--checkpoint-dir", default=None, help="PS checkpoints after each test evaluation")
     mod = p.add_argument_group("model (override the preset)")
@@ -86,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         backend=args.backend, session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms,
         max_events=args.max_events, idle_timeout=args.idle_timeout, flush_ms=args.flush_ms, workers=args.workers,
         push_mode=args.push_mode, prefetch=args.prefetch, train_log_steps=args.train_log_steps,
-        test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq)
+        test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
+        xla=args.xla)
 
 
 def main(argv: list[str] | None = None) -> int:

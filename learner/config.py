@@ -201,6 +201,7 @@ class LearnerConfig:
         hr_k: k of the prequential hit rate.
         dlq: copy poison records to ``<topic>.dlq``.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
+        xla: compile the TF step with XLA (``jit_compile``).
     """
 
     model: ModelConfig = field(default_factory=lambda: DEFAULT_MODEL)
@@ -227,6 +228,7 @@ class LearnerConfig:
     hr_k: int = 50
     dlq: bool = True
     retry_max_s: float = 10.0
+    xla: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:

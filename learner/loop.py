@@ -16,10 +16,12 @@ was not applied.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from learner.input import InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils, top_k
 from learner.model import MFModel, index_batch, make_input, recall_scores
+
+HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
 
 
 class Learner:
@@ -43,7 +47,11 @@ class Learner:
         m = cfg.model
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
-        self.model = MFModel(m)
+        self.model = MFModel(m, jit=cfg.xla)
+        # the prefetch / activity threads hold the GIL in pure-Python stretches; a short switch interval keeps
+        # the main thread's many short GIL re-acquisitions (tensor conversions around the TF step) from
+        # waiting the default 5 ms each
+        sys.setswitchinterval(float(os.environ.get("LFM_SWITCH_INTERVAL", "0.0002")))
         self.input = InputFn()
         self.mode = "gradient" if cfg.gradient_push else "assign"
         self.lock = threading.RLock()
@@ -73,6 +81,8 @@ class Learner:
             self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
         self.t0 = time.time()
         self.fetcher: Fetcher | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-activity")
+        self._activity_job = None
         self.stage: dict[str, float] = {}  # cumulative seconds per stage of _process
         self._first_batch_t: float | None = None
         self._last_batch_t = 0.0
@@ -262,7 +272,7 @@ class Learner:
         mu, mu_acc = self._global()
         t = self._tick("pull", t)
         kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
-        if self.mirror is not None:
+        if self.mirror is not None and self.step % HR_EVERY == 0:
             self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
         t = self._tick("prequential_hr", t)
         x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
@@ -303,9 +313,11 @@ class Learner:
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
         applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
         t = self._tick("push", t)
-        if applied:
-            self._retry("activity log", self.activity.record, uu[uinv[:n]], c["raw_user_id"], c["raw_movie_id"],
-                        c["movie_id"], y, c["timestamp"])
+        if applied:  # recorded on a background thread (one call in flight), overlapping the next batch
+            self._wait_activity()
+            self._activity_job = self._pool.submit(
+                self._retry, "activity log", self.activity.record, uu[uinv[:n]], c["raw_user_id"],
+                c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
         else:
             self.skipped += 1
             self.say(f"fenced push for {fence_offsets} skipped: the PS already holds it")
@@ -336,6 +348,11 @@ class Learner:
         t = self._tick("metrics", t)
         if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
             self._test_and_checkpoint()
+
+    def _wait_activity(self) -> None:
+        if self._activity_job is not None:
+            self._activity_job.result()
+            self._activity_job = None
 
     def _global(self) -> tuple[float, float]:
         if not self.cfg.model.learn_mu:
@@ -375,7 +392,9 @@ class Learner:
 
     def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""
-        pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < self.cfg.hr_sample))
+        # every HR_EVERY-th batch, HR_EVERY times the sampling rate: same expected sample, less overhead
+        rate = min(1.0, self.cfg.hr_sample * HR_EVERY)
+        pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
         if not len(pos) or self.mirror.n == 0:
             return
         m = self.cfg.model
@@ -448,6 +467,7 @@ class Learner:
         w.reset()
 
     def _test_and_checkpoint(self) -> dict:
+        self._wait_activity()
         res = {}
         if self.test is not None:
             t = time.time()
@@ -472,6 +492,8 @@ class Learner:
                 self._log_train()
         if self.fetcher is not None:
             self.fetcher.close()
+        self._wait_activity()
+        self._pool.shutdown()
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
         if self.dlq is not None:
             self.dlq.close()
