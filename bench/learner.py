@@ -1,6 +1,6 @@
 """Learner throughput: events/s of one learner process draining a pre-filled topic (JSON on stdout).
 
-    python bench/learner.py                      # 500k synthetic events, dim 32, default batch
+    python bench/learner.py                      # ≥ 500k synthetic train events, dim 32, default batch
     python bench/learner.py --events 200000 --variants kafka-python,confluent
 
 Fills a topic once (``producer.prepare --synthetic N`` → ``producer.replay --rate 0``), measures in the same
@@ -79,7 +79,7 @@ def consume_ceiling_confluent(bootstrap: str, topic: str, n: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--events", type=int, default=600_000, help="synthetic ratings to prepare (600k → ≥ 500k train events)")
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--variants", default="kafka-python,confluent,kafka-python-gradient-push")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
