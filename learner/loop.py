@@ -72,6 +72,7 @@ class Learner:
         self.user_period: dict[int, int] = {}
         self.mirror = ItemMirror(m.dim) if cfg.hr_sample > 0 else None
         self._pop: dict[int, np.ndarray] = {}  # local positive counts per period (prequential HR prior)
+        self._pop_total = np.zeros(0)
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -328,14 +329,19 @@ class Learner:
             if kpop is not None:
                 pos = y > 0.5
                 cols = self.mirror.columns(c["movie_id"][pos])
-                for k, col in zip(kpop[pos].tolist(), cols.tolist()):
+                size = len(self.mirror.ids)
+                if len(self._pop_total) < size:
+                    self._pop_total = np.r_[self._pop_total, np.zeros(size - len(self._pop_total))]
+                np.add.at(self._pop_total, cols, 1.0)
+                kp = kpop[pos]
+                for k in np.unique(kp).tolist():
                     row = self._pop.get(k)
-                    if row is None or len(row) <= col:
-                        grown = np.zeros(max(len(self.mirror.ids), col + 1))
+                    if row is None or len(row) < size:
+                        grown = np.zeros(size)
                         if row is not None:
                             grown[: len(row)] = row
                         row = self._pop[k] = grown
-                    row[col] += 1.0
+                    np.add.at(row, cols[kp == k], 1.0)
         pred = out.pred[:n]
         self.window.add(y, pred, out.loss_sum)
         self.all_labels.append(y)
@@ -382,12 +388,14 @@ class Learner:
         """The local time-aware popularity prior of period ``k`` over the first ``n`` mirror items."""
         m = self.cfg.model
         window = np.zeros(n)
-        total = np.zeros(n)
-        for kk, row in self._pop.items():
-            r = row[:n]
-            total[: len(r)] += r
-            if abs(kk - k) <= m.pop_window:
+        for kk in range(k - m.pop_window, k + m.pop_window + 1):
+            row = self._pop.get(kk)
+            if row is not None:
+                r = row[:n]
                 window[: len(r)] += r
+        total = np.zeros(n)
+        t = self._pop_total[:n]
+        total[: len(t)] = t
         return np.log(m.pop_smooth + window + m.pop_total_w * total)
 
     def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
