@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank with Faiss IVF indexes (approximate; for catalogues of >= 100k movies)")
     p.add_argument("--faiss-nprobe", type=int, default=128,
                    help="Faiss lists visited per query (default 128 of ~sqrt(n); more = slower, closer to exact)")
-    p.add_argument("--score-prior", action="store_true",
-                   help="rank u2i with the learner's time-aware popularity prior (q·v + gamma·b + w·tau, tables "
-                        "ppop/user_ctx) instead of the design contract's q·v + b; brute force only")
+    p.add_argument("--score-prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank u2i with the learner's recall score: q·v + gamma·b + w·tau, tau = the time-aware "
+                        "popularity prior from tables ppop/user_ctx (default: on, unless --faiss; "
+                        "--no-score-prior ranks by plain q·v + b); brute force only")
     p.add_argument("--prior-preset", default="default", help="learner preset of the prior's parameters")
     p.add_argument("--prior-interval", type=float, default=5.0,
                    help="seconds between rebuilds of the prior from the ppop table (default 5)")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = StoreConfig(redis_url=args.redis_url, namespace=args.namespace, dim=args.dim,
                              refresh_interval=args.refresh_interval, faiss=args.faiss,
-                             faiss_nprobe=args.faiss_nprobe, score_prior=args.score_prior,
+                             faiss_nprobe=args.faiss_nprobe, score_prior=(not args.faiss) if args.score_prior is None else args.score_prior,
                              prior_preset=args.prior_preset, prior_interval=args.prior_interval)
         catalog = Catalog.load(args.data_dir)
     except (ValueError, FileNotFoundError) as exc:
