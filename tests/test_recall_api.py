@@ -303,7 +303,8 @@ def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "refresh_interval must be > 0" in bad.stderr
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port)], cwd=root, env=env,
+    # the in-process client below serves the plain score; the CLI default adds the learner's prior
+    proc = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port), "--no-score-prior"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
