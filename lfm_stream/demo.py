@@ -139,16 +139,13 @@ def _examples(redis_url: str, namespace: str) -> tuple[int | None, int | None]:
 
 
 def _movie_title(prepared: Path, movie: int | None) -> str | None:
-    import csv
+    from recall_api.catalog import read_movies
 
     path = prepared / "movies.csv"
     if movie is None or not path.exists():
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row.get("movieId") == str(movie):
-                return row.get("title")
-    return None
+    found = read_movies(path).get(movie)
+    return None if found is None else found.title
 
 
 def _fmt_items(answer: dict) -> list[str]:
