@@ -259,6 +259,7 @@ class ItemMirror:
 
     def __init__(self, dim: int):
         self._row: dict[int, int] = {}
+        self._raw_row: dict[int, int] = {}
         self.ids = np.zeros(1024, np.int64)
         self.raw = np.zeros(1024, np.int64)
         self.vec = np.zeros((1024, dim), np.float32)
@@ -277,6 +278,7 @@ class ItemMirror:
                     self._grow()
             rows[j] = r
         self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows] = ids, raw, vec, bias
+        self._raw_row.update(zip(np.asarray(raw).tolist(), rows.tolist()))
 
     def _grow(self) -> None:
         n = 2 * len(self.ids)
@@ -294,4 +296,5 @@ class ItemMirror:
         """Rows of a set of raw movie ids (absent ones dropped)."""
         if not raw_ids:
             return np.zeros(0, np.int64)
-        return np.flatnonzero(np.isin(self.raw[: self.n], np.fromiter(raw_ids, np.int64)))
+        get = self._raw_row.get
+        return np.fromiter((r for r in map(get, raw_ids) if r is not None), np.int64)

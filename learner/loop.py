@@ -36,6 +36,19 @@ from learner.model import MFModel, index_batch, make_input, recall_scores
 HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
 
 
+def _tf_threads(n: int) -> None:
+    """Run TF ops on ``n`` threads (0 = TF's default, one per core).  The step's ops are tiny; on a small
+    machine TF's spinning thread pools only take cores from Redis, the broker and the consumer thread."""
+    import tensorflow as tf
+
+    if n > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(n)
+        except RuntimeError:  # already initialized in this process (tests run several learners)
+            pass
+
+
 class Learner:
     """One learner process of the consumer group (see the module docstring)."""
 
@@ -47,6 +60,7 @@ class Learner:
         m = cfg.model
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
+        _tf_threads(int(os.environ.get("LFM_TF_THREADS", "1")))
         self.model = MFModel(m, jit=cfg.xla)
         # the prefetch / activity threads hold the GIL in pure-Python stretches; a short switch interval keeps
         # the main thread's many short GIL re-acquisitions (tensor conversions around the TF step) from
@@ -68,7 +82,6 @@ class Learner:
         self.hr_hits = 0
         self.hr_n = 0
         self.ret_loss = 0.0
-        self._mu: tuple[float, float] | None = None
         self.user_period: dict[int, int] = {}
         self.mirror = ItemMirror(m.dim) if cfg.hr_sample > 0 else None
         self._pop: dict[int, np.ndarray] = {}  # local positive counts per period (prequential HR prior)
@@ -251,28 +264,40 @@ class Learner:
         raw_u[uinv[:n]] = c["raw_user_id"]
         raw_i = np.empty(len(ii), np.int64)
         raw_i[iinv[:n]] = c["raw_movie_id"]
-        (urows, _) = self._retry("pull user", self.ps.pull, "user", uu, raw_ids=raw_u)
-        (irows, _) = self._retry("pull item", self.ps.pull, "item", ii, raw_ids=raw_i)
+        kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(m.batch_size, np.int32), np.zeros(1, np.int64)
+        kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
+        # every row this batch reads or writes, in one round trip: the push then finds them all in the PS's
+        # row cache and is one MSET (see ps_redis.fastpath)
+        req = {"user": (uu, raw_u), "item": (ii, raw_i)}
+        if m.period_days > 0:
+            k = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
+            kk, kinv, kcnt = index_batch(k, m.batch_size)
+            req["period"] = kk
+            last = np.zeros(len(uu), np.int64)
+            np.maximum.at(last, uinv[:n], k)
+            self.user_period.update(zip(uu.tolist(), last.tolist()))
+        if m.learn_mu:
+            req["global"] = np.zeros(1, np.int64)
+        pid = pcnt = None
+        if kpop is not None:
+            pos = y > 0.5
+            if pos.any():
+                pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
+                req["ppop"] = pid
+            req["user_ctx"] = uu
+        # assign mode: one writer per row, so new rows are written by this batch's push (no create round trip)
+        pulled, _ = self._retry("pull", self.ps.pull_many, req, defer_create=self.mode == "assign")
+        urows, irows, prow = pulled["user"], pulled["item"], pulled.get("period")
         stored_ivec = irows.vec
         if m.item_scale != 1.0:
             fresh = irows.count == 0
             if fresh.any():
                 irows.vec = irows.vec.copy()
                 irows.vec[fresh] *= m.item_scale
-        prow = None
-        kk = np.zeros(1, np.int64)
-        kinv = np.zeros(m.batch_size, np.int32)
-        kcnt = np.zeros(1, np.int64)
-        if m.period_days > 0:
-            k = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
-            kk, kinv, kcnt = index_batch(k, m.batch_size)
-            (prow, _) = self._retry("pull period", self.ps.pull, "period", kk)
-            last = np.zeros(len(uu), np.int64)
-            np.maximum.at(last, uinv[:n], k)
-            self.user_period.update(zip(uu.tolist(), last.tolist()))
-        mu, mu_acc = self._global()
+        mu = mu_acc = 0.0
+        if m.learn_mu:
+            mu, mu_acc = float(pulled["global"].bias[0]), float(pulled["global"].accum[0, -1])
         t = self._tick("pull", t)
-        kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
         if self.mirror is not None and self.step % HR_EVERY == 0:
             self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
         t = self._tick("prequential_hr", t)
@@ -308,9 +333,8 @@ class Learner:
             else:
                 ups["global"] = Update(g, bias=out.mu.astype(np.float32), accum=None if sgd else acc,
                                        count=np.int64([n]))
-            self._mu = (float(out.mu[0]), float(out.mu_acc[0]))
         if kpop is not None:
-            self._pop_updates(ups, c, y, kpop, uu, uinv[:n], ucnt, grad)
+            self._pop_updates(ups, pid, pcnt, kpop, uu, uinv[:n], ucnt, pulled["user_ctx"], grad)
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
         applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
         t = self._tick("push", t)
@@ -360,28 +384,17 @@ class Learner:
             self._activity_job.result()
             self._activity_job = None
 
-    def _global(self) -> tuple[float, float]:
-        if not self.cfg.model.learn_mu:
-            return 0.0, 0.0
-        if self._mu is None or self.mode == "gradient":  # one writer: keep μ locally after the first pull
-            (g, _) = self._retry("pull global", self.ps.pull, "global", np.zeros(1, np.int64))
-            self._mu = (float(g.bias[0]), float(g.accum[0, -1]))
-        return self._mu
-
-    def _pop_updates(self, ups: dict, c, y, kpop, uu, uinv, ucnt, grad: bool) -> None:
+    def _pop_updates(self, ups: dict, pid, pcnt, kpop, uu, uinv, ucnt, ctx_rows, grad: bool) -> None:
         """Positive counts per (period, movie) into ``ppop``; each user's last period into ``user_ctx``."""
         from ps_redis import Update
 
-        pos = y > 0.5
-        if pos.any():
-            pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
+        if pid is not None:
             ups["ppop"] = Update(pid, count=pcnt.astype(np.int64))
         last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
         np.maximum.at(last, uinv, kpop)
         new = last.astype(np.float32)
         if grad:  # gradient mode subtracts: send old − new (a user lives on one partition, one writer)
-            (old, _) = self._retry("pull user_ctx", self.ps.pull, "user_ctx", uu)
-            new = (old.bias - new).astype(np.float32)
+            new = (ctx_rows.bias - new).astype(np.float32)
         ups["user_ctx"] = Update(uu, bias=new, count=ucnt.astype(np.int64))
 
     def _tau(self, k: int, n: int) -> np.ndarray:
@@ -418,8 +431,8 @@ class Learner:
                 if k not in taus:
                     taus[k] = self._tau(k, n)
                 scores[r] += m.pop_weight * taus[k]
-        for r, e in enumerate(pos):
-            seen, _ = self._retry("activity seen", self.activity.seen, int(c["raw_user_id"][e]))
+        seen_sets, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][pos].tolist())
+        for r, seen in enumerate(seen_sets):
             scores[r, self.mirror.raw_columns(seen)] = -np.inf
         target = self.mirror.columns(c["movie_id"][pos])
         top = top_k(scores, self.cfg.hr_k)

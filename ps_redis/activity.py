@@ -108,6 +108,14 @@ class ActivityLog:
         members = self._call(("SMEMBERS", f"{self.keys.act_seen_prefix}{int(raw_user_id)}"))[0]
         return {int(m) for m in members}
 
+    def seen_many(self, raw_user_ids) -> list[set[int]]:
+        """:meth:`seen` of several raw users, in one round trip."""
+        users = [int(u) for u in raw_user_ids]
+        if not users:
+            return []
+        replies = self._call(*[("SMEMBERS", f"{self.keys.act_seen_prefix}{u}") for u in users])
+        return [{int(m) for m in members} for members in replies]
+
     def popular(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` raw movie ids with most positive events, most popular first (ties: larger id first)."""
         if k <= 0:

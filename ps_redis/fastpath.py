@@ -39,9 +39,16 @@ class RowCache:
         self.depth = depth
         self._entries: dict[str, deque] = {}
 
-    def remember(self, table: str, ids: np.ndarray, rows: np.ndarray, keys: list[bytes] | None = None) -> None:
-        """Record rows as they are stored now (the arrays must not be modified afterwards)."""
-        self._entries.setdefault(table, deque(maxlen=self.depth)).appendleft([ids, rows, None, keys])
+    def remember(self, table: str, ids: np.ndarray, rows: np.ndarray, keys: list[bytes] | None = None,
+                 new: np.ndarray | None = None) -> None:
+        """Record rows as they are stored now (the arrays must not be modified afterwards).
+
+        ``new`` marks rows that are not stored yet (a deferred create): the next fast push writes them
+        and adds them to the table's row counter.
+        """
+        if new is not None and not new.any():
+            new = None
+        self._entries.setdefault(table, deque(maxlen=self.depth)).appendleft([ids, rows, None, keys, new])
 
     def forget(self, table: str | None = None) -> None:
         """Drop cached rows (of one table or all): after delete / flush / load / server-side pushes."""
@@ -50,8 +57,8 @@ class RowCache:
         else:
             self._entries.pop(table, None)
 
-    def lookup(self, table: str, ids: np.ndarray) -> tuple[np.ndarray, list | None] | None:
-        """(rows for ``ids`` in order, keys or None), or None if any id is not cached.
+    def lookup(self, table: str, ids: np.ndarray) -> tuple[np.ndarray, list | None, np.ndarray | None] | None:
+        """(rows for ``ids`` in order, keys or None, new-row mask or None), or None if any id is not cached.
 
         ``keys`` are the row keys remembered with an entry holding exactly ``ids`` in this order.
         """
@@ -61,20 +68,23 @@ class RowCache:
         entries = list(entries)  # a snapshot: other threads may pull (and append) meanwhile
         first = entries[0]
         if len(first[0]) == len(ids) and np.array_equal(first[0], ids):
-            return first[1], first[3]
+            return first[1], first[3], first[4]
         out = np.empty(len(ids), dtype=first[1].dtype)
+        new = np.zeros(len(ids), dtype=bool)
         todo = np.ones(len(ids), dtype=bool)
         for entry in entries:
-            cids, crows, order, _ = entry
+            cids, crows, order, _, cnew = entry
             if order is None:
                 order = entry[2] = np.argsort(cids, kind="stable")
             sorted_ids = cids[order]
             pos = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
             hit = todo & (sorted_ids[pos] == ids)
             out[hit] = crows[order[pos[hit]]]
+            if cnew is not None:
+                new[hit] = cnew[order[pos[hit]]]
             todo &= ~hit
             if not todo.any():
-                return out, None
+                return out, None, new if new.any() else None
         return None
 
 
@@ -98,8 +108,10 @@ def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
     return flat
 
 
-def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: Fence, max_tries: int = 16) -> bool:
-    """MSET ``flat`` and raise the offsets in ``fence_key`` in one MULTI/EXEC, unless already covered.
+def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: Fence, max_tries: int = 16,
+                extra: list[tuple] = ()) -> bool:
+    """MSET ``flat`` (and the ``extra`` commands) and raise the offsets in ``fence_key`` in one MULTI/EXEC,
+    unless already covered.
 
     Two round trips on one pooled connection: ``WATCH + HMGET``, then ``MULTI, MSET, HSET, EXEC``
     (or ``UNWATCH`` when covered).  A lost connection retries the whole exchange (the retry policy
@@ -119,10 +131,10 @@ def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: F
             conn.read_response()
             return False
         raise_to = [x for p, s, w in zip(parts, stored, want) if s is None or s < w for x in (p, w)]
-        commands = [("MULTI",), ("MSET", *flat), ("HSET", fence_key, *raise_to), ("EXEC",)]
+        commands = [("MULTI",), ("MSET", *flat), *extra, ("HSET", fence_key, *raise_to), ("EXEC",)]
         conn.send_packed_command([pack(c) for c in commands])
         for _ in commands[:-1]:
-            conn.read_response()  # OK, QUEUED, QUEUED
+            conn.read_response()  # OK, QUEUED...
         return None if conn.read_response() is None else True  # EXEC is nil when the WATCH fired
 
     try:

@@ -177,43 +177,79 @@ class ParameterServer:
         processes creating an id at once end up with one value.  ``found`` is False for ids that
         did not exist before this call (with ``create=False`` they come back zero and nothing is written).
         """
-        check_table(table)
-        ids = as_ids(ids)
-        if not len(ids):
-            return Rows.from_struct(ids, empty_rows(self.dim), np.zeros(0, bool))
-        groups = self._groups(table, ids)
-        if not self.keys.shards:  # the hot path: one MGET
-            keys = groups[0][0]
-            with self._io():
-                values = call(self.redis, "MGET", *keys)
-        else:
-            replies = self._run([(keys[0], ("MGET", *keys)) for keys, _, _ in groups])
-            keys, values = [b""] * len(ids), [None] * len(ids)
-            for (gkeys, pos, _), vals in zip(groups, replies):
-                for p, k, v in zip(pos.tolist(), gkeys, vals):
-                    keys[p], values[p] = k, v
-        rows, found = decode(values, keys, self.dim)
-        if create and not found.all():
-            rows = rows.copy()
-            missing = np.flatnonzero(~found)
-            raw = None if raw_ids is None else as_ids(raw_ids, "raw_ids")[missing]
-            fresh = new_rows(ids[missing], raw, self.dim, self.init_scale, self.seed, table, time.time())
-            rows[missing] = self._create(table, ids[missing], fresh, [keys[i] for i in missing])
-            self._rows.remember(table, ids.copy(), rows, keys)
-        elif create or found.all():
-            self._rows.remember(table, ids.copy(), rows, keys)
-        return Rows.from_struct(ids, rows, found)
+        return self.pull_many({table: (ids, raw_ids)}, create=create)[table]
 
-    def _create(self, table: str, ids: np.ndarray, fresh: np.ndarray, keys: list[bytes]) -> np.ndarray:
+    def pull_many(self, requests: dict, create: bool = True, defer_create: bool = False) -> dict[str, Rows]:
+        """:meth:`pull` of several tables in one round trip (two when unseen ids must be created).
+
+        ``requests`` maps a table to ``ids`` or ``(ids, raw_ids)``; the answer maps it to its :class:`Rows`.
+        A standalone server gets one MGET over every key (a cluster one MGET per slot group, pipelined
+        per node), and unseen ids of every table are created in one more pipelined round trip.
+
+        ``defer_create=True`` (standalone; for a process that assign-pushes every row it pulls, such as
+        the single-writer learner): unseen ids come back initialized as above but are not written now;
+        the next assign push of them stores the whole row and counts it (nothing is written for ids never
+        pushed).  Saves the create round trip and a Lua call per batch with new ids.
+        """
+        asked = []
+        for table, req in requests.items():
+            ids, raw = req if isinstance(req, tuple) else (req, None)
+            asked.append((check_table(table), as_ids(ids), raw))
+        # (table, keys, positions) per MGET: one over all tables standalone, one per slot group on a cluster
+        groups = [(t, keys, pos) for t, ids, _ in asked if len(ids) for keys, pos, _ in self._groups(t, ids)]
+        keys_of = {t: [b""] * len(ids) for t, ids, _ in asked}
+        vals_of = {t: [None] * len(ids) for t, ids, _ in asked}
+        if groups and not self.keys.shards:  # the hot path: one MGET
+            flat = [k for _, keys, _ in groups for k in keys]
+            with self._io():
+                values = call(self.redis, "MGET", *flat)
+            at = 0
+            for t, keys, _ in groups:
+                keys_of[t], vals_of[t] = keys, values[at: at + len(keys)]
+                at += len(keys)
+        elif groups:
+            replies = self._run([(keys[0], ("MGET", *keys)) for _, keys, _ in groups])
+            for (t, gkeys, pos), vals in zip(groups, replies):
+                for p, k, v in zip(pos.tolist(), gkeys, vals):
+                    keys_of[t][p], vals_of[t][p] = k, v
+        decoded = {t: decode(vals_of[t], keys_of[t], self.dim) if len(ids) else (empty_rows(self.dim), np.zeros(0, bool))
+                   for t, ids, _ in asked}
+        missing = {t: np.flatnonzero(~decoded[t][1]) for t, ids, _ in asked if create and not decoded[t][1].all()}
+        defer = defer_create and not self.keys.shards
+        if missing:
+            now = time.time()
+            fresh = {}
+            for t, ids, raw in asked:
+                if t in missing:
+                    m = missing[t]
+                    raw_m = None if raw is None else as_ids(raw, "raw_ids")[m]
+                    fresh[t] = new_rows(ids[m], raw_m, self.dim, self.init_scale, self.seed, t, now)
+            created = fresh if defer else self._create_many(
+                {t: (ids[missing[t]], fresh[t], [keys_of[t][i] for i in missing[t]]) for t, ids, _ in asked if t in missing})
+        out = {}
+        for t, ids, _ in asked:
+            rows, found = decoded[t]
+            if t in missing:
+                rows = rows.copy()
+                rows[missing[t]] = created[t]
+            if create or found.all():
+                self._rows.remember(t, ids.copy(), rows, keys_of[t], ~found if defer and t in missing else None)
+            out[t] = Rows.from_struct(ids, rows, found)
+        return out
+
+    def _create_many(self, todo: dict[str, tuple[np.ndarray, np.ndarray, list[bytes]]]) -> dict[str, np.ndarray]:
+        """Store fresh rows set-if-absent (one pipelined round trip); returns the rows as stored."""
         commands, where = [], []
-        for gkeys, pos, counter in self._groups(table, ids):
-            commands.append((counter, ("FCALL", "lfm_create", len(gkeys) + 1, counter, *gkeys,
-                                       self.dim, fresh[pos].tobytes())))
-            where.append(pos)
-        out = fresh.copy()
-        for pos, values in zip(where, self._run(commands)):
+        for table, (ids, fresh, keys) in todo.items():
+            for gkeys, pos, counter in self._groups(table, ids):
+                commands.append((counter, ("FCALL", "lfm_create", len(gkeys) + 1, counter, *gkeys,
+                                           self.dim, fresh[pos].tobytes())))
+                where.append((table, pos))
+        out = {t: fresh.copy() for t, (_, fresh, _) in todo.items()}
+        for (table, pos), values in zip(where, self._run(commands)):
+            keys = todo[table][2]
             stored, _ = decode(values, [keys[p] for p in pos.tolist()], self.dim)
-            out[pos] = stored
+            out[table][pos] = stored
         return out
 
     # --------------------------------------------------------------------------------------- push
@@ -282,9 +318,11 @@ class ParameterServer:
         return commands
 
     def _assign_fast(self, packed: list, fence: Fence | None, now: float) -> bool | None:
-        """One MSET (MULTI/EXEC with the offsets when fenced) if every row is cached, else None."""
+        """One MSET (MULTI/EXEC with the offsets when fenced, or with rows created) if every row is cached,
+        else None."""
         flat: list = []
         fresh = []
+        counts: list[tuple] = []  # INCRBY of the row counters for rows created by this push
         for table, ids, mask, arr in packed:
             hit = self._rows.lookup(table, ids)
             if hit is None:
@@ -293,12 +331,21 @@ class ParameterServer:
             keys = hit[1] if hit[1] is not None else self.keys.row_keys(table, ids)
             flat += fastpath.mset_args(keys, rows)
             fresh.append((table, ids, rows, keys))
+            if hit[2] is not None:
+                counts.append(("INCRBY", self.keys.counter(table), int(hit[2].sum())))
         with self._io():
-            if fence is None:
+            if fence is None and not counts:
                 call(self.redis, "MSET", *flat)
                 applied = True
+            elif fence is None:
+                pipe = self.redis.pipeline(transaction=True)
+                for cmd in [("MSET", *flat), *counts]:
+                    pipe.execute_command(*cmd)
+                pipe.execute()
+                applied = True
             else:
-                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence)
+                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence,
+                                               extra=counts)
         if applied:
             for table, ids, rows, keys in fresh:
                 self._rows.remember(table, ids.copy(), rows, keys)
