@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recall_api.app import create_app
     from recall_api.catalog import Catalog
+    from recall_api.protocol import fast_protocol
     from recall_api.store import RecallStore, StoreConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -69,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(RecallStore(config, catalog))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    store = RecallStore(config, catalog)
+    # u2i / i2i answered at the protocol level when httptools is installed (recall_api.protocol), else by the
+    # ASGI fast path; uvloop is picked by uvicorn's loop="auto" when installed
+    uvicorn.run(create_app(store), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                http=fast_protocol(store) or "auto")
     return 0
 
 

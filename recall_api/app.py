@@ -42,7 +42,9 @@ try:
 
     def _dumps(obj) -> bytes:
         return orjson.dumps(obj)
-except ImportError:  # pragma: no cover - orjson is optional
+except ImportError:  # pragma: no cover - orjson is a dependency; plain json keeps the service working without it
+    orjson = None
+
     def _dumps(obj) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -87,7 +89,27 @@ def _error(status: int, detail: str) -> Response:
 
 
 def render(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> bytes:
-    """JSON bytes of an answer with titles and genres."""
+    """JSON bytes of an answer with titles and genres.
+
+    With orjson the bytes are assembled from pieces orjson encoded — a cached ``{"movie_id":..,"title":..,
+    "genres":..,"score":`` prefix per catalog movie and every score from one ``orjson.dumps(scores)`` —
+    which is exactly ``orjson.dumps`` of the whole answer (:func:`render_plain`) at a third of the cost.
+    """
+    if orjson is None:
+        return render_plain(query, id_, k, answer, catalog)
+    cache, movies = catalog.render_cache, catalog.movies
+    scores = orjson.dumps(answer.scores)[1:-1].split(b",")
+    if movies:
+        items = b",".join([(cache.get(m) or _item_prefix(cache, movies, m)) + s + b"}"
+                           for m, s in zip(answer.movies, scores)])
+    else:  # no catalog: every title null
+        items = b",".join([_UNNAMED % (m, s) for m, s in zip(answer.movies, scores)])
+    head = orjson.dumps({"query": query, "id": id_, "k": k, "source": answer.source, "items": None})
+    return b"".join((head[:-5], b"[", items, b"]}"))  # head ends with b'null}'
+
+
+def render_plain(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> bytes:
+    """JSON bytes of an answer, built as one dict and serialized at once (the definition of the format)."""
     movies = catalog.movies
     items = []
     for m, s in zip(answer.movies, answer.scores):
@@ -95,6 +117,18 @@ def render(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> by
         items.append({"movie_id": m, "title": entry.title if entry else None,
                       "genres": entry.genres if entry else (), "score": s})
     return _dumps({"query": query, "id": id_, "k": k, "source": answer.source, "items": items})
+
+
+_UNNAMED = b'{"movie_id":%d,"title":null,"genres":[],"score":%s}'
+
+
+def _item_prefix(cache: dict[int, bytes], movies: dict, m: int) -> bytes:
+    """The encoded item of movie ``m`` up to its score; cached for catalog movies (so bounded by the catalog)."""
+    movie = movies.get(m)
+    if movie is None:
+        return b'{"movie_id":%d,"title":null,"genres":[],"score":' % m
+    p = cache[m] = orjson.dumps({"movie_id": m, "title": movie.title, "genres": movie.genres, "score": 0})[:-2]
+    return p  # orjson's bytes up to the b'0}' of the placeholder score
 
 
 _FAST_PATH = re.compile(rb"/(u2i|i2i)/([0-9]{1,18})")

@@ -101,12 +101,14 @@ class Catalog:
         raw_of_hash: hashed movie id -> raw movie id (names PS rows whose ``raw`` is -1).
         users: raw user ids of the prepared data, or None when unknown (no manifest).
         source: where the catalog came from (for /stats).
+        render_cache: movie id -> its encoded answer item up to the score, filled by ``recall_api.app.render``.
     """
 
     movies: dict[int, Movie] = field(default_factory=dict)
     raw_of_hash: dict[int, int] = field(default_factory=dict)
     users: set[int] | None = None
     source: str | None = None
+    render_cache: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, data_dir: str | Path | None) -> "Catalog":

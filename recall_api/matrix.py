@@ -18,7 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recall_api.topk import normalize_rows
+from recall_api.topk import lookup_rows, normalize_rows
+
+#: raw movie ids below this are also mapped to rows by a dense int32 array (4 bytes per id up to the largest
+#: one: 1.2 MB for MovieLens' ~300k ids, 16 MB at most), which the u2i request path indexes with numpy;
+#: larger ids are looked up in the dict.
+DENSE_RAW_LIMIT = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Snapshot:
     unit: np.ndarray  # float32[n, d], vec / ‖vec‖
     invalid: np.ndarray | None  # int64 row positions removed since the last full load (None = none)
     raw_pos: dict[int, int]  # raw movie id -> row (shared, only grows while this snapshot is in use)
+    row_of_raw: np.ndarray  # int32[<= DENSE_RAW_LIMIT]: raw id -> row, -1 = none (shared likewise; raw_pos as an array)
 
 
 class ItemMatrix:
@@ -54,6 +60,7 @@ class ItemMatrix:
         self._valid = np.ones(cap, bool)
         self.pos: dict[int, int] = {}  # hashed id -> row
         self.raw_pos: dict[int, int] = {}  # raw id -> row
+        self._row_of_raw = np.full(1024, -1, np.int32)  # raw_pos for raw ids < DENSE_RAW_LIMIT, as an array
         self.n = 0
         self.n_invalid = 0
         self._snap = self._make_snapshot()
@@ -70,7 +77,7 @@ class ItemMatrix:
         n = self.n
         invalid = np.flatnonzero(~self._valid[:n]) if self.n_invalid else None
         return Snapshot(n, self._ids[:n], self._raw[:n], self._vec[:n], self._bias[:n], self._unit[:n],
-                        invalid, self.raw_pos)
+                        invalid, self.raw_pos, self._row_of_raw)
 
     def _grow(self, need: int) -> None:
         cap = len(self._ids)
@@ -126,9 +133,26 @@ class ItemMatrix:
         for r, row in zip(np.asarray(raw)[~new].tolist(), rows[~new].tolist()):
             if self.raw_pos.get(r) != row:
                 self.raw_pos[r] = row
+        self._mirror_raw_pos(np.asarray(raw, np.int64))
         self.n += n_new
         self._snap = self._make_snapshot()
         return rows[~new], rows[new]
+
+    def _mirror_raw_pos(self, raw: np.ndarray) -> None:
+        """Copy ``raw_pos`` entries of ``raw`` (those below DENSE_RAW_LIMIT) into the dense array."""
+        raw = np.unique(raw[(raw >= 0) & (raw < DENSE_RAW_LIMIT)])
+        if not len(raw):
+            return
+        table = self._row_of_raw
+        top = int(raw[-1])
+        if top >= len(table):  # grow: a new array, published with the next snapshot
+            size = len(table)
+            while size <= top:
+                size *= 2
+            grown = np.full(min(size, DENSE_RAW_LIMIT), -1, np.int32)
+            grown[:len(table)] = table
+            table = self._row_of_raw = grown
+        table[raw] = lookup_rows(self.raw_pos, raw.tolist())
 
     def remove(self, ids: np.ndarray) -> np.ndarray:
         """Mark rows of hashed ``ids`` invalid (unknown ids are ignored); returns the rows marked."""

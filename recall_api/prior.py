@@ -46,6 +46,7 @@ class ScorePrior:
         self.prior = None
         self.n_built = 0
         self.rows = 0
+        self.version = 0  # bumped by every build (keys the store's cached u2i base)
         self.empty_tau = float(np.log(self.cfg.pop_smooth))
 
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
@@ -62,6 +63,7 @@ class ScorePrior:
         ok = (cols >= 0) & (cols < n_items)
         self.prior = PeriodPrior(self.cfg, ids[ok] >> PPOP_SHIFT, cols[ok], counts[ok], n_items)
         self.n_built, self.rows = n_items, int(ok.sum())
+        self.version += 1
 
     @property
     def latest(self) -> int:

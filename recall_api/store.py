@@ -31,9 +31,12 @@ from ps_redis.activity import ActivityLog, CursorExpired
 from ps_redis.codec import decode
 from ps_redis.connection import run
 from recall_api.catalog import Catalog
-from recall_api.matrix import ItemMatrix
+from recall_api.matrix import ItemMatrix, Snapshot
 from recall_api.prior import USER_CTX_TABLE, ScorePrior
-from recall_api.topk import NEG_INF, cosine_scores, lookup_rows, popularity_top_k, top_k, u2i_scores
+from recall_api.resp import RespClient, pack
+from recall_api.resp import supported as resp_supported
+from recall_api.topk import (NEG_INF, cosine_scores, lookup_member_rows, popularity_top_k, top_k,
+                             u2i_scores)
 from recall_api.types import (SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
                               Unavailable, cursor_ms)
 
@@ -63,7 +66,8 @@ class RecallStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
-        self._aredis = None  # redis.asyncio client of u2i_async (bound to the serving event loop)
+        self._aredis = None  # asyncio Redis client of u2i_async (RespClient, or redis.asyncio for TLS URLs)
+        self._base_cache: tuple = (None, None, {})  # (snapshot, prior version, {period: u2i base})
         self.prior = ScorePrior(config.prior_preset) if config.score_prior else None
         self._prior_at = 0.0  # monotonic time of the last prior rebuild
 
@@ -219,17 +223,30 @@ class RecallStore:
             keys.append(ps.keys.row_key(USER_CTX_TABLE, h))
         return keys
 
-    def _context(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, set[int], int | None]:
+    def _context_raw(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, list | set, int | None]:
+        """(user vector or None, rated movies as Redis returned them (bytes), period or None) of the replies
+        to GET user row, SMEMBERS seen[, GET user_ctx row]."""
         value, members = replies[0], replies[1]
-        seen = {int(m) for m in members}
         period = None
         if self.prior is not None and replies[2] is not None:
             ctx, _ = decode([replies[2]], [keys[2].encode()], self.ps.dim)
             period = int(np.rint(ctx["bias"][0]))
         if value is None:
-            return None, seen, period
+            return None, members, period
         rows, _ = decode([value], [keys[0].encode()], self.ps.dim)
-        return rows["vec"][0], seen, period
+        return rows["vec"][0], members, period
+
+    def _context(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, set[int], int | None]:
+        query, members, period = self._context_raw(keys, replies)
+        return query, {int(m) for m in members}, period
+
+    def _context_replies(self, user_id: int) -> tuple[list[str], list]:
+        ps = self.ps
+        keys = self._context_keys(user_id)
+        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1]))] + \
+            ([(keys[2], ("GET", keys[2]))] if len(keys) > 2 else [])
+        with ps._io():
+            return keys, run(ps.redis, ps.is_cluster, cmds)
 
     def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
         """The user's vector (None without a row), rated raw movie ids and, with the score prior, the period
@@ -241,13 +258,7 @@ class RecallStore:
         :func:`ps_redis.codec.decode`).  Fewer round trips matter on a busy machine, where each one costs a
         scheduler wake-up.
         """
-        ps = self.ps
-        keys = self._context_keys(user_id)
-        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1]))] + \
-            ([(keys[2], ("GET", keys[2]))] if len(keys) > 2 else [])
-        with ps._io():
-            replies = run(ps.redis, ps.is_cluster, cmds)
-        return self._context(keys, replies)
+        return self._context(*self._context_replies(user_id))
 
     def u2i(self, user_id: int, k: int) -> Answer:
         """Top-k movies for a raw user id, movies the user rated excluded.
@@ -262,56 +273,100 @@ class RecallStore:
         """
         matrix = self._ready()
         with self._redis():
-            query, seen, period = self.user_context(user_id)
-        return self._rank_user(matrix, user_id, k, query, seen, period)
+            query, members, period = self._context_raw(*self._context_replies(user_id))
+        return self._rank_user(matrix, user_id, k, query, members, period)
 
     async def u2i_async(self, user_id: int, k: int) -> Answer:
-        """:meth:`u2i` for an event loop: the Redis read is awaited (``redis.asyncio``), so the loop ranks
-        other requests while this one waits for Redis; the ranking is the same code."""
+        """:meth:`u2i` for an event loop: the Redis read is awaited, so the loop ranks other requests while
+        this one waits for Redis; the ranking is the same code."""
         matrix = self._ready()
         if self.ps.is_cluster:  # the async pipeline below addresses one node
             return self.u2i(user_id, k)
         with self._redis():
-            query, seen, period = await self.user_context_async(user_id)
-        return self._rank_user(matrix, user_id, k, query, seen, period)
+            query, members, period = self._context_raw(*await self._context_replies_async(user_id))
+        return self._rank_user(matrix, user_id, k, query, members, period)
 
     async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
-        """:meth:`user_context` over an asyncio Redis client (standalone Redis; created on first use)."""
-        if self._aredis is None:
-            import redis.asyncio as aredis
+        """:meth:`user_context` over an asyncio connection (standalone Redis): the commands go through
+        :class:`recall_api.resp.RespClient` (pipelined with other requests' commands on one connection,
+        replies parsed by hiredis), or ``redis.asyncio`` for URLs that client does not serve (TLS)."""
+        return self._context(*await self._context_replies_async(user_id))
 
-            self._aredis = aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
-                                                 socket_connect_timeout=self.config.socket_timeout)
+    async def _context_replies_async(self, user_id: int) -> tuple[list[str], list]:
         keys = self._context_keys(user_id)
-        async with self._aredis.pipeline(transaction=False) as pipe:
+        client = self._aredis
+        if client is None:
+            client = self._aredis = self._async_client()
+        if isinstance(client, RespClient):
+            payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1])
+            if len(keys) > 2:
+                payload += pack("GET", keys[2])
+            return keys, await client.execute(payload, len(keys))
+        async with client.pipeline(transaction=False) as pipe:
             pipe.get(keys[0])
             pipe.smembers(keys[1])
             if len(keys) > 2:
                 pipe.get(keys[2])
-            replies = await pipe.execute()
-        return self._context(keys, replies)
+            return keys, await pipe.execute()
 
-    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, seen: set[int],
+    def _async_client(self):
+        if resp_supported(self.config.redis_url):
+            return RespClient(self.config.redis_url, timeout=self.config.socket_timeout)
+        import redis.asyncio as aredis
+
+        return aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
+                                     socket_connect_timeout=self.config.socket_timeout)
+
+    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, members,
                    period: int | None = None) -> Answer:
+        """Rank for a user; ``members``: the rated raw movie ids (ints, or ``bytes`` as Redis returns them)."""
         if query is not None:
             snap = matrix.snapshot()
-            exclude = lookup_rows(snap.raw_pos, seen) if seen else None
+            exclude = lookup_member_rows(snap.row_of_raw, snap.raw_pos, members) if members else None
             if self.index is not None and self.index.ready:
                 pos, scores = self.index.search_u2i(query, k, exclude)
             else:
-                prior = self.prior
-                if prior is None:
-                    s = u2i_scores(query, snap.vec, snap.bias)
-                else:  # learner recipe: q·v + gamma·b + pop_weight·τ_u (see recall_api.prior)
-                    s = u2i_scores(query, snap.vec, snap.bias * np.float32(prior.gamma))
-                    s += np.float32(prior.weight) * prior.tau(period, snap.n)
-                if snap.invalid is not None:
-                    s[snap.invalid] = NEG_INF
+                s = u2i_scores(query, snap.vec, self.u2i_base(snap, period))
                 pos, scores = top_k(s, k, exclude)
             return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
-        if not seen and not self.catalog.knows_user(user_id):
+        if not members and not self.catalog.knows_user(user_id):
             raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
-        return self.popularity(k, seen)
+        return self.popularity(k, {int(m) for m in members})
+
+    def u2i_base(self, snap: Snapshot, period: int | None = None) -> np.ndarray:
+        """The part of the u2i score that does not depend on the user vector, float32[snap.n] (read-only):
+        ``b_i`` (contract score) or ``gamma·b_i + pop_weight·τ(period, i)`` (``--score-prior``), ``-inf`` on
+        removed rows; u2i scores are ``vec @ q + base``.
+
+        Cached per (snapshot, prior build, period): every refresh that writes rows publishes a new snapshot
+        and every prior rebuild bumps its version, so a cached base is never older than the matrix a request
+        ranks with (in-place row writes happen just before the new snapshot is published).
+        """
+        prior = self.prior
+        version = None if prior is None else prior.version
+        key = None if prior is None else period
+        cached = self._base_cache
+        if cached[0] is snap and cached[1] == version:
+            base = cached[2].get(key)
+            if base is not None:
+                return base
+            table = cached[2]
+            if len(table) >= 256:  # many distinct periods: start over rather than grow without bound
+                table = {}
+                self._base_cache = (snap, version, table)
+        else:
+            table = {}
+            self._base_cache = (snap, version, table)
+        if prior is None:
+            base = snap.bias.copy()
+        else:  # learner recipe: q·v + gamma·b + pop_weight·τ_u (see recall_api.prior)
+            base = snap.bias * np.float32(prior.gamma)
+            base += np.float32(prior.weight) * prior.tau(period, snap.n)
+        if snap.invalid is not None:
+            base[snap.invalid] = NEG_INF
+        base.flags.writeable = False
+        table[key] = base
+        return base
 
     def popularity(self, k: int, seen: set[int] = frozenset()) -> Answer:
         """The k movies with most positive events that are not in ``seen`` (source ``popularity``)."""

@@ -12,6 +12,7 @@ Excluded positions are set to ``-inf`` and never returned, even when k exceeds w
 
 from __future__ import annotations
 
+import math
 from itertools import repeat
 
 import numpy as np
@@ -69,46 +70,55 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tupl
     n = scores.shape[0]
     if exclude is not None and len(exclude):
         ex = np.asarray(exclude, dtype=np.int64)
-        ex = ex[(ex >= 0) & (ex < n)]
+        if ex.min() < 0 or ex.max() >= n:
+            ex = ex[(ex >= 0) & (ex < n)]
         scores[ex] = NEG_INF
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    cand = _candidates(scores, k)
+    cand = _candidates(scores, k)  # ascending positions
     cand_scores = scores[cand]
-    order = np.lexsort((cand, -cand_scores.astype(np.float64)))
-    cand, cand_scores = cand[order[:k]], cand_scores[order[:k]]
+    # a stable sort of ascending positions by descending score breaks ties by position; NaN sorts last
+    order = np.argsort(-cand_scores, kind="stable")[:k]
+    cand, cand_scores = cand[order], cand_scores[order]
     keep = cand_scores > NEG_INF
     # NaN scores (a corrupt vector) compare False and are dropped with the excluded ones
-    return cand[keep].astype(np.int64), cand_scores[keep]
+    if keep.all():
+        return cand.astype(np.int64, copy=False), cand_scores
+    return cand[keep].astype(np.int64, copy=False), cand_scores[keep]
 
 
 def _candidates(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions that include the k largest scores and all ties of the k-th (every position when k >= n).
+    """Ascending positions that include the k largest scores and all ties of the k-th (every position when
+    k >= n).
 
     Pre-filter: the k-th largest score of a strided subsample is a lower bound of the k-th largest of
     all scores, so ``scores >= bound`` keeps every member of the top k while dropping most positions;
     the exact partition then runs over about ``k * n / m`` survivors instead of ``n`` (m = sample size,
     ≈ sqrt(k n)).  Falls back to a full partition when the bound is not finite (excluded -inf or NaN).
+    (ndarray methods rather than ``np.`` functions: this runs per request, and the dispatch adds up.)
     """
     n = scores.shape[0]
     if k >= n:
         return np.arange(n)
-    stride = int(n // max(k, np.sqrt(k * n)))
+    stride = int(n // max(k, math.sqrt(k * n)))
     if stride >= 2:
-        sample = scores[::stride]
+        sample = scores[::stride].copy()
         m = sample.shape[0]
         if m > k:
-            bound = np.partition(sample, m - k)[m - k]
-            if np.isfinite(bound):
-                cand = np.flatnonzero(scores >= bound)
+            sample.partition(m - k)
+            bound = float(sample[m - k])
+            if math.isfinite(bound):
+                cand = (scores >= bound).nonzero()[0]
                 if cand.shape[0] <= k:
                     return cand
                 sub = scores[cand]
-                return cand[sub >= np.partition(sub, sub.shape[0] - k)[sub.shape[0] - k]]
+                part = sub.copy()
+                part.partition(sub.shape[0] - k)
+                return cand[sub >= part[sub.shape[0] - k]]
     kth = np.partition(scores, n - k)[n - k]
     if np.isnan(kth):
-        return np.argpartition(scores, n - k)[n - k:]
-    return np.flatnonzero(scores >= kth)  # every tie of the k-th score, so ties break by position
+        return np.sort(np.argpartition(scores, n - k)[n - k:])
+    return (scores >= kth).nonzero()[0]  # every tie of the k-th score, so ties break by position
 
 
 def lookup_rows(positions: dict[int, int], keys) -> np.ndarray:
@@ -116,6 +126,38 @@ def lookup_rows(positions: dict[int, int], keys) -> np.ndarray:
     if not isinstance(keys, (list, tuple, set, frozenset)):
         keys = list(keys)
     return np.fromiter(map(positions.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+
+
+def lookup_member_rows(row_of_raw: np.ndarray, positions: dict[int, int], members) -> np.ndarray:
+    """Row positions of Redis set members (``bytes`` such as ``b"318"``, or ints), -1 where absent.
+
+    The members are parsed in one C call and looked up in ``row_of_raw`` (a dense raw id -> row array,
+    -1 = none) — no per-member Python objects or dict probes, which cost ~0.3 µs each on a busy cache;
+    ids beyond the array, and members that are not plain decimal integers, are looked up in ``positions``.
+    """
+    if not isinstance(members, (list, tuple)):
+        members = list(members)
+    try:
+        ids = np.fromstring(b" ".join(members), dtype=np.int64, sep=" ")
+    except (TypeError, ValueError):  # ints, or not decimal
+        ids = None
+    if ids is None or len(ids) != len(members):
+        return np.fromiter((_member_row(positions, m) for m in members), dtype=np.int64, count=len(members))
+    inside = (ids >= 0) & (ids < len(row_of_raw))
+    if inside.all():
+        return row_of_raw[ids].astype(np.int64)
+    rows = np.full(len(ids), -1, np.int64)
+    rows[inside] = row_of_raw[ids[inside]]
+    for i in np.flatnonzero(~inside).tolist():
+        rows[i] = positions.get(int(ids[i]), -1)
+    return rows
+
+
+def _member_row(positions: dict[int, int], member) -> int:
+    try:
+        return positions.get(int(member), -1)
+    except ValueError:  # not an integer: names no movie
+        return -1
 
 
 def popularity_top_k(popular: list[tuple[int, float]], k: int, exclude: set[int] | frozenset[int] = frozenset()

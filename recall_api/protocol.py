@@ -1,0 +1,150 @@
+"""uvicorn's httptools HTTP protocol with the u2i / i2i fast path answered at the protocol level.
+
+``python -m recall_api`` serves with :func:`fast_protocol` (uvicorn's documented ``http=<protocol class>``
+option).  For a well-formed ``GET /u2i/<id>[?k=N]`` / ``/i2i/<id>[?k=N]`` — the same requests the ASGI
+:class:`recall_api.app.FastPath` takes — the protocol answers straight from the store: no ASGI scope,
+request cycle, middleware chain or per-message ``send`` calls, and the status line, headers and body leave
+in **one** socket write (uvicorn writes headers and body separately: two syscalls and, on a loaded
+machine, two wake-ups of the client).  The bytes are those of the ASGI path (uvicorn's default ``server`` /
+``date`` headers, then ``content-type`` and ``content-length``).  Everything else — other paths, methods or
+parameters, requests with a body or ``Expect``, HTTP/1.0 or ``Connection: close``, pipelined requests while
+one is in flight, ``--limit-concurrency`` — goes through uvicorn and FastAPI unchanged, in order.
+
+i2i needs no I/O and is answered inside ``data_received``; u2i awaits its Redis round trip in a task
+(tracked like uvicorn's own request tasks, so a graceful shutdown waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from recall_api.app import DEFAULT_K, MAX_K, respond, respond_async
+from recall_api.store import RecallStore
+
+try:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools missing: uvicorn's own protocol with the ASGI fast path
+    HttpToolsProtocol = None
+
+log = logging.getLogger("recall_api")
+
+# the request target of a fast request: same language as FastPath (path, optional "?" and "k=<1..4 digits>")
+_FAST_TARGET = re.compile(rb"/(u2i|i2i)/([0-9]{1,18})(?:\?(?:k=([0-9]{1,4}))?)?")
+_SKIP_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+_JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+_500 = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error")
+
+
+class _NoEvent:
+    """``message_event`` of :class:`_InFlight`: nobody waits on it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        """Nothing to wake."""
+
+
+_NO_EVENT = _NoEvent()
+
+
+class _InFlight:
+    """Stands in for uvicorn's request cycle while a fast answer is being computed: a request that arrives
+    meanwhile on the same connection is queued behind it (uvicorn's pipelining rule), and a disconnect or
+    shutdown is recorded the way uvicorn records it on a cycle."""
+
+    __slots__ = ("response_complete", "disconnected", "keep_alive", "more_body", "body", "message_event")
+
+    def __init__(self):
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = True
+        self.more_body = False
+        self.body = bytearray()
+        self.message_event = _NO_EVENT
+
+
+def fast_protocol(store: RecallStore):
+    """An ``asyncio.Protocol`` class for ``uvicorn.Config(http=...)`` that answers fast requests from ``store``
+    (None when httptools is not installed: then use uvicorn's default protocol and the ASGI fast path)."""
+    if HttpToolsProtocol is None:
+        return None
+
+    class FastHttpToolsProtocol(HttpToolsProtocol):
+        """:class:`HttpToolsProtocol` plus the fast path (see the module doc)."""
+
+        _store = store
+        _fast = None
+
+        def on_message_begin(self) -> None:
+            self._fast = None
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            m = _FAST_TARGET.fullmatch(self.url)
+            if (m is not None and self.parser.get_method() == b"GET" and self.parser.get_http_version() == "1.1"
+                    and self.parser.should_keep_alive() and not self.root_path and self.limit_concurrency is None
+                    and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+                    and not any(name in _SKIP_HEADERS for name, _ in self.headers)):
+                k = int(m.group(3)) if m.group(3) is not None else DEFAULT_K
+                if 1 <= k <= MAX_K:
+                    self._fast = (m.group(1), int(m.group(2)), k)
+                    self.cycle = _InFlight()
+                    return
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._fast is None:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            fast = self._fast
+            if fast is None:
+                super().on_message_complete()
+                return
+            self._fast = None
+            kind, id_, k = fast
+            if kind == b"i2i":
+                try:
+                    status, body = respond(self._store, "i2i", id_, k)
+                except Exception:
+                    self._fail(self.cycle, "/i2i/%s?k=%s" % (id_, k))
+                    return
+                self._answer(self.cycle, status, body)
+            else:
+                task = self.loop.create_task(self._u2i(self.cycle, id_, k))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+        async def _u2i(self, cycle: _InFlight, id_: int, k: int) -> None:
+            try:
+                status, body = await respond_async(self._store, "u2i", id_, k)
+            except Exception:
+                self._fail(cycle, "/u2i/%s?k=%s" % (id_, k))
+                return
+            self._answer(cycle, status, body)
+
+        def _fail(self, cycle: _InFlight, what: str) -> None:
+            """A bug: log it, answer 500 and close, as uvicorn does for an exception in the app."""
+            log.exception("fast path failed for %s", what)
+            cycle.response_complete = True
+            if not self.transport.is_closing():
+                self.transport.write(_500)
+                self.transport.close()
+
+        def _answer(self, cycle: _InFlight, status: int, body: bytes) -> None:
+            cycle.response_complete = True
+            if cycle.disconnected or self.transport.is_closing():
+                return
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += (name, b": ", value, b"\r\n")
+            head += (_JSON_HEAD, b"%d\r\n\r\n" % len(body), body)
+            self.transport.write(b"".join(head))
+            if not cycle.keep_alive:  # shutdown began meanwhile
+                self.transport.close()
+            self.on_response_complete()
+
+    return FastHttpToolsProtocol

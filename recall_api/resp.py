@@ -1,0 +1,232 @@
+"""A minimal asyncio Redis client for the u2i request path: one connection, every request pipelined.
+
+``redis.asyncio``'s pipeline costs ~100 µs of Python per request (connection pool, retry and timeout
+wrappers, response callbacks) — as much as ranking 9k movies.  The request path only needs "send these
+few commands, give me their raw replies", so this client does just that:
+
+* one TCP (or unix-socket) connection per event loop; callers' commands are appended to one write buffer
+  that is flushed once per event-loop iteration (many concurrent requests → one ``send``), and replies are
+  matched to callers in FIFO order (Redis answers a connection's commands in order);
+* replies are parsed by ``hiredis`` (C) into plain Python values (bulk strings as ``bytes``, nil as None);
+  an error reply raises :class:`redis.exceptions.ResponseError` in its caller only;
+* a timeout (``socket_timeout``) or a lost connection fails every pending caller with
+  :class:`redis.exceptions.TimeoutError` / :class:`redis.exceptions.ConnectionError` (so callers handle
+  them like any redis-py error) and closes the connection; the next call reconnects.
+
+Only plain ``redis://`` (with optional password / db) and ``unix://`` URLs are served; :func:`supported`
+tells, and the store falls back to ``redis.asyncio`` otherwise (TLS, cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import redis.exceptions as rex
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis] (a project dependency)
+    hiredis = None
+
+
+def pack(*args: bytes | str | int) -> bytes:
+    """One command in RESP (array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif isinstance(a, int):
+            a = b"%d" % a
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def connection_kwargs(url: str) -> dict | None:
+    """``{"host", "port"} | {"path"}`` plus ``password`` / ``username`` / ``db`` of a Redis URL, or None when
+    this client cannot serve it (TLS, unknown scheme, no hiredis)."""
+    from redis.connection import parse_url
+
+    if hiredis is None:
+        return None
+    try:
+        kw = parse_url(url)
+    except ValueError:
+        return None
+    cls = kw.pop("connection_class", None)
+    if cls is not None and "path" not in kw:  # rediss:// (TLS)
+        return None
+    return kw
+
+
+def supported(url: str) -> bool:
+    """True when :class:`RespClient` can talk to ``url``."""
+    return connection_kwargs(url) is not None
+
+
+class _Protocol(asyncio.Protocol):
+    """The connection: a write buffer flushed once per loop iteration, FIFO of waiting callers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+        self.loop, self.timeout = loop, timeout
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque = deque()  # [future, replies still expected, replies, deadline]
+        self.buf: list[bytes] = []
+        self.lost: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -------------------------------------------------------------------- asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self._fail(rex.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiters = self.reader, self.waiters
+        reader.feed(data)
+        while waiters:
+            w = waiters[0]
+            reply = reader.gets()
+            if reply is False:
+                return
+            w[2].append(reply)
+            w[1] -= 1
+            if w[1] == 0:
+                waiters.popleft()
+                fut = w[0]
+                if not fut.done():
+                    fut.set_result(w[2])
+        if reader.gets() is not False:  # a reply nobody asked for: the stream is out of step
+            self._fail(rex.ConnectionError("unexpected reply from Redis"))
+
+    # ----------------------------------------------------------------------------- calls
+    def request(self, payload: bytes, n_replies: int) -> asyncio.Future:
+        """Queue ``payload`` (``n_replies`` commands) and return the future of their replies."""
+        if self.lost is not None:
+            raise self.lost
+        fut = self.loop.create_future()
+        if not self.buf:
+            self.loop.call_soon(self._flush)
+        self.buf.append(payload)
+        self.waiters.append([fut, n_replies, [], time.monotonic() + self.timeout])
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.timeout, self._check_timeout)
+        return fut
+
+    def _flush(self) -> None:
+        if self.buf and self.transport is not None and self.lost is None:
+            self.transport.write(b"".join(self.buf))
+        self.buf.clear()
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if not self.waiters:
+            return
+        late = self.waiters[0][3] - time.monotonic()
+        if late <= 0:
+            self._fail(rex.TimeoutError(f"Redis did not answer within {self.timeout} s"))
+        else:
+            self._timer = self.loop.call_later(late, self._check_timeout)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.lost is None:
+            self.lost = exc
+        while self.waiters:
+            fut = self.waiters.popleft()[0]
+            if not fut.done():
+                fut.set_exception(exc)
+        self.buf.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class RespClient:
+    """Pipelined Redis commands over one connection of the running event loop.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` or ``unix://path[?db=N]`` (see :func:`supported`).
+        timeout: seconds a reply may take (and a connect), else :class:`redis.exceptions.TimeoutError`.
+    """
+
+    def __init__(self, url: str, timeout: float = 2.0):
+        kw = connection_kwargs(url)
+        if kw is None:
+            raise ValueError(f"RespClient cannot serve {url!r} (TLS or unsupported URL, or hiredis missing)")
+        self.url, self.timeout, self._kw = url, float(timeout), kw
+        self._proto: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Future | None = None
+
+    async def execute(self, payload: bytes, n_replies: int) -> list:
+        """Send ``payload`` (``n_replies`` packed commands, see :func:`pack`) and return their replies.
+
+        Raises:
+            redis.exceptions.ResponseError: one of the commands answered with an error.
+            redis.exceptions.ConnectionError / TimeoutError: Redis unreachable or too slow (connection reset).
+        """
+        proto = self._proto
+        if proto is None or proto.lost is not None or self._loop is not asyncio.get_running_loop():
+            proto = await self._connect()
+        replies = await proto.request(payload, n_replies)
+        for r in replies:
+            if isinstance(r, hiredis.ReplyError):
+                raise rex.ResponseError(str(r))
+        return replies
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._connecting is not None and self._loop is loop:
+            return await asyncio.shield(self._connecting)
+        self._loop = loop
+        self._connecting = loop.create_future()
+        try:
+            proto = await asyncio.wait_for(self._open(loop), self.timeout)
+        except asyncio.TimeoutError:
+            exc = rex.TimeoutError(f"connecting to Redis at {self.url} timed out after {self.timeout} s")
+        except OSError as exc_:
+            exc = rex.ConnectionError(f"cannot connect to Redis at {self.url}: {exc_}")
+        except rex.RedisError as exc_:
+            exc = exc_
+        else:
+            self._proto = proto
+            self._connecting.set_result(proto)
+            self._connecting = None
+            return proto
+        fut, self._connecting = self._connecting, None
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: waiters re-raise it themselves
+        raise exc
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        kw = self._kw
+
+        def factory() -> _Protocol:
+            return _Protocol(loop, self.timeout)
+
+        if "path" in kw:
+            _, proto = await loop.create_unix_connection(factory, kw["path"])
+        else:
+            _, proto = await loop.create_connection(factory, kw.get("host", "localhost"), kw.get("port", 6379))
+        setup = []
+        if kw.get("password") is not None:
+            setup.append(pack("AUTH", *([kw["username"]] if kw.get("username") else []), kw["password"]))
+        if kw.get("db"):
+            setup.append(pack("SELECT", int(kw["db"])))
+        if setup:
+            for r in await proto.request(b"".join(setup), len(setup)):
+                if isinstance(r, hiredis.ReplyError):
+                    proto._fail(rex.ConnectionError(f"Redis refused the connection setup: {r}"))
+                    raise rex.ConnectionError(f"Redis refused the connection setup: {r}")
+        return proto
+
+    def close(self) -> None:
+        """Close the connection (pending callers get ConnectionError)."""
+        if self._proto is not None:
+            self._proto._fail(rex.ConnectionError("client closed"))
+            self._proto = None
