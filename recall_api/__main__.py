@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-preset", default="default", help="learner preset of the prior's parameters")
     p.add_argument("--prior-interval", type=float, default=5.0,
                    help="seconds between rebuilds of the prior from the ppop table (default 5)")
+    p.add_argument("--user-cache", type=int, default=20_000,
+                   help="users whose u2i context (row, rated movies) is kept in memory, invalidated by Redis key "
+                        "tracking so answers stay exact (default 20000; 0 = read Redis on every request)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the service and uvicorn (default warning)")
     return p
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         config = StoreConfig(redis_url=args.redis_url, namespace=args.namespace, dim=args.dim,
                              refresh_interval=args.refresh_interval, faiss=args.faiss,
                              faiss_nprobe=args.faiss_nprobe, score_prior=(not args.faiss) if args.score_prior is None else args.score_prior,
-                             prior_preset=args.prior_preset, prior_interval=args.prior_interval)
+                             prior_preset=args.prior_preset, prior_interval=args.prior_interval,
+                             user_cache=args.user_cache)
         catalog = Catalog.load(args.data_dir)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,22 +5,23 @@ option).  For a well-formed ``GET /u2i/<id>[?k=N]`` / ``/i2i/<id>[?k=N]`` — th
 :class:`recall_api.app.FastPath` takes — the protocol answers straight from the store: no ASGI scope,
 request cycle, middleware chain or per-message ``send`` calls, and the status line, headers and body leave
 in **one** socket write (uvicorn writes headers and body separately: two syscalls and, on a loaded
-machine, two wake-ups of the client).  The bytes are those of the ASGI path (uvicorn's default ``server`` /
-``date`` headers, then ``content-type`` and ``content-length``).  Everything else — other paths, methods or
-parameters, requests with a body or ``Expect``, HTTP/1.0 or ``Connection: close``, pipelined requests while
-one is in flight, ``--limit-concurrency`` — goes through uvicorn and FastAPI unchanged, in order.
+machine, two wake-ups of the client).  The bytes are those of the FastAPI routes (uvicorn's default
+``server`` / ``date`` headers, then ``content-length`` and ``content-type`` as Starlette's ``Response`` sends
+them).  Everything else — other paths, methods or parameters, requests with a body or ``Expect``, HTTP/1.0
+or ``Connection: close``, pipelined requests while one is in flight, ``--limit-concurrency`` — goes through
+uvicorn and FastAPI unchanged, in order.
 
-i2i needs no I/O and is answered inside ``data_received``; u2i awaits its Redis round trip in a task
-(tracked like uvicorn's own request tasks, so a graceful shutdown waits for it).
+i2i and u2i of a cached user (:mod:`recall_api.usercache`) need no I/O and are answered inside
+``data_received``; any other u2i awaits its Redis round trip in a task (tracked like uvicorn's own request
+tasks, so a graceful shutdown waits for it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
-from recall_api.app import DEFAULT_K, MAX_K, respond, respond_async
+from recall_api.app import DEFAULT_K, MAX_K, respond_now, respond_read
 from recall_api.store import RecallStore
 
 try:
@@ -33,7 +34,7 @@ log = logging.getLogger("recall_api")
 # the request target of a fast request: same language as FastPath (path, optional "?" and "k=<1..4 digits>")
 _FAST_TARGET = re.compile(rb"/(u2i|i2i)/([0-9]{1,18})(?:\?(?:k=([0-9]{1,4}))?)?")
 _SKIP_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
-_JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+_CONTENT_LENGTH, _CONTENT_TYPE = b"content-length: ", b"\r\ncontent-type: application/json\r\n\r\n"
 _500 = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
         b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error")
 
@@ -90,7 +91,7 @@ def fast_protocol(store: RecallStore):
                     and not any(name in _SKIP_HEADERS for name, _ in self.headers)):
                 k = int(m.group(3)) if m.group(3) is not None else DEFAULT_K
                 if 1 <= k <= MAX_K:
-                    self._fast = (m.group(1), int(m.group(2)), k)
+                    self._fast = (m.group(1).decode(), int(m.group(2)), k)
                     self.cycle = _InFlight()
                     return
             super().on_headers_complete()
@@ -106,13 +107,13 @@ def fast_protocol(store: RecallStore):
                 return
             self._fast = None
             kind, id_, k = fast
-            if kind == b"i2i":
-                try:
-                    status, body = respond(self._store, "i2i", id_, k)
-                except Exception:
-                    self._fail(self.cycle, "/i2i/%s?k=%s" % (id_, k))
-                    return
-                self._answer(self.cycle, status, body)
+            try:  # i2i, and u2i of a cached user: no I/O, answered right here
+                done = respond_now(self._store, kind, id_, k)
+            except Exception:
+                self._fail(self.cycle, "/%s/%s?k=%s" % (kind, id_, k))
+                return
+            if done is not None:
+                self._answer(self.cycle, *done)
             else:
                 task = self.loop.create_task(self._u2i(self.cycle, id_, k))
                 self.tasks.add(task)
@@ -120,7 +121,7 @@ def fast_protocol(store: RecallStore):
 
         async def _u2i(self, cycle: _InFlight, id_: int, k: int) -> None:
             try:
-                status, body = await respond_async(self._store, "u2i", id_, k)
+                status, body = await respond_read(self._store, id_, k)
             except Exception:
                 self._fail(cycle, "/u2i/%s?k=%s" % (id_, k))
                 return
@@ -141,7 +142,7 @@ def fast_protocol(store: RecallStore):
             head = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 head += (name, b": ", value, b"\r\n")
-            head += (_JSON_HEAD, b"%d\r\n\r\n" % len(body), body)
+            head += (_CONTENT_LENGTH, b"%d" % len(body), _CONTENT_TYPE, body)  # as Starlette orders them
             self.transport.write(b"".join(head))
             if not cycle.keep_alive:  # shutdown began meanwhile
                 self.transport.close()

@@ -11,7 +11,12 @@ few commands, give me their raw replies", so this client does just that:
   an error reply raises :class:`redis.exceptions.ResponseError` in its caller only;
 * a timeout (``socket_timeout``) or a lost connection fails every pending caller with
   :class:`redis.exceptions.TimeoutError` / :class:`redis.exceptions.ConnectionError` (so callers handle
-  them like any redis-py error) and closes the connection; the next call reconnects.
+  them like any redis-py error) and closes the connection; the next call reconnects;
+* optionally (``on_invalidate``) the connection speaks RESP3 with ``CLIENT TRACKING ON``: Redis then
+  pushes an ``invalidate`` message on this same connection whenever a key this connection read is
+  modified (or evicted, flushed).  Pushes and replies share one ordered stream, so a caller that caches
+  what it read — in its ``parse`` callback, which runs as its reply is taken off the stream — sees every
+  later change of those keys as an invalidation after it (Redis' "client-side caching" protocol).
 
 Only plain ``redis://`` (with optional password / db) and ``unix://`` URLs are served; :func:`supported`
 tells, and the store falls back to ``redis.asyncio`` otherwise (TLS, cluster).
@@ -27,8 +32,10 @@ import redis.exceptions as rex
 
 try:
     import hiredis
+
+    _ERROR, _PUSH = hiredis.ReplyError, getattr(hiredis, "PushNotification", None)
 except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis] (a project dependency)
-    hiredis = None
+    hiredis = _ERROR = _PUSH = None
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -68,11 +75,11 @@ def supported(url: str) -> bool:
 class _Protocol(asyncio.Protocol):
     """The connection: a write buffer flushed once per loop iteration, FIFO of waiting callers."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
-        self.loop, self.timeout = loop, timeout
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, on_push=None):
+        self.loop, self.timeout, self.on_push = loop, timeout, on_push
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque = deque()  # [future, replies still expected, replies, deadline]
+        self.waiters: deque = deque()  # [future, replies still expected, replies, deadline, parse]
         self.buf: list[bytes] = []
         self.lost: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -87,31 +94,49 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader, waiters = self.reader, self.waiters
         reader.feed(data)
-        while waiters:
-            w = waiters[0]
+        while True:
             reply = reader.gets()
             if reply is False:
                 return
+            if type(reply) is _PUSH:
+                if self.on_push is not None:
+                    self.on_push(self, reply)
+                continue
+            if not waiters:  # a reply nobody asked for: the stream is out of step
+                self._fail(rex.ConnectionError("unexpected reply from Redis"))
+                return
+            w = waiters[0]
             w[2].append(reply)
             w[1] -= 1
             if w[1] == 0:
                 waiters.popleft()
-                fut = w[0]
-                if not fut.done():
-                    fut.set_result(w[2])
-        if reader.gets() is not False:  # a reply nobody asked for: the stream is out of step
-            self._fail(rex.ConnectionError("unexpected reply from Redis"))
+                fut, replies, parse = w[0], w[2], w[4]
+                if fut.done():
+                    continue
+                for r in replies:
+                    if type(r) is _ERROR:
+                        fut.set_exception(rex.ResponseError(str(r)))
+                        break
+                else:
+                    if parse is None:
+                        fut.set_result(replies)
+                        continue
+                    try:  # right here, before any later push is read (see the module doc)
+                        fut.set_result(parse(replies))
+                    except Exception as exc:
+                        fut.set_exception(exc)
 
     # ----------------------------------------------------------------------------- calls
-    def request(self, payload: bytes, n_replies: int) -> asyncio.Future:
-        """Queue ``payload`` (``n_replies`` commands) and return the future of their replies."""
+    def request(self, payload: bytes, n_replies: int, parse=None) -> asyncio.Future:
+        """Queue ``payload`` (``n_replies`` commands) and return the future of their replies (or of
+        ``parse(replies)``, called as the replies arrive)."""
         if self.lost is not None:
             raise self.lost
         fut = self.loop.create_future()
         if not self.buf:
             self.loop.call_soon(self._flush)
         self.buf.append(payload)
-        self.waiters.append([fut, n_replies, [], time.monotonic() + self.timeout])
+        self.waiters.append([fut, n_replies, [], time.monotonic() + self.timeout, parse])
         if self._timer is None:
             self._timer = self.loop.call_later(self.timeout, self._check_timeout)
         return fut
@@ -134,6 +159,8 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self.lost is None:
             self.lost = exc
+            if self.on_push is not None:  # whatever was tracked on this connection is no longer watched
+                self.on_push(self, None)
         while self.waiters:
             fut = self.waiters.popleft()[0]
             if not fut.done():
@@ -152,19 +179,27 @@ class RespClient:
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]`` or ``unix://path[?db=N]`` (see :func:`supported`).
         timeout: seconds a reply may take (and a connect), else :class:`redis.exceptions.TimeoutError`.
+        on_invalidate: if given, the connection uses RESP3 with ``CLIENT TRACKING ON`` (Redis >= 6) and this
+            is called with the list of invalidated keys (``bytes``), or with None for "forget everything"
+            (a flush, a lost connection, or a server that cannot track).
     """
 
-    def __init__(self, url: str, timeout: float = 2.0):
+    def __init__(self, url: str, timeout: float = 2.0, on_invalidate=None):
         kw = connection_kwargs(url)
         if kw is None:
             raise ValueError(f"RespClient cannot serve {url!r} (TLS or unsupported URL, or hiredis missing)")
         self.url, self.timeout, self._kw = url, float(timeout), kw
+        self.on_invalidate = on_invalidate
+        self.tracking = False  # True while the connection tracks keys (RESP3 + CLIENT TRACKING ON)
+        self.connections = 0  # connections opened (each starts with nothing tracked)
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future | None = None
 
-    async def execute(self, payload: bytes, n_replies: int) -> list:
-        """Send ``payload`` (``n_replies`` packed commands, see :func:`pack`) and return their replies.
+    async def execute(self, payload: bytes, n_replies: int, parse=None):
+        """Send ``payload`` (``n_replies`` packed commands, see :func:`pack`) and return their replies, or
+        ``parse(replies)`` when given: it runs as the replies come off the connection, before any push that
+        follows them (with tracking: before the invalidation of anything it read).
 
         Raises:
             redis.exceptions.ResponseError: one of the commands answered with an error.
@@ -173,11 +208,12 @@ class RespClient:
         proto = self._proto
         if proto is None or proto.lost is not None or self._loop is not asyncio.get_running_loop():
             proto = await self._connect()
-        replies = await proto.request(payload, n_replies)
-        for r in replies:
-            if isinstance(r, hiredis.ReplyError):
-                raise rex.ResponseError(str(r))
-        return replies
+        return await proto.request(payload, n_replies, parse)
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (with tracking: while invalidations can arrive)."""
+        return self._proto is not None and self._proto.lost is None
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -195,6 +231,7 @@ class RespClient:
             exc = exc_
         else:
             self._proto = proto
+            self.connections += 1
             self._connecting.set_result(proto)
             self._connecting = None
             return proto
@@ -203,27 +240,59 @@ class RespClient:
         fut.exception()  # retrieved: waiters re-raise it themselves
         raise exc
 
+    def _on_push(self, proto: _Protocol, push) -> None:
+        current = self._proto
+        if current is not None and current is not proto and current.lost is None:
+            return  # an old connection (of another event loop) closing: the current one tracks
+        if push is None:
+            self.tracking = False
+            self.on_invalidate(None)
+        elif len(push) >= 2 and push[0] == b"invalidate":
+            self.on_invalidate(push[1])  # None: everything (FLUSHDB / FLUSHALL)
+
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         kw = self._kw
+        track = self.on_invalidate is not None and _PUSH is not None
+        if track:
+            self.tracking = False
+            self.on_invalidate(None)  # nothing is tracked on a new connection yet
 
         def factory() -> _Protocol:
-            return _Protocol(loop, self.timeout)
+            return _Protocol(loop, self.timeout, self._on_push if track else None)
 
         if "path" in kw:
             _, proto = await loop.create_unix_connection(factory, kw["path"])
         else:
             _, proto = await loop.create_connection(factory, kw.get("host", "localhost"), kw.get("port", 6379))
+        try:
+            await self._setup(proto, track)
+        except BaseException:
+            proto._fail(rex.ConnectionError("connection setup failed"))
+            raise
+        return proto
+
+    async def _setup(self, proto: _Protocol, track: bool) -> None:
+        kw = self._kw
+        auth = ([kw.get("username") or "default", kw["password"]] if kw.get("password") is not None else [])
+        if track:
+            try:
+                await proto.request(pack("HELLO", 3, *(["AUTH", *auth] if auth else [])), 1)
+            except rex.ResponseError:  # Redis < 6: no RESP3, so no tracking
+                track = False
+                proto.on_push = None
         setup = []
-        if kw.get("password") is not None:
-            setup.append(pack("AUTH", *([kw["username"]] if kw.get("username") else []), kw["password"]))
+        if auth and not track:
+            setup.append(pack("AUTH", *auth) if kw.get("username") else pack("AUTH", auth[1]))
         if kw.get("db"):
             setup.append(pack("SELECT", int(kw["db"])))
+        if track:
+            setup.append(pack("CLIENT", "TRACKING", "ON"))
         if setup:
-            for r in await proto.request(b"".join(setup), len(setup)):
-                if isinstance(r, hiredis.ReplyError):
-                    proto._fail(rex.ConnectionError(f"Redis refused the connection setup: {r}"))
-                    raise rex.ConnectionError(f"Redis refused the connection setup: {r}")
-        return proto
+            try:
+                await proto.request(b"".join(setup), len(setup))
+            except rex.ResponseError as exc:
+                raise rex.ConnectionError(f"Redis refused the connection setup: {exc}") from None
+        self.tracking = track
 
     def close(self) -> None:
         """Close the connection (pending callers get ConnectionError)."""

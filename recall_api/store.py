@@ -35,10 +35,11 @@ from recall_api.matrix import ItemMatrix, Snapshot
 from recall_api.prior import USER_CTX_TABLE, ScorePrior
 from recall_api.resp import RespClient, pack
 from recall_api.resp import supported as resp_supported
-from recall_api.topk import (NEG_INF, cosine_scores, lookup_member_rows, popularity_top_k, top_k,
+from recall_api.topk import (NEG_INF, cosine_scores, lookup_ids, parse_ids, popularity_top_k, top_k,
                              u2i_scores)
 from recall_api.types import (SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
                               Unavailable, cursor_ms)
+from recall_api.usercache import UserCache
 
 __all__ = ["RecallStore", "StoreConfig", "Answer", "NotFound", "Unavailable", "SOURCE_MODEL", "SOURCE_POPULARITY"]
 
@@ -68,6 +69,7 @@ class RecallStore:
         self._write_lock = threading.Lock()
         self._aredis = None  # asyncio Redis client of u2i_async (RespClient, or redis.asyncio for TLS URLs)
         self._base_cache: tuple = (None, None, {})  # (snapshot, prior version, {period: u2i base})
+        self.user_cache = UserCache(config.user_cache) if config.user_cache else None
         self.prior = ScorePrior(config.prior_preset) if config.score_prior else None
         self._prior_at = 0.0  # monotonic time of the last prior rebuild
 
@@ -223,22 +225,23 @@ class RecallStore:
             keys.append(ps.keys.row_key(USER_CTX_TABLE, h))
         return keys
 
-    def _context_raw(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, list | set, int | None]:
-        """(user vector or None, rated movies as Redis returned them (bytes), period or None) of the replies
-        to GET user row, SMEMBERS seen[, GET user_ctx row]."""
+    def _context_raw(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+        """(user vector or None, rated raw movie ids int64, period or None) of the replies to GET user row,
+        SMEMBERS seen[, GET user_ctx row]."""
         value, members = replies[0], replies[1]
         period = None
         if self.prior is not None and replies[2] is not None:
             ctx, _ = decode([replies[2]], [keys[2].encode()], self.ps.dim)
             period = int(np.rint(ctx["bias"][0]))
+        rated = parse_ids(members)
         if value is None:
-            return None, members, period
+            return None, rated, period
         rows, _ = decode([value], [keys[0].encode()], self.ps.dim)
-        return rows["vec"][0], members, period
+        return rows["vec"][0], rated, period
 
     def _context(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, set[int], int | None]:
-        query, members, period = self._context_raw(keys, replies)
-        return query, {int(m) for m in members}, period
+        query, rated, period = self._context_raw(keys, replies)
+        return query, set(rated.tolist()), period
 
     def _context_replies(self, user_id: int) -> tuple[list[str], list]:
         ps = self.ps
@@ -273,26 +276,41 @@ class RecallStore:
         """
         matrix = self._ready()
         with self._redis():
-            query, members, period = self._context_raw(*self._context_replies(user_id))
-        return self._rank_user(matrix, user_id, k, query, members, period)
+            query, rated, period = self._context_raw(*self._context_replies(user_id))
+        return self._rank_user(matrix, user_id, k, query, rated, period)
+
+    def u2i_cached(self, user_id: int, k: int) -> Answer | None:
+        """:meth:`u2i` from the user cache (:mod:`recall_api.usercache`) without touching Redis, or None when
+        the user is not cached (or has no vector: the popularity fallback reads Redis) — then await
+        :meth:`u2i_async`.  Same answer as a live read: entries are dropped as Redis reports changes."""
+        cache, client = self.user_cache, self._aredis
+        if cache is None or client is None or not client.tracking:
+            return None
+        matrix = self._ready()
+        entry = cache.get(user_id)
+        if entry is None or entry[0] is None:
+            return None
+        return self._rank_user(matrix, user_id, k, *entry)
 
     async def u2i_async(self, user_id: int, k: int) -> Answer:
         """:meth:`u2i` for an event loop: the Redis read is awaited, so the loop ranks other requests while
-        this one waits for Redis; the ranking is the same code."""
+        this one waits for Redis; the ranking is the same code.  With the user cache on, what is read is
+        also cached (see :meth:`u2i_cached`)."""
         matrix = self._ready()
         if self.ps.is_cluster:  # the async pipeline below addresses one node
             return self.u2i(user_id, k)
         with self._redis():
-            query, members, period = self._context_raw(*await self._context_replies_async(user_id))
-        return self._rank_user(matrix, user_id, k, query, members, period)
+            query, rated, period = await self._context_async(user_id)
+        return self._rank_user(matrix, user_id, k, query, rated, period)
 
     async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
         """:meth:`user_context` over an asyncio connection (standalone Redis): the commands go through
         :class:`recall_api.resp.RespClient` (pipelined with other requests' commands on one connection,
         replies parsed by hiredis), or ``redis.asyncio`` for URLs that client does not serve (TLS)."""
-        return self._context(*await self._context_replies_async(user_id))
+        query, rated, period = await self._context_async(user_id)
+        return query, set(rated.tolist()), period
 
-    async def _context_replies_async(self, user_id: int) -> tuple[list[str], list]:
+    async def _context_async(self, user_id: int) -> tuple[np.ndarray | None, np.ndarray, int | None]:
         keys = self._context_keys(user_id)
         client = self._aredis
         if client is None:
@@ -301,37 +319,46 @@ class RecallStore:
             payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1])
             if len(keys) > 2:
                 payload += pack("GET", keys[2])
-            return keys, await client.execute(payload, len(keys))
+            return await client.execute(payload, len(keys), lambda replies: self._read(user_id, keys, replies))
         async with client.pipeline(transaction=False) as pipe:
             pipe.get(keys[0])
             pipe.smembers(keys[1])
             if len(keys) > 2:
                 pipe.get(keys[2])
-            return keys, await pipe.execute()
+            return self._context_raw(keys, await pipe.execute())
+
+    def _read(self, user_id: int, keys: list[str], replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+        """Decode a context as its replies come off the RespClient connection, and cache it if that
+        connection tracks the keys (so every later change of them arrives as an invalidation after this)."""
+        ctx = self._context_raw(keys, replies)
+        if self.user_cache is not None and self._aredis.tracking:
+            self.user_cache.put(user_id, [k.encode() for k in keys], *ctx)
+        return ctx
 
     def _async_client(self):
         if resp_supported(self.config.redis_url):
-            return RespClient(self.config.redis_url, timeout=self.config.socket_timeout)
+            return RespClient(self.config.redis_url, timeout=self.config.socket_timeout,
+                              on_invalidate=None if self.user_cache is None else self.user_cache.invalidate)
         import redis.asyncio as aredis
 
         return aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
                                      socket_connect_timeout=self.config.socket_timeout)
 
-    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, members,
+    def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, rated: np.ndarray,
                    period: int | None = None) -> Answer:
-        """Rank for a user; ``members``: the rated raw movie ids (ints, or ``bytes`` as Redis returns them)."""
+        """Rank for a user; ``rated``: the raw movie ids they rated (int64)."""
         if query is not None:
             snap = matrix.snapshot()
-            exclude = lookup_member_rows(snap.row_of_raw, snap.raw_pos, members) if members else None
+            exclude = lookup_ids(snap.row_of_raw, snap.raw_pos, rated) if len(rated) else None
             if self.index is not None and self.index.ready:
                 pos, scores = self.index.search_u2i(query, k, exclude)
             else:
                 s = u2i_scores(query, snap.vec, self.u2i_base(snap, period))
                 pos, scores = top_k(s, k, exclude)
             return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
-        if not members and not self.catalog.knows_user(user_id):
+        if not len(rated) and not self.catalog.knows_user(user_id):
             raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
-        return self.popularity(k, {int(m) for m in members})
+        return self.popularity(k, set(rated.tolist()))
 
     def u2i_base(self, snap: Snapshot, period: int | None = None) -> np.ndarray:
         """The part of the u2i score that does not depend on the user vector, float32[snap.n] (read-only):
@@ -440,4 +467,7 @@ class RecallStore:
             "catalog": self.catalog.stats(),
             "score": "contract: q·v + b" if self.prior is None else "learner prior: q·v + gamma·b + w·tau",
             "score_prior": None if self.prior is None else self.prior.stats(),
+            "user_cache": None if self.user_cache is None else {
+                **self.user_cache.stats(), "tracking": bool(self._aredis is not None
+                                                            and getattr(self._aredis, "tracking", False))},
         }

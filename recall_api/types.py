@@ -32,6 +32,9 @@ class StoreConfig:
         score_prior: rank u2i with the learner's time-aware popularity prior (:mod:`recall_api.prior`)
             instead of the contract score q·v + b; prior_preset: learner preset of its parameters;
             prior_interval: seconds between rebuilds of the prior from the ``ppop`` table.
+        user_cache: users whose u2i context (row, rated movies, user_ctx) the async request path keeps in
+            memory, invalidated by Redis key tracking (:mod:`recall_api.usercache`); 0 = read Redis on
+            every request.
     """
 
     redis_url: str
@@ -47,6 +50,7 @@ class StoreConfig:
     score_prior: bool = False
     prior_preset: str = "default"
     prior_interval: float = 5.0
+    user_cache: int = 20_000
 
     def __post_init__(self) -> None:
         if not self.refresh_interval > 0:
@@ -57,6 +61,8 @@ class StoreConfig:
             raise ValueError("score_prior ranks by brute force only; drop faiss (or score_prior)")
         if not self.prior_interval > 0:
             raise ValueError(f"prior_interval must be > 0 seconds (got {self.prior_interval!r})")
+        if self.user_cache < 0:
+            raise ValueError(f"user_cache must be >= 0 users (got {self.user_cache})")
         if self.faiss_nprobe < 1 or self.chunk < 1:
             raise ValueError(f"faiss_nprobe and chunk must be >= 1 (got {self.faiss_nprobe}, {self.chunk})")
 

@@ -83,12 +83,13 @@ def populate(ps: ParameterServer, movies: np.ndarray, users: np.ndarray, seed: i
 
 
 class ServerThread:
-    """uvicorn serving ``app`` on a free loopback port in a daemon thread (a real HTTP server)."""
+    """uvicorn serving ``app`` on a free loopback port in a daemon thread (a real HTTP server); ``http``: uvicorn's
+    HTTP protocol (e.g. :func:`recall_api.protocol.fast_protocol`, as ``python -m recall_api`` serves)."""
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port: int | None = None, http="auto"):
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+                                                    access_log=False, lifespan="on", http=http))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -21,7 +21,8 @@ from ps_redis import ParameterServer
 from ps_redis.activity import ActivityLog
 from recall_api import Catalog, RecallStore, StoreConfig
 from recall_api.app import create_app
-from tests._recall_util import ServerThread, brute_i2i, brute_u2i, populate, push_items, record, wait_for
+from tests._recall_util import (ServerThread, brute_i2i, brute_u2i, populate, push_items, push_users, record,
+                                wait_for)
 
 DIM = 8
 
@@ -377,5 +378,166 @@ def test_fast_path_and_fastapi_routes_answer_identically(world):
                          ("/u2i/99999999?k=3", "/u2i/99999999?k=3&via=fastapi"),
                          (f"/u2i/{int(world['users'][-5])}?k=4", f"/u2i/{int(world['users'][-5])}?via=1&k=4")]:
         a, b = client.get(fast), client.get(routed)
-        assert (a.status_code, a.content, a.headers["content-type"]) == \
-               (b.status_code, b.content, b.headers["content-type"])
+        assert (a.status_code, a.content, [h for h in a.headers.raw if h[0].lower() != b"date"]) == \
+               (b.status_code, b.content, [h for h in b.headers.raw if h[0].lower() != b"date"])
+
+
+def _ids(response) -> list[int]:
+    return [it["movie_id"] for it in response.json()["items"]]
+
+
+def test_user_cache_serves_repeat_users_and_sees_every_change(world):
+    """A repeat user is answered from the in-process cache (no Redis read), and every change of their row or
+    rated set reaches the answers within the freshness bound (< 1 s; Redis pushes the invalidation)."""
+    import time
+
+    ps, log, client, P = world["ps"], world["log"], world["client"], world["P"]
+    u = int(P.users[40])
+    url = f"/u2i/{u}?k=10"
+    first = client.get(url)
+    hits = client.get("/stats").json()["user_cache"]["hits"]
+    assert client.get(url).content == first.content
+    cache = client.get("/stats").json()["user_cache"]
+    assert cache["tracking"] and cache["hits"] == hits + 1 and cache["users"] >= 1
+
+    raw, vec, bias = ps_items(ps)
+    h = np.array([user_hash(u)])
+    old_vec = ps.pull("user", h, create=False).vec[0].copy()
+    # a newly rated movie (lfm_activity's SADD): the former top movie leaves the answer
+    top = _ids(first)[0]
+    t0 = time.monotonic()
+    record(log, [u], [top])
+    wait_for(lambda: top not in _ids(client.get(url)), timeout=1.0, interval=0.002)
+    seen = P.seen[u] | {top}
+    expected, scores = brute_u2i(old_vec, raw, vec, bias, seen, 10)
+    check_ranking(client.get(url).json()["items"], expected, scores, raw)
+    # a changed user vector (the learner's push): the answer is the brute force of the new vector
+    new_vec = -old_vec
+    push_users(ps, np.array([u]), new_vec[None, :])
+    expected, scores = brute_u2i(new_vec, raw, vec, bias, seen, 10)
+    wait_for(lambda: _ids(client.get(url))[:3] == expected[:3], timeout=1.0, interval=0.002)
+    check_ranking(client.get(url).json()["items"], expected, scores, raw)
+    # the row deleted: the popularity fallback (the user is known: they rated movies)
+    ps.delete("user", h)
+    wait_for(lambda: client.get(url).json()["source"] == "popularity", timeout=1.0, interval=0.002)
+    assert time.monotonic() - t0 < 10
+    push_users(ps, np.array([u]), old_vec[None, :])  # leave the world as it was (plus one rated movie)
+    wait_for(lambda: client.get(url).json()["source"] == "model", timeout=1.0, interval=0.002)
+    cache = client.get("/stats").json()["user_cache"]
+    assert cache["invalidated"] >= 3
+
+
+def test_u2i_of_a_cached_user_follows_item_changes(world):
+    """Item rows are refreshed from the change stream; the cached user's answers rank the new rows (the
+    cached score base is per matrix snapshot)."""
+    ps, log, client, P = world["ps"], world["log"], world["client"], world["P"]
+    u = int(P.users[41])
+    url = f"/u2i/{u}?k=5"
+    before = _ids(client.get(url))
+    assert _ids(client.get(url)) == before  # cached
+    raw, vec, bias = ps_items(ps)
+    last = [m for m in raw.tolist() if m not in P.seen[u] and m not in before][-1]
+    i = int(np.flatnonzero(raw == last)[0])
+    push_items(ps, np.array([last]), vec[i:i + 1], np.array([1000.0], np.float32), store_raw=False)
+    record(log, [int(P.users[0])], [last])  # the change stream names the item
+    wait_for(lambda: _ids(client.get(url))[0] == last, timeout=10)
+    push_items(ps, np.array([last]), vec[i:i + 1], bias[i:i + 1], store_raw=False)
+    record(log, [int(P.users[0])], [last])
+    wait_for(lambda: _ids(client.get(url)) == before, timeout=10)
+
+
+def _read_responses(sock, n: int) -> list[tuple[int, bytes, bytes]]:
+    """``n`` HTTP/1.1 responses (status, head, body) read off a socket, in order."""
+    buf, out = b"", []
+    while len(out) < n:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buf[:end]
+            length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")][0][15:])
+            if len(buf) >= end + 4 + length:
+                out.append((int(head[9:12]), head, buf[end + 4:end + 4 + length]))
+                buf = buf[end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        buf += chunk
+    return out
+
+
+def test_protocol_fast_path_answers_like_the_fastapi_routes(world):
+    """``python -m recall_api`` answers well-formed u2i / i2i in uvicorn's protocol (one write): same status,
+    headers and bytes as the FastAPI routes, in order with pipelined requests of either kind."""
+    import socket
+
+    from recall_api.protocol import fast_protocol
+
+    store = RecallStore(StoreConfig(world["url"], world["ns"], dim=DIM, refresh_interval=0.05), world["catalog"])
+    u, m = int(world["P"].users[2]), int(world["P"].movies[4])
+    known = int(world["users"][-5])
+    with ServerThread(create_app(store), http=fast_protocol(store)) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            for fast, routed in [(f"/u2i/{u}?k=7", f"/u2i/{u}?k=7&via=fastapi"), (f"/i2i/{m}", f"/i2i/{m}?via=1"),
+                                 (f"/u2i/{u}?k=7", f"/u2i/{u}?via=1&k=7"),  # now a cached user
+                                 ("/u2i/99999999?k=3", "/u2i/99999999?k=3&via=1"), ("/i2i/99999999", "/i2i/99999999?x"),
+                                 (f"/u2i/{known}?k=4", f"/u2i/{known}?via=1&k=4"), (f"/u2i/{u}?", f"/u2i/{u}?via=1")]:
+                # pipelined: fast, routed, fast again — answered in order
+                sock.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p.encode() for p in (fast, routed, fast)))
+                a, b, c = _read_responses(sock, 3)
+                undated = [[ln for ln in r[1].split(b"\r\n") if not ln.lower().startswith(b"date:")] for r in (a, b, c)]
+                assert (a[0], undated[0], a[2]) == (b[0], undated[1], b[2]) == (c[0], undated[2], c[2]), fast
+        assert store.user_cache.hits >= 2
+        # anything else still reaches FastAPI through the same protocol
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/u2i/abc").status_code == 422 and client.head(f"/i2i/{m}").status_code == 405
+            assert client.get(f"/u2i/{u}?k=7").json() == world["client"].get(f"/u2i/{u}?k=7").json()
+
+
+def test_resp_client_replies_errors_invalidations_and_timeouts(redis_url):
+    """The request path's Redis client over a real server: pipelined replies, an error reply fails only its
+    caller, tracked keys are invalidated when written, a silent server times out."""
+    import asyncio
+    import socket
+
+    import redis as redis_lib
+
+    from recall_api.resp import RespClient, pack
+
+    key = f"rc:{uuid.uuid4().hex[:8]}"
+    other = redis_lib.Redis.from_url(redis_url)
+    invalidated: list = []
+
+    async def main():
+        client = RespClient(redis_url, timeout=2.0, on_invalidate=invalidated.append)
+        assert await client.execute(pack("SET", key, "v1") + pack("GET", key) + pack("SMEMBERS", key + "s"), 3) \
+            == [b"OK", b"v1", []]
+        assert client.tracking and invalidated == [None]  # a new connection starts with nothing tracked
+        with pytest.raises(redis_lib.ResponseError):
+            await client.execute(pack("INCR", key), 1)
+        assert await client.execute(pack("GET", key), 1, parse=lambda r: r[0].decode()) == "v1"
+        other.set(key, "v2")  # a key this connection read changed: Redis pushes its invalidation
+        for _ in range(100):
+            if [key.encode()] in invalidated:
+                break
+            await asyncio.sleep(0.01)
+        assert [key.encode()] in invalidated
+        assert await client.execute(pack("GET", key), 1) == [b"v2"]
+        client.close()
+        assert invalidated[-1] is None and not client.tracking
+
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # accepts connections (backlog) and never answers
+        try:
+            quiet = RespClient(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout=0.3)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(redis_lib.TimeoutError):
+                await quiet.execute(pack("GET", key), 1)
+            assert loop.time() - t0 < 2.0
+        finally:
+            silent.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.delete(key)

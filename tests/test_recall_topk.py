@@ -142,3 +142,71 @@ def test_faiss_exact_when_probing_every_list():
     assert index.search_u2i(q, 1)[0].tolist() == [7]
     index.remove(np.array([7]))
     assert 7 not in index.search_u2i(q, 50)[0].tolist()
+
+
+def test_render_is_orjson_of_the_whole_answer():
+    """The pre-encoded render (cached item prefixes, scores from one orjson call) gives exactly the bytes of
+    serializing the answer as one dict."""
+    from recall_api.app import render, render_plain
+    from recall_api.catalog import Movie
+    from recall_api.types import Answer
+
+    rng = np.random.default_rng(3)
+    catalog = Catalog.from_movies({1: Movie(1, 'Toy "Story" (1995) — é ✓', ("Adventure", "Children")),
+                                   2: Movie(2, "No genres", ()), 3: Movie(3, None, ("Drama",))})
+    scores = [float(x) for x in rng.normal(size=6).astype(np.float32)] + [1e-7, 3.0, -0.0, 1e21]
+    movies = [1, 2, 3, 99, 1, 2, 7, 8, 9, 2**40]
+    for cat in (catalog, Catalog()):
+        for ans in (Answer("model", movies, scores), Answer("popularity", [3, 1], [12.0, 5.0]),
+                    Answer("model", [], [])):
+            for _ in range(2):  # second round: from the prefix cache
+                assert render("u2i", 42, 10, ans, cat) == render_plain("u2i", 42, 10, ans, cat)
+        json.loads(render("i2i", 2**60, 1000, Answer("model", movies, scores), cat))
+    assert set(catalog.render_cache) == {1, 2, 3}  # only catalog movies are cached
+
+
+def test_parse_and_lookup_ids():
+    from recall_api.topk import lookup_ids, parse_ids
+
+    assert parse_ids([b"318", b"1", b"0"]).tolist() == [318, 1, 0]
+    assert parse_ids({b"5"}).tolist() == [5] and parse_ids([]).tolist() == [] and parse_ids([7, 8]).tolist() == [7, 8]
+    assert parse_ids([b"12", b"x1", b"3"]).tolist() == [12, 3]  # not an integer: names no movie
+    table = np.array([-1, 4, -1, 0], np.int32)  # raw 1 -> row 4, raw 3 -> row 0
+    positions = {1: 4, 3: 0, 10**9: 2}
+    got = lookup_ids(table, positions, np.array([3, 1, 2, 10**9, 10**9 + 1, -5], np.int64))
+    assert got.dtype == np.int64 and got.tolist() == [0, 4, -1, 2, -1, -1]
+
+
+def test_item_matrix_dense_raw_map_mirrors_raw_pos():
+    from recall_api.matrix import DENSE_RAW_LIMIT
+
+    m = ItemMatrix(2, capacity=2)
+    raw = np.array([5, 3000, DENSE_RAW_LIMIT + 7, 10**9], np.int64)
+    m.upsert(hash_movie_ids(raw), raw, np.ones((4, 2), np.float32), np.zeros(4, np.float32))
+    snap = m.snapshot()
+    table = snap.row_of_raw
+    assert len(table) > 3000 and len(table) <= DENSE_RAW_LIMIT
+    small = [r for r in m.raw_pos if r < len(table)]
+    assert small == [5, 3000] and [int(table[r]) for r in small] == [m.raw_pos[r] for r in small]
+    assert (table >= 0).sum() == 2
+    # a mislabeled row moves raw 5 to another hashed id: the newest mapping wins in both maps
+    m.upsert(np.array([123456789], np.int64), np.array([5]), np.ones((1, 2), np.float32), np.zeros(1, np.float32))
+    assert m.raw_pos[5] == 4 and int(m.snapshot().row_of_raw[5]) == 4
+
+
+def test_u2i_base_is_cached_per_snapshot():
+    """The user-independent part of the u2i score (bias, -inf on removed rows) is computed once per snapshot."""
+    from recall_api import RecallStore, StoreConfig
+
+    m = ItemMatrix(2)
+    raw = np.array([1, 2, 3], np.int64)
+    ids = hash_movie_ids(raw)
+    m.upsert(ids, raw, np.ones((3, 2), np.float32), np.array([0.5, -1.0, 2.0], np.float32))
+    store = RecallStore(StoreConfig("redis://127.0.0.1:1/0"))  # no I/O in this test
+    snap = m.snapshot()
+    base = store.u2i_base(snap)
+    assert base.tolist() == [0.5, -1.0, 2.0] and store.u2i_base(snap) is base and not base.flags.writeable
+    m.upsert(ids[1:2], raw[1:2], np.ones((1, 2), np.float32), np.array([7.0], np.float32))
+    m.remove(ids[:1])
+    base2 = store.u2i_base(m.snapshot())
+    assert base2 is not base and base2.tolist() == [-np.inf, 7.0, 2.0]
