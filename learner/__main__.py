@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
     run.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0 = never)")
     run.add_argument("--flush-ms", type=int, default=200, help="flush a partial batch after this idle time")
+    run.add_argument("--sync-ms", type=int, default=200,
+                     help="while draining a backlog, write the rows trained locally to the PS at least this often "
+                          "(a caught-up learner syncs every batch; 0 = every batch)")
     run.add_argument("--train-log-steps", type=int, default=100, help="batches between prequential AUC lines")
     run.add_argument("--test-log-steps", type=int, default=0,
                      help="batches between test evaluations + checkpoints (0 = at the end only)")
@@ -86,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         model=model, redis_url=args.redis_url, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
         namespace=args.namespace, data_dir=args.data_dir, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
         backend=args.backend, session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms,
-        max_events=args.max_events, idle_timeout=args.idle_timeout, flush_ms=args.flush_ms, workers=args.workers,
+        max_events=args.max_events, idle_timeout=args.idle_timeout, flush_ms=args.flush_ms, sync_ms=args.sync_ms, workers=args.workers,
         push_mode=args.push_mode, prefetch=args.prefetch, train_log_steps=args.train_log_steps,
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
         xla=args.xla)

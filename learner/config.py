@@ -192,6 +192,11 @@ class LearnerConfig:
         max_events: stop after this many stream events (0 = no limit).
         idle_timeout: stop after this many seconds without a record (0 = never).
         flush_ms: flush a partial batch when no record arrived for this long.
+        sync_ms: while a backlog is being drained, micro-batches train on rows held locally and the
+            held rows are written to the PS (fenced, one transaction) at least every ``sync_ms``
+            milliseconds; a learner that has caught up with the stream syncs after every micro-batch.
+            0 = sync after every micro-batch.  Gradient-mode pushes (several workers) always sync
+            after every micro-batch.
         workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
         prefetch: consume on a background thread, overlapping the network with compute.
@@ -219,6 +224,7 @@ class LearnerConfig:
     max_events: int = 0
     idle_timeout: float = 0.0
     flush_ms: int = 200
+    sync_ms: int = 200
     workers: int = 1
     push_mode: str = "auto"
     prefetch: bool = True
@@ -248,8 +254,9 @@ class LearnerConfig:
             bad("heartbeat_interval_ms", f"must be < session_timeout_ms ({self.session_timeout_ms})")
         if not 0.0 <= self.hr_sample <= 1.0:
             bad("hr_sample", "must be in [0, 1]")
-        if self.idle_timeout < 0 or self.flush_ms < 0:
-            bad("idle_timeout" if self.idle_timeout < 0 else "flush_ms", "must be >= 0")
+        for name in ("idle_timeout", "flush_ms", "sync_ms"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
         if not self.topic:
             bad("topic", "must not be empty")
 

@@ -255,10 +255,14 @@ def _pad_top(top: np.ndarray, k: int) -> np.ndarray:
 
 
 class ItemMirror:
-    """The learner's local copy of item rows (vec, bias, raw id), for prequential HR@k without a PS scan."""
+    """The learner's local copy of item rows (vec, bias, raw id), for prequential HR@k without a PS scan.
+
+    Rows are appended in first-seen order; a sorted id index (numpy ``searchsorted``) maps hashed ids to rows.
+    """
 
     def __init__(self, dim: int):
-        self._row: dict[int, int] = {}
+        self._sorted = np.zeros(0, np.int64)  # hashed ids, sorted
+        self._rows = np.zeros(0, np.int64)  # row of each sorted id
         self._raw_row: dict[int, int] = {}
         self.ids = np.zeros(1024, np.int64)
         self.raw = np.zeros(1024, np.int64)
@@ -267,18 +271,22 @@ class ItemMirror:
         self.n = 0
 
     def update(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray) -> None:
-        """Insert or overwrite rows."""
-        rows = np.empty(len(ids), np.int64)
-        for j, x in enumerate(ids.tolist()):
-            r = self._row.get(x)
-            if r is None:
-                r = self._row[x] = self.n
-                self.n += 1
-                if self.n > len(self.ids):
-                    self._grow()
-            rows[j] = r
+        """Insert or overwrite rows (``ids`` distinct)."""
+        ids = np.asarray(ids, np.int64)
+        rows = self.columns(ids)
+        fresh = rows < 0
+        k = int(fresh.sum())
+        if k:
+            while self.n + k > len(self.ids):
+                self._grow()
+            rows[fresh] = np.arange(self.n, self.n + k)
+            self.n += k
+            merged = np.concatenate([self._sorted, ids[fresh]])
+            order = np.argsort(merged, kind="stable")
+            self._sorted = merged[order]
+            self._rows = np.concatenate([self._rows, rows[fresh]])[order]
+            self._raw_row.update(zip(np.asarray(raw)[fresh].tolist(), rows[fresh].tolist()))
         self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows] = ids, raw, vec, bias
-        self._raw_row.update(zip(np.asarray(raw).tolist(), rows.tolist()))
 
     def _grow(self) -> None:
         n = 2 * len(self.ids)
@@ -290,7 +298,14 @@ class ItemMirror:
 
     def columns(self, ids) -> np.ndarray:
         """Row of each hashed id (-1 absent)."""
-        return np.array([self._row.get(int(x), -1) for x in ids], np.int64)
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(self._sorted, ids)
+        out = np.full(len(ids), -1, np.int64)
+        inside = pos < len(self._sorted)
+        hit = np.zeros(len(ids), bool)
+        hit[inside] = self._sorted[pos[inside]] == ids[inside]
+        out[hit] = self._rows[pos[hit]]
+        return out
 
     def raw_columns(self, raw_ids: set[int]) -> np.ndarray:
         """Rows of a set of raw movie ids (absent ones dropped)."""

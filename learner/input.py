@@ -37,6 +37,47 @@ class Parsed:
         return int(self.valid.size)
 
 
+@dataclass
+class Decoded:
+    """Per-record decode of stream values, aligned with the input (so it can be cut like the records).
+
+    Attributes:
+        columns: feature → numpy array over *every* record (zeros where a record is bad).
+        ok: True for valid records.
+        reasons: input index → why the record is poison.
+    """
+
+    columns: dict[str, np.ndarray]
+    ok: np.ndarray
+    reasons: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ok.size)
+
+    def cut(self, lo: int, hi: int) -> "Decoded":
+        """Records ``lo:hi`` (indexes renumbered from 0)."""
+        return Decoded({k: v[lo:hi] for k, v in self.columns.items()}, self.ok[lo:hi],
+                       {i - lo: r for i, r in self.reasons.items() if lo <= i < hi})
+
+    @staticmethod
+    def join(parts: list["Decoded"]) -> "Decoded":
+        """Concatenate decodes in order."""
+        if len(parts) == 1:
+            return parts[0]
+        reasons, at = {}, 0
+        for p in parts:
+            reasons.update({i + at: r for i, r in p.reasons.items()})
+            at += len(p)
+        return Decoded({k: np.concatenate([p.columns[k] for p in parts]) for k in FEATURES},
+                       np.concatenate([p.ok for p in parts]), reasons)
+
+    def parsed(self) -> "Parsed":
+        """The valid records' columns and the bad ones' reasons, as :meth:`InputFn.parse` returns them."""
+        valid = np.flatnonzero(self.ok)
+        cols = self.columns if valid.size == self.ok.size else {k: v[valid] for k, v in self.columns.items()}
+        return Parsed(cols, valid, sorted(self.reasons.items()))
+
+
 def empty_columns() -> dict[str, np.ndarray]:
     """Zero-length columns of the record schema."""
     from lfm_stream.schema import INT_FEATURES
@@ -95,6 +136,21 @@ class InputFn:
             cols = {k: v[ok] for k, v in cols.items()}
         bad.sort()
         return Parsed(cols, idx, bad)
+
+    def decode(self, values: list[bytes]) -> Decoded:
+        """:meth:`parse`, aligned with the input records (see :class:`Decoded`)."""
+        p = self.parse(values)
+        n = len(values)
+        ok = np.zeros(n, bool)
+        ok[p.valid] = True
+        if p.valid.size == n:
+            return Decoded(p.columns, ok)
+        cols = {}
+        for k, v in p.columns.items():
+            full = np.zeros(n, v.dtype)
+            full[p.valid] = v
+            cols[k] = full
+        return Decoded(cols, ok, dict(p.bad))
 
     def _bisect(self, values, lo, hi, parts, bad) -> None:
         try:

@@ -35,6 +35,7 @@ class Chunk:
     values: list[bytes]
     keys: list[bytes | None] = field(default_factory=list)
     gen: int = 0
+    decoded: object = None  # what the Fetcher's ``decode`` made of the values (e.g. learner.input.Decoded)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -168,8 +169,10 @@ class Fetcher:
     """
 
     def __init__(self, factory: Callable[[], object], prefetch: bool, poll_timeout: float = 0.1,
-                 depth: int = 8, log: Callable[[str], None] | None = None):
+                 depth: int = 8, log: Callable[[str], None] | None = None,
+                 decode: Callable[[list[bytes]], object] | None = None):
         self._factory = factory
+        self._decode = decode  # run on each chunk's values (on the prefetch thread: overlaps the loop's work)
         self.prefetch = prefetch
         self.poll_timeout = poll_timeout
         self._log = log or (lambda s: print(s, file=sys.stderr))
@@ -189,6 +192,10 @@ class Fetcher:
         else:
             self.source = factory()
 
+    def backlog(self) -> int:
+        """Chunks consumed and waiting for the loop (0 without prefetch)."""
+        return self._q.qsize() if self.prefetch else 0
+
     # -- consumer thread
     def _run(self) -> None:
         try:
@@ -204,6 +211,8 @@ class Fetcher:
                 self._flush_commit()
                 if chunk is not None:
                     chunk.gen = self.generation
+                    if self._decode is not None:
+                        chunk.decoded = self._decode(chunk.values)
                     while not self._stop.is_set():
                         try:
                             self._q.put(chunk, timeout=0.1)
@@ -248,6 +257,8 @@ class Fetcher:
             chunk = self._poll_retry_direct(timeout)
             if chunk is not None:
                 chunk.gen = self.generation
+                if self._decode is not None:
+                    chunk.decoded = self._decode(chunk.values)
             return chunk
         if self.error is not None:
             raise RuntimeError(f"consumer thread failed: {self.error}") from self.error

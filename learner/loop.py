@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.evaluate import ItemMirror, evaluate, ppop_ids
-from learner.input import InputFn, shard_paths
+from learner.evaluate import evaluate, ppop_ids
+from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
-from learner.metrics import AUCUtils, top_k
-from learner.model import MFModel, index_batch, make_input, recall_scores
+from learner.metrics import AUCUtils
+from learner.model import MFModel, index_batch, make_input
+from learner.prequential import PrequentialHR
+from learner.window import RowWindow
 
 HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
 
@@ -79,13 +81,15 @@ class Learner:
         self.records = 0  # stream records consumed and handled (valid + poison)
         self.poison = 0
         self.skipped = 0
-        self.hr_hits = 0
-        self.hr_n = 0
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
-        self.mirror = ItemMirror(m.dim) if cfg.hr_sample > 0 else None
-        self._pop: dict[int, np.ndarray] = {}  # local positive counts per period (prequential HR prior)
-        self._pop_total = np.zeros(0)
+        self.preq = PrequentialHR(m, cfg.hr_k) if cfg.hr_sample > 0 else None
+        # rows held since the last PS sync, the offsets and activity-log events they cover
+        self.held: dict[str, RowWindow] = {}
+        self._held_offsets: dict[int, int] = {}
+        self._held_events: list[tuple] = []
+        self._held_batches = 0
+        self._held_since = 0.0
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -141,7 +145,8 @@ class Learner:
         return seek
 
     def on_revoke(self, partitions: list[int]) -> None:
-        with self.lock:  # waits for the in-flight batch to be pushed
+        with self.lock:  # waits for the in-flight batch, then writes what was trained
+            self._sync()
             if self.fetcher is not None:
                 self.fetcher.generation += 1
                 self.fetcher.drain()
@@ -157,7 +162,7 @@ class Learner:
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
         self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, max(4 * B, 10000)),
-                               cfg.prefetch, log=self.say)
+                               cfg.prefetch, log=self.say, decode=self.input.decode)
         self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}, {self.mode} pushes, "
                  f"batch {B}, dim {cfg.model.dim})")
         last_rec = time.monotonic()
@@ -177,9 +182,12 @@ class Learner:
                         last_rec = now
                     while self.pending_n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(B))
+                        self._maybe_sync(caught_up=False)
                     idle = now - last_rec
                     if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
                         self._process(self._take(self.pending_n))
+                    # caught up with the stream: make what was trained visible now
+                    self._maybe_sync(caught_up=self.pending_n < B and not self.fetcher.backlog())
                     if chunk is not None:
                         last_rec = time.monotonic()  # idle time counts from the end of its processing
                 if self._limit_reached():
@@ -211,21 +219,24 @@ class Learner:
     def _take(self, n: int) -> Chunk:
         if self.cfg.max_events:
             n = min(n, self.cfg.max_events - self.records)
-        parts, offs, vals, keys, got = [], [], [], [], 0
+        parts, offs, vals, keys, decs, got = [], [], [], [], [], 0
         while got < n:
             c = self.pending[0]
-            k = min(len(c) - 0, n - got)
+            k = min(len(c), n - got)
             parts.append(c.parts[:k])
             offs.append(c.offsets[:k])
             vals.extend(c.values[:k])
             keys.extend(c.keys[:k] if c.keys else [None] * k)
+            decs.append(c.decoded.cut(0, k) if c.decoded is not None else None)
             got += k
             if k == len(c):
                 self.pending.pop(0)
             else:
-                self.pending[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen)
+                self.pending[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen,
+                                        c.decoded.cut(k, len(c)) if c.decoded is not None else None)
         self.pending_n -= got
-        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys)
+        decoded = Decoded.join(decs) if decs and all(d is not None for d in decs) else None
+        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys, decoded=decoded)
 
     # ----------------------------------------------------------------------------- one batch
     def _tick(self, name: str, t: float) -> float:
@@ -242,19 +253,18 @@ class Learner:
 
     def _process_batch(self, batch: Chunk, t: float) -> None:
         cfg, m = self.cfg, self.cfg.model
-        fence_offsets = {int(p): int(batch.offsets[batch.parts == p].max()) + 1 for p in np.unique(batch.parts)}
-        parsed = self.input.parse(batch.values)
+        for p in np.unique(batch.parts).tolist():
+            self._held_offsets[p] = max(self._held_offsets.get(p, 0), int(batch.offsets[batch.parts == p].max()) + 1)
+        if not self._held_batches:
+            self._held_since = time.monotonic()
+        self._held_batches += 1
+        parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
             self._dead_letters(batch, parsed.bad)
         t = self._tick("parse", t)
         self.records += len(batch)
-        from ps_redis import Fence, Update
-
-        fence = Fence(cfg.group, cfg.topic, fence_offsets)
         if len(parsed) == 0:
-            self._retry("fenced push", self.ps.push, {}, mode=self.mode, fence=fence)
-            self.fetcher.commit(fence_offsets)
-            return
+            return  # the offsets move with the next sync
         c = parsed.columns
         n = len(parsed)
         y = c["label"].astype(np.float32)
@@ -266,106 +276,43 @@ class Learner:
         raw_i[iinv[:n]] = c["raw_movie_id"]
         kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(m.batch_size, np.int32), np.zeros(1, np.int64)
         kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
-        # every row this batch reads or writes, in one round trip: the push then finds them all in the PS's
-        # row cache and is one MSET (see ps_redis.fastpath)
-        req = {"user": (uu, raw_u), "item": (ii, raw_i)}
+        wanted = {"user": (uu, raw_u), "item": (ii, raw_i)}
         if m.period_days > 0:
             k = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
             kk, kinv, kcnt = index_batch(k, m.batch_size)
-            req["period"] = kk
+            wanted["period"] = (kk, None)
             last = np.zeros(len(uu), np.int64)
             np.maximum.at(last, uinv[:n], k)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
         if m.learn_mu:
-            req["global"] = np.zeros(1, np.int64)
+            wanted["global"] = (np.zeros(1, np.int64), None)
         pid = pcnt = None
         if kpop is not None:
             pos = y > 0.5
             if pos.any():
                 pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
-                req["ppop"] = pid
-            req["user_ctx"] = uu
-        # assign mode: one writer per row, so new rows are written by this batch's push (no create round trip)
-        pulled, _ = self._retry("pull", self.ps.pull_many, req, defer_create=self.mode == "assign")
-        urows, irows, prow = pulled["user"], pulled["item"], pulled.get("period")
-        stored_ivec = irows.vec
-        if m.item_scale != 1.0:
-            fresh = irows.count == 0
-            if fresh.any():
-                irows.vec = irows.vec.copy()
-                irows.vec[fresh] *= m.item_scale
+                wanted["ppop"] = (pid, None)
+            wanted["user_ctx"] = (uu, None)
+        self._hold(wanted)
+        urows, irows = self.held["user"].rows(uu), self.held["item"].rows(ii)
+        prow = self.held["period"].rows(kk) if m.period_days > 0 else None
         mu = mu_acc = 0.0
         if m.learn_mu:
-            mu, mu_acc = float(pulled["global"].bias[0]), float(pulled["global"].accum[0, -1])
+            g = self.held["global"].rows(np.zeros(1, np.int64))
+            mu, mu_acc = float(g["bias"][0]), float(g["accum"][0, -1])
         t = self._tick("pull", t)
-        if self.mirror is not None and self.step % HR_EVERY == 0:
+        if self.preq is not None and self.step % HR_EVERY == 0:
             self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
         t = self._tick("prequential_hr", t)
         x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
         t = self._tick("step", t)
-        nu, ni, nk = len(uu), len(ii), len(kk)
-        grad = self.mode == "gradient"
-        sgd = m.optimizer == "sgd"
-
-        def update(ids, rows, stored_vec, vec, bias, acc, count, with_bias=True):
-            if grad:
-                return Update(ids, vec=(stored_vec - vec).astype(np.float32),
-                              bias=(rows.bias - bias).astype(np.float32) if with_bias else None,
-                              accum=None if sgd else (acc - rows.accum).astype(np.float32), count=count)
-            return Update(ids, vec=vec, bias=bias if with_bias else None, accum=None if sgd else acc, count=count)
-
-        ups = {
-            "user": update(uu, urows, urows.vec, out.user_vec[:nu], out.user_bias[:nu], out.user_acc[:nu], ucnt, m.use_bias),
-            "item": update(ii, irows, stored_ivec, out.item_vec[:ni], out.item_bias[:ni], out.item_acc[:ni], icnt, m.use_bias),
-        }
-        if prow is not None:
-            ups["period"] = update(kk, prow, prow.vec, out.period_vec[:nk], prow.bias, out.period_acc[:nk], kcnt, False)
-        if m.learn_mu:
-            acc = np.zeros((1, m.dim + 1), np.float32)
-            acc0 = acc.copy()
-            acc[0, -1], acc0[0, -1] = out.mu_acc[0], mu_acc
-            g = np.zeros(1, np.int64)
-            if grad:
-                ups["global"] = Update(g, bias=np.float32([mu - out.mu[0]]),
-                                       accum=None if sgd else acc - acc0, count=np.int64([n]))
-            else:
-                ups["global"] = Update(g, bias=out.mu.astype(np.float32), accum=None if sgd else acc,
-                                       count=np.int64([n]))
-        if kpop is not None:
-            self._pop_updates(ups, pid, pcnt, kpop, uu, uinv[:n], ucnt, pulled["user_ctx"], grad)
-        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
-        applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
-        t = self._tick("push", t)
-        if applied:  # recorded on a background thread (one call in flight), overlapping the next batch
-            self._wait_activity()
-            self._activity_job = self._pool.submit(
-                self._retry, "activity log", self.activity.record, uu[uinv[:n]], c["raw_user_id"],
-                c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
-        else:
-            self.skipped += 1
-            self.say(f"fenced push for {fence_offsets} skipped: the PS already holds it")
-        t = self._tick("activity", t)
-        self.fetcher.commit(fence_offsets)
-        if self.mirror is not None:
-            self.mirror.update(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni])
-            if kpop is not None:
-                pos = y > 0.5
-                cols = self.mirror.columns(c["movie_id"][pos])
-                size = len(self.mirror.ids)
-                if len(self._pop_total) < size:
-                    self._pop_total = np.r_[self._pop_total, np.zeros(size - len(self._pop_total))]
-                np.add.at(self._pop_total, cols, 1.0)
-                kp = kpop[pos]
-                for k in np.unique(kp).tolist():
-                    row = self._pop.get(k)
-                    if row is None or len(row) < size:
-                        grown = np.zeros(size)
-                        if row is not None:
-                            grown[: len(row)] = row
-                        row = self._pop[k] = grown
-                    np.add.at(row, cols[kp == k], 1.0)
+        self._learn(out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv[:n])
+        self._held_events.append((c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"]))
+        if self.preq is not None:
+            ni = len(ii)
+            self.preq.learn(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni], c["movie_id"], y, kpop)
         pred = out.pred[:n]
         self.window.add(y, pred, out.loss_sum)
         self.all_labels.append(y)
@@ -379,66 +326,125 @@ class Learner:
         if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
             self._test_and_checkpoint()
 
+    def _hold(self, wanted: dict[str, tuple]) -> None:
+        """Pull, in one round trip, the rows of ``wanted`` (table → (ids, raw ids)) not held yet."""
+        m = self.cfg.model
+        req = {}
+        for table, (ids, raw) in wanted.items():
+            miss = self.held.setdefault(table, RowWindow(m.dim)).missing(ids)
+            if miss.any():
+                req[table] = (ids[miss], None if raw is None else raw[miss])
+        if not req:
+            return
+        # assign mode: one writer per row, so new rows are first written by the sync (no create round trip)
+        defer = self.mode == "assign"
+        pulled, _ = self._retry("pull", self.ps.pull_many, req, defer_create=defer)
+        for table, rows in pulled.items():
+            stored = rows.struct
+            cur = None
+            if table == "item" and m.item_scale != 1.0:  # never-trained items start at a smaller scale
+                fresh = stored["count"] == 0
+                if fresh.any():
+                    cur = stored.copy()
+                    cur["vec"][fresh] *= m.item_scale
+            self.held[table].add(rows.ids, stored, ~rows.found if defer else None, cur=cur)
+
+    def _learn(self, out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv) -> None:
+        """Write one step's results into the held rows (counts are added)."""
+        h = self.held
+        nu, ni, nk = len(uu), len(ii), len(kk)
+        keep_acc = m.optimizer == "sgd"
+        h["user"].update(uu, vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
+                         accum=None if keep_acc else out.user_acc[:nu], count=ucnt)
+        h["item"].update(ii, vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
+                         accum=None if keep_acc else out.item_acc[:ni], count=icnt)
+        if m.period_days > 0:
+            h["period"].update(kk, vec=out.period_vec[:nk], accum=None if keep_acc else out.period_acc[:nk],
+                               count=kcnt)
+        if m.learn_mu:
+            g = np.zeros(1, np.int64)
+            acc = h["global"].rows(g)["accum"].copy()
+            acc[0, -1] = out.mu_acc[0]
+            h["global"].update(g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
+        if kpop is not None:  # positives per (period, movie) into ppop; each user's last period into user_ctx
+            if pid is not None:
+                h["ppop"].update(pid, count=pcnt)
+            last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(last, uinv, kpop)
+            h["user_ctx"].update(uu, bias=last.astype(np.float32), count=ucnt)
+
+    def _maybe_sync(self, caught_up: bool) -> None:
+        if not self._held_batches:
+            return
+        if caught_up or self.mode == "gradient" or \
+                time.monotonic() - self._held_since >= self.cfg.sync_ms / 1000.0:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Write the held rows to the PS fenced with the offsets they cover (plus the activity log of their
+        events), then commit those offsets to Kafka and drop the held rows."""
+        if not self._held_batches:
+            return
+        from ps_redis import Fence, Update
+
+        t = time.perf_counter()
+        cfg = self.cfg
+        offsets = dict(self._held_offsets)
+        fence = Fence(cfg.group, cfg.topic, offsets)
+        events = None
+        if self._held_events:
+            events = tuple(np.concatenate(col) for col in zip(*self._held_events))
+        held = {table: w for table, w in self.held.items() if len(w)}
+        if self.mode == "assign" and not self.ps.keys.shards:
+            # one MULTI/EXEC: rows, row counters, activity log, offsets (exactly once, all or nothing)
+            cmd = self.activity.record_command(*events) if events else None
+            applied, attempts = self._retry("fenced push", self.ps.write_rows,
+                                            {table: (w.ids, w.cur, w.new) for table, w in held.items()},
+                                            fence=fence, extra=[cmd] if cmd else [])
+            applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
+        else:
+            ups = {}
+            for table, w in held.items():
+                cur, base = w.cur, w.base
+                count = cur["count"] - base["count"]
+                if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up
+                    ups[table] = Update(w.ids, vec=base["vec"] - cur["vec"], bias=base["bias"] - cur["bias"],
+                                        accum=cur["accum"] - base["accum"], count=count)
+                else:
+                    ups[table] = Update(w.ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
+                                        accum=np.ascontiguousarray(cur["accum"]), count=count)
+            applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
+            applied = applied or attempts > 0
+            if applied and events:  # recorded on a background thread (one call in flight)
+                self._wait_activity()
+                self._activity_job = self._pool.submit(self._retry, "activity log", self.activity.record,
+                                                       None, *events)
+        if not applied:
+            self.skipped += 1
+            self.say(f"fenced push for {offsets} skipped: the PS already holds it")
+        self.fetcher.commit(offsets)
+        for w in self.held.values():
+            w.clear()
+        self._held_offsets, self._held_events, self._held_batches = {}, [], 0
+        self._tick("push", t)
+
     def _wait_activity(self) -> None:
         if self._activity_job is not None:
             self._activity_job.result()
             self._activity_job = None
-
-    def _pop_updates(self, ups: dict, pid, pcnt, kpop, uu, uinv, ucnt, ctx_rows, grad: bool) -> None:
-        """Positive counts per (period, movie) into ``ppop``; each user's last period into ``user_ctx``."""
-        from ps_redis import Update
-
-        if pid is not None:
-            ups["ppop"] = Update(pid, count=pcnt.astype(np.int64))
-        last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(last, uinv, kpop)
-        new = last.astype(np.float32)
-        if grad:  # gradient mode subtracts: send old − new (a user lives on one partition, one writer)
-            new = (ctx_rows.bias - new).astype(np.float32)
-        ups["user_ctx"] = Update(uu, bias=new, count=ucnt.astype(np.int64))
-
-    def _tau(self, k: int, n: int) -> np.ndarray:
-        """The local time-aware popularity prior of period ``k`` over the first ``n`` mirror items."""
-        m = self.cfg.model
-        window = np.zeros(n)
-        for kk in range(k - m.pop_window, k + m.pop_window + 1):
-            row = self._pop.get(kk)
-            if row is not None:
-                r = row[:n]
-                window[: len(r)] += r
-        total = np.zeros(n)
-        t = self._pop_total[:n]
-        total[: len(t)] = t
-        return np.log(m.pop_smooth + window + m.pop_total_w * total)
 
     def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""
         # every HR_EVERY-th batch, HR_EVERY times the sampling rate: same expected sample, less overhead
         rate = min(1.0, self.cfg.hr_sample * HR_EVERY)
         pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
-        if not len(pos) or self.mirror.n == 0:
+        if not len(pos) or self.preq.mirror.n == 0:
             return
-        m = self.cfg.model
-        q = urows.vec[uinv[pos]].astype(np.float32)
+        q = urows["vec"][uinv[pos]].astype(np.float32)
         if prow is not None:
-            q = q + prow.vec[kinv[pos]]
-        n = self.mirror.n
-        scores = recall_scores(m, q, self.mirror.vec[:n], self.mirror.bias[:n]).astype(np.float64)
-        if kpop is not None and m.pop_weight > 0:
-            taus = {}
-            for r, e in enumerate(pos):
-                k = int(kpop[e])
-                if k not in taus:
-                    taus[k] = self._tau(k, n)
-                scores[r] += m.pop_weight * taus[k]
-        seen_sets, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][pos].tolist())
-        for r, seen in enumerate(seen_sets):
-            scores[r, self.mirror.raw_columns(seen)] = -np.inf
-        target = self.mirror.columns(c["movie_id"][pos])
-        top = top_k(scores, self.cfg.hr_k)
-        hit = (top == target[:, None]).any(1) & (target >= 0)
-        self.hr_hits += int(hit.sum())
-        self.hr_n += len(pos)
+            q = q + prow["vec"][kinv[pos]]
+        seen, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][pos].tolist())
+        self.preq.score(q, c["movie_id"][pos], None if kpop is None else kpop[pos], seen)
 
     def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
         for idx, reason in bad:
@@ -478,16 +484,17 @@ class Learner:
         if not w.n:
             return
         rate = self.events / max(time.time() - self.t0, 1e-9)
-        hr = self.hr_hits / self.hr_n if self.hr_n else None
+        hr, hr_n = (self.preq.rate, self.preq.n) if self.preq is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
-                 + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={self.hr_n})" if hr is not None else "")
+                 + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
                  + f" {rate:,.0f} ev/s")
         self.emit("train", auc=None if w.one_class else round(w.cal(), 6), loss=round(w.loss(), 6), window=w.n,
                   positives=w.positives, negatives=w.negatives, **{f"preq_hr_at_{self.cfg.hr_k}": hr},
-                  hr_samples=self.hr_n, events_per_s=round(rate, 1), poison=self.poison)
+                  hr_samples=hr_n, events_per_s=round(rate, 1), poison=self.poison)
         w.reset()
 
     def _test_and_checkpoint(self) -> dict:
+        self._sync()  # the evaluation and the checkpoint read the PS
         self._wait_activity()
         res = {}
         if self.test is not None:
@@ -511,6 +518,7 @@ class Learner:
         with self.lock:
             if self.window.n:
                 self._log_train()
+            self._sync()
         if self.fetcher is not None:
             self.fetcher.close()
         self._wait_activity()
@@ -519,13 +527,13 @@ class Learner:
         if self.dlq is not None:
             self.dlq.close()
         secs = time.time() - self.t0
-        hr = self.hr_hits / self.hr_n if self.hr_n else None
+        hr, hr_n = (self.preq.rate, self.preq.n) if self.preq is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
         summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
                             stream_seconds=round(span, 3),
                             stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
-                            **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=self.hr_n,
+                            **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
                             poison=self.poison, skipped_pushes=self.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
                  f"{summary['prequential_auc']:.4f}, poison {self.poison}, skipped pushes {self.skipped}")

@@ -95,17 +95,20 @@ def _pack(r, n: int, d: int, with_bias: bool = True) -> np.ndarray:
     out = np.zeros((n, 2 * d + 1 + with_bias), np.float32)
     if r is None:
         return out
-    m = len(r.vec)
-    out[:m, :d] = r.vec
+    struct = isinstance(r, np.ndarray)  # structured PS rows, or an object with vec / bias / accum
+    vec, accum = (r["vec"], r["accum"]) if struct else (r.vec, r.accum)
+    m = len(vec)
+    out[:m, :d] = vec
     if with_bias:
-        out[:m, d] = r.bias
-    out[:m, d + with_bias:] = r.accum
+        out[:m, d] = r["bias"] if struct else r.bias
+    out[:m, d + with_bias:] = accum
     return out
 
 
 def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_acc,
                uinv, iinv, kinv, label) -> StepInput:
-    """Pack pulled rows (objects with ``vec``, ``bias``, ``accum``) and indexes, padded to the batch size."""
+    """Pack pulled rows (structured PS rows, or objects with ``vec``, ``bias``, ``accum``) and indexes, padded
+    to the batch size."""
     n, d = cfg.batch_size, cfg.dim
     e = len(label)
     if e > n:

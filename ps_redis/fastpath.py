@@ -131,7 +131,8 @@ def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: F
             conn.read_response()
             return False
         raise_to = [x for p, s, w in zip(parts, stored, want) if s is None or s < w for x in (p, w)]
-        commands = [("MULTI",), ("MSET", *flat), *extra, ("HSET", fence_key, *raise_to), ("EXEC",)]
+        writes = [("MSET", *flat)] if flat else []
+        commands = [("MULTI",), *writes, *extra, ("HSET", fence_key, *raise_to), ("EXEC",)]
         conn.send_packed_command([pack(c) for c in commands])
         for _ in commands[:-1]:
             conn.read_response()  # OK, QUEUED...

@@ -20,7 +20,7 @@ import numpy as np
 import redis
 
 from ps_redis import fastpath, maintenance, snapshot
-from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
+from ps_redis.codec import CorruptRowError, decode, new_rows, row_dtype, row_size
 from ps_redis.connection import PSError, call, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
@@ -302,6 +302,62 @@ class ParameterServer:
         if np_:
             fkey = self.keys.fence(fence.group, fence.topic)
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
+        return applied
+
+    def write_rows(self, tables: dict[str, tuple], fence: Fence | None = None, extra: list[tuple] = ()) -> bool:
+        """Overwrite whole rows of several tables in one MULTI/EXEC (standalone server only).
+
+        ``tables`` maps a table to ``(ids, rows, new)``: structured rows of :func:`ps_redis.codec.row_dtype`
+        (``updated`` is set to now) and a bool mask of rows that do not exist yet (added to the table's
+        row counter).  For a process that holds rows it pulled and trained and is their only writer (the
+        learner between two syncs): one MSET, no server-side read-modify-write.  With ``fence``: skipped
+        (returns False) when already covered, else the offsets are raised in the same transaction.
+        ``extra`` commands run in the same transaction (e.g. the activity-log record of the same events).
+
+        Raises:
+            ValueError: on a cluster (use :meth:`push`), a bad table name or rows of another dim.
+        """
+        if self.keys.shards:
+            raise ValueError("write_rows needs a standalone server; on a cluster use push()")
+        now = time.time()
+        flat: list = []
+        commands: list[tuple] = []
+        written = []
+        for table, (ids, rows, new) in tables.items():
+            check_table(table)
+            ids = as_ids(ids)
+            if rows.dtype != row_dtype(self.dim) or len(rows) != len(ids):
+                raise ValueError(f"write_rows {table}: expected {len(ids)} rows of dim {self.dim}, "
+                                 f"got {len(rows)} of dtype {rows.dtype}")
+            if not len(ids):
+                continue
+            rows = rows.copy()
+            rows["updated"] = now
+            keys = self.keys.row_keys(table, ids)
+            flat += fastpath.mset_args(keys, rows)
+            created = int(np.count_nonzero(new))
+            if created:
+                commands.append(("INCRBY", self.keys.counter(table), created))
+            written.append((table, ids, rows, keys))
+        commands += list(extra)
+        if not flat and fence is None and not commands:
+            return False
+        with self._io():
+            if fence is not None and fence.offsets:
+                if not flat:  # nothing to write: only the offsets (and the extra commands)
+                    flat = None
+                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence,
+                                               extra=commands)
+            else:
+                pipe = self.redis.pipeline(transaction=True)
+                for cmd in ([("MSET", *flat)] if flat else []) + commands:
+                    pipe.execute_command(*cmd)
+                pipe.execute()
+                applied = True
+        for table, ids, rows, keys in written:
+            self._rows.forget(table)
+            if applied:
+                self._rows.remember(table, ids.copy(), rows, keys)
         return applied
 
     def _shard_commands(self, packed: list, mode: str, now: float, fence: Fence | None) -> list:

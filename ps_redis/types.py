@@ -55,6 +55,7 @@ class Rows:
     updated: np.ndarray
     raw: np.ndarray
     found: np.ndarray
+    struct: np.ndarray | None = None  # the structured rows the fields came from (may be a read-only view)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,7 +65,7 @@ class Rows:
         """Contiguous, writable field arrays out of a structured row array."""
         return cls(ids=ids, vec=np.array(rows["vec"]), bias=np.array(rows["bias"]),
                    accum=np.array(rows["accum"]), count=np.array(rows["count"]),
-                   updated=np.array(rows["updated"]), raw=np.array(rows["raw"]), found=found)
+                   updated=np.array(rows["updated"]), raw=np.array(rows["raw"]), found=found, struct=rows)
 
 
 def as_ids(ids, what: str = "ids") -> np.ndarray:
