@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -240,7 +241,14 @@ def load(port: int, paths: list[bytes], concurrency: int, requests: int, seconds
                                for c in range(concurrency)))
         return time.perf_counter() - t0
 
-    elapsed = asyncio.run(run())
+    # the generator's own pauses would be charged to the service: no cyclic GC during a pass (its full
+    # collections walk everything this process imported: tens of ms); collected right after
+    gc.collect()
+    gc.disable()
+    try:
+        elapsed = asyncio.run(run())
+    finally:
+        gc.enable()
     ms = np.array(lat) * 1000.0
     return {"concurrency": concurrency, "target_qps": rate or None, "requests": len(lat), "seconds": round(elapsed, 3),
             "qps": round(len(lat) / elapsed, 1), "status": {str(k): v for k, v in sorted(codes.items())},

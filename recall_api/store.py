@@ -284,13 +284,11 @@ class RecallStore:
         the user is not cached (or has no vector: the popularity fallback reads Redis) — then await
         :meth:`u2i_async`.  Same answer as a live read: entries are dropped as Redis reports changes."""
         cache, client = self.user_cache, self._aredis
-        if cache is None or client is None or not client.tracking:
+        if cache is None or not getattr(client, "tracking", False):
             return None
         matrix = self._ready()
         entry = cache.get(user_id)
-        if entry is None or entry[0] is None:
-            return None
-        return self._rank_user(matrix, user_id, k, *entry)
+        return None if entry is None else self._rank_user(matrix, user_id, k, *entry)
 
     async def u2i_async(self, user_id: int, k: int) -> Answer:
         """:meth:`u2i` for an event loop: the Redis read is awaited, so the loop ranks other requests while
@@ -331,7 +329,7 @@ class RecallStore:
         """Decode a context as its replies come off the RespClient connection, and cache it if that
         connection tracks the keys (so every later change of them arrives as an invalidation after this)."""
         ctx = self._context_raw(keys, replies)
-        if self.user_cache is not None and self._aredis.tracking:
+        if ctx[0] is not None and self.user_cache is not None and self._aredis.tracking:  # (no vector: not served)
             self.user_cache.put(user_id, [k.encode() for k in keys], *ctx)
         return ctx
 
