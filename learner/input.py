@@ -68,7 +68,7 @@ class Decoded:
         for p in parts:
             reasons.update({i + at: r for i, r in p.reasons.items()})
             at += len(p)
-        return Decoded({k: np.concatenate([p.columns[k] for p in parts]) for k in FEATURES},
+        return Decoded({k: np.concatenate([p.columns[k] for p in parts]) for k in parts[0].columns},
                        np.concatenate([p.ok for p in parts]), reasons)
 
     def parsed(self) -> "Parsed":

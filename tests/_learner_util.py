@@ -127,6 +127,25 @@ def ps_state(redis_url: str, namespace: str, dim: int = 8):
     return ps, counts
 
 
+def assert_activity_exactly_once(redis_url: str, namespace: str, values: list[bytes]) -> None:
+    """The activity log's positive count of every movie equals the stream's (and every rating is in a seen set)."""
+    from lfm_stream.schema import parse_batch
+    from ps_redis.activity import ActivityLog
+
+    c = parse_batch(values)
+    pos = c["label"] > 0.5
+    movies, n = np.unique(c["raw_movie_id"][pos], return_counts=True)
+    ps, _ = ps_state(redis_url, namespace)
+    log = ActivityLog(ps)
+    stored = dict(log.popular(len(movies) + 10))
+    off = {m: (stored.get(m), k) for m, k in zip(movies.tolist(), n.tolist()) if stored.get(m) != k}
+    assert not off, f"{len(off)} movies with (logged positives, stream positives) off, e.g. {list(off.items())[:3]}"
+    users = np.unique(c["raw_user_id"])
+    seen = dict(zip(users.tolist(), log.seen_many(users.tolist())))
+    missing = [(u, m) for u, m in zip(c["raw_user_id"].tolist(), c["raw_movie_id"].tolist()) if m not in seen[u]]
+    assert not missing, f"{len(missing)} ratings missing from the seen sets, e.g. {missing[:3]}"
+
+
 def assert_exactly_once(redis_url: str, namespace: str, values: list[bytes]) -> None:
     """Every user / movie row's update count equals its number of events; μ's count equals all events."""
     users, items = event_counts(values)

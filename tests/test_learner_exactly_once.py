@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from _learner_util import FAST, ROOT, assert_exactly_once, child_env, learner_cmd, produce, ps_state, read_metrics
+from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exactly_once, child_env, learner_cmd,
+                           produce, ps_state, read_metrics)
 from learner_fixtures import COMMON, reference_run, run_learner, syn_dir, syn_topic, syn_values  # noqa: F401
 
 
@@ -39,6 +40,8 @@ def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap,
                     "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(redis_url, namespace, syn_values)
+    # the activity log is written in the same transaction as the rows: exactly once too
+    assert_activity_exactly_once(redis_url, namespace, syn_values)
     ps, _ = ps_state(redis_url, namespace)
     assert sum(ps.offsets(f"g-{namespace}", topic).values()) == len(syn_values)
     final = read_metrics(metrics)[-1]

@@ -453,3 +453,41 @@ def test_server_restart_reconnects_and_reloads_functions(tmp_path, namespace):
         assert ps.pull("item", ids_of(1)).bias[0] == -1
     finally:
         srv.stop()
+
+
+# ----------------------------------------------------------------------------------- pull_many / write_rows
+def test_pull_many_equals_pulls_and_deferred_rows_are_written_by_write_rows(ps):
+    ps.pull("user", ids_of(1, 2))  # stored now
+    got = ps.pull_many({"user": (ids_of(2, 3), ids_of(20, 30)), "item": ids_of(5)}, defer_create=True)
+    assert got["user"].found.tolist() == [True, False] and got["item"].found.tolist() == [False]
+    assert got["user"].raw.tolist() == [-1, 30]  # id 2 was created without a raw id
+    np.testing.assert_array_equal(got["user"].vec[1], init_vectors(ids_of(3), DIM, 0.1, 7, "user")[0])
+    assert ps.count("user") == 2 and ps.count("item") == 0  # deferred: nothing written yet
+    assert ps.pull("item", ids_of(5), create=False).found.tolist() == [False]
+
+    rows = got["user"].struct.copy()
+    rows["count"] += 1
+    rows["bias"] = [0.5, 1.5]
+    fence = Fence("g", "t", {0: 10})
+    applied = ps.write_rows({"user": (got["user"].ids, rows, ~got["user"].found)}, fence=fence,
+                            extra=[("SET", f"{ps.namespace}:probe", "x")])
+    assert applied and ps.count("user") == 3  # one new row counted
+    back = ps.pull("user", ids_of(2, 3), create=False)
+    assert back.found.all() and back.bias.tolist() == [0.5, 1.5] and back.count.tolist() == [1, 1]
+    assert ps.offsets("g", "t") == {0: 10}
+    assert ps.redis.get(f"{ps.namespace}:probe") == b"x"  # the extra command ran in the transaction
+    # a replay of the same fence changes nothing, its extra commands included
+    ps.redis.delete(f"{ps.namespace}:probe")
+    rows["bias"] = [9.0, 9.0]
+    assert not ps.write_rows({"user": (got["user"].ids, rows, np.zeros(2, bool))}, fence=fence,
+                             extra=[("SET", f"{ps.namespace}:probe", "y")])
+    assert ps.pull("user", ids_of(2), create=False).bias.tolist() == [0.5]
+    assert ps.redis.get(f"{ps.namespace}:probe") is None
+    # a fence-only write moves the offsets
+    assert ps.write_rows({}, fence=Fence("g", "t", {0: 12, 1: 3}))
+    assert ps.offsets("g", "t") == {0: 12, 1: 3}
+
+
+def test_write_rows_rejects_rows_of_another_dim(ps):
+    with pytest.raises(ValueError, match="expected 1 rows of dim 8"):
+        ps.write_rows({"user": (ids_of(1), np.zeros(1, row_dtype(4)), np.zeros(1, bool))})

@@ -1,0 +1,85 @@
+"""Pure parts of the learner's streaming path: RowWindow (rows held between PS syncs), Decoded (records
+decoded on the prefetch thread and cut into micro-batches) and ItemMirror (prequential HR's item copy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.evaluate import ItemMirror
+from learner.input import Decoded
+from learner.window import RowWindow
+from ps_redis import row_dtype
+
+DIM = 2
+
+
+def rows_of(*counts: int) -> np.ndarray:
+    r = np.zeros(len(counts), row_dtype(DIM))
+    r["count"] = counts
+    r["vec"] = np.arange(len(counts) * DIM, dtype=np.float32).reshape(-1, DIM)
+    return r
+
+
+def test_window_holds_trains_and_keeps_the_pulled_base():
+    w = RowWindow(DIM)
+    assert w.missing(np.array([5, 3])).tolist() == [True, True]
+    w.add(np.array([5, 3]), rows_of(1, 2), new=np.array([False, True]))
+    assert w.missing(np.array([3, 4, 5])).tolist() == [False, True, False]
+    w.update(np.array([3]), vec=[[7.0, 8.0]], bias=[0.5], count=[4])
+    w.add(np.array([4]), rows_of(0))
+    got = w.rows(np.array([3, 5, 4]))
+    assert got["count"].tolist() == [6, 1, 0] and got["vec"][0].tolist() == [7.0, 8.0] and got["bias"][0] == 0.5
+    assert w.base["count"].tolist() == [1, 2, 0]  # slot order, as pulled
+    assert w.ids.tolist() == [5, 3, 4] and w.new.tolist() == [False, True, False]
+    with pytest.raises(KeyError, match="not held"):
+        w.rows(np.array([9]))
+    w.clear()
+    assert len(w) == 0 and w.missing(np.array([3])).tolist() == [True]
+
+
+def test_window_grows_without_moving_rows():
+    w = RowWindow(DIM)
+    for start in range(0, 3000, 500):
+        ids = np.arange(start, start + 500)[::-1].copy()
+        w.add(ids, rows_of(*ids.tolist()))
+    assert len(w) == 3000
+    ids = np.array([0, 1234, 2999])
+    assert w.rows(ids)["count"].tolist() == [0, 1234, 2999]
+    w.update(ids, count=[1, 1, 1])
+    assert w.rows(ids)["count"].tolist() == [1, 1235, 3000]
+
+
+def test_window_trains_from_cur_when_it_differs_from_the_stored_row():
+    w = RowWindow(DIM)
+    stored = rows_of(0)
+    cur = stored.copy()
+    cur["vec"] *= 0.5
+    w.add(np.array([1]), stored, cur=cur)
+    assert w.rows(np.array([1]))["vec"].tolist() == (stored["vec"] * 0.5).tolist()
+    assert w.base["vec"].tolist() == stored["vec"].tolist()
+
+
+def test_decoded_cut_and_join_keep_records_and_reasons_aligned():
+    cols = {"label": np.array([1.0, 0.0, 0.0, 1.0], np.float32), "user_id": np.array([1, 0, 3, 4])}
+    d = Decoded(cols, np.array([True, False, True, True]), {1: "bad"})
+    a, b = d.cut(0, 2), d.cut(2, 4)
+    assert a.reasons == {1: "bad"} and b.reasons == {} and len(b) == 2
+    j = Decoded.join([b, a])
+    assert j.ok.tolist() == [True, True, True, False] and j.reasons == {3: "bad"}
+    p = d.parsed()
+    assert p.valid.tolist() == [0, 2, 3] and p.columns["user_id"].tolist() == [1, 3, 4] and p.bad == [(1, "bad")]
+
+
+def test_item_mirror_maps_ids_and_raw_ids_to_rows():
+    m = ItemMirror(DIM)
+    m.update(np.array([30, 10]), np.array([3, 1]), np.ones((2, DIM), np.float32), np.array([0.1, 0.2], np.float32))
+    m.update(np.array([20, 30]), np.array([2, 3]), np.full((2, DIM), 2.0, np.float32), np.array([0.3, 0.4], np.float32))
+    assert m.n == 3
+    assert m.columns(np.array([10, 20, 30, 40])).tolist() == [1, 2, 0, -1]
+    assert m.bias[:3].tolist() == pytest.approx([0.4, 0.2, 0.3])
+    assert sorted(m.raw_columns({1, 2, 99}).tolist()) == [1, 2]
+    for _ in range(3):  # growth past the initial capacity keeps every row
+        ids = np.arange(1000, 1700) + 1000 * _
+        m.update(ids, ids, np.zeros((700, DIM), np.float32), np.zeros(700, np.float32))
+    assert m.n == 2103 and m.columns(np.array([10, 3699])).tolist() == [1, 2102]
