@@ -220,25 +220,28 @@ class RespClient:
         if self._connecting is not None and self._loop is loop:
             return await asyncio.shield(self._connecting)
         self._loop = loop
-        self._connecting = loop.create_future()
+        pending = self._connecting = loop.create_future()
         try:
-            proto = await asyncio.wait_for(self._open(loop), self.timeout)
-        except asyncio.TimeoutError:
-            exc = rex.TimeoutError(f"connecting to Redis at {self.url} timed out after {self.timeout} s")
-        except OSError as exc_:
-            exc = rex.ConnectionError(f"cannot connect to Redis at {self.url}: {exc_}")
-        except rex.RedisError as exc_:
-            exc = exc_
-        else:
-            self._proto = proto
-            self.connections += 1
-            self._connecting.set_result(proto)
+            try:
+                proto = await asyncio.wait_for(self._open(loop), self.timeout)
+            except asyncio.TimeoutError:
+                raise rex.TimeoutError(f"connecting to Redis at {self.url} timed out after {self.timeout} s") \
+                    from None
+            except OSError as exc:
+                raise rex.ConnectionError(f"cannot connect to Redis at {self.url}: {exc}") from None
+        except BaseException as exc:  # also a cancelled caller: the next call must try again, not wait forever
+            if self._connecting is pending:
+                self._connecting = None
+            if not pending.done():
+                pending.set_exception(exc if isinstance(exc, Exception) else rex.ConnectionError("connect cancelled"))
+                pending.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        self._proto = proto
+        self.connections += 1
+        if self._connecting is pending:
             self._connecting = None
-            return proto
-        fut, self._connecting = self._connecting, None
-        fut.set_exception(exc)
-        fut.exception()  # retrieved: waiters re-raise it themselves
-        raise exc
+        pending.set_result(proto)
+        return proto
 
     def _on_push(self, proto: _Protocol, push) -> None:
         current = self._proto
