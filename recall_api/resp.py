@@ -288,13 +288,16 @@ class RespClient:
             setup.append(pack("AUTH", *auth) if kw.get("username") else pack("AUTH", auth[1]))
         if kw.get("db"):
             setup.append(pack("SELECT", int(kw["db"])))
-        if track:
-            setup.append(pack("CLIENT", "TRACKING", "ON"))
         if setup:
             try:
                 await proto.request(b"".join(setup), len(setup))
             except rex.ResponseError as exc:
                 raise rex.ConnectionError(f"Redis refused the connection setup: {exc}") from None
+        if track:
+            try:
+                await proto.request(pack("CLIENT", "TRACKING", "ON"), 1)
+            except rex.ResponseError:  # not allowed (ACL) or not supported: serve without a cache
+                track = False
         self.tracking = track
 
     def close(self) -> None:
