@@ -27,7 +27,6 @@ are not used to validate each response).
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import re
 
@@ -217,10 +216,6 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
     async def lifespan(app: FastAPI):
         if manage_store:
             store.start()
-        # everything loaded so far (modules, catalog, first matrix) lives as long as the process: keep it out
-        # of the cyclic GC, whose full collections would otherwise walk it (~25 ms pauses on a busy 2-core box)
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:
