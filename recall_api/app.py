@@ -15,13 +15,15 @@ a vector; 422 a non-integer or negative id, or ``k`` outside 1..1000 or not an i
 unreachable (recovers by itself) or nothing loaded yet.  A known user without a vector gets the
 popularity fallback with ``"source": "popularity"``.
 
-Hot path: well-formed ``GET /u2i/<id>[?k=N]`` and ``/i2i/<id>[?k=N]`` are answered by :class:`FastPath`, a
-pure-ASGI shortcut in front of FastAPI (same bytes, without FastAPI's routing and validation cost); u2i awaits
-its one Redis round trip (``redis.asyncio``) so the event loop ranks other requests meanwhile, and i2i needs
-no Redis.  Everything else goes through the FastAPI routes, which define the API and its OpenAPI docs.
+Hot path: well-formed ``GET /u2i/<id>[?k=N]`` and ``/i2i/<id>[?k=N]`` are answered in uvicorn's HTTP protocol
+by ``python -m recall_api`` (:mod:`recall_api.protocol`), or by :class:`FastPath`, a pure-ASGI shortcut in front
+of FastAPI, under any other server (same bytes either way, without FastAPI's routing and validation cost).  i2i
+and u2i of a cached user (:mod:`recall_api.usercache`) need no I/O; any other u2i awaits its one Redis round
+trip (:mod:`recall_api.resp`) so the event loop ranks other requests meanwhile.  Everything else goes through
+the FastAPI routes, which define the API and its OpenAPI docs.
 A Redis outage is detected once and then answered with an immediate 503 (see :mod:`recall_api.store`).
-Answers are serialized with orjson when installed (the pydantic models below document the schema; they
-are not used to validate each response).
+Answers are serialized with orjson from cached per-movie pieces (:func:`render`; the pydantic models below
+document the schema; they are not used to validate each response).
 """
 
 from __future__ import annotations

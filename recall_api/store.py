@@ -7,8 +7,10 @@ When the cursor fell off the capped change stream, or the log restarted (flush /
 after a restart), :class:`~ps_redis.activity.CursorExpired` triggers a full reload into a fresh matrix.
 
 Request path: u2i reads the user row (GET) and the user's rated movies (SMEMBERS) in one pipelined round
-trip (:meth:`RecallStore.user_context`), then ranks
-the in-memory matrix (:mod:`recall_api.topk`, or Faiss with ``faiss=True``); i2i touches no Redis.
+trip (:meth:`RecallStore.user_context`; on the event loop over :class:`recall_api.resp.RespClient`, whose
+tracked reads also fill the user cache of :mod:`recall_api.usercache`, so a repeat user needs no round trip
+until Redis reports a change), then ranks the in-memory matrix (:mod:`recall_api.topk` with a score base
+cached per snapshot, or Faiss with ``faiss=True``); i2i touches no Redis.
 
 Availability: any Redis error marks the store unhealthy; while unhealthy, queries fail at once with
 :class:`Unavailable` (HTTP 503) instead of waiting on Redis, and the refresh thread keeps probing every
