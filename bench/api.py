@@ -264,18 +264,57 @@ def query_paths(kind: str, ids: np.ndarray, k: int, n: int, seed: int) -> list[b
     return [b"/%s/%d?k=%d" % (kind.encode(), int(i), k) for i in rng.choice(ids, size=n)]
 
 
-def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: argparse.Namespace) -> dict:
-    """Warm up, then a concurrency-1 pass and a loaded pass per endpoint."""
+def _churn(redis_url: str, namespace: str, users: np.ndarray, rate: float, stop_at_wall: float, seed: int) -> None:
+    """Rewrite ``rate`` random user rows per second (new random vectors, whole rows) until ``stop_at_wall``
+    (``time.time()``): what a learner's pushes do to the users the service is asked about."""
+    from ps_redis import ParameterServer, row_dtype
+
+    ps = ParameterServer.get(redis_url, namespace, dim=None)
+    rng = np.random.default_rng(seed)
+    batch = max(1, int(round(rate / 100)))  # every 10 ms
+    dt = row_dtype(ps.dim)
+    next_t = time.time()
+    while time.time() < stop_at_wall:
+        raw = rng.choice(users, size=batch)
+        rows = np.zeros(batch, dt)
+        rows["vec"] = rng.normal(size=(batch, ps.dim))
+        rows["count"], rows["updated"], rows["raw"] = 1, time.time(), raw
+        ps.put_rows("user", hash_user_ids(raw), rows)
+        next_t += 0.01
+        time.sleep(max(0.0, next_t - time.time()))
+
+
+def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: argparse.Namespace,
+                  redis_url: str = "", namespace: str = "") -> dict:
+    """Warm up, then a concurrency-1 pass and a loaded pass per endpoint (with ``--churn``: while another
+    process rewrites user rows, so the service's user cache sees invalidations as under a learner)."""
+    import multiprocessing
+
     out: dict = {}
     for kind, ids in (("u2i", users), ("i2i", movies)):
         paths = query_paths(kind, ids, args.k, 20_000, args.seed)
         load(svc.port, paths, 2, min(500, args.requests), 10)  # warm-up
-        out[kind] = {
-            "unloaded": load(svc.port, paths, 1, min(args.requests, 2000), args.seconds / 2),
-            "loaded": load(svc.port, paths, args.concurrency, args.requests, args.seconds),
-        }
-        if args.paced_qps:
-            out[kind]["paced"] = load(svc.port, paths, args.concurrency, args.requests, args.seconds, args.paced_qps)
+        churn = None
+        if args.churn and kind == "u2i":
+            span = args.seconds * (2.5 if args.paced_qps else 1.5) + 5
+            churn = multiprocessing.get_context("spawn").Process(
+                target=_churn, args=(redis_url, namespace, users, args.churn, time.time() + span, args.seed))
+            churn.start()
+            time.sleep(1.0)
+        try:
+            out[kind] = {
+                "unloaded": load(svc.port, paths, 1, min(args.requests, 2000), args.seconds / 2),
+                "loaded": load(svc.port, paths, args.concurrency, args.requests, args.seconds),
+            }
+            if args.paced_qps:
+                out[kind]["paced"] = load(svc.port, paths, args.concurrency, args.requests, args.seconds,
+                                          args.paced_qps)
+        finally:
+            if churn is not None:
+                churn.terminate()
+                churn.join()
+        if churn is not None:
+            out[kind]["churn_user_rows_per_s"] = args.churn
     return out
 
 
@@ -425,7 +464,7 @@ def bench_http(args: argparse.Namespace, result: dict, run_dir: Path, redis_url:
         try:
             ready = svc.wait_ready()
             entry = {"startup_s": round(ready, 2), "service_args": args.service_arg,
-                     **bench_service(svc, users, movies, args)}
+                     **bench_service(svc, users, movies, args, redis_url, namespace)}
             st = svc.stats()
             entry["vectors_loaded"] = st["vectors_loaded"]
             entry["user_cache"] = st.get("user_cache")
@@ -456,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="open-loop pass at this total rate, latency from the scheduled send (0 = skip; default 2000)")
     p.add_argument("--service-arg", action="append", default=[],
                    help="extra flag of the service, e.g. --service-arg=--user-cache=0 (repeatable)")
+    p.add_argument("--churn", type=float, default=0,
+                   help="during the u2i passes, another process rewrites this many random user rows per second "
+                        "(as a learner's pushes would; exercises the user cache's invalidation; default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freshness", action="store_true", help="also measure freshness (needs Kafka: Tansu is started)")
     p.add_argument("--fresh-only", action="store_true", help="only the freshness measurement")
