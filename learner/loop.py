@@ -90,6 +90,9 @@ class Learner:
         self._held_events: list[tuple] = []
         self._held_batches = 0
         self._held_since = 0.0
+        self._inflight: dict[str, RowWindow] = {}  # the window being written on the background thread
+        self._write_job = None
+        self._inflight_offsets: dict[int, int] = {}
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -331,7 +334,16 @@ class Learner:
         m = self.cfg.model
         req = {}
         for table, (ids, raw) in wanted.items():
-            miss = self.held.setdefault(table, RowWindow(m.dim)).missing(ids)
+            window = self.held.setdefault(table, RowWindow(m.dim))
+            miss = window.missing(ids)
+            flying = self._inflight.get(table)
+            if flying is not None and miss.any():  # rows being written: their values are the ones trained
+                there = miss.copy()
+                there[miss] = ~flying.missing(ids[miss])
+                if there.any():
+                    rows = flying.rows(ids[there])
+                    window.add(ids[there], rows)
+                    miss &= ~there
             if miss.any():
                 req[table] = (ids[miss], None if raw is None else raw[miss])
         if not req:
@@ -378,54 +390,83 @@ class Learner:
             return
         if caught_up or self.mode == "gradient" or \
                 time.monotonic() - self._held_since >= self.cfg.sync_ms / 1000.0:
-            self._sync()
+            self._sync(wait=False)
 
-    def _sync(self) -> None:
+    def _sync(self, wait: bool = True) -> None:
         """Write the held rows to the PS fenced with the offsets they cover (plus the activity log of their
-        events), then commit those offsets to Kafka and drop the held rows."""
-        if not self._held_batches:
+        events), then commit those offsets to Kafka and start a new window.
+
+        On a standalone server in assign mode the write runs on the background thread while the next
+        window trains (``wait=False``); rows of the window in flight are taken from it, not pulled, until
+        it landed.  Writes land in window order (one at a time); ``wait=True`` returns after they all did.
+        """
+        if self._held_batches:
+            offsets = dict(self._held_offsets)
+            events = tuple(np.concatenate(col) for col in zip(*self._held_events)) if self._held_events else None
+            held = {table: w for table, w in self.held.items() if len(w)}
+            self.held = {}
+            self._held_offsets, self._held_events, self._held_batches = {}, [], 0
+            if self.mode == "assign" and not self.ps.keys.shards:
+                self._wait_write()  # the previous window's fence must land first
+                self._inflight, self._inflight_offsets = held, offsets
+                self._write_job = self._pool.submit(self._write_window, held, offsets, events)
+            else:
+                self._push_window(held, offsets, events)
+        if wait:
+            self._wait_write()
+
+    def _write_window(self, held: dict[str, RowWindow], offsets: dict[int, int], events) -> bool:
+        """One MULTI/EXEC: rows, row counters, activity log, offsets (exactly once, all or nothing); then
+        the Kafka commit.  Runs on the background thread."""
+        from ps_redis import Fence
+
+        t = time.perf_counter()
+        fence = Fence(self.cfg.group, self.cfg.topic, offsets)
+        cmd = self.activity.record_command(*events) if events else None
+        applied, attempts = self._retry("fenced push", self.ps.write_rows,
+                                        {table: (w.ids, w.cur, w.new) for table, w in held.items()},
+                                        fence=fence, extra=[cmd] if cmd else [])
+        self.fetcher.commit(offsets)
+        self.stage["write (background)"] = self.stage.get("write (background)", 0.0) + time.perf_counter() - t
+        return applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
+
+    def _wait_write(self) -> None:
+        if self._write_job is None:
             return
+        t = time.perf_counter()
+        applied = self._write_job.result()
+        self._write_job, self._inflight = None, {}
+        if not applied:
+            self.skipped += 1
+            self.say(f"fenced push for {self._inflight_offsets} skipped: the PS already holds it")
+        self._tick("push", t)
+
+    def _push_window(self, held: dict[str, RowWindow], offsets: dict[int, int], events) -> None:
+        """Gradient mode or a cluster: ``ps.push`` (server-side Lua), the activity log right after it."""
         from ps_redis import Fence, Update
 
         t = time.perf_counter()
-        cfg = self.cfg
-        offsets = dict(self._held_offsets)
-        fence = Fence(cfg.group, cfg.topic, offsets)
-        events = None
-        if self._held_events:
-            events = tuple(np.concatenate(col) for col in zip(*self._held_events))
-        held = {table: w for table, w in self.held.items() if len(w)}
-        if self.mode == "assign" and not self.ps.keys.shards:
-            # one MULTI/EXEC: rows, row counters, activity log, offsets (exactly once, all or nothing)
-            cmd = self.activity.record_command(*events) if events else None
-            applied, attempts = self._retry("fenced push", self.ps.write_rows,
-                                            {table: (w.ids, w.cur, w.new) for table, w in held.items()},
-                                            fence=fence, extra=[cmd] if cmd else [])
-            applied = applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
-        else:
-            ups = {}
-            for table, w in held.items():
-                cur, base = w.cur, w.base
-                count = cur["count"] - base["count"]
-                if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up
-                    ups[table] = Update(w.ids, vec=base["vec"] - cur["vec"], bias=base["bias"] - cur["bias"],
-                                        accum=cur["accum"] - base["accum"], count=count)
-                else:
-                    ups[table] = Update(w.ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
-                                        accum=np.ascontiguousarray(cur["accum"]), count=count)
-            applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
-            applied = applied or attempts > 0
-            if applied and events:  # recorded on a background thread (one call in flight)
+        ups = {}
+        for table, w in held.items():
+            cur, base = w.cur, w.base
+            count = cur["count"] - base["count"]
+            if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up
+                ups[table] = Update(w.ids, vec=base["vec"] - cur["vec"], bias=base["bias"] - cur["bias"],
+                                    accum=cur["accum"] - base["accum"], count=count)
+            else:
+                ups[table] = Update(w.ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
+                                    accum=np.ascontiguousarray(cur["accum"]), count=count)
+        fence = Fence(self.cfg.group, self.cfg.topic, offsets)
+        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
+        if applied or attempts > 0:
+            if events:  # recorded on the background thread (one call in flight)
                 self._wait_activity()
                 self._activity_job = self._pool.submit(self._retry, "activity log", self.activity.record,
                                                        None, *events)
-        if not applied:
+        else:
             self.skipped += 1
             self.say(f"fenced push for {offsets} skipped: the PS already holds it")
         self.fetcher.commit(offsets)
-        for w in self.held.values():
-            w.clear()
-        self._held_offsets, self._held_events, self._held_batches = {}, [], 0
         self._tick("push", t)
 
     def _wait_activity(self) -> None:
