@@ -1,16 +1,21 @@
-"""The streaming loop: consume → pull → predict → step → push (fenced) → activity log → commit.
+"""The streaming loop: consume → decode → pull rows not held → predict → step → (sync: fenced write) → commit.
 
 The only module doing Redis I/O, and (through :mod:`learner.kafka_io`) Kafka I/O.
 
-Exactly-once: every push carries ``Fence(group, topic, {partition: next offset})`` of the records
-it covers, and the PS stores those offsets in the same atomic step.  When partitions are assigned
-the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes
-exactly after the last applied batch; a replayed push whose fence is already covered is skipped.
-Kafka commits follow each push (the PS offsets remain the source of truth).  On revocation the
-in-flight batch is finished and everything consumed but not pushed is dropped (the new owner
-resumes from the PS offsets).  SIGTERM finishes the batch, pushes, commits, evaluates, checkpoints
-and exits 0.  Redis errors are retried with capped exponential backoff; nothing is committed that
-was not applied.
+Rows a micro-batch touches are pulled once into a :class:`~learner.window.RowWindow` and trained there; a
+*sync* writes the held rows back.  A learner that has caught up with the stream syncs after every batch;
+while a backlog drains it syncs at least every ``sync_ms``.  On a standalone Redis in assign mode (one
+writer per row) the sync is one MULTI/EXEC — rows, new-row counters, the activity log of the window's
+events, and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next
+window trains; gradient mode (several workers) and Redis Cluster push after every batch through ``ps.push``.
+
+Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
+the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes exactly
+after the last written window; a replayed write whose fence is already covered is skipped.  Kafka commits
+follow each write (the PS offsets remain the source of truth).  On revocation the in-flight batch is
+finished and written, and everything consumed but not trained is dropped (the new owner resumes from the
+PS offsets).  SIGTERM finishes the batch, writes, commits, evaluates, checkpoints and exits 0.  Redis
+errors are retried with capped exponential backoff; nothing is committed that was not applied.
 """
 
 from __future__ import annotations
