@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
 from learner.model import MFModel, index_batch, make_input
 from learner.prequential import PrequentialHR
-from learner.window import RowWindow
+from learner.sync import WindowSync
 
 HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
 
@@ -85,19 +84,9 @@ class Learner:
         self.events = 0  # valid events trained
         self.records = 0  # stream records consumed and handled (valid + poison)
         self.poison = 0
-        self.skipped = 0
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self.preq = PrequentialHR(m, cfg.hr_k) if cfg.hr_sample > 0 else None
-        # rows held since the last PS sync, the offsets and activity-log events they cover
-        self.held: dict[str, RowWindow] = {}
-        self._held_offsets: dict[int, int] = {}
-        self._held_events: list[tuple] = []
-        self._held_batches = 0
-        self._held_since = 0.0
-        self._inflight: dict[str, RowWindow] = {}  # the window being written on the background thread
-        self._write_job = None
-        self._inflight_offsets: dict[int, int] = {}
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -107,8 +96,12 @@ class Learner:
             self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
         self.t0 = time.time()
         self.fetcher: Fetcher | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-activity")
-        self._activity_job = None
+        from ps_redis import Fence
+
+        self.sync = WindowSync(self.ps, self.activity, m.dim, m.item_scale, self.mode,
+                               fence=lambda offsets: Fence(cfg.group, cfg.topic, offsets),
+                               commit=lambda offsets: self.fetcher.commit(offsets), retry=self._retry,
+                               say=self.say, tick=self._tick)
         self.stage: dict[str, float] = {}  # cumulative seconds per stage of _process
         self._first_batch_t: float | None = None
         self._last_batch_t = 0.0
@@ -154,7 +147,7 @@ class Learner:
 
     def on_revoke(self, partitions: list[int]) -> None:
         with self.lock:  # waits for the in-flight batch, then writes what was trained
-            self._sync()
+            self.sync.sync()
             if self.fetcher is not None:
                 self.fetcher.generation += 1
                 self.fetcher.drain()
@@ -190,12 +183,14 @@ class Learner:
                         last_rec = now
                     while self.pending_n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(B))
-                        self._maybe_sync(caught_up=False)
+                        if self.sync.due(False, cfg.sync_ms):
+                            self.sync.sync(wait=False)
                     idle = now - last_rec
                     if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
                         self._process(self._take(self.pending_n))
                     # caught up with the stream: make what was trained visible now
-                    self._maybe_sync(caught_up=self.pending_n < B and not self.fetcher.backlog())
+                    if self.sync.due(self.pending_n < B and not self.fetcher.backlog(), cfg.sync_ms):
+                        self.sync.sync(wait=False)
                     if chunk is not None:
                         last_rec = time.monotonic()  # idle time counts from the end of its processing
                 if self._limit_reached():
@@ -261,11 +256,7 @@ class Learner:
 
     def _process_batch(self, batch: Chunk, t: float) -> None:
         cfg, m = self.cfg, self.cfg.model
-        for p in np.unique(batch.parts).tolist():
-            self._held_offsets[p] = max(self._held_offsets.get(p, 0), int(batch.offsets[batch.parts == p].max()) + 1)
-        if not self._held_batches:
-            self._held_since = time.monotonic()
-        self._held_batches += 1
+        self.sync.add_batch(batch.parts, batch.offsets)
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
             self._dead_letters(batch, parsed.bad)
@@ -301,12 +292,12 @@ class Learner:
                 pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
                 wanted["ppop"] = (pid, None)
             wanted["user_ctx"] = (uu, None)
-        self._hold(wanted)
-        urows, irows = self.held["user"].rows(uu), self.held["item"].rows(ii)
-        prow = self.held["period"].rows(kk) if m.period_days > 0 else None
+        self.sync.hold(wanted)
+        urows, irows = self.sync.rows("user", uu), self.sync.rows("item", ii)
+        prow = self.sync.rows("period", kk) if m.period_days > 0 else None
         mu = mu_acc = 0.0
         if m.learn_mu:
-            g = self.held["global"].rows(np.zeros(1, np.int64))
+            g = self.sync.rows("global", np.zeros(1, np.int64))
             mu, mu_acc = float(g["bias"][0]), float(g["accum"][0, -1])
         t = self._tick("pull", t)
         if self.preq is not None and self.step % HR_EVERY == 0:
@@ -317,7 +308,7 @@ class Learner:
         out = self.model.step(x)
         t = self._tick("step", t)
         self._learn(out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv[:n])
-        self._held_events.append((c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"]))
+        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
         if self.preq is not None:
             ni = len(ii)
             self.preq.learn(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni], c["movie_id"], y, kpop)
@@ -334,150 +325,29 @@ class Learner:
         if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
             self._test_and_checkpoint()
 
-    def _hold(self, wanted: dict[str, tuple]) -> None:
-        """Pull, in one round trip, the rows of ``wanted`` (table → (ids, raw ids)) not held yet."""
-        m = self.cfg.model
-        req = {}
-        for table, (ids, raw) in wanted.items():
-            window = self.held.setdefault(table, RowWindow(m.dim))
-            miss = window.missing(ids)
-            flying = self._inflight.get(table)
-            if flying is not None and miss.any():  # rows being written: their values are the ones trained
-                there = miss.copy()
-                there[miss] = ~flying.missing(ids[miss])
-                if there.any():
-                    rows = flying.rows(ids[there])
-                    window.add(ids[there], rows)
-                    miss &= ~there
-            if miss.any():
-                req[table] = (ids[miss], None if raw is None else raw[miss])
-        if not req:
-            return
-        # assign mode: one writer per row, so new rows are first written by the sync (no create round trip)
-        defer = self.mode == "assign"
-        pulled, _ = self._retry("pull", self.ps.pull_many, req, defer_create=defer)
-        for table, rows in pulled.items():
-            stored = rows.struct
-            cur = None
-            if table == "item" and m.item_scale != 1.0:  # never-trained items start at a smaller scale
-                fresh = stored["count"] == 0
-                if fresh.any():
-                    cur = stored.copy()
-                    cur["vec"][fresh] *= m.item_scale
-            self.held[table].add(rows.ids, stored, ~rows.found if defer else None, cur=cur)
-
     def _learn(self, out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv) -> None:
         """Write one step's results into the held rows (counts are added)."""
-        h = self.held
+        h = self.sync
         nu, ni, nk = len(uu), len(ii), len(kk)
         keep_acc = m.optimizer == "sgd"
-        h["user"].update(uu, vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
+        h.update("user", uu, vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
                          accum=None if keep_acc else out.user_acc[:nu], count=ucnt)
-        h["item"].update(ii, vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
+        h.update("item", ii, vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
                          accum=None if keep_acc else out.item_acc[:ni], count=icnt)
         if m.period_days > 0:
-            h["period"].update(kk, vec=out.period_vec[:nk], accum=None if keep_acc else out.period_acc[:nk],
+            h.update("period", kk, vec=out.period_vec[:nk], accum=None if keep_acc else out.period_acc[:nk],
                                count=kcnt)
         if m.learn_mu:
             g = np.zeros(1, np.int64)
-            acc = h["global"].rows(g)["accum"].copy()
+            acc = h.rows("global", g)["accum"].copy()
             acc[0, -1] = out.mu_acc[0]
-            h["global"].update(g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
+            h.update("global", g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
         if kpop is not None:  # positives per (period, movie) into ppop; each user's last period into user_ctx
             if pid is not None:
-                h["ppop"].update(pid, count=pcnt)
+                h.update("ppop", pid, count=pcnt)
             last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
             np.maximum.at(last, uinv, kpop)
-            h["user_ctx"].update(uu, bias=last.astype(np.float32), count=ucnt)
-
-    def _maybe_sync(self, caught_up: bool) -> None:
-        if not self._held_batches:
-            return
-        if caught_up or self.mode == "gradient" or \
-                time.monotonic() - self._held_since >= self.cfg.sync_ms / 1000.0:
-            self._sync(wait=False)
-
-    def _sync(self, wait: bool = True) -> None:
-        """Write the held rows to the PS fenced with the offsets they cover (plus the activity log of their
-        events), then commit those offsets to Kafka and start a new window.
-
-        On a standalone server in assign mode the write runs on the background thread while the next
-        window trains (``wait=False``); rows of the window in flight are taken from it, not pulled, until
-        it landed.  Writes land in window order (one at a time); ``wait=True`` returns after they all did.
-        """
-        if self._held_batches:
-            offsets = dict(self._held_offsets)
-            events = tuple(np.concatenate(col) for col in zip(*self._held_events)) if self._held_events else None
-            held = {table: w for table, w in self.held.items() if len(w)}
-            self.held = {}
-            self._held_offsets, self._held_events, self._held_batches = {}, [], 0
-            if self.mode == "assign" and not self.ps.keys.shards:
-                self._wait_write()  # the previous window's fence must land first
-                self._inflight, self._inflight_offsets = held, offsets
-                self._write_job = self._pool.submit(self._write_window, held, offsets, events)
-            else:
-                self._push_window(held, offsets, events)
-        if wait:
-            self._wait_write()
-
-    def _write_window(self, held: dict[str, RowWindow], offsets: dict[int, int], events) -> bool:
-        """One MULTI/EXEC: rows, row counters, activity log, offsets (exactly once, all or nothing); then
-        the Kafka commit.  Runs on the background thread."""
-        from ps_redis import Fence
-
-        t = time.perf_counter()
-        fence = Fence(self.cfg.group, self.cfg.topic, offsets)
-        cmd = self.activity.record_command(*events) if events else None
-        applied, attempts = self._retry("fenced push", self.ps.write_rows,
-                                        {table: (w.ids, w.cur, w.new) for table, w in held.items()},
-                                        fence=fence, extra=[cmd] if cmd else [])
-        self.fetcher.commit(offsets)
-        self.stage["write (background)"] = self.stage.get("write (background)", 0.0) + time.perf_counter() - t
-        return applied or attempts > 0  # an earlier attempt may have landed before its reply was lost
-
-    def _wait_write(self) -> None:
-        if self._write_job is None:
-            return
-        t = time.perf_counter()
-        applied = self._write_job.result()
-        self._write_job, self._inflight = None, {}
-        if not applied:
-            self.skipped += 1
-            self.say(f"fenced push for {self._inflight_offsets} skipped: the PS already holds it")
-        self._tick("push", t)
-
-    def _push_window(self, held: dict[str, RowWindow], offsets: dict[int, int], events) -> None:
-        """Gradient mode or a cluster: ``ps.push`` (server-side Lua), the activity log right after it."""
-        from ps_redis import Fence, Update
-
-        t = time.perf_counter()
-        ups = {}
-        for table, w in held.items():
-            cur, base = w.cur, w.base
-            count = cur["count"] - base["count"]
-            if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up
-                ups[table] = Update(w.ids, vec=base["vec"] - cur["vec"], bias=base["bias"] - cur["bias"],
-                                    accum=cur["accum"] - base["accum"], count=count)
-            else:
-                ups[table] = Update(w.ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
-                                    accum=np.ascontiguousarray(cur["accum"]), count=count)
-        fence = Fence(self.cfg.group, self.cfg.topic, offsets)
-        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
-        if applied or attempts > 0:
-            if events:  # recorded on the background thread (one call in flight)
-                self._wait_activity()
-                self._activity_job = self._pool.submit(self._retry, "activity log", self.activity.record,
-                                                       None, *events)
-        else:
-            self.skipped += 1
-            self.say(f"fenced push for {offsets} skipped: the PS already holds it")
-        self.fetcher.commit(offsets)
-        self._tick("push", t)
-
-    def _wait_activity(self) -> None:
-        if self._activity_job is not None:
-            self._activity_job.result()
-            self._activity_job = None
+            h.update("user_ctx", uu, bias=last.astype(np.float32), count=ucnt)
 
     def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""
@@ -540,8 +410,7 @@ class Learner:
         w.reset()
 
     def _test_and_checkpoint(self) -> dict:
-        self._sync()  # the evaluation and the checkpoint read the PS
-        self._wait_activity()
+        self.sync.sync()  # the evaluation and the checkpoint read the PS
         res = {}
         if self.test is not None:
             t = time.time()
@@ -564,11 +433,9 @@ class Learner:
         with self.lock:
             if self.window.n:
                 self._log_train()
-            self._sync()
+            self.sync.close()
         if self.fetcher is not None:
             self.fetcher.close()
-        self._wait_activity()
-        self._pool.shutdown()
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
         if self.dlq is not None:
             self.dlq.close()
@@ -580,9 +447,9 @@ class Learner:
                             stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
-                            poison=self.poison, skipped_pushes=self.skipped, **test)
+                            poison=self.poison, skipped_pushes=self.sync.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
-                 f"{summary['prequential_auc']:.4f}, poison {self.poison}, skipped pushes {self.skipped}")
+                 f"{summary['prequential_auc']:.4f}, poison {self.poison}, skipped pushes {self.sync.skipped}")
         if self._metrics:
             self._metrics.close()
         return summary
