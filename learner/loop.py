@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.evaluate import evaluate, ppop_ids
+from learner.batch import index_columns
+from learner.evaluate import evaluate
 from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
-from learner.model import MFModel, index_batch, make_input
+from learner.model import MFModel, make_input
 from learner.prequential import PrequentialHR
 from learner.sync import WindowSync
 
@@ -265,33 +266,15 @@ class Learner:
         if len(parsed) == 0:
             return  # the offsets move with the next sync
         c = parsed.columns
-        n = len(parsed)
-        y = c["label"].astype(np.float32)
-        uu, uinv, ucnt = index_batch(c["user_id"], m.batch_size)
-        ii, iinv, icnt = index_batch(c["movie_id"], m.batch_size)
-        raw_u = np.empty(len(uu), np.int64)
-        raw_u[uinv[:n]] = c["raw_user_id"]
-        raw_i = np.empty(len(ii), np.int64)
-        raw_i[iinv[:n]] = c["raw_movie_id"]
-        kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(m.batch_size, np.int32), np.zeros(1, np.int64)
-        kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
-        wanted = {"user": (uu, raw_u), "item": (ii, raw_i)}
-        if m.period_days > 0:
-            k = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
-            kk, kinv, kcnt = index_batch(k, m.batch_size)
-            wanted["period"] = (kk, None)
+        bi = index_columns(c, m)
+        n, y = bi.n, bi.labels
+        uu, uinv, ucnt, ii, iinv, icnt = bi.uu, bi.uinv, bi.ucnt, bi.ii, bi.iinv, bi.icnt
+        kk, kinv, kcnt, kpop = bi.kk, bi.kinv, bi.kcnt, bi.kpop
+        if bi.period is not None:
             last = np.zeros(len(uu), np.int64)
-            np.maximum.at(last, uinv[:n], k)
+            np.maximum.at(last, uinv[:n], bi.period)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
-        if m.learn_mu:
-            wanted["global"] = (np.zeros(1, np.int64), None)
-        pid = pcnt = None
-        if kpop is not None:
-            pos = y > 0.5
-            if pos.any():
-                pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
-                wanted["ppop"] = (pid, None)
-            wanted["user_ctx"] = (uu, None)
+        wanted = bi.wanted
         self.sync.hold(wanted)
         urows, irows = self.sync.rows("user", uu), self.sync.rows("item", ii)
         prow = self.sync.rows("period", kk) if m.period_days > 0 else None
@@ -307,11 +290,11 @@ class Learner:
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
         t = self._tick("step", t)
-        self._learn(out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv[:n])
+        self._learn(out, m, uu, ucnt, ii, icnt, kk, kcnt, n, bi.pid, bi.pcnt, kpop, uinv[:n])
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
         if self.preq is not None:
             ni = len(ii)
-            self.preq.learn(ii, raw_i, out.item_vec[:ni], out.item_bias[:ni], c["movie_id"], y, kpop)
+            self.preq.learn(ii, bi.raw_i, out.item_vec[:ni], out.item_bias[:ni], c["movie_id"], y, kpop)
         pred = out.pred[:n]
         self.window.add(y, pred, out.loss_sum)
         self.all_labels.append(y)
