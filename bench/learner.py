@@ -6,8 +6,9 @@
 Fills a topic once (``producer.prepare --synthetic N`` → ``producer.replay --rate 0``), measures in the same
 run the raw consume ceilings (kafka-python poll-and-discard with ``check_crcs=False``; confluent-kafka), then
 runs ``python -m learner`` to the end of the topic for each variant (fresh group + namespace) and reports
-events/s over the span from its first to its last batch, plus the seconds spent per stage (parse, pull, step,
-push, activity, waiting for the consumer) so the binding stage is visible.  Starts its own redis-server + Tansu
+events/s over the span from its first to its last batch, plus the main thread's seconds per stage (parse:
+taking decoded records, pull: indexing + rows not held + MGET, prequential_hr, step: the TF call, metrics:
+window/AUC bookkeeping, push: waiting for a sync write, wait_consume) so the binding stage is visible.  Starts its own redis-server + Tansu
 unless --redis-url / --bootstrap are given.
 """
 
