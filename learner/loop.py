@@ -268,14 +268,12 @@ class Learner:
         c = parsed.columns
         bi = index_columns(c, m)
         n, y = bi.n, bi.labels
-        uu, uinv, ucnt, ii, iinv, icnt = bi.uu, bi.uinv, bi.ucnt, bi.ii, bi.iinv, bi.icnt
-        kk, kinv, kcnt, kpop = bi.kk, bi.kinv, bi.kcnt, bi.kpop
+        uu, uinv, ii, iinv, kk, kinv, kpop = bi.uu, bi.uinv, bi.ii, bi.iinv, bi.kk, bi.kinv, bi.kpop
         if bi.period is not None:
             last = np.zeros(len(uu), np.int64)
             np.maximum.at(last, uinv[:n], bi.period)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
-        wanted = bi.wanted
-        self.sync.hold(wanted)
+        self.sync.hold(bi.wanted)
         urows, irows = self.sync.rows("user", uu), self.sync.rows("item", ii)
         prow = self.sync.rows("period", kk) if m.period_days > 0 else None
         mu = mu_acc = 0.0
@@ -290,7 +288,7 @@ class Learner:
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
         t = self._tick("step", t)
-        self._learn(out, m, uu, ucnt, ii, icnt, kk, kcnt, n, bi.pid, bi.pcnt, kpop, uinv[:n])
+        self.sync.learn(out, bi, m)
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
         if self.preq is not None:
             ni = len(ii)
@@ -307,30 +305,6 @@ class Learner:
         t = self._tick("metrics", t)
         if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
             self._test_and_checkpoint()
-
-    def _learn(self, out, m, uu, ucnt, ii, icnt, kk, kcnt, n, pid, pcnt, kpop, uinv) -> None:
-        """Write one step's results into the held rows (counts are added)."""
-        h = self.sync
-        nu, ni, nk = len(uu), len(ii), len(kk)
-        keep_acc = m.optimizer == "sgd"
-        h.update("user", uu, vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
-                         accum=None if keep_acc else out.user_acc[:nu], count=ucnt)
-        h.update("item", ii, vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
-                         accum=None if keep_acc else out.item_acc[:ni], count=icnt)
-        if m.period_days > 0:
-            h.update("period", kk, vec=out.period_vec[:nk], accum=None if keep_acc else out.period_acc[:nk],
-                               count=kcnt)
-        if m.learn_mu:
-            g = np.zeros(1, np.int64)
-            acc = h.rows("global", g)["accum"].copy()
-            acc[0, -1] = out.mu_acc[0]
-            h.update("global", g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
-        if kpop is not None:  # positives per (period, movie) into ppop; each user's last period into user_ctx
-            if pid is not None:
-                h.update("ppop", pid, count=pcnt)
-            last = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
-            np.maximum.at(last, uinv, kpop)
-            h.update("user_ctx", uu, bias=last.astype(np.float32), count=ucnt)
 
     def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""

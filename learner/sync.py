@@ -106,6 +106,30 @@ class WindowSync:
         """Assign fields of held rows (``count`` is added): see :meth:`RowWindow.update`."""
         self.held[table].update(ids, **fields)
 
+    def learn(self, out, bi, m) -> None:
+        """Write one TF step's results (:class:`~learner.model.StepOutput`) for the batch ``bi``
+        (:class:`~learner.batch.BatchIndex`) into the held rows; counts are added.  ``m``: the ModelConfig."""
+        nu, ni, nk, n = len(bi.uu), len(bi.ii), len(bi.kk), bi.n
+        keep_acc = m.optimizer == "sgd"
+        self.update("user", bi.uu, vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
+                    accum=None if keep_acc else out.user_acc[:nu], count=bi.ucnt)
+        self.update("item", bi.ii, vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
+                    accum=None if keep_acc else out.item_acc[:ni], count=bi.icnt)
+        if m.period_days > 0:
+            self.update("period", bi.kk, vec=out.period_vec[:nk], accum=None if keep_acc else out.period_acc[:nk],
+                        count=bi.kcnt)
+        if m.learn_mu:
+            g = np.zeros(1, np.int64)
+            acc = self.rows("global", g)["accum"].copy()
+            acc[0, -1] = out.mu_acc[0]
+            self.update("global", g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
+        if bi.kpop is not None:  # positives per (period, movie) into ppop; each user's last period into user_ctx
+            if bi.pid is not None:
+                self.update("ppop", bi.pid, count=bi.pcnt)
+            last = np.full(nu, np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(last, bi.uinv[:n], bi.kpop)
+            self.update("user_ctx", bi.uu, bias=last.astype(np.float32), count=bi.ucnt)
+
     def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps) -> None:
         """Events for the activity log, written with the window."""
         self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps))

@@ -18,18 +18,24 @@ the server-side paths maintain, then undercounts it by one until the next flush 
 
 A fenced fast push is ``WATCH fence; HMGET fence; MULTI; MSET rows; HSET fence; EXEC``: skipped
 when covered, and retried from the coverage check if another process changed the offsets meanwhile.
+Rows pulled with ``defer_create=True`` are cached as *new*: the write that first stores them also adds
+them to the table's row counter (``INCRBY`` in the same transaction).  :func:`write_rows` is the same
+transaction for a caller that holds whole rows itself (the learner's sync window), with extra commands
+(its activity-log record) inside.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import numpy as np
 import redis
 
-from ps_redis.codec import encode
-from ps_redis.connection import pack
-from ps_redis.types import Fence
+from ps_redis.codec import encode, row_dtype
+from ps_redis.connection import call, pack
+from ps_redis.keys import check_table
+from ps_redis.types import Fence, as_ids
 
 
 class RowCache:
@@ -150,3 +156,75 @@ def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: F
     finally:
         pool.release(conn)
     raise redis.WatchError(f"offsets {fence_key!r} kept changing during {max_tries} attempts")
+
+
+# ------------------------------------------------------------------------------ the writes
+def transact(ps, flat: list, commands: list[tuple], fence: Fence | None) -> bool:
+    """``MSET flat`` (if any) and ``commands`` in one MULTI/EXEC, fenced when ``fence`` has offsets (then
+    False when already covered); a lone unfenced MSET is sent as it is."""
+    with ps._io():
+        if fence is not None and fence.offsets:
+            return fenced_mset(ps.redis, flat or None, ps.keys.fence(fence.group, fence.topic), fence, extra=commands)
+        if flat and not commands:
+            call(ps.redis, "MSET", *flat)
+            return True
+        pipe = ps.redis.pipeline(transaction=True)
+        for cmd in ([("MSET", *flat)] if flat else []) + list(commands):
+            pipe.execute_command(*cmd)
+        pipe.execute()
+        return True
+
+
+def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
+    """``ps.push`` in assign mode as one MSET when every row is in the row cache, else None (Lua path)."""
+    flat: list = []
+    fresh = []
+    counts: list[tuple] = []  # INCRBY of the row counters for rows created by this push
+    for table, ids, mask, arr in packed:
+        hit = ps._rows.lookup(table, ids)
+        if hit is None:
+            return None
+        rows = apply_assign(hit[0], arr, mask, now)
+        keys = hit[1] if hit[1] is not None else ps.keys.row_keys(table, ids)
+        flat += mset_args(keys, rows)
+        fresh.append((table, ids, rows, keys))
+        if hit[2] is not None:
+            counts.append(("INCRBY", ps.keys.counter(table), int(hit[2].sum())))
+    applied = transact(ps, flat, counts, fence)
+    if applied:
+        for table, ids, rows, keys in fresh:
+            ps._rows.remember(table, ids.copy(), rows, keys)
+    return applied
+
+
+def write_rows(ps, tables: dict[str, tuple], fence: Fence | None, extra: list[tuple]) -> bool:
+    """:meth:`ParameterServer.write_rows` on a standalone server."""
+    now = time.time()
+    flat: list = []
+    commands: list[tuple] = []
+    written = []
+    for table, (ids, rows, new) in tables.items():
+        check_table(table)
+        ids = as_ids(ids)
+        if rows.dtype != row_dtype(ps.dim) or len(rows) != len(ids):
+            raise ValueError(f"write_rows {table}: expected {len(ids)} rows of dim {ps.dim}, "
+                             f"got {len(rows)} of dtype {rows.dtype}")
+        if not len(ids):
+            continue
+        rows = rows.copy()
+        rows["updated"] = now
+        keys = ps.keys.row_keys(table, ids)
+        flat += mset_args(keys, rows)
+        created = int(np.count_nonzero(new))
+        if created:
+            commands.append(("INCRBY", ps.keys.counter(table), created))
+        written.append((table, ids, rows, keys))
+    commands += list(extra)
+    if not flat and not commands and not (fence is not None and fence.offsets):
+        return False
+    applied = transact(ps, flat, commands, fence)
+    for table, ids, rows, keys in written:
+        ps._rows.forget(table)
+        if applied:
+            ps._rows.remember(table, ids.copy(), rows, keys)
+    return applied

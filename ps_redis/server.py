@@ -20,7 +20,7 @@ import numpy as np
 import redis
 
 from ps_redis import fastpath, maintenance, snapshot
-from ps_redis.codec import CorruptRowError, decode, new_rows, row_dtype, row_size
+from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
 from ps_redis.connection import PSError, call, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
@@ -280,7 +280,7 @@ class ParameterServer:
             return False
         now = time.time()
         if packed and mode == "assign" and not self.keys.shards:
-            done = self._assign_fast(packed, fence if np_ else None, now)
+            done = fastpath.assign(self, packed, fence if np_ else None, now)
             if done is not None:
                 return done
         for table, _, _, _ in packed:
@@ -319,46 +319,7 @@ class ParameterServer:
         """
         if self.keys.shards:
             raise ValueError("write_rows needs a standalone server; on a cluster use push()")
-        now = time.time()
-        flat: list = []
-        commands: list[tuple] = []
-        written = []
-        for table, (ids, rows, new) in tables.items():
-            check_table(table)
-            ids = as_ids(ids)
-            if rows.dtype != row_dtype(self.dim) or len(rows) != len(ids):
-                raise ValueError(f"write_rows {table}: expected {len(ids)} rows of dim {self.dim}, "
-                                 f"got {len(rows)} of dtype {rows.dtype}")
-            if not len(ids):
-                continue
-            rows = rows.copy()
-            rows["updated"] = now
-            keys = self.keys.row_keys(table, ids)
-            flat += fastpath.mset_args(keys, rows)
-            created = int(np.count_nonzero(new))
-            if created:
-                commands.append(("INCRBY", self.keys.counter(table), created))
-            written.append((table, ids, rows, keys))
-        commands += list(extra)
-        if not flat and fence is None and not commands:
-            return False
-        with self._io():
-            if fence is not None and fence.offsets:
-                if not flat:  # nothing to write: only the offsets (and the extra commands)
-                    flat = None
-                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence,
-                                               extra=commands)
-            else:
-                pipe = self.redis.pipeline(transaction=True)
-                for cmd in ([("MSET", *flat)] if flat else []) + commands:
-                    pipe.execute_command(*cmd)
-                pipe.execute()
-                applied = True
-        for table, ids, rows, keys in written:
-            self._rows.forget(table)
-            if applied:
-                self._rows.remember(table, ids.copy(), rows, keys)
-        return applied
+        return fastpath.write_rows(self, tables, fence, extra)
 
     def _shard_commands(self, packed: list, mode: str, now: float, fence: Fence | None) -> list:
         """Cluster layout: one ``lfm_push`` per (table, shard group), each with its own offsets copy."""
@@ -372,40 +333,6 @@ class ParameterServer:
                 commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim,
                                             len(fargs) // 2, *fargs, 1, len(rkeys), mask, arr[pos].tobytes())))
         return commands
-
-    def _assign_fast(self, packed: list, fence: Fence | None, now: float) -> bool | None:
-        """One MSET (MULTI/EXEC with the offsets when fenced, or with rows created) if every row is cached,
-        else None."""
-        flat: list = []
-        fresh = []
-        counts: list[tuple] = []  # INCRBY of the row counters for rows created by this push
-        for table, ids, mask, arr in packed:
-            hit = self._rows.lookup(table, ids)
-            if hit is None:
-                return None
-            rows = fastpath.apply_assign(hit[0], arr, mask, now)
-            keys = hit[1] if hit[1] is not None else self.keys.row_keys(table, ids)
-            flat += fastpath.mset_args(keys, rows)
-            fresh.append((table, ids, rows, keys))
-            if hit[2] is not None:
-                counts.append(("INCRBY", self.keys.counter(table), int(hit[2].sum())))
-        with self._io():
-            if fence is None and not counts:
-                call(self.redis, "MSET", *flat)
-                applied = True
-            elif fence is None:
-                pipe = self.redis.pipeline(transaction=True)
-                for cmd in [("MSET", *flat), *counts]:
-                    pipe.execute_command(*cmd)
-                pipe.execute()
-                applied = True
-            else:
-                applied = fastpath.fenced_mset(self.redis, flat, self.keys.fence(fence.group, fence.topic), fence,
-                                               extra=counts)
-        if applied:
-            for table, ids, rows, keys in fresh:
-                self._rows.remember(table, ids.copy(), rows, keys)
-        return applied
 
     def _covered(self, fence: Fence) -> bool:
         stored = self.offsets(fence.group, fence.topic)
