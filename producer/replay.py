@@ -31,12 +31,16 @@ from pathlib import Path
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
+from producer.progress import Progress, iso
 from producer.publish import Interrupted, PublishConfig, Publisher, PublishError
-from producer.stream import (DataError, Manifest, iter_batches, load_manifest, prefetch, start_index_for_ts,
-                             verify_shards)
+from producer.resume import STATE_NAME, load_position, save_position, start_position
+from producer.stream import DataError, iter_batches, load_manifest, prefetch, verify_shards
 from producer.throttle import Throttle, ThrottleConfig
 
-STATE_NAME = "replay-state.json"
+# The public names; STATE_NAME, load_position, save_position (producer.resume), Progress and iso
+# (producer.progress) lived here before and are still importable from here.
+__all__ = ["ReplayConfig", "Summary", "Stop", "run", "print_summary", "build_parser", "config_from_args", "main",
+           "parse_ts", "STATE_NAME", "load_position", "save_position", "Progress", "iso"]
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,6 @@ class Stop:
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
-def iso(ts: int | None) -> str:
-    """UTC ISO-8601 of a unix timestamp (``-`` for None)."""
-    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_ts(text: str) -> int:
     """Unix seconds from an integer or an ISO-8601 date/time (UTC when no zone is given)."""
     try:
@@ -117,94 +116,6 @@ def parse_ts(text: str) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--start-ts: expected unix seconds or an ISO date (got {text!r})") from exc
     return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
-
-
-# -- state file --------------------------------------------------------------------------------------
-def load_position(path: Path, topic: str, manifest: Manifest) -> int:
-    """The saved resume position for ``topic`` (checked against the data set)."""
-    try:
-        state = json.loads(path.read_text())
-        entry = state[topic]
-        pos = int(entry["next_index"])
-    except FileNotFoundError as exc:
-        raise DataError(f"--resume: no state file {path}; pass the position as a number (--resume N)") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"--resume: {path} holds no position for topic {topic!r}") from exc
-    if entry.get("manifest_sha256") != manifest.digest:
-        raise DataError(f"--resume: {path} was written for another data set (manifest {manifest.path} changed); "
-                        "pass the position as a number (--resume N)")
-    return pos
-
-
-def save_position(path: Path, topic: str, manifest: Manifest, summary: Summary, bootstrap: str) -> str | None:
-    """Write the resume position atomically; returns an error text instead of raising."""
-    try:
-        state = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(state, dict):
-            state = {}
-    except (OSError, ValueError):
-        state = {}
-    state[topic] = {"next_index": summary.resume, "total": summary.total, "last_ts": summary.last_ts,
-                    "bootstrap": bootstrap, "manifest_sha256": manifest.digest,
-                    "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:
-        return f"could not save the resume position to {path}: {exc}"
-    return None
-
-
-# -- progress ----------------------------------------------------------------------------------------
-class Progress:
-    """A tqdm bar on a TTY, else a log line every ``interval`` seconds."""
-
-    def __init__(self, total: int, throttle: Throttle, interval: float, tty: bool | None = None):
-        self.total, self.throttle, self.interval = total, throttle, interval
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self.t0 = time.monotonic()
-        self._next = self.t0 + (0.2 if self.tty else interval)
-        self._shown = 0
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="ev", unit_scale=True, dynamic_ncols=True, smoothing=0.1,
-                            file=sys.stderr, desc="replay")
-
-    def message(self, text: str) -> None:
-        """Print a status line without breaking the bar."""
-        line = f"replay: {text}"
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def due(self) -> bool:
-        """Cheap check whether :meth:`show` should run now."""
-        return time.monotonic() >= self._next
-
-    def show(self, sent: int, acked: int, next_ts: int | None, last_ts: int | None) -> None:
-        now = time.monotonic()
-        self._next = now + (0.2 if self.tty else self.interval)
-        lag = self.throttle.lag(next_ts)
-        where = "on target" if abs(lag) < 0.05 else f"{'behind' if lag > 0 else 'ahead'} {abs(lag):.2f}s"
-        if self.bar is not None:
-            self.bar.update(sent - self._shown)
-            self._shown = sent
-            self.bar.set_postfix_str(f"{where}, acked {acked}", refresh=False)
-            return
-        el = now - self.t0
-        rate = sent / el if el > 0 else 0.0
-        eta = (self.total - sent) / rate if rate > 0 else float("inf")
-        pct = 100.0 * sent / self.total if self.total else 100.0
-        self.message(f"{sent}/{self.total} events ({pct:.1f}%), {rate:.0f} ev/s, {where}, acked {acked}, "
-                     f"event time {iso(last_ts)}, ETA {eta:.0f} s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -224,15 +135,7 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
     manifest = load_manifest(cfg.data_dir)
     if cfg.verify:
         verify_shards(manifest)
-    start = 0
-    if cfg.resume == "state":
-        start = load_position(cfg.state_path, cfg.publish.topic, manifest)
-    elif cfg.resume is not None:
-        start = int(cfg.resume)
-    if start < 0 or start > manifest.train_records:
-        raise DataError(f"resume position {start} is outside 0..{manifest.train_records} ({manifest.path})")
-    if cfg.start_ts is not None:
-        start = max(start, start_index_for_ts(manifest, cfg.start_ts))
+    start = start_position(manifest, cfg.resume, cfg.state_path, cfg.publish.topic, cfg.start_ts)
     remaining = manifest.train_records - start
     quota = remaining if cfg.max_events is None else min(cfg.max_events, remaining)
     summary = Summary(start=start, resume=start, total=manifest.train_records)
