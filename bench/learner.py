@@ -4,7 +4,7 @@
     python bench/learner.py --events 200000 --variants kafka-python,confluent
 
 Fills a topic once (``producer.prepare --synthetic N`` → ``producer.replay --rate 0``), measures in the same
-run the raw consume ceilings (kafka-python poll-and-discard with ``check_crcs=False``; confluent-kafka), then
+run the raw consume ceilings (kafka-python poll-and-discard, CRCs checked as the learner does; confluent-kafka), then
 runs ``python -m learner`` to the end of the topic for each variant (fresh group + namespace) and reports
 events/s over the span from its first to its last batch, plus the main thread's seconds per stage (parse:
 taking decoded records, pull: indexing + rows not held + MGET, prequential_hr, step: the TF call, metrics:
@@ -44,7 +44,7 @@ def env() -> dict[str, str]:
 def consume_ceiling_kafka_python(bootstrap: str, topic: str, n: int) -> float:
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, check_crcs=False,
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, check_crcs=True,
                       max_poll_records=10000, fetch_max_bytes=8 << 20, max_partition_fetch_bytes=8 << 20)
     parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
     c.assign(parts)

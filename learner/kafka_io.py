@@ -5,8 +5,8 @@ Only :mod:`learner.loop` uses this module (with it, the loop is the only place d
 ``Source`` is what the loop needs from a consumer group member: ``poll`` a chunk of records,
 ``commit`` offsets, ``close``; the group's partition assignment calls back ``on_assign(partitions)``
 (which returns the offsets to resume from, i.e. the PS-stored ones) and ``on_revoke(partitions)``.
-Two backends: kafka-python (the default; ``check_crcs=False`` doubles its consume rate) and
-confluent-kafka (librdkafka, optional).
+Two backends: kafka-python (the default; record-batch CRCs are checked with the ``crc32c`` C extension, at
+~5% of its consume rate where its pure-Python CRC halved it) and confluent-kafka (librdkafka, optional).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Chunk:
 
 
 class KafkaPythonSource:
-    """kafka-python ``KafkaConsumer`` in a consumer group (manual commits, no CRC check)."""
+    """kafka-python ``KafkaConsumer`` in a consumer group (manual commits, CRC-checked record batches)."""
 
     def __init__(self, cfg: LearnerConfig, on_assign: OnAssign, on_revoke: OnRevoke, max_records: int):
         from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -51,7 +51,7 @@ class KafkaPythonSource:
         self.topic = cfg.topic
         self.consumer = KafkaConsumer(
             bootstrap_servers=cfg.bootstrap.split(","), group_id=cfg.group, client_id=f"lfm-learner-{cfg.group}",
-            enable_auto_commit=False, auto_offset_reset="earliest", check_crcs=False,
+            enable_auto_commit=False, auto_offset_reset="earliest", check_crcs=True,
             session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_poll_records=max_records, fetch_max_bytes=8 << 20, max_partition_fetch_bytes=8 << 20,
             fetch_max_wait_ms=100)
