@@ -6,19 +6,21 @@
     python bench/api.py --freshness --data-dir DIR       # + event -> answer freshness (needs Kafka)
 
 What runs: the service as its own process (``python -m recall_api``, uvicorn, one worker) on a free
-loopback port, and a load generator in this process: ``--concurrency`` keep-alive HTTP/1.1 connections
-(bare asyncio protocols on uvloop, no cyclic GC during a pass: ~20-50 µs of client CPU per request, on the
-same 2 cores), each sending its next request when the previous answer arrived (closed loop), bounded by
-``--requests`` and ``--seconds``.  Latency is request-write to last-body-byte.  u2i asks random users that
-have a vector, i2i random movies; k = --k.  With the default 600 users every user is asked many times, so
-after the warm-up u2i is answered from the service's user cache (kept exact by Redis key tracking; its
-hit/miss counters are in the output); ``--service-arg=--user-cache=0`` measures a Redis read per request.
-Per endpoint: ``unloaded`` (one connection, closed loop: pure latency), ``loaded`` (``--concurrency``
-connections, closed loop: saturation throughput, latency includes queueing) and ``paced`` (open loop at
-``--paced-qps`` requests/s: the latency at that rate, charged from the scheduled send time).
+loopback port, and a load generator in this process (``bench/loadgen.py``): ``--concurrency`` keep-alive
+HTTP/1.1 connections (bare asyncio protocols on uvloop, no cyclic GC during a pass: ~20-50 µs of client
+CPU per request, on the same 2 cores), each sending its next request when the previous answer arrived
+(closed loop), bounded by ``--requests`` and ``--seconds``.  Latency is request-write to last-body-byte.
+u2i asks random users that have a vector, i2i random movies; k = --k.  With the default 600 users every
+user is asked many times, so after the warm-up u2i is answered from the service's user cache (kept exact
+by Redis key tracking; its hit/miss counters are in the output); ``--service-arg=--user-cache=0`` measures
+a Redis read per request.  Per endpoint: ``unloaded`` (one connection, closed loop: pure latency),
+``loaded`` (``--concurrency`` connections, closed loop: saturation throughput, latency includes queueing)
+and ``paced`` (open loop at ``--paced-qps`` requests/s: the latency at that rate, charged from the
+scheduled send time).
 
-Synthetic mode fills a fresh namespace of a redis-server started here (``put_rows``, whole rows with raw
-ids) with ``--movies`` item and ``--users`` user vectors (dim --dim) and ~``--seen`` rated movies per user.
+Synthetic mode fills a fresh namespace of a redis-server started here (``bench/synthetic_ps.py``:
+``put_rows``, whole rows with raw ids) with ``--movies`` item and ``--users`` user vectors (dim --dim) and
+~``--seen`` rated movies per user.
 Freshness (``--freshness``): a local redis-server + Tansu, the service, one learner and
 ``producer.replay --rate 1000`` of the prepared train shards run together; into the same topic this script
 injects probe events (a new user rates a new movie, raw ids beyond the data set) every ``--probe-every``
@@ -30,8 +32,6 @@ produce -> first ``source: model`` answer of ``/u2i/<probe user>`` (learner push
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 import os
 import subprocess
@@ -46,46 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lfm_stream.hashing import hash_movie_ids, hash_user_ids  # noqa: E402
+from bench.loadgen import load, query_paths  # noqa: E402
+from bench.synthetic_ps import churn_user_rows, fill_synthetic  # noqa: E402
 from lfm_stream.stack import LocalStack, free_port  # noqa: E402
-
-
-# ------------------------------------------------------------------------------------------ data
-def fill_synthetic(redis_url: str, namespace: str, movies: int, users: int, dim: int, seen: int,
-                   seed: int = 0, chunk: int = 50_000) -> dict:
-    """Random item / user rows (whole rows via put_rows) and an activity log; returns timings."""
-    from ps_redis import ParameterServer, row_dtype
-    from ps_redis.activity import ActivityLog
-
-    t0 = time.perf_counter()
-    ps = ParameterServer.get(redis_url, namespace, dim=dim)
-    rng = np.random.default_rng(seed)
-    dt = row_dtype(dim)
-
-    def put(table: str, raw: np.ndarray, hashed: np.ndarray, scale: float) -> None:
-        for s in range(0, len(raw), chunk):
-            r = raw[s:s + chunk]
-            rows = np.zeros(len(r), dt)
-            rows["vec"] = rng.normal(scale=scale, size=(len(r), dim))
-            rows["bias"] = rng.normal(scale=0.3, size=len(r))
-            rows["count"], rows["updated"], rows["raw"] = 1, time.time(), r
-            ps.put_rows(table, hashed[s:s + chunk], rows)
-
-    movie_ids = np.arange(1, movies + 1, dtype=np.int64)
-    put("item", movie_ids, hash_movie_ids(movie_ids), 1.0 / np.sqrt(dim))
-    user_ids = np.arange(1, users + 1, dtype=np.int64)
-    put("user", user_ids, hash_user_ids(user_ids), 1.0)
-    log = ActivityLog(ps)
-    # rated movies: popularity-skewed (Zipf-like), like MovieLens
-    p = 1.0 / np.arange(1, movies + 1) ** 0.8
-    p /= p.sum()
-    for s in range(0, users, 500):
-        us = user_ids[s:s + 500]
-        ru = np.repeat(us, seen)
-        rm = rng.choice(movie_ids, size=len(ru), p=p)
-        log.record(hash_user_ids(ru), ru, rm, hash_movie_ids(rm), (rng.random(len(ru)) < 0.5).astype(np.float32),
-                   np.full(len(ru), 1_000_000, np.int64))
-    return {"fill_s": round(time.perf_counter() - t0, 2)}
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -140,150 +103,7 @@ class Service:
         self.log.close()
 
 
-# ------------------------------------------------------------------------------------ load client
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection of the load generator (a bare asyncio protocol: the client costs
-    ~20 µs of CPU per request, which matters because it shares the 2 cores with the service and Redis).
-
-    Closed loop (``interval`` 0): the next request is written when the previous answer is complete; latency
-    is write -> last body byte.  Open loop (``interval`` > 0): requests are due every ``interval`` s on a
-    fixed schedule; a request is written at its due time, or as soon as the previous answer arrived when
-    that is later, and its latency is counted from the due time (so a late answer is charged, also for the
-    requests it delayed)."""
-
-    def __init__(self, paths: list[bytes], start: int, step: int, stop_at: float, budget: list[int],
-                 lat: list[float], codes: dict[int, int], interval: float, done: asyncio.Future):
-        self.paths, self.i, self.step, self.stop_at, self.budget = paths, start, step, stop_at, budget
-        self.lat, self.codes, self.interval, self.done = lat, codes, interval, done
-        self.loop = asyncio.get_running_loop()
-        self.buf = b""
-        self.need = -1  # bytes of the current answer (head + body) once its head is complete
-        self.t0 = 0.0
-        self.next_t = time.perf_counter() + (interval * start / step if interval else 0.0)
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self._next()
-
-    def connection_lost(self, exc) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("the service closed the connection"))
-
-    def _next(self) -> None:
-        if self.budget[0] <= 0 or time.perf_counter() >= self.stop_at:
-            self.transport.close()
-            if not self.done.done():
-                self.done.set_result(None)
-            return
-        self.budget[0] -= 1
-        if self.interval:
-            delay = self.next_t - time.perf_counter()
-            if delay > 0:
-                self.loop.call_later(delay, self._send)
-                return
-        self._send()
-
-    def _send(self) -> None:
-        if self.interval:
-            self.t0 = self.next_t
-            self.next_t += self.interval
-        else:
-            self.t0 = time.perf_counter()
-        self.transport.write(b"GET " + self.paths[self.i % len(self.paths)] + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
-        self.i += self.step
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.need < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            cl = 0
-            for line in self.buf[:end].split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    cl = int(line[15:])
-                    break
-            self.need = end + 4 + cl
-        if len(self.buf) < self.need:
-            return
-        self.lat.append(time.perf_counter() - self.t0)
-        status = int(self.buf[9:12])
-        self.codes[status] = self.codes.get(status, 0) + 1
-        self.buf, self.need = self.buf[self.need:], -1
-        self._next()
-
-
-async def _worker(port: int, paths: list[bytes], start: int, step: int, stop_at: float, budget: list[int],
-                  lat: list[float], codes: dict[int, int], interval: float = 0.0) -> None:
-    """One keep-alive connection (:class:`_Connection`) until the budget or the time is used up."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    await loop.create_connection(lambda: _Connection(paths, start, step, stop_at, budget, lat, codes, interval, done),
-                                 "127.0.0.1", port)
-    await done
-
-
-def load(port: int, paths: list[bytes], concurrency: int, requests: int, seconds: float, rate: float = 0.0) -> dict:
-    """``concurrency`` connections, at most ``requests`` requests or ``seconds``; closed loop, or open loop
-    at ``rate`` requests/s in total when ``rate`` > 0."""
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    lat: list[float] = []
-    codes: dict[int, int] = {}
-
-    async def run() -> float:
-        budget = [requests]
-        t0 = time.perf_counter()
-        interval = concurrency / rate if rate > 0 else 0.0
-        await asyncio.gather(*(_worker(port, paths, c, concurrency, t0 + seconds, budget, lat, codes, interval)
-                               for c in range(concurrency)))
-        return time.perf_counter() - t0
-
-    # the generator's own pauses would be charged to the service: no cyclic GC during a pass (its full
-    # collections walk everything this process imported: tens of ms); collected right after
-    gc.collect()
-    gc.disable()
-    try:
-        elapsed = asyncio.run(run())
-    finally:
-        gc.enable()
-    ms = np.array(lat) * 1000.0
-    return {"concurrency": concurrency, "target_qps": rate or None, "requests": len(lat), "seconds": round(elapsed, 3),
-            "qps": round(len(lat) / elapsed, 1), "status": {str(k): v for k, v in sorted(codes.items())},
-            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3)}
-
-
-def query_paths(kind: str, ids: np.ndarray, k: int, n: int, seed: int) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    return [b"/%s/%d?k=%d" % (kind.encode(), int(i), k) for i in rng.choice(ids, size=n)]
-
-
-def _churn(redis_url: str, namespace: str, users: np.ndarray, rate: float, stop_at_wall: float, seed: int) -> None:
-    """Rewrite ``rate`` random user rows per second (new random vectors, whole rows) until ``stop_at_wall``
-    (``time.time()``): what a learner's pushes do to the users the service is asked about."""
-    from ps_redis import ParameterServer, row_dtype
-
-    ps = ParameterServer.get(redis_url, namespace, dim=None)
-    rng = np.random.default_rng(seed)
-    batch = max(1, int(round(rate / 100)))  # every 10 ms
-    dt = row_dtype(ps.dim)
-    next_t = time.time()
-    while time.time() < stop_at_wall:
-        raw = rng.choice(users, size=batch)
-        rows = np.zeros(batch, dt)
-        rows["vec"] = rng.normal(size=(batch, ps.dim))
-        rows["count"], rows["updated"], rows["raw"] = 1, time.time(), raw
-        ps.put_rows("user", hash_user_ids(raw), rows)
-        next_t += 0.01
-        time.sleep(max(0.0, next_t - time.time()))
-
-
+# ---------------------------------------------------------------------------------------- passes
 def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: argparse.Namespace,
                   redis_url: str = "", namespace: str = "") -> dict:
     """Warm up, then a concurrency-1 pass and a loaded pass per endpoint (with ``--churn``: while another
@@ -298,7 +118,7 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
         if args.churn and kind == "u2i":
             span = args.seconds * (2.5 if args.paced_qps else 1.5) + 5
             churn = multiprocessing.get_context("spawn").Process(
-                target=_churn, args=(redis_url, namespace, users, args.churn, time.time() + span, args.seed))
+                target=churn_user_rows, args=(redis_url, namespace, users, args.churn, time.time() + span, args.seed))
             churn.start()
             time.sleep(1.0)
         try:
