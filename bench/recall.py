@@ -9,6 +9,10 @@ refreshed in-memory matrix, the user row and rated movies from Redis, rated = tr
 popularity fallback for users without a vector) — and, in the same run, from
 :meth:`~recall_api.store.RecallStore.popularity` with the same exclusions.
 
+Scored as ``python -m recall_api`` scores by default (``q·v + b`` plus the learner's time-aware popularity
+prior, :mod:`recall_api.prior`); ``metrics_plain_score`` has the plain ``q·v + b`` ranking for comparison
+(``--no-score-prior``: the plain score only).
+
 * HR@k: share of those users with at least one positive test movie in the top k;
 * Recall@50: mean over those users of (positive test movies in the top 50) / (positive test movies).
 
@@ -149,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--namespace", default=None, help="namespace of a trained model (without --train)")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable), e.g. "
                                                                          "--learner-arg=--dim=32")
-    p.add_argument("--score-prior", action="store_true",
-                   help="also evaluate the service with the learner's popularity prior (recall_api.prior)")
+    p.add_argument("--score-prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="score as the service does by default: q·v + the learner's time-aware popularity prior "
+                        "(recall_api.prior); the plain q·v + b score is reported too, as metrics_plain_score")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -173,18 +178,17 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("give --train, or --redis-url, --namespace and --data-dir of a trained model")
             data_dir, redis_url, namespace = Path(args.data_dir), args.redis_url, args.namespace
         ps = ParameterServer.get(redis_url, namespace, dim=None)
-        store = RecallStore(StoreConfig(redis_url, namespace), Catalog.load(data_dir))
-        if not store.refresh_once():
-            raise RuntimeError(f"cannot load the model: {store.stats.last_error}")
+        catalog = Catalog.load(data_dir)
+        test = read_test(data_dir)
+        for key, prior in (("metrics", args.score_prior), ("metrics_plain_score", False)):
+            if key != "metrics" and not args.score_prior:
+                continue  # the main figures are already the plain score
+            store = RecallStore(StoreConfig(redis_url, namespace, score_prior=prior), catalog)
+            if not store.refresh_once():
+                raise RuntimeError(f"cannot load the model: {store.stats.last_error}")
+            result[key] = {"score": "q·v + b + popularity prior" if prior else "q·v + b", **evaluate(store, test)}
         result["model"] = {"namespace": namespace, "dim": ps.dim, "items": ps.count("item"),
                            "users": ps.count("user"), "data_dir": str(data_dir)}
-        test = read_test(data_dir)
-        result["metrics"] = evaluate(store, test)
-        if args.score_prior:
-            with_prior = RecallStore(StoreConfig(redis_url, namespace, score_prior=True), store.catalog)
-            if not with_prior.refresh_once():
-                raise RuntimeError(f"cannot load the model: {with_prior.stats.last_error}")
-            result["metrics_score_prior"] = evaluate(with_prior, test)
         if args.train:  # the learner's own end-of-run test line, for a cross-check of the metric definitions
             lines = [ln for ln in Path(result["training"]["learner_log"]).read_text().splitlines() if "] test " in ln]
             if lines:
