@@ -81,3 +81,18 @@ def test_two_workers_split_partitions_and_train_one_model(redis_url, bootstrap, 
         ends.append(read_metrics(path)[-1])
     assert all(e["events"] > 0 for e in ends) and sum(e["events"] for e in ends) == len(syn_values)
     assert_exactly_once(redis_url, namespace, syn_values)
+
+
+def test_learner_on_a_redis_cluster_applies_every_event_once(bootstrap, syn_topic, namespace, syn_values, tmp_path):
+    """On a cluster the sync goes through ps.push (per-slot-group Lua with per-group fences), not write_rows."""
+    from _ps_cluster import LocalCluster
+
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        r = run_learner(cluster.url, bootstrap, syn_topic, namespace, tmp_path / "m.jsonl", *COMMON,
+                        "--idle-timeout", "2")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "assign pushes" in r.stderr
+        assert_exactly_once(cluster.url, namespace, syn_values)
+        assert_activity_exactly_once(cluster.url, namespace, syn_values)
+        ps, _ = ps_state(cluster.url, namespace)
+        assert ps.is_cluster and sum(ps.offsets(f"g-{namespace}", syn_topic).values()) == len(syn_values)
