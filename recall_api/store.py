@@ -1,7 +1,7 @@
 """RecallStore: the item matrix kept fresh from the Redis PS, and the u2i / i2i queries over it.
 
-Refresh protocol (docs/design.md "Activity log"): take ``log.cursor()``, load every item row with
-``ps.scan("item")``, then every ``refresh_interval`` seconds ask ``log.changes_since(cursor)`` for the
+Refresh protocol (docs/design.md "Activity log"; the code is :mod:`recall_api.refresh`): take ``log.cursor()``,
+load every item row with ``ps.scan("item")``, then every ``refresh_interval`` seconds ask ``log.changes_since(cursor)`` for the
 hashed item ids the learner changed and re-pull only those (``ps.pull("item", ids, create=False)``).
 When the cursor fell off the capped change stream, or the log restarted (flush / load / an empty Redis
 after a restart), :class:`~ps_redis.activity.CursorExpired` triggers a full reload into a fresh matrix.
@@ -32,6 +32,7 @@ from ps_redis import ParameterServer, PSError
 from ps_redis.activity import ActivityLog, CursorExpired
 from ps_redis.codec import decode
 from ps_redis.connection import run
+from recall_api import refresh
 from recall_api.catalog import Catalog
 from recall_api.matrix import ItemMatrix, Snapshot
 from recall_api.prior import USER_CTX_TABLE, ScorePrior
@@ -144,63 +145,12 @@ class RecallStore:
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
 
     def _full_load(self) -> None:
-        cursor = self.log.cursor()  # first, so changes made during the scan are re-pulled afterwards
-        matrix = ItemMatrix(self.ps.dim, capacity=max(1024, self.ps.count("item")))
-        self.stats.unmapped = 0
-        for rows in self.ps.scan("item", chunk=self.config.chunk):
-            self._apply(matrix, rows, index=None)
-        index = None
-        if self.config.faiss:
-            from recall_api.index import FaissIndex
-
-            index = FaissIndex(matrix.dim, nprobe=self.config.faiss_nprobe)
-            snap = matrix.snapshot()
-            index.build(snap.vec, snap.bias)
-        self.matrix, self.index, self.cursor = matrix, index, cursor
-        self.stats.full_reloads += 1
-        self.stats.last_full_reload = time.time()
-        self.stats.applied_change_ms = cursor_ms(cursor)
+        self.matrix, self.index, self.cursor = refresh.full_load(self.ps, self.log, self.catalog, self.config,
+                                                                 self.stats)
 
     def _incremental(self) -> None:
-        cursor, ids = self.log.changes_since(self.cursor)
-        for start in range(0, len(ids), self.config.chunk):
-            part = ids[start:start + self.config.chunk]
-            rows = self.ps.pull("item", part, create=False)
-            gone = part[~rows.found]
-            if len(gone):
-                removed = self.matrix.remove(gone)
-                if self.index is not None:
-                    self.index.remove(removed)
-            self._apply(self.matrix, rows, index=self.index)
-        self.cursor = cursor
-        self.stats.applied_change_ms = cursor_ms(cursor) or self.stats.applied_change_ms
-        if self.index is not None and self.index.needs_rebuild(self.matrix.n):
-            snap = self.matrix.snapshot()
-            self.index.build(snap.vec, snap.bias)
-            if snap.invalid is not None:
-                self.index.remove(snap.invalid)
-
-    def _apply(self, matrix: ItemMatrix, rows, index) -> None:
-        found = rows.found
-        if not found.all():
-            rows_ids, raw, vec, bias = rows.ids[found], rows.raw[found], rows.vec[found], rows.bias[found]
-        else:
-            rows_ids, raw, vec, bias = rows.ids, rows.raw, rows.vec, rows.bias
-        if len(rows_ids) == 0:
-            return
-        raw = raw.copy()
-        unknown = raw < 0
-        if unknown.any():  # the learner did not store the raw id: name the row from the catalog
-            names = self.catalog.raw_of_hash
-            raw[unknown] = [names.get(h, -1) for h in rows_ids[unknown].tolist()]
-            keep = raw >= 0
-            self.stats.unmapped += int((~keep).sum())
-            rows_ids, raw, vec, bias = rows_ids[keep], raw[keep], vec[keep], bias[keep]
-        updated, appended = matrix.upsert(rows_ids, raw, vec, bias)
-        self.stats.rows_applied += len(rows_ids)
-        if index is not None and index.ready:
-            written = np.concatenate([updated, appended])
-            index.upsert(written, matrix._vec[written], matrix._bias[written])
+        self.cursor = refresh.incremental(self.ps, self.log, self.catalog, self.config, self.stats, self.matrix,
+                                          self.index, self.cursor)
 
     # -------------------------------------------------------------------------------- queries
     @contextlib.contextmanager
