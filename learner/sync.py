@@ -72,7 +72,9 @@ class WindowSync:
         """Pull, in one round trip, the rows of ``wanted`` (table → (ids, raw ids or None)) not held yet."""
         req = {}
         for table, (ids, raw) in wanted.items():
-            window = self.held.setdefault(table, RowWindow(self.dim))
+            window = self.held.get(table)
+            if window is None:
+                window = self.held[table] = RowWindow(self.dim)
             miss = window.missing(ids)
             flying = self._inflight.get(table)
             if flying is not None and miss.any():  # rows being written: their values are the trained ones

@@ -68,13 +68,15 @@ class ActivityLog:
         ``user_ids`` (hashed) are accepted for symmetry with the learner's batch and not stored.
         """
         del user_ids
-        args = self._command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps)
+        args = self.record_command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps)
         if args is None:
             return None
         entry = self._call(args)[0]
         return entry.decode() if isinstance(entry, bytes) else None
 
-    def _command(self, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> tuple | None:
+    def record_command(self, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> tuple | None:
+        """The one Redis command :meth:`record` sends (None for an empty batch), to run it inside another
+        transaction, e.g. with the PS write of the same events (:meth:`ParameterServer.write_rows`)."""
         ru = np.asarray(raw_user_ids, dtype=np.int64)
         rm = np.asarray(raw_movie_ids, dtype=np.int64)
         lab = np.asarray(labels)
@@ -108,11 +110,6 @@ class ActivityLog:
                 k.act_seen_prefix, width, tok.astype(dt).tobytes(), pos.astype(dt).tobytes(), changed, last_ts,
                 self.maxlen, uuid.uuid4().hex[:12])
         return args
-
-    def record_command(self, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> tuple | None:
-        """The one Redis command :meth:`record` sends (None for an empty batch), to run it inside another
-        transaction, e.g. with the PS write of the same events (:meth:`ParameterServer.write_rows`)."""
-        return self._command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps)
 
     def seen(self, raw_user_id: int) -> set[int]:
         """Raw movie ids the raw user rated (empty if unknown)."""
