@@ -93,6 +93,11 @@ def ppop_ids(periods: np.ndarray, raw_movies: np.ndarray) -> np.ndarray:
     return (np.asarray(periods, np.int64) << PPOP_SHIFT) | (np.asarray(raw_movies, np.int64) & 0xFFFFFFFF)
 
 
+def prior_log(cfg: ModelConfig, window: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """τ = log(pop_smooth + window + pop_total_w · total): positives of the ±pop_window periods and of all time."""
+    return np.log(cfg.pop_smooth + window + cfg.pop_total_w * total)
+
+
 class PeriodPrior:
     """Time-aware popularity prior τ_u(i) over the columns of an item table (pure numpy).
 
@@ -129,8 +134,7 @@ class PeriodPrior:
         k = np.asarray(k, np.int64) - self.k0
         hi = np.clip(k + c.pop_window + 1, 0, self.cum.shape[0] - 1)
         lo = np.clip(k - c.pop_window, 0, self.cum.shape[0] - 1)
-        window = self.cum[hi] - self.cum[lo]
-        return np.log(c.pop_smooth + window + c.pop_total_w * self.total[None, :])
+        return prior_log(c, self.cum[hi] - self.cum[lo], self.total[None, :])
 
 
 def user_periods(ps, user_ids: np.ndarray, default: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from learner.config import ModelConfig
-from learner.evaluate import ItemMirror
+from learner.evaluate import ItemMirror, prior_log
 from learner.metrics import top_k
 from learner.model import recall_scores
 
@@ -66,7 +66,7 @@ class PrequentialHR:
         total = np.zeros(n)
         t = self._pop_total[:n]
         total[: len(t)] = t
-        return np.log(m.pop_smooth + window + m.pop_total_w * total)
+        return prior_log(m, window, total)
 
     def score(self, queries: np.ndarray, movie_ids: np.ndarray, kpop: np.ndarray | None,
               seen: list[set[int]]) -> None:
