@@ -491,3 +491,16 @@ def test_pull_many_equals_pulls_and_deferred_rows_are_written_by_write_rows(ps):
 def test_write_rows_rejects_rows_of_another_dim(ps):
     with pytest.raises(ValueError, match="expected 1 rows of dim 8"):
         ps.write_rows({"user": (ids_of(1), np.zeros(1, row_dtype(4)), np.zeros(1, bool))})
+
+
+def test_deferred_rows_are_stored_and_counted_by_the_next_assign_push(ps):
+    got = ps.pull_many({"item": (ids_of(8, 9), ids_of(80, 90))}, defer_create=True)["item"]
+    assert not got.found.any() and ps.count("item") == 0
+    fence = Fence("g", "t", {0: 3})
+    assert ps.push({"item": Update(ids_of(8, 9), bias=np.float32([0.5, 0.25]), count=np.int64([1, 2]))},
+                   fence=fence)
+    back = ps.pull("item", ids_of(8, 9), create=False)
+    assert back.found.all() and ps.count("item") == 2  # the fast path's MSET counted the new rows
+    np.testing.assert_array_equal(back.vec, init_vectors(ids_of(8, 9), DIM, 0.1, 7, "item"))  # seeded, not zero
+    assert back.bias.tolist() == [0.5, 0.25] and back.count.tolist() == [1, 2] and back.raw.tolist() == [80, 90]
+    assert ps.offsets("g", "t") == {0: 3}
