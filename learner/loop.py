@@ -1,13 +1,15 @@
 """The streaming loop: consume → decode → pull rows not held → predict → step → (sync: fenced write) → commit.
 
-The only module doing Redis I/O, and (through :mod:`learner.kafka_io`) Kafka I/O.
+With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (through :mod:`learner.kafka_io`)
+Kafka I/O.
 
 Rows a micro-batch touches are pulled once into a :class:`~learner.window.RowWindow` and trained there; a
 *sync* writes the held rows back.  A learner that has caught up with the stream syncs after every batch;
 while a backlog drains it syncs at least every ``sync_ms``.  On a standalone Redis in assign mode (one
 writer per row) the sync is one MULTI/EXEC — rows, new-row counters, the activity log of the window's
 events, and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next
-window trains; gradient mode (several workers) and Redis Cluster push after every batch through ``ps.push``.
+window trains.  On a Redis Cluster the window is written in the foreground through ``ps.push`` (per slot
+group, Lua); gradient mode (several workers) does that after every batch.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
 the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes exactly
