@@ -151,6 +151,7 @@ class Learner:
     def on_revoke(self, partitions: list[int]) -> None:
         with self.lock:  # waits for the in-flight batch, then writes what was trained
             self.sync.sync()
+            self.sync.forget()  # the next owner of these partitions changes their rows
             if self.fetcher is not None:
                 self.fetcher.generation += 1
                 self.fetcher.drain()
@@ -275,12 +276,12 @@ class Learner:
             last = np.zeros(len(uu), np.int64)
             np.maximum.at(last, uinv[:n], bi.period)
             self.user_period.update(zip(uu.tolist(), last.tolist()))
-        self.sync.hold(bi.wanted)
-        urows, irows = self.sync.rows("user", uu), self.sync.rows("item", ii)
-        prow = self.sync.rows("period", kk) if m.period_days > 0 else None
+        slots = self.sync.hold(bi.wanted)
+        urows, irows = self.sync.rows("user", slots["user"]), self.sync.rows("item", slots["item"])
+        prow = self.sync.rows("period", slots["period"]) if m.period_days > 0 else None
         mu = mu_acc = 0.0
         if m.learn_mu:
-            g = self.sync.rows("global", np.zeros(1, np.int64))
+            g = self.sync.rows("global", slots["global"])
             mu, mu_acc = float(g["bias"][0]), float(g["accum"][0, -1])
         t = self._tick("pull", t)
         if self.preq is not None and self.step % HR_EVERY == 0:
@@ -290,7 +291,7 @@ class Learner:
                        uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
         out = self.model.step(x)
         t = self._tick("step", t)
-        self.sync.learn(out, bi, m)
+        self.sync.learn(out, bi, slots, m)
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
         if self.preq is not None:
             ni = len(ii)

@@ -1,11 +1,12 @@
-"""RowWindow: the PS rows a learner holds between two syncs with the PS (pure numpy, no I/O).
+"""RowWindow: the PS rows a learner holds and trains in place between syncs with the PS (pure numpy, no I/O).
 
-The learner pulls a row the first time a micro-batch of the window touches it, trains it in place for
-every later micro-batch of the window, and writes it back once when the window is synced (see
-:mod:`learner.loop`).  Between syncs the window is the learner's view of those rows: as the only
-writer of its rows (assign mode) this is exactly the per-batch pull → step → push result, with one
-pull and one write per distinct row instead of one per micro-batch.  For gradient pushes the window
-keeps each row as pulled (``base``) next to its trained value (``cur``) so the sync can send the
+The learner pulls a row the first time a micro-batch touches it, trains it in place for every later
+micro-batch, and writes the rows touched since the last sync back at each sync (see :mod:`learner.sync`).
+Held rows are the learner's view of those rows: as the only writer of its rows (assign mode) this is
+exactly the per-batch pull → step → push result, with one pull per distinct row and one write per row
+and sync instead of one of each per micro-batch.  A single writer keeps its rows across syncs (a row is
+pulled once); for gradient pushes the window is dropped after each sync (other workers change the same
+rows) and keeps each row as pulled (``base``) next to its trained value (``cur``) so the sync can send the
 difference.
 """
 
@@ -17,16 +18,18 @@ from ps_redis.codec import row_dtype
 
 
 class RowWindow:
-    """Rows of one PS table held since the last sync.
+    """Rows of one PS table held by the learner.
 
-    Rows live in append-only slots (grown by doubling); a sorted id index maps ids to slots, so holding
-    more rows never moves the ones already held.
+    Rows live in append-only slots (grown by doubling); a dict maps ids to slots, so holding more rows
+    never moves the ones already held.  Micro-batches look their ids up once (:meth:`slots`) and then
+    read and write rows by slot.
 
     Attributes:
         ids: int64 ids of the held rows, in slot order.
         cur: structured rows (:func:`ps_redis.codec.row_dtype`) as trained, in slot order.
-        base: the same rows as pulled.
-        new: rows that did not exist in the PS when pulled.
+        base: the same rows as of the last sync (or as pulled).
+        new: rows that do not exist in the PS yet.
+        dirty: rows changed since the last sync.
     """
 
     def __init__(self, dim: int):
@@ -34,14 +37,14 @@ class RowWindow:
         self.clear()
 
     def clear(self) -> None:
-        """Forget every row (after a sync: the PS is the truth again)."""
+        """Forget every row (the PS is the truth again)."""
         self.n = 0
         self._ids = np.zeros(0, np.int64)
         self._cur = np.zeros(0, self.dtype)
         self._base = np.zeros(0, self.dtype)
         self._new = np.zeros(0, bool)
-        self._sorted = np.zeros(0, np.int64)  # ids, sorted
-        self._slot = np.zeros(0, np.int64)  # slot of each sorted id
+        self._dirty = np.zeros(0, bool)
+        self._slot: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -62,31 +65,31 @@ class RowWindow:
     def new(self) -> np.ndarray:
         return self._new[: self.n]
 
-    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot of each id, held mask)."""
-        pos = np.searchsorted(self._sorted, ids)
-        hit = np.zeros(len(ids), bool)
-        inside = pos < len(self._sorted)
-        hit[inside] = self._sorted[pos[inside]] == ids[inside]
-        slots = np.zeros(len(ids), np.int64)
-        slots[hit] = self._slot[pos[hit]]
-        return slots, hit
+    @property
+    def dirty(self) -> np.ndarray:
+        return self._dirty[: self.n]
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each id, -1 where the row is not held."""
+        get = self._slot.get
+        return np.array([get(i, -1) for i in np.asarray(ids, np.int64).tolist()], np.int64)
 
     def missing(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask over ``ids``: True where the row is not held."""
-        return ~self._find(np.asarray(ids, np.int64))[1]
+        return self.slots(ids) < 0
 
     def add(self, ids: np.ndarray, rows: np.ndarray, new: np.ndarray | None = None,
-            cur: np.ndarray | None = None) -> None:
+            cur: np.ndarray | None = None) -> np.ndarray:
         """Hold pulled rows (distinct ids not held yet; ``rows`` structured as stored, ``new`` = not stored in
-        the PS yet, ``cur`` = the values to train from when they differ from the stored ones)."""
+        the PS yet, ``cur`` = the values to train from when they differ from the stored ones); returns their
+        slots.  Added rows are dirty (written by the next sync)."""
         ids = np.asarray(ids, np.int64)
         k = len(ids)
         if not k:
-            return
+            return np.zeros(0, np.int64)
         if self.n + k > len(self._ids):
             size = max(2 * len(self._ids), self.n + k, 1024)
-            for name in ("_ids", "_cur", "_base", "_new"):
+            for name in ("_ids", "_cur", "_base", "_new", "_dirty"):
                 old = getattr(self, name)
                 grown = np.zeros(size, old.dtype)
                 grown[: self.n] = old[: self.n]
@@ -96,27 +99,44 @@ class RowWindow:
         self._base[at] = rows
         self._cur[at] = rows if cur is None else cur
         self._new[at] = False if new is None else new
-        slots = np.arange(self.n, self.n + k)
+        self._dirty[at] = True
+        self._slot.update(zip(ids.tolist(), range(self.n, self.n + k)))
         self.n += k
-        merged = np.concatenate([self._sorted, ids])
-        order = np.argsort(merged, kind="stable")
-        self._sorted = merged[order]
-        self._slot = np.concatenate([self._slot, slots])[order]
+        return np.arange(self.n - k, self.n)
+
+    def _held(self, ids: np.ndarray) -> np.ndarray:
+        slots = self.slots(ids)
+        if (slots < 0).any():
+            raise KeyError(f"{int((slots < 0).sum())} ids are not held, e.g. {int(np.asarray(ids)[slots < 0][0])}")
+        return slots
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Current rows of held ``ids`` (a copy, in the order asked)."""
-        slots, hit = self._find(np.asarray(ids, np.int64))
-        if not hit.all():
-            raise KeyError(f"{int((~hit).sum())} ids are not held, e.g. {int(np.asarray(ids)[~hit][0])}")
+        return self._cur[self._held(ids)]
+
+    def rows_at(self, slots: np.ndarray) -> np.ndarray:
+        """Current rows at ``slots`` (a copy)."""
         return self._cur[slots]
 
-    def update(self, ids: np.ndarray, *, vec=None, bias=None, accum=None, count=None) -> None:
-        """Assign the given fields of held rows; ``count`` is added."""
-        slots, hit = self._find(np.asarray(ids, np.int64))
-        if not hit.all():
-            raise KeyError(f"{int((~hit).sum())} ids are not held")
+    def update(self, ids: np.ndarray, **fields) -> None:
+        """:meth:`update_at` by id."""
+        self.update_at(self._held(ids), **fields)
+
+    def update_at(self, slots: np.ndarray, *, vec=None, bias=None, accum=None, count=None) -> None:
+        """Assign the given fields of the rows at ``slots`` (distinct); ``count`` is added.  Marks them dirty."""
         for name, value in (("vec", vec), ("bias", bias), ("accum", accum)):
             if value is not None:
                 self._cur[name][slots] = value
         if count is not None:
             self._cur["count"][slots] += np.asarray(count, np.int64)
+        self._dirty[slots] = True
+
+    def take_dirty(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, cur, base, new)`` copies of the dirty rows, which become clean: their base is their current
+        value and they count as stored (the caller writes them to the PS)."""
+        at = np.flatnonzero(self._dirty[: self.n])
+        out = self._ids[at], self._cur[at], self._base[at], self._new[at]
+        self._base[at] = out[1]
+        self._new[at] = False
+        self._dirty[at] = False
+        return out

@@ -6,6 +6,7 @@ Standalone Redis (``shards == 0``)::
     <ns>:@n:<table>                      number of rows in the table (kept by the Lua functions)
     <ns>:@fence:<group>:<topic>          hash partition -> next offset (fenced pushes)
     <ns>:@meta                           hash: dim, shards, init_scale, seed, layout
+    <ns>:@epoch                          random token, new after every delete / put_rows / flush
 
 Redis Cluster (``shards == S > 0``): rows are spread over S hash-tagged shard groups per table,
 ``shard = id mod S``, so a batch splits into at most S single-slot groups and each group is updated
@@ -55,6 +56,10 @@ class KeySpace:
     @property
     def meta(self) -> str:
         return f"{self.namespace}:@meta"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.namespace}:@epoch"
 
     def fence(self, group: str, topic: str) -> str:
         """Key of the offsets hash of (group, topic) that ``offsets()`` reads."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -352,7 +353,9 @@ class ParameterServer:
         self._rows.forget(table)
         commands = [(counter, ("FCALL", "lfm_delete", len(keys) + 1, counter, *keys))
                     for keys, _, counter in self._groups(table, ids)] if len(ids) else []
-        return int(sum(self._run(commands)))
+        n = int(sum(self._run(commands)))
+        self._new_epoch()
+        return n
 
     def count(self, table: str) -> int:
         """Number of rows in ``table`` (O(1): counters kept by the Lua functions)."""
@@ -383,7 +386,9 @@ class ParameterServer:
         self._rows.forget(table)
         commands = [(counter, ("FCALL", "lfm_put", len(keys) + 1, counter, *keys, self.dim, rows[pos].tobytes()))
                     for keys, pos, counter in self._groups(table, ids)] if len(ids) else []
-        return int(sum(self._run(commands)))
+        n = int(sum(self._run(commands)))
+        self._new_epoch()
+        return n
 
     def flush(self) -> int:
         """Delete every key of this namespace (rows, offsets, activity log); returns keys deleted.
@@ -393,7 +398,19 @@ class ParameterServer:
         self._rows.forget()
         n = maintenance.flush(self)
         self._write_meta()
+        self._new_epoch()
         return n
+
+    def epoch(self) -> str | None:
+        """Token that changes whenever rows change other than by push / write_rows (delete, put_rows, load,
+        flush): a process holding rows it pulled drops them when it moves."""
+        with self._io():
+            v = self.redis.get(self.keys.epoch)
+        return None if v is None else v.decode()
+
+    def _new_epoch(self) -> None:
+        with self._io():
+            self.redis.set(self.keys.epoch, uuid.uuid4().hex[:12])
 
     def save(self, path: str | Path) -> Path:
         """Write the namespace to an ``.npz`` file (see :mod:`ps_redis.snapshot` for the fields)."""
