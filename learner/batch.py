@@ -1,4 +1,10 @@
-"""BatchIndex: the rows one micro-batch touches and its event → row indexes (pure numpy, no I/O)."""
+"""ChunkIndex: the rows a chunk of micro-batches touches and its event → row indexes (pure numpy, no I/O).
+
+The learner indexes what it takes from the stream a chunk (several micro-batches) at a time: the distinct
+ids of every PS table, each event's position among them, and the counters the chunk adds (events per row,
+positives per (period, movie), each user's last popularity period).  Micro-batches then only look up
+positions (:func:`micro_index`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,16 @@ import numpy as np
 
 from learner.config import ModelConfig
 from learner.evaluate import ppop_ids
-from learner.model import index_batch
 
 
 @dataclass
-class BatchIndex:
-    """Unique ids per table, padded event → row indexes and per-row event counts of one micro-batch.
+class ChunkIndex:
+    """Distinct ids per table, event → row positions and per-row counts of one chunk of ``n`` events.
 
-    ``wanted`` maps each PS table the batch reads or writes to ``(ids, raw ids or None)``: ``user``,
-    ``item``, ``period`` (time-period vectors), ``global`` (μ), ``ppop`` (positives per (period, movie))
-    and ``user_ctx`` (each user's last popularity period).
+    ``wanted`` maps each PS table the chunk trains or sets to ``(distinct ids, raw ids or None)``: ``user``,
+    ``item``, ``period`` (time-period vectors), ``global`` (μ) and ``user_ctx`` (each user's last popularity
+    period, ``ulast``, over ``uu``).  ``ppop`` (positives per (period, movie): ``pid``, ``pcnt``) is only
+    counted, never read, so it is not held: the sync adds the counts on the server.
     """
 
     n: int
@@ -28,42 +34,64 @@ class BatchIndex:
     ii: np.ndarray
     iinv: np.ndarray
     icnt: np.ndarray
-    raw_i: np.ndarray
     kk: np.ndarray
     kinv: np.ndarray
     kcnt: np.ndarray
     period: np.ndarray | None  # each event's time period (period_days > 0)
     kpop: np.ndarray | None  # each event's popularity period (pop_period_days > 0)
-    pid: np.ndarray | None  # ppop row ids of the batch's positives, and their counts
+    pid: np.ndarray | None  # ppop row ids of the chunk's positives, and their counts
     pcnt: np.ndarray | None
+    ulast: np.ndarray | None  # each user's last popularity period in the chunk
     wanted: dict[str, tuple] = field(default_factory=dict)
 
 
-def index_columns(c: dict[str, np.ndarray], m: ModelConfig) -> BatchIndex:
-    """Index a batch of decoded records (columns of the record schema) for the model ``m``."""
+def _index(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return uniq, inv.reshape(-1), counts
+
+
+def index_chunk(c: dict[str, np.ndarray], m: ModelConfig) -> ChunkIndex:
+    """Index a chunk of decoded records (columns of the record schema) for the model ``m``."""
     n = len(c["label"])
     y = c["label"].astype(np.float32)
-    uu, uinv, ucnt = index_batch(c["user_id"], m.batch_size)
-    ii, iinv, icnt = index_batch(c["movie_id"], m.batch_size)
+    uu, uinv, ucnt = _index(c["user_id"])
+    ii, iinv, icnt = _index(c["movie_id"])
     raw_u = np.empty(len(uu), np.int64)
-    raw_u[uinv[:n]] = c["raw_user_id"]
+    raw_u[uinv] = c["raw_user_id"]
     raw_i = np.empty(len(ii), np.int64)
-    raw_i[iinv[:n]] = c["raw_movie_id"]
-    kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(m.batch_size, np.int32), np.zeros(1, np.int64)
+    raw_i[iinv] = c["raw_movie_id"]
+    kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(n, np.int64), np.array([n], np.int64)
     period = None
     kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
     wanted = {"user": (uu, raw_u), "item": (ii, raw_i)}
     if m.period_days > 0:
         period = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
-        kk, kinv, kcnt = index_batch(period, m.batch_size)
+        kk, kinv, kcnt = _index(period)
         wanted["period"] = (kk, None)
     if m.learn_mu:
         wanted["global"] = (np.zeros(1, np.int64), None)
-    pid = pcnt = None
+    pid = pcnt = ulast = None
     if kpop is not None:
         pos = y > 0.5
         if pos.any():
             pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
-            wanted["ppop"] = (pid, None)
+        ulast = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(ulast, uinv, kpop)
         wanted["user_ctx"] = (uu, None)
-    return BatchIndex(n, y, uu, uinv, ucnt, ii, iinv, icnt, raw_i, kk, kinv, kcnt, period, kpop, pid, pcnt, wanted)
+    return ChunkIndex(n, y, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, pid, pcnt, ulast, wanted)
+
+
+def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For one micro-batch: its distinct ``rows`` (slots of held rows, one per event) and each event's
+    position among them, padded to ``size`` (int32)."""
+    uniq, inv = np.unique(rows, return_inverse=True)
+    out = np.zeros(size, np.int32)
+    out[: len(rows)] = inv.reshape(-1)
+    return uniq, out
+
+
+def gather(packed: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
+    """Rows of ``packed`` at ``slots``, zero-padded to ``size`` rows (the TF step's fixed shape)."""
+    out = np.zeros((size, packed.shape[1]), np.float32)
+    out[: len(slots)] = packed[slots]
+    return out

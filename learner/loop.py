@@ -33,16 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.batch import index_columns
+from learner.batch import gather, index_chunk, micro_index
 from learner.evaluate import evaluate
 from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
-from learner.model import MFModel, make_input
+from learner.model import MFModel, StepInput
 from learner.prequential import PrequentialHR
 from learner.sync import WindowSync
 
 HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
+CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
 
 
 def _tf_threads(n: int) -> None:
@@ -90,6 +91,9 @@ class Learner:
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self.preq = PrequentialHR(m, cfg.hr_k) if cfg.hr_sample > 0 else None
+        self._preq_items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
+        self._preq_events: list[slice] = []
+        self._preq_chunk = None
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -186,7 +190,7 @@ class Learner:
                         self.pending_n += len(chunk)
                         last_rec = now
                     while self.pending_n >= B and not self._limit_reached() and not self._stop:
-                        self._process(self._take(B))
+                        self._process(self._take(self._chunk_size()))
                         if self.sync.due(False, cfg.sync_ms):
                             self.sync.sync(wait=False)
                     idle = now - last_rec
@@ -223,6 +227,15 @@ class Learner:
     def _limit_reached(self) -> bool:
         return bool(self.cfg.max_events) and self.records >= self.cfg.max_events
 
+    def _chunk_size(self) -> int:
+        """Records for the next chunk: whole micro-batches, up to CHUNK_BATCHES (one in gradient mode, which
+        syncs after every batch), never past a test-log step (the evaluation follows a sync)."""
+        B, T = self.cfg.model.batch_size, self.cfg.test_log_steps
+        k = min(self.pending_n // B, CHUNK_BATCHES if self.mode == "assign" else 1)
+        if T:
+            k = min(k, T - self.step % T)
+        return k * B
+
     def _take(self, n: int) -> Chunk:
         if self.cfg.max_events:
             n = min(n, self.cfg.max_events - self.records)
@@ -255,11 +268,17 @@ class Learner:
         t = time.perf_counter()
         if self._first_batch_t is None:
             self._first_batch_t = time.time()
+        step = self.step
         self._process_batch(batch, t)
         self._last_batch_t = time.time()
+        T = self.cfg.test_log_steps
+        if T and self.step > step and self.step % T == 0:
+            self._test_and_checkpoint()
 
     def _process_batch(self, batch: Chunk, t: float) -> None:
-        cfg, m = self.cfg, self.cfg.model
+        """One chunk of records (whole micro-batches, one partial at the end of the stream): decode, index,
+        hold its rows (one pull of those not held), add its counters, then one TF step per micro-batch."""
+        m = self.cfg.model
         self.sync.add_batch(batch.parts, batch.offsets)
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
@@ -269,58 +288,105 @@ class Learner:
         if len(parsed) == 0:
             return  # the offsets move with the next sync
         c = parsed.columns
-        bi = index_columns(c, m)
-        n, y = bi.n, bi.labels
-        uu, uinv, ii, iinv, kk, kinv, kpop = bi.uu, bi.uinv, bi.ii, bi.iinv, bi.kk, bi.kinv, bi.kpop
-        if bi.period is not None:
-            last = np.zeros(len(uu), np.int64)
-            np.maximum.at(last, uinv[:n], bi.period)
-            self.user_period.update(zip(uu.tolist(), last.tolist()))
-        slots = self.sync.hold(bi.wanted)
-        urows, irows = self.sync.rows("user", slots["user"]), self.sync.rows("item", slots["item"])
-        prow = self.sync.rows("period", slots["period"]) if m.period_days > 0 else None
-        mu = mu_acc = 0.0
+        ci = index_chunk(c, m)
+        if ci.period is not None:
+            last = np.zeros(len(ci.uu), np.int64)
+            np.maximum.at(last, ci.uinv, ci.period)
+            self.user_period.update(zip(ci.uu.tolist(), last.tolist()))
+        slots = self.sync.hold(ci.wanted)
+        self.sync.count(ci, slots)
+        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
+        # each event's row slot per table, and the packed row views of this chunk
+        ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}
+        packed = {"user": self.sync.packed("user"), "item": self.sync.packed("item")}
+        if m.period_days > 0:
+            ev["period"] = slots["period"][ci.kinv]
+            packed["period"] = self.sync.packed("period")
+        g = None
         if m.learn_mu:
-            g = self.sync.rows("global", slots["global"])
-            mu, mu_acc = float(g["bias"][0]), float(g["accum"][0, -1])
+            g, packed["global"] = int(slots["global"][0]), self.sync.packed("global")
+        t = self._tick("pull", t)
+        self._preq_chunk = (c, ci)
+        for s in range(0, ci.n, m.batch_size):
+            t = self._micro(c, ci, slice(s, min(s + m.batch_size, ci.n)), ev, packed, g, t)
+        if self.preq is not None:
+            self._refresh_mirror()
+        self._tick("prequential_hr", t)
+
+    def _micro(self, c, ci, sl: slice, ev: dict, packed: dict, g: int | None, t: float) -> float:
+        """One micro-batch of the chunk: gather its rows, predict, one TF step, write the rows back."""
+        cfg, m = self.cfg, self.cfg.model
+        B, d = m.batch_size, m.dim
+        y = ci.labels[sl]
+        n = len(y)
+        index = np.zeros((3, B), np.int32)
+        target = np.zeros((2, B), np.float32)
+        target[0, :n], target[1, :n] = y, 1.0
+        rows, x_rows = {}, {}
+        for r, table in enumerate(("user", "item", "period")):
+            if table in ev:
+                rows[table], index[r] = micro_index(ev[table][sl], B)
+                x_rows[table] = gather(packed[table], rows[table], B)
+            else:
+                x_rows[table] = np.zeros((B, 2 * d + 2), np.float32)
+        scalars = np.zeros(2, np.float32)
+        if g is not None:
+            scalars[:] = packed["global"][g, d], packed["global"][g, 2 * d + 1]
         t = self._tick("pull", t)
         if self.preq is not None and self.step % HR_EVERY == 0:
-            self._prequential_hr(c, y, urows, uinv[:n], prow, kinv[:n], kpop)
+            self._prequential_hr(c, ci, sl, y, x_rows, index)
         t = self._tick("prequential_hr", t)
-        x = make_input(m, user_rows=urows, item_rows=irows, period_rows=prow, mu=mu, mu_acc=mu_acc,
-                       uinv=uinv[:n], iinv=iinv[:n], kinv=kinv[:n], label=y)
-        out = self.model.step(x)
+        x = StepInput(x_rows["user"], x_rows["item"], x_rows["period"], scalars, index, target)
+        pred, losses, users, items, periods, mu = self.model.step_packed(x)
         t = self._tick("step", t)
-        self.sync.learn(out, bi, slots, m)
-        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], y, c["timestamp"])
+        for table, out in (("user", users), ("item", items), ("period", periods)):
+            if table in rows:
+                packed[table][rows[table]] = out[: len(rows[table])]
+        if g is not None:
+            packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]
         if self.preq is not None:
-            ni = len(ii)
-            self.preq.learn(ii, bi.raw_i, out.item_vec[:ni], out.item_bias[:ni], c["movie_id"], y, kpop)
-        pred = out.pred[:n]
-        self.window.add(y, pred, out.loss_sum)
+            self._preq_items.append(rows["item"])
+            self._preq_events.append(sl)
+        pred = pred[:n]
+        self.window.add(y, pred, float(losses[0]))
         self.all_labels.append(y)
         self.all_preds.append(pred.astype(np.float32))
-        self.ret_loss += out.ret_loss
+        self.ret_loss += float(losses[1])
         self.events += n
         self.step += 1
         if self.step % cfg.train_log_steps == 0:
             self._log_train()
-        t = self._tick("metrics", t)
-        if cfg.test_log_steps and self.step % cfg.test_log_steps == 0:
-            self._test_and_checkpoint()
+        return self._tick("metrics", t)
 
-    def _prequential_hr(self, c, y, urows, uinv, prow, kinv, kpop) -> None:
+    def _refresh_mirror(self) -> None:
+        """Bring prequential HR's item mirror and positive counts up to the steps trained so far."""
+        if not self._preq_items:
+            return
+        at = np.unique(np.concatenate(self._preq_items))
+        w = self.sync.held["item"]
+        vec = w.packed()[at]
+        c, ci = self._preq_chunk
+        ev = np.concatenate([np.arange(sl.start, sl.stop) for sl in self._preq_events])
+        d = self.cfg.model.dim
+        self.preq.learn(w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev], ci.labels[ev],
+                        None if ci.kpop is None else ci.kpop[ev])
+        self._preq_items, self._preq_events = [], []
+
+    def _prequential_hr(self, c, ci, sl: slice, y, x_rows: dict, index: np.ndarray) -> None:
         """Before the update: is each sampled positive's movie in its user's current top k?"""
         # every HR_EVERY-th batch, HR_EVERY times the sampling rate: same expected sample, less overhead
         rate = min(1.0, self.cfg.hr_sample * HR_EVERY)
         pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
+        self._refresh_mirror()
         if not len(pos) or self.preq.mirror.n == 0:
             return
-        q = urows["vec"][uinv[pos]].astype(np.float32)
-        if prow is not None:
-            q = q + prow["vec"][kinv[pos]]
-        seen, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][pos].tolist())
-        self.preq.score(q, c["movie_id"][pos], None if kpop is None else kpop[pos], seen)
+        d = self.cfg.model.dim
+        q = x_rows["user"][index[0][pos], :d]
+        if self.cfg.model.period_days > 0:
+            q = q + x_rows["period"][index[2][pos], :d]
+        ev = sl.start + pos
+        seen, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][ev].tolist())
+        self.preq.score(q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev], seen)
 
     def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
         for idx, reason in bad:

@@ -48,8 +48,9 @@ _NEG = -1e9  # logit of a masked retrieval column
 class StepInput:
     """One padded micro-batch, packed into six arrays (one TF call argument each; R = batch_size rows).
 
-    ``users`` and ``items`` hold each row's ``vec | bias | accum`` (``[R, 2d + 2]``; accum is the PS
-    accumulator, vector part then bias), ``periods`` ``vec | accum`` (``[R, 2d + 1]``), ``scalars``
+    ``users``, ``items`` and ``periods`` hold each row's ``vec | bias | accum`` (``[R, 2d + 2]``, the leading
+    float32 fields of a PS row; accum is the PS accumulator, vector part then bias; a period's bias is
+    unused and passed through), ``scalars``
     ``[μ, μ's accumulator]``, ``index`` the event→row indexes ``[user, item, period]`` (``[3, R]``
     int32) and ``target`` ``[label, mask]`` (``[2, R]``; mask 1 for real events, 0 for padding; padded
     rows get a zero gradient).
@@ -90,18 +91,17 @@ def index_batch(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np
     return uniq, out, counts
 
 
-def _pack(r, n: int, d: int, with_bias: bool = True) -> np.ndarray:
-    """``vec | bias | accum`` (or ``vec | accum``) of pulled rows, zero-padded to n rows."""
-    out = np.zeros((n, 2 * d + 1 + with_bias), np.float32)
+def _pack(r, n: int, d: int) -> np.ndarray:
+    """``vec | bias | accum`` of pulled rows, zero-padded to n rows."""
+    out = np.zeros((n, 2 * d + 2), np.float32)
     if r is None:
         return out
     struct = isinstance(r, np.ndarray)  # structured PS rows, or an object with vec / bias / accum
     vec, accum = (r["vec"], r["accum"]) if struct else (r.vec, r.accum)
     m = len(vec)
     out[:m, :d] = vec
-    if with_bias:
-        out[:m, d] = r["bias"] if struct else r.bias
-    out[:m, d + with_bias:] = accum
+    out[:m, d] = r["bias"] if struct else r.bias
+    out[:m, d + 1:] = accum
     return out
 
 
@@ -120,7 +120,7 @@ def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_ac
     target = np.zeros((2, n), np.float32)
     target[0, :e] = label
     target[1, :e] = 1.0
-    return StepInput(_pack(user_rows, n, d), _pack(item_rows, n, d), _pack(period_rows, n, d, False),
+    return StepInput(_pack(user_rows, n, d), _pack(item_rows, n, d), _pack(period_rows, n, d),
                      np.asarray([mu, mu_acc], np.float32), index, target)
 
 
@@ -134,7 +134,7 @@ class MFModel:
         n, d = cfg.batch_size, cfg.dim
         f32 = tf.float32
         spec = [tf.TensorSpec([n, 2 * d + 2], f32), tf.TensorSpec([n, 2 * d + 2], f32),
-                tf.TensorSpec([n, 2 * d + 1], f32), tf.TensorSpec([2], f32),
+                tf.TensorSpec([n, 2 * d + 2], f32), tf.TensorSpec([2], f32),
                 tf.TensorSpec([3, n], tf.int32), tf.TensorSpec([2, n], f32)]
         self._tf = tf
         # the concrete function skips tf.function's per-call signature matching (about half the call cost)
@@ -142,23 +142,30 @@ class MFModel:
 
     def step(self, x: StepInput) -> StepOutput:
         """Run ``mf_fn`` on one padded batch; returns numpy arrays."""
-        tf, d = self._tf, self.cfg.dim
-        pred, losses, users, items, periods, scalars = (
-            t.numpy() for t in self._step(tf.constant(x.users), tf.constant(x.items), tf.constant(x.periods),
-                                          tf.constant(x.scalars), tf.constant(x.index), tf.constant(x.target)))
+        d = self.cfg.dim
+        pred, losses, users, items, periods, scalars = self.step_packed(x)
         return StepOutput(pred, float(losses[0]), float(losses[1]),
                           users[:, :d], users[:, d], users[:, d + 1:], items[:, :d], items[:, d], items[:, d + 1:],
-                          periods[:, :d], periods[:, d:], scalars[:1], scalars[1:])
+                          periods[:, :d], periods[:, d + 1:], scalars[:1], scalars[1:])
+
+    def step_packed(self, x: StepInput) -> tuple[np.ndarray, ...]:
+        """:meth:`step` with the results packed as the inputs: ``(pred, [loss_sum, ret_loss], users, items,
+        periods, [μ, μ's accumulator])``, rows ``vec | bias | accum``."""
+        tf = self._tf
+        return tuple(t.numpy() for t in self._step(tf.constant(x.users), tf.constant(x.items),
+                                                     tf.constant(x.periods), tf.constant(x.scalars),
+                                                     tf.constant(x.index), tf.constant(x.target)))
 
     def _packed_fn(self, users, items, periods, scalars, index, target):
         """Unpack the six arguments, run :meth:`_mf_fn`, pack its results the same way."""
         tf, d = self._tf, self.cfg.dim
         out = self._mf_fn(users[:, :d], users[:, d], users[:, d + 1:], items[:, :d], items[:, d], items[:, d + 1:],
-                          periods[:, :d], periods[:, d:], scalars[:1], scalars[1:], index[0], index[1], index[2],
+                          periods[:, :d], periods[:, d + 1:], scalars[:1], scalars[1:], index[0], index[1], index[2],
                           target[0], target[1])
         yhat, loss_sum, ret, uv2, ub2, ua2, iv2, ib2, ia2, wv2, wa2, mu2, mua2 = out
         return (yhat, tf.stack([loss_sum, ret]), tf.concat([uv2, ub2[:, None], ua2], 1),
-                tf.concat([iv2, ib2[:, None], ia2], 1), tf.concat([wv2, wa2], 1), tf.concat([mu2, mua2], 0))
+                tf.concat([iv2, ib2[:, None], ia2], 1), tf.concat([wv2, periods[:, d:d + 1], wa2], 1),
+                tf.concat([mu2, mua2], 0))
 
     # ------------------------------------------------------------------ the TF math
     def _mf_fn(self, uv, ub, ua, iv, ib, ia, wv, wa, mu, mua, uinv, iinv, kinv, y, mask):

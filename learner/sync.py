@@ -54,6 +54,7 @@ class WindowSync:
         self.held: dict[str, RowWindow] = {}
         self.offsets: dict[int, int] = {}
         self.events: list[tuple] = []
+        self.counts: list[tuple] = []  # (table, ids, counts) added on the server by the next sync
         self.batches = 0
         self.since = 0.0
         self.skipped = 0  # writes found already applied (replays after a lost reply or a restart)
@@ -75,13 +76,15 @@ class WindowSync:
 
     def hold(self, wanted: dict[str, tuple]) -> dict[str, np.ndarray]:
         """Pull, in one round trip, the rows of ``wanted`` (table → (distinct ids, raw ids or None)) not held
-        yet; returns each table's slots of ``ids`` (for :meth:`rows` and :meth:`update`)."""
+        yet; returns each table's slots of ``ids`` (for :meth:`packed`, :meth:`rows`).  The rows count as
+        changed (the next sync writes them)."""
         req, slots = {}, {}
         for table, (ids, raw) in wanted.items():
             window = self.held.get(table)
             if window is None:
                 window = self.held[table] = RowWindow(self.dim)
             s = slots[table] = window.slots(ids)
+            window.touch(s[s >= 0])  # rows a chunk asks for are rows it changes
             miss = s < 0
             if miss.any():
                 req[table] = (ids[miss], None if raw is None else raw[miss])
@@ -106,34 +109,25 @@ class WindowSync:
         """Current (held) rows at ``slots`` of ``table`` (from :meth:`hold`)."""
         return self.held[table].rows_at(slots)
 
-    def update(self, table: str, slots: np.ndarray, **fields) -> None:
-        """Assign fields of held rows (``count`` is added): see :meth:`RowWindow.update_at`."""
-        self.held[table].update_at(slots, **fields)
+    def packed(self, table: str) -> np.ndarray:
+        """The ``vec | bias | accum`` float view of ``table``'s held rows (see :meth:`RowWindow.packed`)."""
+        return self.held[table].packed()
 
-    def learn(self, out, bi, slots: dict[str, np.ndarray], m) -> None:
-        """Write one TF step's results (:class:`~learner.model.StepOutput`) for the batch ``bi``
-        (:class:`~learner.batch.BatchIndex`, its rows at ``slots`` from :meth:`hold`) into the held rows;
-        counts are added.  ``m``: the ModelConfig."""
-        nu, ni, nk, n = len(bi.uu), len(bi.ii), len(bi.kk), bi.n
-        keep_acc = m.optimizer == "sgd"
-        self.update("user", slots["user"], vec=out.user_vec[:nu], bias=out.user_bias[:nu] if m.use_bias else None,
-                    accum=None if keep_acc else out.user_acc[:nu], count=bi.ucnt)
-        self.update("item", slots["item"], vec=out.item_vec[:ni], bias=out.item_bias[:ni] if m.use_bias else None,
-                    accum=None if keep_acc else out.item_acc[:ni], count=bi.icnt)
-        if m.period_days > 0:
-            self.update("period", slots["period"], vec=out.period_vec[:nk],
-                        accum=None if keep_acc else out.period_acc[:nk], count=bi.kcnt)
-        if m.learn_mu:
-            g = slots["global"]
-            acc = self.rows("global", g)["accum"].copy()
-            acc[0, -1] = out.mu_acc[0]
-            self.update("global", g, bias=out.mu[:1], accum=None if keep_acc else acc, count=[n])
-        if bi.kpop is not None:  # positives per (period, movie) into ppop; each user's last period into user_ctx
-            if bi.pid is not None:
-                self.update("ppop", slots["ppop"], count=bi.pcnt)
-            last = np.full(nu, np.iinfo(np.int64).min, np.int64)
-            np.maximum.at(last, bi.uinv[:n], bi.kpop)
-            self.update("user_ctx", slots["user_ctx"], bias=last.astype(np.float32), count=bi.ucnt)
+    def count(self, ci, slots: dict[str, np.ndarray]) -> None:
+        """Add a chunk's counters (:class:`~learner.batch.ChunkIndex`, its rows at ``slots`` from :meth:`hold`):
+        events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
+        its events (count); positives per (period, movie) are kept for the sync, which adds them to ``ppop`` on
+        the server (a count-only push: those rows are never read by the learner, so they are not held)."""
+        for table, counts in (("user", ci.ucnt), ("item", ci.icnt), ("period", ci.kcnt), ("global", [ci.n]),
+                              ("user_ctx", ci.ucnt if ci.ulast is not None else None)):
+            if table in slots and counts is not None:
+                self.held[table].cur["count"][slots[table]] += np.asarray(counts, np.int64)
+        if ci.pid is not None:
+            self.counts.append(("ppop", ci.pid, ci.pcnt))
+        if ci.ulast is not None:
+            ctx = self.held["user_ctx"].cur
+            at = slots["user_ctx"]
+            ctx["bias"][at] = np.maximum(ctx["bias"][at], ci.ulast.astype(np.float32))
 
     def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps) -> None:
         """Events for the activity log, written with the window."""
@@ -154,16 +148,29 @@ class WindowSync:
             events = tuple(np.concatenate(col) for col in zip(*self.events)) if self.events else None
             dirty = {table: w.take_dirty() for table, w in self.held.items() if len(w)}
             dirty = {table: d for table, d in dirty.items() if len(d[0])}
-            self.offsets, self.events, self.batches = {}, [], 0
+            counts = self._counts()
+            self.offsets, self.events, self.counts, self.batches = {}, [], [], 0
             if self.background:
                 self.wait()  # the previous window's fence must land first
-                self._job = self._pool.submit(self._write, dirty, offsets, events)
+                self._job = self._pool.submit(self._write, dirty, counts, offsets, events)
             else:
-                self._push(dirty, offsets, events)
+                self._push(dirty, counts, offsets, events)
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
                 self.forget()
         if wait:
             self.wait()
+
+    def _counts(self) -> dict:
+        """The window's server-side counters: ``{table: Update(ids, count=...)}``, one entry per id."""
+        from ps_redis import Update
+
+        out = {}
+        for table in dict.fromkeys(t for t, _, _ in self.counts):
+            ids = np.concatenate([i for t, i, _ in self.counts if t == table])
+            n = np.concatenate([c for t, _, c in self.counts if t == table]).astype(np.int64)
+            uniq, inv = np.unique(ids, return_inverse=True)
+            out[table] = Update(uniq, count=np.bincount(inv.reshape(-1), weights=n, minlength=len(uniq)).astype(np.int64))
+        return out
 
     def _stale(self) -> bool:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
@@ -197,22 +204,22 @@ class WindowSync:
         self.sync(wait=True)
         self._pool.shutdown()
 
-    def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> tuple[bool, dict]:
+    def _write(self, dirty: dict[str, tuple], counts: dict, offsets: dict[int, int], events) -> tuple[bool, dict]:
         """Background thread: one MULTI/EXEC (rows, counters, activity log, offsets), then the Kafka commit."""
-        cmd = self.activity.record_command(*events) if events else None
+        extra = [self.activity.record_command(*events) if events else None, self.ps.push_command(counts)]
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
-                                        fence=self._fence(offsets), extra=[cmd] if cmd else [])
+                                        fence=self._fence(offsets), extra=[c for c in extra if c])
         self._epoch_seen, _ = self._retry("PS epoch", self.ps.epoch)
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
-    def _push(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> None:
+    def _push(self, dirty: dict[str, tuple], counts: dict, offsets: dict[int, int], events) -> None:
         """Gradient mode or a cluster: ``ps.push`` (server-side Lua), then the activity log in the background."""
         from ps_redis import Update
 
         t = time.perf_counter()
-        ups = {}
+        ups = dict(counts)
         for table, (ids, cur, base, _) in dirty.items():
             count = cur["count"] - base["count"]
             if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up

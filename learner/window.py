@@ -69,6 +69,16 @@ class RowWindow:
     def dirty(self) -> np.ndarray:
         return self._dirty[: self.n]
 
+    def packed(self) -> np.ndarray:
+        """``[n, 2d + 2]`` float32 view of the held rows' leading fields ``vec | bias | accum`` (the TF step's
+        row layout); writing into it writes the rows (valid until more rows are added)."""
+        cur = self._cur[: self.n]
+        return cur.view(np.float32).reshape(self.n, -1)[:, : 2 * self.dtype["vec"].shape[0] + 2]
+
+    def touch(self, slots: np.ndarray) -> None:
+        """Mark the rows at ``slots`` changed (written by the next sync)."""
+        self._dirty[slots] = True
+
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where the row is not held."""
         get = self._slot.get

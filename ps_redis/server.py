@@ -287,15 +287,8 @@ class ParameterServer:
         for table, _, _, _ in packed:
             self._rows.forget(table)  # the server changes these rows: cached copies are stale now
         if not self.keys.shards:
-            keys: list = [self.keys.fence(fence.group, fence.topic)] if np_ else []
-            segs: list = []
-            for table, ids, mask, arr in packed:
-                rkeys = self.keys.row_keys(table, ids)
-                keys += [self.keys.counter(table), *rkeys]
-                segs += [len(rkeys), mask, arr.tobytes()]
-            args = ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, np_, *fargs,
-                    len(packed), *segs)
-            return bool(self._run([(keys[0], args)])[0])
+            args = self._push_args(packed, mode, now, fence if np_ else None)
+            return bool(self._run([(args[3], args)])[0])
         if np_ and self._covered(fence):
             return False  # e.g. a replay after load(): the shard groups' own offsets are gone
         commands = self._shard_commands(packed, mode, now, fence if np_ else None)
@@ -304,6 +297,32 @@ class ParameterServer:
             fkey = self.keys.fence(fence.group, fence.topic)
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
         return applied
+
+    def _push_args(self, packed: list, mode: str, now: float, fence: Fence | None) -> tuple:
+        """``FCALL lfm_push`` of packed updates on a standalone server."""
+        fargs = fence.args() if fence is not None else []
+        keys: list = [self.keys.fence(fence.group, fence.topic)] if fence is not None else []
+        segs: list = []
+        for table, ids, mask, arr in packed:
+            rkeys = self.keys.row_keys(table, ids)
+            keys += [self.keys.counter(table), *rkeys]
+            segs += [len(rkeys), mask, arr.tobytes()]
+        return ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, len(fargs) // 2, *fargs,
+                len(packed), *segs)
+
+    def push_command(self, updates: dict[str, Update], mode: str = "assign") -> tuple | None:
+        """The server-side :meth:`push` of ``updates`` (no fence) as one command, for a caller that runs it
+        inside its own transaction (e.g. counters next to :meth:`write_rows`); None when there is nothing
+        to push.  Standalone server only."""
+        if self.keys.shards:
+            raise ValueError("push_command needs a standalone server; on a cluster use push()")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+        packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
+        packed = [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
+        for table, _, _, _ in packed:
+            self._rows.forget(table)
+        return self._push_args(packed, mode, time.time(), None) if packed else None
 
     def write_rows(self, tables: dict[str, tuple], fence: Fence | None = None, extra: list[tuple] = ()) -> bool:
         """Overwrite whole rows of several tables in one MULTI/EXEC (standalone server only).
