@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
     run.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0 = never)")
     run.add_argument("--flush-ms", type=int, default=200, help="flush a partial batch after this idle time")
-    run.add_argument("--sync-ms", type=int, default=200,
+    run.add_argument("--sync-ms", type=int, default=1000,
                      help="while draining a backlog, write the rows trained locally to the PS at least this often "
                           "(a caught-up learner syncs every batch; 0 = every batch)")
     run.add_argument("--train-log-steps", type=int, default=100, help="batches between prequential AUC lines")

@@ -224,7 +224,7 @@ class LearnerConfig:
     max_events: int = 0
     idle_timeout: float = 0.0
     flush_ms: int = 200
-    sync_ms: int = 200
+    sync_ms: int = 1000
     workers: int = 1
     push_mode: str = "auto"
     prefetch: bool = True

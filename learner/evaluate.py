@@ -268,6 +268,8 @@ class ItemMirror:
         self._sorted = np.zeros(0, np.int64)  # hashed ids, sorted
         self._rows = np.zeros(0, np.int64)  # row of each sorted id
         self._raw_row: dict[int, int] = {}
+        self._raw_sorted = np.zeros(0, np.int64)  # raw ids, sorted (rebuilt lazily for array lookups)
+        self._raw_rows = np.zeros(0, np.int64)
         self.ids = np.zeros(1024, np.int64)
         self.raw = np.zeros(1024, np.int64)
         self.vec = np.zeros((1024, dim), np.float32)
@@ -311,9 +313,18 @@ class ItemMirror:
         out[hit] = self._rows[pos[hit]]
         return out
 
-    def raw_columns(self, raw_ids: set[int]) -> np.ndarray:
-        """Rows of a set of raw movie ids (absent ones dropped)."""
-        if not raw_ids:
+    def raw_columns(self, raw_ids) -> np.ndarray:
+        """Rows of raw movie ids (a set or an int array; absent ones dropped)."""
+        if not len(raw_ids):
             return np.zeros(0, np.int64)
+        if isinstance(raw_ids, np.ndarray):
+            if len(self._raw_sorted) != len(self._raw_row):  # rebuild the sorted raw index after inserts
+                raw = np.fromiter(self._raw_row.keys(), np.int64, len(self._raw_row))
+                order = np.argsort(raw)
+                self._raw_sorted = raw[order]
+                self._raw_rows = np.fromiter(self._raw_row.values(), np.int64, len(self._raw_row))[order]
+            pos = np.minimum(np.searchsorted(self._raw_sorted, raw_ids), max(len(self._raw_sorted) - 1, 0))
+            hit = self._raw_sorted[pos] == raw_ids if len(self._raw_sorted) else np.zeros(len(raw_ids), bool)
+            return self._raw_rows[pos[hit]]
         get = self._raw_row.get
         return np.fromiter((r for r in map(get, raw_ids) if r is not None), np.int64)

@@ -181,6 +181,7 @@ class Fetcher:
         self._stop = threading.Event()
         self.generation = 0
         self.error: BaseException | None = None
+        self._last_size = 0
         if prefetch:
             self._q: queue.Queue = queue.Queue(maxsize=depth)
             self._ready = threading.Event()
@@ -195,6 +196,16 @@ class Fetcher:
     def backlog(self) -> int:
         """Chunks consumed and waiting for the loop (0 without prefetch)."""
         return self._q.qsize() if self.prefetch else 0
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the last poll returned less than a full chunk: the consumer reached the end of its
+        partitions (a learner keeping up with the stream) rather than draining a backlog."""
+        return self._last_size < getattr(getattr(self, "source", None), "max_records", 1)
+
+    def _polled(self, chunk: Chunk | None) -> Chunk | None:
+        self._last_size = len(chunk) if chunk is not None else 0
+        return chunk
 
     # -- consumer thread
     def _run(self) -> None:
@@ -232,7 +243,7 @@ class Fetcher:
         delay = 0.1
         while True:
             try:
-                return self.source.poll(self.poll_timeout)
+                return self._polled(self.source.poll(self.poll_timeout))
             except Exception as exc:
                 if self._stop.is_set():
                     return None
@@ -269,7 +280,7 @@ class Fetcher:
 
     def _poll_retry_direct(self, timeout: float) -> Chunk | None:
         try:
-            return self.source.poll(timeout)
+            return self._polled(self.source.poll(timeout))
         except Exception as exc:
             self._log(f"learner: poll failed ({type(exc).__name__}: {exc}); retrying")
             time.sleep(min(timeout, 0.5))

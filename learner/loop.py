@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,9 @@ class Learner:
         self._preq_items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
         self._preq_events: list[slice] = []
         self._preq_chunk = None
+        self._preq_plan: dict[int, np.ndarray] = {}  # first event of a scored micro-batch → its sampled events
+        self._preq_seen = None
+        self._seen_pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-seen")
         self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
@@ -197,7 +201,8 @@ class Learner:
                     if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
                         self._process(self._take(self.pending_n))
                     # caught up with the stream: make what was trained visible now
-                    if self.sync.due(self.pending_n < B and not self.fetcher.backlog(), cfg.sync_ms):
+                    if self.sync.due(self.pending_n < B and not self.fetcher.backlog() and self.fetcher.at_end,
+                                     cfg.sync_ms):
                         self.sync.sync(wait=False)
                     if chunk is not None:
                         last_rec = time.monotonic()  # idle time counts from the end of its processing
@@ -295,7 +300,6 @@ class Learner:
             self.user_period.update(zip(ci.uu.tolist(), last.tolist()))
         slots = self.sync.hold(ci.wanted)
         self.sync.count(ci, slots)
-        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
         # each event's row slot per table, and the packed row views of this chunk
         ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}
         packed = {"user": self.sync.packed("user"), "item": self.sync.packed("item")}
@@ -307,8 +311,11 @@ class Learner:
             g, packed["global"] = int(slots["global"][0]), self.sync.packed("global")
         t = self._tick("pull", t)
         self._preq_chunk = (c, ci)
+        if self.preq is not None:
+            self._plan_prequential(c, ci)
         for s in range(0, ci.n, m.batch_size):
             t = self._micro(c, ci, slice(s, min(s + m.batch_size, ci.n)), ev, packed, g, t)
+        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
         if self.preq is not None:
             self._refresh_mirror()
         self._tick("prequential_hr", t)
@@ -333,8 +340,8 @@ class Learner:
         if g is not None:
             scalars[:] = packed["global"][g, d], packed["global"][g, 2 * d + 1]
         t = self._tick("pull", t)
-        if self.preq is not None and self.step % HR_EVERY == 0:
-            self._prequential_hr(c, ci, sl, y, x_rows, index)
+        if self.preq is not None and sl.start in self._preq_plan:
+            self._prequential_hr(c, ci, sl, x_rows, index)
         t = self._tick("prequential_hr", t)
         x = StepInput(x_rows["user"], x_rows["item"], x_rows["period"], scalars, index, target)
         pred, losses, users, items, periods, mu = self.model.step_packed(x)
@@ -372,20 +379,45 @@ class Learner:
                         None if ci.kpop is None else ci.kpop[ev])
         self._preq_items, self._preq_events = [], []
 
-    def _prequential_hr(self, c, ci, sl: slice, y, x_rows: dict, index: np.ndarray) -> None:
-        """Before the update: is each sampled positive's movie in its user's current top k?"""
-        # every HR_EVERY-th batch, HR_EVERY times the sampling rate: same expected sample, less overhead
+    def _plan_prequential(self, c, ci) -> None:
+        """Sample the chunk's prequential HR events (positives of every HR_EVERY-th micro-batch, at HR_EVERY
+        times the sampling rate: the same expected sample, less overhead) and read their users' rated movies
+        from the activity log on a helper thread while the chunk trains (the log changes only at syncs,
+        which happen between chunks)."""
+        B = self.cfg.model.batch_size
         rate = min(1.0, self.cfg.hr_sample * HR_EVERY)
-        pos = np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
+        self._preq_plan = {}
+        for j, s in enumerate(range(0, ci.n, B)):
+            if (self.step + j) % HR_EVERY == 0:
+                y = ci.labels[s: s + B]
+                self._preq_plan[s] = s + np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
+        events = np.concatenate(list(self._preq_plan.values())) if self._preq_plan else np.zeros(0, np.int64)
+        self._preq_seen = self._seen_pool.submit(self._retry, "activity seen", self.activity.seen_arrays,
+                                                 c["raw_user_id"][events].tolist()) if len(events) else None
+        wu, wm = self.sync.unsynced()  # trained events the log may not hold yet, of the sampled users
+        mine = np.isin(wu, c["raw_user_id"][events])
+        self._preq_unsynced = wu[mine], wm[mine]
+
+    def _prequential_hr(self, c, ci, sl: slice, x_rows: dict, index: np.ndarray) -> None:
+        """Before the update: is each sampled positive's movie in its user's current top k?"""
         self._refresh_mirror()
-        if not len(pos) or self.preq.mirror.n == 0:
+        ev = self._preq_plan.get(sl.start)
+        if ev is None or not len(ev) or self.preq.mirror.n == 0:
             return
+        at = sum(len(e) for s, e in self._preq_plan.items() if s < sl.start)
+        seen = self._preq_seen.result()[0][at: at + len(ev)]
+        # the log holds the synced events; add the user's events trained since (earlier in this chunk too)
+        users = c["raw_user_id"][ev]
+        wu, wm = self._preq_unsynced
+        mine = np.isin(c["raw_user_id"][: sl.start], users)
+        wu, wm = np.r_[wu, c["raw_user_id"][: sl.start][mine]], np.r_[wm, c["raw_movie_id"][: sl.start][mine]]
+        if len(wu):
+            seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
+        pos = ev - sl.start
         d = self.cfg.model.dim
         q = x_rows["user"][index[0][pos], :d]
         if self.cfg.model.period_days > 0:
             q = q + x_rows["period"][index[2][pos], :d]
-        ev = sl.start + pos
-        seen, _ = self._retry("activity seen", self.activity.seen_many, c["raw_user_id"][ev].tolist())
         self.preq.score(q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev], seen)
 
     def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
@@ -465,6 +497,7 @@ class Learner:
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
         if self.dlq is not None:
             self.dlq.close()
+        self._seen_pool.shutdown()
         secs = time.time() - self.t0
         hr, hr_n = (self.preq.rate, self.preq.n) if self.preq is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0

@@ -12,7 +12,7 @@ import numpy as np
 
 from learner.config import ModelConfig
 from learner.evaluate import ItemMirror, prior_log
-from learner.metrics import top_k
+from learner.metrics import top_k_hits
 from learner.model import recall_scores
 
 
@@ -69,9 +69,9 @@ class PrequentialHR:
         return prior_log(m, window, total)
 
     def score(self, queries: np.ndarray, movie_ids: np.ndarray, kpop: np.ndarray | None,
-              seen: list[set[int]]) -> None:
+              seen: list) -> None:
         """Add one sample per row: ``queries`` (user vectors before the update), the events' hashed movie
-        ids, their popularity periods, and each user's rated raw movie ids (excluded)."""
+        ids, their popularity periods, and each user's rated raw movie ids (sets or int arrays; excluded)."""
         n = self.mirror.n
         if not len(queries) or n == 0:
             return
@@ -83,10 +83,10 @@ class PrequentialHR:
                 if k not in taus:
                     taus[k] = (m.pop_weight * self.tau(k, n)).astype(np.float32)
                 scores[r] += taus[k]
-        for r, s in enumerate(seen):
-            scores[r, self.mirror.raw_columns(s)] = -np.inf
+        if seen:
+            cols = [self.mirror.raw_columns(s) for s in seen]
+            scores[np.repeat(np.arange(len(cols)), [len(c) for c in cols]), np.concatenate(cols)] = -np.inf
         target = self.mirror.columns(movie_ids)
-        top = top_k(scores, self.k)
-        hit = (top == target[:, None]).any(1) & (target >= 0)
+        hit = top_k_hits(scores, np.maximum(target, 0), self.k) & (target >= 0)
         self.hits += int(hit.sum())
         self.n += len(queries)

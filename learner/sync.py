@@ -62,6 +62,7 @@ class WindowSync:
         self.max_held = max_held
         self._epoch = self._epoch_seen = None  # PS epoch after the last write (delete / load / flush move it)
         self._job = None
+        self._inflight_events = None  # the activity-log events of the write in flight
         self._activity_job = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-sync")
 
@@ -133,6 +134,14 @@ class WindowSync:
         """Events for the activity log, written with the window."""
         self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps))
 
+    def unsynced(self) -> tuple[np.ndarray, np.ndarray]:
+        """(raw user ids, raw movie ids) of the events trained but maybe not in the activity log yet: the
+        window's and the write's in flight."""
+        parts = [e[:2] for e in self.events] + ([self._inflight_events[:2]] if self._inflight_events else [])
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate([u for u, _ in parts]), np.concatenate([m for _, m in parts])
+
     # ---------------------------------------------------------------------------- sync
     def due(self, caught_up: bool, sync_ms: int) -> bool:
         """Whether to sync now: something is held and the learner caught up, pushes gradients, or the window
@@ -153,6 +162,7 @@ class WindowSync:
             if self.background:
                 self.wait()  # the previous window's fence must land first
                 self._job = self._pool.submit(self._write, dirty, counts, offsets, events)
+                self._inflight_events = events
             else:
                 self._push(dirty, counts, offsets, events)
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
@@ -190,7 +200,7 @@ class WindowSync:
         t = time.perf_counter()
         if self._job is not None:
             applied, offsets = self._job.result()
-            self._job = None
+            self._job, self._inflight_events = None, None
             if not applied:
                 self.skipped += 1
                 self._say(f"fenced push for {offsets} skipped: the PS already holds it")

@@ -118,11 +118,17 @@ class ActivityLog:
 
     def seen_many(self, raw_user_ids) -> list[set[int]]:
         """:meth:`seen` of several raw users, in one round trip."""
+        return [set(a.tolist()) for a in self.seen_arrays(raw_user_ids)]
+
+    def seen_arrays(self, raw_user_ids) -> list[np.ndarray]:
+        """:meth:`seen_many` as int64 arrays (no Python sets: for callers that index with them)."""
         users = [int(u) for u in raw_user_ids]
         if not users:
             return []
         replies = self._call(*[("SMEMBERS", f"{self.keys.act_seen_prefix}{u}") for u in users])
-        return [{int(m) for m in members} for members in replies]
+        sizes = [len(members) for members in replies]
+        flat = np.fromstring(b" ".join(b" ".join(members) for members in replies if members), np.int64, sep=" ")
+        return np.split(flat, np.cumsum(sizes)[:-1])
 
     def popular(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` raw movie ids with most positive events, most popular first (ties: larger id first)."""

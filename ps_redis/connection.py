@@ -103,6 +103,33 @@ def _send_read(conn, packed: list[bytes]):
     return conn.read_response()
 
 
+def call_many(client: redis.Redis, commands: Sequence[tuple], raise_on_error: bool = True) -> list:
+    """Several commands on a standalone client in one round trip, packed and answered as :func:`call` does
+    (raw replies, no response callbacks).  A command's error is raised after every reply was read, or
+    returned in place of its reply with ``raise_on_error=False``."""
+    packed = [pack(args) for args in commands]
+    pool = client.connection_pool
+    conn = pool.get_connection()
+
+    def send_read() -> list:
+        conn.send_packed_command(packed)
+        out, error = [], None
+        for _ in packed:
+            try:
+                out.append(conn.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                out.append(exc)
+        if error is not None and raise_on_error:
+            raise error
+        return out
+
+    try:
+        return conn.retry.call_with_retry(send_read, lambda _err: conn.disconnect())
+    finally:
+        pool.release(conn)
+
+
 def node_clients(client: redis.Redis | RedisCluster, is_cluster: bool) -> list[redis.Redis]:
     """Clients of every primary (one element for a standalone server)."""
     if not is_cluster:
@@ -128,10 +155,7 @@ def run(client: redis.Redis | RedisCluster, is_cluster: bool,
                 if raise_on_error:
                     raise
                 return [exc]
-        pipe = client.pipeline(transaction=False)
-        for _, args in commands:
-            pipe.execute_command(*args)
-        return pipe.execute(raise_on_error=raise_on_error)
+        return call_many(client, [args for _, args in commands], raise_on_error)
     out: list = [None] * len(commands)
     pending = list(range(len(commands)))
     for attempt in range(3):
