@@ -29,6 +29,9 @@ import numpy as np
 from learner.window import RowWindow
 
 
+_UNSEEN = object()  # no write read the PS epoch yet (None is an epoch: never moved)
+
+
 class WindowSync:
     """Held rows, the offsets and events they cover, and the write that syncs them to the PS.
 
@@ -60,7 +63,7 @@ class WindowSync:
         self.skipped = 0  # writes found already applied (replays after a lost reply or a restart)
         self.background = mode == "assign" and not ps.keys.shards
         self.max_held = max_held
-        self._epoch = self._epoch_seen = None  # PS epoch after the last write (delete / load / flush move it)
+        self._epoch = self._epoch_seen = _UNSEEN  # PS epoch after the last write (delete / load / flush move it)
         self._job = None
         self._inflight_events = None  # the activity-log events of the write in flight
         self._activity_job = None
@@ -186,7 +189,7 @@ class WindowSync:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
         seen, before = self._epoch_seen, self._epoch
         self._epoch = seen
-        return before is not None and seen != before
+        return before is not _UNSEEN and seen != before
 
     def forget(self) -> None:
         """Drop every held row after the write in flight landed (the next batches pull from the PS again):

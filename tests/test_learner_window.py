@@ -83,3 +83,77 @@ def test_item_mirror_maps_ids_and_raw_ids_to_rows():
         ids = np.arange(1000, 1700) + 1000 * _
         m.update(ids, ids, np.zeros((700, DIM), np.float32), np.zeros(700, np.float32))
     assert m.n == 2103 and m.columns(np.array([10, 3699])).tolist() == [1, 2102]
+
+
+def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
+    w = RowWindow(DIM)
+    w.add(np.array([5, 3]), rows_of(1, 2), new=np.array([True, False]))
+    P = w.packed()  # vec | bias | accum of each slot
+    assert P.shape == (2, 2 * DIM + 2) and P[1, :DIM].tolist() == [2.0, 3.0]
+    ids, cur, base, new = w.take_dirty()  # added rows are dirty
+    assert ids.tolist() == [5, 3] and new.tolist() == [True, False]
+    assert len(w.take_dirty()[0]) == 0 and not w.new.any()  # clean now, and stored
+    s = w.slots(np.array([3, 9]))
+    assert s.tolist() == [1, -1]
+    P[1, DIM] = 0.75  # bias of id 3
+    w.touch(s[:1])
+    ids, cur, base, _ = w.take_dirty()
+    assert ids.tolist() == [3] and cur["bias"].tolist() == [0.75] and base["bias"].tolist() == [0.0]
+    assert w.base["bias"][1] == 0.75  # after a sync the base is the written value
+
+
+def test_chunk_index_counts_and_micro_batches():
+    from learner.batch import gather, index_chunk, micro_index
+    from learner.config import ModelConfig
+
+    m = ModelConfig(dim=DIM, batch_size=4)
+    day = 86400
+    c = {"label": np.array([1, 0, 1, 1, 0], np.float32), "user_id": np.array([7, 8, 7, 9, 7]),
+         "movie_id": np.array([70, 70, 71, 72, 71]), "raw_user_id": np.array([1, 2, 1, 3, 1]),
+         "raw_movie_id": np.array([10, 10, 11, 12, 11]),
+         "timestamp": np.array([0, 1, 2, 200 * day, 201 * day])}
+    ci = index_chunk(c, m)
+    assert ci.uu.tolist() == [7, 8, 9] and ci.ucnt.tolist() == [3, 1, 1] and ci.uinv.tolist() == [0, 1, 0, 2, 0]
+    assert ci.icnt.tolist() == [2, 2, 1] and ci.wanted["item"][1].tolist() == [10, 11, 12]
+    assert ci.pcnt.tolist() == [1, 1, 1] and "ppop" not in ci.wanted  # counted on the server, never held
+    assert ci.ulast.tolist() == [ci.kpop[4], ci.kpop[1], ci.kpop[3]]  # each user's last popularity period
+    uniq, inv = micro_index(np.array([4, 2, 4, 9]), 6)
+    assert uniq.tolist() == [2, 4, 9] and inv.tolist() == [1, 0, 1, 2, 0, 0] and inv.dtype == np.int32
+    packed = np.arange(20, dtype=np.float32).reshape(10, 2)
+    assert gather(packed, np.array([3, 1]), 3).tolist() == [[6, 7], [2, 3], [0, 0]]
+
+
+def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
+    """A single writer pulls a row once; a delete by another process (epoch) makes it pull again."""
+    from learner.sync import WindowSync
+    from ps_redis import Fence, ParameterServer
+    from ps_redis.activity import ActivityLog
+
+    ps = ParameterServer.get(redis_url, namespace, dim=DIM, init_scale=0.1, seed=1)
+    try:
+        sync = WindowSync(ps, ActivityLog(ps), DIM, 1.0, "assign", fence=lambda o: Fence("g", "t", o),
+                          commit=lambda o: None, retry=lambda what, fn, *a, **k: (fn(*a, **k), 0),
+                          say=lambda s: None, tick=lambda name, t: t)
+        ids = np.array([11, 12], np.int64)
+
+        def train_once(offset: int, bias: float) -> None:
+            slots = sync.hold({"user": (ids, None)})
+            sync.packed("user")[slots["user"], DIM] = bias
+            sync.add_batch(np.array([0]), np.array([offset]))
+            sync.sync(wait=True)
+
+        train_once(0, 0.5)
+        assert ps.pull("user", ids, create=False).bias.tolist() == [0.5, 0.5] and ps.count("user") == 2
+        ps.redis.set(f"{namespace}:user:11", b"x" * ps.row_bytes)  # what the learner holds wins (single writer)
+        train_once(1, 0.25)
+        assert ps.pull("user", ids, create=False).bias.tolist() == [0.25, 0.25]
+        assert ps.offsets("g", "t") == {0: 2}
+        ps.delete("user", ids[:1])  # another process: moves the epoch
+        train_once(2, 0.125)  # this write may still carry the held row ...
+        train_once(3, 1.0)  # ... then the rows are dropped and pulled again
+        assert len(sync.held["user"]) == 0
+        train_once(4, 2.0)
+        assert len(sync.held["user"]) == 2 and ps.pull("user", ids, create=False).bias.tolist() == [2.0, 2.0]
+        sync.close()
+    finally:
+        ps.flush()

@@ -504,3 +504,48 @@ def test_deferred_rows_are_stored_and_counted_by_the_next_assign_push(ps):
     np.testing.assert_array_equal(back.vec, init_vectors(ids_of(8, 9), DIM, 0.1, 7, "item"))  # seeded, not zero
     assert back.bias.tolist() == [0.5, 0.25] and back.count.tolist() == [1, 2] and back.raw.tolist() == [80, 90]
     assert ps.offsets("g", "t") == {0: 3}
+
+
+def test_push_command_runs_inside_a_write_rows_transaction(ps):
+    """Count-only server-side push (the learner's ppop counters) next to the row MSET, under one fence."""
+    ps.pull("item", ids_of(3))
+    cmd = ps.push_command({"ppop": Update(ids_of(1, 2), count=np.int64([2, 5])),
+                           "item": Update(ids_of(3), count=np.int64([1]))})
+    assert cmd[:2] == ("FCALL", "lfm_push")
+    fence = Fence("g", "t", {0: 4})
+    assert ps.write_rows({}, fence=fence, extra=[cmd])
+    got = ps.pull("ppop", ids_of(1, 2), create=False)
+    assert got.found.all() and got.count.tolist() == [2, 5] and ps.count("ppop") == 2
+    assert not got.vec.any()  # rows created by a push start at zero (as the Lua path always did)
+    assert ps.pull("item", ids_of(3), create=False).count.tolist() == [1]
+    assert not ps.write_rows({}, fence=fence, extra=[cmd])  # a replay is skipped, counters included
+    assert ps.pull("ppop", ids_of(1, 2), create=False).count.tolist() == [2, 5]
+    assert ps.push_command({"ppop": Update(ids_of(), count=np.zeros(0, np.int64))}) is None
+
+
+def test_epoch_moves_on_delete_put_and_flush_not_on_pushes(ps):
+    first = ps.epoch()
+    ps.pull("user", ids_of(1, 2))
+    ps.push({"user": Update(ids_of(1), bias=np.float32([1.0]))})
+    assert ps.epoch() == first
+    seen = {first}
+    for change in (lambda: ps.delete("user", ids_of(2)),
+                   lambda: ps.put_rows("user", ids_of(5), np.zeros(1, row_dtype(DIM))),
+                   ps.flush):
+        change()
+        assert ps.epoch() not in seen and ps.epoch() is not None
+        seen.add(ps.epoch())
+
+
+def test_pipelined_reads_return_raw_replies_and_name_errors(ps):
+    from ps_redis.connection import call_many
+
+    ps.redis.sadd(f"{ps.namespace}:s", 3, 1)
+    ps.redis.set(f"{ps.namespace}:k", "v")
+    got = call_many(ps.redis, [("SMEMBERS", f"{ps.namespace}:s"), ("GET", f"{ps.namespace}:k")])
+    assert sorted(got[0]) == [b"1", b"3"] and got[1] == b"v"
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        call_many(ps.redis, [("GET", f"{ps.namespace}:s"), ("GET", f"{ps.namespace}:k")])
+    back = call_many(ps.redis, [("GET", f"{ps.namespace}:s"), ("GET", f"{ps.namespace}:k")], raise_on_error=False)
+    assert isinstance(back[0], redis.ResponseError) and back[1] == b"v"
+    assert ps.redis.ping()  # the connection is usable after an error reply

@@ -29,6 +29,9 @@ def test_seen_and_popular(ps):
     record(log, [2, 4], [20, 30], [1, 1], ts=[5000, 4000])
     assert log.seen(1) == {10, 20} and log.seen(2) == {10, 20} and log.seen(4) == {30}
     assert log.seen(99) == set()
+    many = log.seen_arrays([4, 99, 1])
+    assert [sorted(a.tolist()) for a in many] == [[30], [], [10, 20]] and all(a.dtype == np.int64 for a in many)
+    assert log.seen_many([1, 4]) == [{10, 20}, {30}] and log.seen_arrays([]) == []
     assert log.popular(2) == [(10, 3.0), (30, 2.0)]  # movie 10 liked by 1 (twice) and 2
     assert log.popular(10) == [(10, 3.0), (30, 2.0), (20, 1.0)] and log.popular(0) == []
     assert log.clock() == 5000
