@@ -195,8 +195,6 @@ class Learner:
                         last_rec = now
                     while self.pending_n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(self._chunk_size()))
-                        if self.sync.due(False, cfg.sync_ms):
-                            self.sync.sync(wait=False)
                     idle = now - last_rec
                     if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
                         self._process(self._take(self.pending_n))
@@ -284,21 +282,28 @@ class Learner:
         """One chunk of records (whole micro-batches, one partial at the end of the stream): decode, index,
         hold its rows (one pull of those not held), add its counters, then one TF step per micro-batch."""
         m = self.cfg.model
-        self.sync.add_batch(batch.parts, batch.offsets)
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
             self._dead_letters(batch, parsed.bad)
         t = self._tick("parse", t)
-        self.records += len(batch)
         if len(parsed) == 0:
-            return  # the offsets move with the next sync
+            self._sync_due()
+            self.sync.add_batch(batch.parts, batch.offsets)  # the offsets move with the next sync
+            self.records += len(batch)
+            return
         c = parsed.columns
         ci = index_chunk(c, m)
         if ci.period is not None:
             last = np.zeros(len(ci.uu), np.int64)
             np.maximum.at(last, ci.uinv, ci.period)
             self.user_period.update(zip(ci.uu.tolist(), last.tolist()))
-        slots = self.sync.hold(ci.wanted)
+        # a single writer reads the rows it lacks before the previous window's write starts (a read queued
+        # behind that transaction would wait for it); gradient pushes write first (their rows are re-read)
+        slots = self.sync.hold(ci.wanted) if self.mode == "assign" else None
+        if self._sync_due() or slots is None:
+            slots = self.sync.hold(ci.wanted)
+        self.sync.add_batch(batch.parts, batch.offsets)
+        self.records += len(batch)
         self.sync.count(ci, slots)
         # each event's row slot per table, and the packed row views of this chunk
         ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}
@@ -319,6 +324,13 @@ class Learner:
         if self.preq is not None:
             self._refresh_mirror()
         self._tick("prequential_hr", t)
+
+    def _sync_due(self) -> bool:
+        """Write the window if it is ``sync_ms`` old (or after every batch with gradient pushes); returns
+        whether that dropped the held rows."""
+        if not self.sync.due(False, self.cfg.sync_ms):
+            return False
+        return self.sync.sync(wait=False)
 
     def _micro(self, c, ci, sl: slice, ev: dict, packed: dict, g: int | None, t: float) -> float:
         """One micro-batch of the chunk: gather its rows, predict, one TF step, write the rows back."""

@@ -80,15 +80,13 @@ class WindowSync:
 
     def hold(self, wanted: dict[str, tuple]) -> dict[str, np.ndarray]:
         """Pull, in one round trip, the rows of ``wanted`` (table → (distinct ids, raw ids or None)) not held
-        yet; returns each table's slots of ``ids`` (for :meth:`packed`, :meth:`rows`).  The rows count as
-        changed (the next sync writes them)."""
+        yet; returns each table's slots of ``ids`` (for :meth:`packed`, :meth:`rows`, :meth:`count`)."""
         req, slots = {}, {}
         for table, (ids, raw) in wanted.items():
             window = self.held.get(table)
             if window is None:
                 window = self.held[table] = RowWindow(self.dim)
             s = slots[table] = window.slots(ids)
-            window.touch(s[s >= 0])  # rows a chunk asks for are rows it changes
             miss = s < 0
             if miss.any():
                 req[table] = (ids[miss], None if raw is None else raw[miss])
@@ -122,6 +120,8 @@ class WindowSync:
         events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
         its events (count); positives per (period, movie) are kept for the sync, which adds them to ``ppop`` on
         the server (a count-only push: those rows are never read by the learner, so they are not held)."""
+        for table, at in slots.items():  # rows a chunk holds are rows it changes: the next sync writes them
+            self.held[table].touch(at)
         for table, counts in (("user", ci.ucnt), ("item", ci.icnt), ("period", ci.kcnt), ("global", [ci.n]),
                               ("user_ctx", ci.ucnt if ci.ulast is not None else None)):
             if table in slots and counts is not None:
@@ -152,9 +152,10 @@ class WindowSync:
         return bool(self.batches) and (caught_up or self.mode == "gradient"
                                        or time.monotonic() - self.since >= sync_ms / 1000.0)
 
-    def sync(self, wait: bool = True) -> None:
+    def sync(self, wait: bool = True) -> bool:
         """Write the rows changed since the last sync (see the module docstring); ``wait`` returns after every
-        write landed."""
+        write landed.  Returns whether the held rows were dropped (see :meth:`forget`)."""
+        dropped = False
         if self.batches:
             offsets = dict(self.offsets)
             events = tuple(np.concatenate(col) for col in zip(*self.events)) if self.events else None
@@ -170,8 +171,10 @@ class WindowSync:
                 self._push(dirty, counts, offsets, events)
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
                 self.forget()
+                dropped = True
         if wait:
             self.wait()
+        return dropped
 
     def _counts(self) -> dict:
         """The window's server-side counters: ``{table: Update(ids, count=...)}``, one entry per id."""

@@ -92,7 +92,7 @@ class RowWindow:
             cur: np.ndarray | None = None) -> np.ndarray:
         """Hold pulled rows (distinct ids not held yet; ``rows`` structured as stored, ``new`` = not stored in
         the PS yet, ``cur`` = the values to train from when they differ from the stored ones); returns their
-        slots.  Added rows are dirty (written by the next sync)."""
+        slots.  Added rows are clean until touched (:meth:`touch`, :meth:`update_at`)."""
         ids = np.asarray(ids, np.int64)
         k = len(ids)
         if not k:
@@ -109,7 +109,7 @@ class RowWindow:
         self._base[at] = rows
         self._cur[at] = rows if cur is None else cur
         self._new[at] = False if new is None else new
-        self._dirty[at] = True
+        self._dirty[at] = False
         self._slot.update(zip(ids.tolist(), range(self.n, self.n + k)))
         self.n += k
         return np.arange(self.n - k, self.n)

@@ -90,7 +90,9 @@ def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
     w.add(np.array([5, 3]), rows_of(1, 2), new=np.array([True, False]))
     P = w.packed()  # vec | bias | accum of each slot
     assert P.shape == (2, 2 * DIM + 2) and P[1, :DIM].tolist() == [2.0, 3.0]
-    ids, cur, base, new = w.take_dirty()  # added rows are dirty
+    assert len(w.take_dirty()[0]) == 0  # held, not changed yet
+    w.touch(np.array([0, 1]))
+    ids, cur, base, new = w.take_dirty()
     assert ids.tolist() == [5, 3] and new.tolist() == [True, False]
     assert len(w.take_dirty()[0]) == 0 and not w.new.any()  # clean now, and stored
     s = w.slots(np.array([3, 9]))
@@ -139,6 +141,7 @@ def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
         def train_once(offset: int, bias: float) -> None:
             slots = sync.hold({"user": (ids, None)})
             sync.packed("user")[slots["user"], DIM] = bias
+            sync.held["user"].touch(slots["user"])
             sync.add_batch(np.array([0]), np.array([offset]))
             sync.sync(wait=True)
 
