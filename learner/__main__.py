@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--flush-ms", type=int, default=200, help="flush a partial batch after this idle time")
     run.add_argument("--sync-ms", type=int, default=1000,
                      help="while draining a backlog, write the rows trained locally to the PS at least this often "
-                          "(a caught-up learner syncs every batch; 0 = every batch)")
+                          "(a learner at the end of the stream syncs after every chunk; 0 = every chunk)")
     run.add_argument("--train-log-steps", type=int, default=100, help="batches between prequential AUC lines")
     run.add_argument("--test-log-steps", type=int, default=0,
                      help="batches between test evaluations + checkpoints (0 = at the end only)")

@@ -193,10 +193,10 @@ class LearnerConfig:
         idle_timeout: stop after this many seconds without a record (0 = never).
         flush_ms: flush a partial batch when no record arrived for this long.
         sync_ms: while a backlog is being drained, micro-batches train on rows held locally and the
-            held rows are written to the PS (fenced, one transaction) at least every ``sync_ms``
-            milliseconds; a learner that has caught up with the stream syncs after every micro-batch.
-            0 = sync after every micro-batch.  Gradient-mode pushes (several workers) always sync
-            after every micro-batch.
+            rows they changed are written to the PS (fenced, one transaction) at least every ``sync_ms``
+            milliseconds; a learner that has reached the end of the stream syncs after every chunk.
+            0 = sync after every chunk.  Gradient-mode pushes (several workers) always sync after every
+            micro-batch.
         workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
         prefetch: consume on a background thread, overlapping the network with compute.

@@ -1,23 +1,26 @@
-"""The streaming loop: consume → decode → pull rows not held → predict → step → (sync: fenced write) → commit.
+"""The streaming loop: consume → decode → chunk → pull rows not held → per micro-batch predict + step → sync.
 
 With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (through :mod:`learner.kafka_io`)
 Kafka I/O.
 
-Rows a micro-batch touches are pulled once into a :class:`~learner.window.RowWindow` and trained there; a
-*sync* writes the held rows back.  A learner that has caught up with the stream syncs after every batch;
-while a backlog drains it syncs at least every ``sync_ms``.  On a standalone Redis in assign mode (one
-writer per row) the sync is one MULTI/EXEC — rows, new-row counters, the activity log of the window's
-events, and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next
-window trains.  On a Redis Cluster the window is written in the foreground through ``ps.push`` (per slot
-group, Lua); gradient mode (several workers) does that after every batch.
+The loop takes consumed records a chunk (up to CHUNK_BATCHES micro-batches) at a time: it indexes the chunk
+(:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and runs one TF
+step per micro-batch on rows gathered from the held rows (:class:`~learner.window.RowWindow`) and written back
+to them.  A *sync* writes the rows changed since the previous one; syncs happen between chunks only — once the
+consumer has reached the end of its partitions (every chunk when keeping up with the stream) and at least every
+``sync_ms`` while a backlog drains.  On a standalone Redis in assign mode (one writer per row) the sync is one
+MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts and
+``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next chunk trains, and
+the rows stay held (pulled once).  On a Redis Cluster the window is written in the foreground through ``ps.push``
+(per slot group, Lua); gradient mode (several workers) does that after every batch and re-pulls its rows.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
 the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes exactly
 after the last written window; a replayed write whose fence is already covered is skipped.  Kafka commits
-follow each write (the PS offsets remain the source of truth).  On revocation the in-flight batch is
-finished and written, and everything consumed but not trained is dropped (the new owner resumes from the
-PS offsets).  SIGTERM finishes the batch, writes, commits, evaluates, checkpoints and exits 0.  Redis
-errors are retried with capped exponential backoff; nothing is committed that was not applied.
+follow each write (the PS offsets remain the source of truth).  On revocation the in-flight chunk is
+finished and written, the held rows are dropped, and everything consumed but not trained is dropped (the new
+owner resumes from the PS offsets).  SIGTERM finishes the chunk, writes, commits, evaluates, checkpoints and
+exits 0.  Redis errors are retried with capped exponential backoff; nothing is committed that was not applied.
 """
 
 from __future__ import annotations
