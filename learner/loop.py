@@ -303,7 +303,10 @@ class Learner:
         # a single writer reads the rows it lacks before the previous window's write starts (a read queued
         # behind that transaction would wait for it); gradient pushes write first (their rows are re-read)
         slots = self.sync.hold(ci.wanted) if self.mode == "assign" else None
-        if self._sync_due() or slots is None:
+        t = self._tick("pull", t)
+        dropped = self._sync_due()  # its time counts as "push"
+        t = time.perf_counter()
+        if dropped or slots is None:
             slots = self.sync.hold(ci.wanted)
         self.sync.add_batch(batch.parts, batch.offsets)
         self.records += len(batch)
