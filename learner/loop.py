@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +42,9 @@ from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
 from learner.model import MFModel, StepInput
-from learner.prequential import PrequentialHR
+from learner.probe import HRProbe
 from learner.sync import WindowSync
 
-HR_EVERY = 10  # prequential HR@k is sampled on every 10th batch
 CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
 
 
@@ -94,14 +92,6 @@ class Learner:
         self.poison = 0
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
-        self.preq = PrequentialHR(m, cfg.hr_k) if cfg.hr_sample > 0 else None
-        self._preq_items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
-        self._preq_events: list[slice] = []
-        self._preq_chunk = None
-        self._preq_plan: dict[int, np.ndarray] = {}  # first event of a scored micro-batch → its sampled events
-        self._preq_seen = None
-        self._seen_pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-seen")
-        self._rng = np.random.default_rng(m.seed)
         self._stop = False
         self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
         self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
@@ -116,6 +106,8 @@ class Learner:
                                fence=lambda offsets: Fence(cfg.group, cfg.topic, offsets),
                                commit=lambda offsets: self.fetcher.commit(offsets), retry=self._retry,
                                say=self.say, tick=self._tick)
+        self.probe = HRProbe(m, cfg.hr_k, cfg.hr_sample, self.activity, self.sync, self._retry) \
+            if cfg.hr_sample > 0 else None
         self.stage: dict[str, float] = {}  # cumulative seconds per stage of _process
         self._first_batch_t: float | None = None
         self._last_batch_t = 0.0
@@ -321,14 +313,13 @@ class Learner:
         if m.learn_mu:
             g, packed["global"] = int(slots["global"][0]), self.sync.packed("global")
         t = self._tick("pull", t)
-        self._preq_chunk = (c, ci)
-        if self.preq is not None:
-            self._plan_prequential(c, ci)
+        if self.probe is not None:
+            self.probe.plan(c, ci, self.step)
         for s in range(0, ci.n, m.batch_size):
             t = self._micro(c, ci, slice(s, min(s + m.batch_size, ci.n)), ev, packed, g, t)
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
-        if self.preq is not None:
-            self._refresh_mirror()
+        if self.probe is not None:
+            self.probe.refresh()
         self._tick("prequential_hr", t)
 
     def _sync_due(self) -> bool:
@@ -358,8 +349,8 @@ class Learner:
         if g is not None:
             scalars[:] = packed["global"][g, d], packed["global"][g, 2 * d + 1]
         t = self._tick("pull", t)
-        if self.preq is not None and sl.start in self._preq_plan:
-            self._prequential_hr(c, ci, sl, x_rows, index)
+        if self.probe is not None and self.probe.due(sl):
+            self.probe.score(sl, x_rows["user"], x_rows["period"], index)
         t = self._tick("prequential_hr", t)
         x = StepInput(x_rows["user"], x_rows["item"], x_rows["period"], scalars, index, target)
         pred, losses, users, items, periods, mu = self.model.step_packed(x)
@@ -369,9 +360,8 @@ class Learner:
                 packed[table][rows[table]] = out[: len(rows[table])]
         if g is not None:
             packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]
-        if self.preq is not None:
-            self._preq_items.append(rows["item"])
-            self._preq_events.append(sl)
+        if self.probe is not None:
+            self.probe.trained(rows["item"], sl)
         pred = pred[:n]
         self.window.add(y, pred, float(losses[0]))
         self.all_labels.append(y)
@@ -382,61 +372,6 @@ class Learner:
         if self.step % cfg.train_log_steps == 0:
             self._log_train()
         return self._tick("metrics", t)
-
-    def _refresh_mirror(self) -> None:
-        """Bring prequential HR's item mirror and positive counts up to the steps trained so far."""
-        if not self._preq_items:
-            return
-        at = np.unique(np.concatenate(self._preq_items))
-        w = self.sync.held["item"]
-        vec = w.packed()[at]
-        c, ci = self._preq_chunk
-        ev = np.concatenate([np.arange(sl.start, sl.stop) for sl in self._preq_events])
-        d = self.cfg.model.dim
-        self.preq.learn(w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev], ci.labels[ev],
-                        None if ci.kpop is None else ci.kpop[ev])
-        self._preq_items, self._preq_events = [], []
-
-    def _plan_prequential(self, c, ci) -> None:
-        """Sample the chunk's prequential HR events (positives of every HR_EVERY-th micro-batch, at HR_EVERY
-        times the sampling rate: the same expected sample, less overhead) and read their users' rated movies
-        from the activity log on a helper thread while the chunk trains (the log changes only at syncs,
-        which happen between chunks)."""
-        B = self.cfg.model.batch_size
-        rate = min(1.0, self.cfg.hr_sample * HR_EVERY)
-        self._preq_plan = {}
-        for j, s in enumerate(range(0, ci.n, B)):
-            if (self.step + j) % HR_EVERY == 0:
-                y = ci.labels[s: s + B]
-                self._preq_plan[s] = s + np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
-        events = np.concatenate(list(self._preq_plan.values())) if self._preq_plan else np.zeros(0, np.int64)
-        self._preq_seen = self._seen_pool.submit(self._retry, "activity seen", self.activity.seen_arrays,
-                                                 c["raw_user_id"][events].tolist()) if len(events) else None
-        wu, wm = self.sync.unsynced()  # trained events the log may not hold yet, of the sampled users
-        mine = np.isin(wu, c["raw_user_id"][events])
-        self._preq_unsynced = wu[mine], wm[mine]
-
-    def _prequential_hr(self, c, ci, sl: slice, x_rows: dict, index: np.ndarray) -> None:
-        """Before the update: is each sampled positive's movie in its user's current top k?"""
-        self._refresh_mirror()
-        ev = self._preq_plan.get(sl.start)
-        if ev is None or not len(ev) or self.preq.mirror.n == 0:
-            return
-        at = sum(len(e) for s, e in self._preq_plan.items() if s < sl.start)
-        seen = self._preq_seen.result()[0][at: at + len(ev)]
-        # the log holds the synced events; add the user's events trained since (earlier in this chunk too)
-        users = c["raw_user_id"][ev]
-        wu, wm = self._preq_unsynced
-        mine = np.isin(c["raw_user_id"][: sl.start], users)
-        wu, wm = np.r_[wu, c["raw_user_id"][: sl.start][mine]], np.r_[wm, c["raw_movie_id"][: sl.start][mine]]
-        if len(wu):
-            seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
-        pos = ev - sl.start
-        d = self.cfg.model.dim
-        q = x_rows["user"][index[0][pos], :d]
-        if self.cfg.model.period_days > 0:
-            q = q + x_rows["period"][index[2][pos], :d]
-        self.preq.score(q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev], seen)
 
     def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
         for idx, reason in bad:
@@ -476,7 +411,7 @@ class Learner:
         if not w.n:
             return
         rate = self.events / max(time.time() - self.t0, 1e-9)
-        hr, hr_n = (self.preq.rate, self.preq.n) if self.preq is not None else (None, 0)
+        hr, hr_n = (self.probe.hr.rate, self.probe.hr.n) if self.probe is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
                  + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
                  + f" {rate:,.0f} ev/s")
@@ -515,9 +450,10 @@ class Learner:
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
         if self.dlq is not None:
             self.dlq.close()
-        self._seen_pool.shutdown()
+        if self.probe is not None:
+            self.probe.close()
         secs = time.time() - self.t0
-        hr, hr_n = (self.preq.rate, self.preq.n) if self.preq is not None else (None, 0)
+        hr, hr_n = (self.probe.hr.rate, self.probe.hr.n) if self.probe is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
         summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
                             stream_seconds=round(span, 3),

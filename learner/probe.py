@@ -1,0 +1,115 @@
+"""HRProbe: prequential HR@k inside the learner's loop — which events to score, their users' rated movies, and
+the item mirror kept up to the steps trained so far (the math is :class:`learner.prequential.PrequentialHR`).
+
+Per chunk (:meth:`plan`): the positives of every HR_EVERY-th micro-batch are sampled at HR_EVERY times the
+sampling rate (the same expected sample, less overhead), and their users' rated movies are read from the
+activity log on a helper thread while the chunk trains; the events trained since the last landed sync (the log
+does not hold them yet) are added, so a user's earlier movies are always excluded.  Per scored micro-batch
+(:meth:`score`), before its update: is each sample's movie in its user's current top k?
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from learner.config import ModelConfig
+from learner.prequential import PrequentialHR
+
+HR_EVERY = 10  # prequential HR@k is sampled on every 10th micro-batch
+
+
+class HRProbe:
+    """Sampling plan, rated-movie reads and item-mirror refreshes of prequential HR@k.
+
+    Args:
+        m: the model config.
+        k: the k of HR@k.
+        sample: share of positive events scored.
+        activity: the :class:`~ps_redis.activity.ActivityLog` (``seen_arrays``).
+        sync: the learner's :class:`~learner.sync.WindowSync` (held item rows, unsynced events).
+        retry: ``retry(what, fn, *args) -> (result, attempts)`` with backoff on Redis errors.
+    """
+
+    def __init__(self, m: ModelConfig, k: int, sample: float, activity, sync, retry: Callable):
+        self.m, self.sample, self.activity, self.sync, self._retry = m, sample, activity, sync, retry
+        self.hr = PrequentialHR(m, k)
+        self._rng = np.random.default_rng(m.seed)
+        self._items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
+        self._events: list[slice] = []
+        self._chunk = None
+        self._plan: dict[int, np.ndarray] = {}  # first event of a scored micro-batch → its sampled events
+        self._seen = None
+        self._unsynced = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-seen")
+
+    def plan(self, c: dict, ci, step: int) -> None:
+        """Sample the chunk (columns ``c``, :class:`~learner.batch.ChunkIndex` ``ci``, first step ``step``) and
+        start reading the sampled users' rated movies."""
+        B = self.m.batch_size
+        rate = min(1.0, self.sample * HR_EVERY)
+        self._chunk, self._plan = (c, ci), {}
+        for j, s in enumerate(range(0, ci.n, B)):
+            if (step + j) % HR_EVERY == 0:
+                y = ci.labels[s: s + B]
+                self._plan[s] = s + np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
+        events = np.concatenate(list(self._plan.values())) if self._plan else np.zeros(0, np.int64)
+        users = c["raw_user_id"][events]
+        self._seen = self._pool.submit(self._retry, "activity seen", self.activity.seen_arrays,
+                                       users.tolist()) if len(events) else None
+        wu, wm = self.sync.unsynced()  # trained events the log may not hold yet, of the sampled users
+        mine = np.isin(wu, users)
+        self._unsynced = wu[mine], wm[mine]
+
+    def due(self, sl: slice) -> bool:
+        """Whether the micro-batch of chunk events ``sl`` is scored."""
+        return sl.start in self._plan
+
+    def score(self, sl: slice, user_rows: np.ndarray, period_rows: np.ndarray, index: np.ndarray) -> None:
+        """Score the samples of micro-batch ``sl`` before its update; ``user_rows`` / ``period_rows``: its packed
+        rows as gathered for the step, ``index`` its event → row indexes ``[user, item, period]``."""
+        self.refresh()
+        c, ci = self._chunk
+        ev = self._plan.get(sl.start)
+        if ev is None or not len(ev) or self.hr.mirror.n == 0:
+            return
+        at = sum(len(e) for s, e in self._plan.items() if s < sl.start)
+        seen = self._seen.result()[0][at: at + len(ev)]
+        # the log holds the synced events; add the user's events trained since (earlier in this chunk too)
+        users = c["raw_user_id"][ev]
+        wu, wm = self._unsynced
+        mine = np.isin(c["raw_user_id"][: sl.start], users)
+        wu, wm = np.r_[wu, c["raw_user_id"][: sl.start][mine]], np.r_[wm, c["raw_movie_id"][: sl.start][mine]]
+        if len(wu):
+            seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
+        pos = ev - sl.start
+        d = self.m.dim
+        q = user_rows[index[0][pos], :d]
+        if self.m.period_days > 0:
+            q = q + period_rows[index[2][pos], :d]
+        self.hr.score(q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev], seen)
+
+    def trained(self, item_slots: np.ndarray, sl: slice) -> None:
+        """Note a trained micro-batch (its held item rows and chunk events) for the next :meth:`refresh`."""
+        self._items.append(item_slots)
+        self._events.append(sl)
+
+    def refresh(self) -> None:
+        """Bring the item mirror and positive counts up to the steps trained so far (before the held rows may
+        be dropped, i.e. at the end of every chunk, and before scoring)."""
+        if not self._items:
+            return
+        at = np.unique(np.concatenate(self._items))
+        w = self.sync.held["item"]
+        vec = w.packed()[at]
+        c, ci = self._chunk
+        ev = np.concatenate([np.arange(sl.start, sl.stop) for sl in self._events])
+        d = self.m.dim
+        self.hr.learn(w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev], ci.labels[ev],
+                      None if ci.kpop is None else ci.kpop[ev])
+        self._items, self._events = [], []
+
+    def close(self) -> None:
+        self._pool.shutdown()
