@@ -61,6 +61,16 @@ def _tf_threads(n: int) -> None:
             pass
 
 
+def _open_metrics(path):
+    """Open the metrics file for appending; a last record torn by a killed learner ends its own line first."""
+    path = Path(path)
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    f = open(path, "a")
+    if torn:
+        f.write("\n")
+    return f
+
+
 class Learner:
     """One learner process of the consumer group (see the module docstring)."""
 
@@ -93,7 +103,7 @@ class Learner:
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self._stop = False
-        self._metrics = open(cfg.metrics_path, "a") if cfg.metrics_path else None
+        self._metrics = _open_metrics(cfg.metrics_path) if cfg.metrics_path else None
         self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
         self.test = None
         if cfg.data_dir:

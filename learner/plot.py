@@ -14,14 +14,19 @@ from pathlib import Path
 
 
 def load(path: str | Path) -> list[dict]:
-    """The JSON objects of a metrics file (clear error naming the line that is not JSON)."""
-    out = []
+    """The JSON objects of a metrics file.  A line that is not JSON (a record torn when a learner was killed
+    mid-write) is skipped with a warning naming file and line; a file with no JSON line at all is an error."""
+    out, torn = [], []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
+                torn.append(f"{path}:{n}: not a JSON object ({exc.msg})")
+    if torn and not out:
+        raise ValueError(torn[0])
+    for msg in torn:
+        print(f"learner.plot: skipped {msg}", file=sys.stderr)
     return out
 
 

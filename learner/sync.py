@@ -80,7 +80,7 @@ class WindowSync:
 
     def hold(self, wanted: dict[str, tuple]) -> dict[str, np.ndarray]:
         """Pull, in one round trip, the rows of ``wanted`` (table → (distinct ids, raw ids or None)) not held
-        yet; returns each table's slots of ``ids`` (for :meth:`packed`, :meth:`rows`, :meth:`count`)."""
+        yet; returns each table's slots of ``ids`` (for :meth:`packed` and :meth:`count`)."""
         req, slots = {}, {}
         for table, (ids, raw) in wanted.items():
             window = self.held.get(table)
@@ -106,10 +106,6 @@ class WindowSync:
             s = slots[table]
             s[s < 0] = self.held[table].add(rows.ids, stored, ~rows.found if defer else None, cur=cur)
         return slots
-
-    def rows(self, table: str, slots: np.ndarray) -> np.ndarray:
-        """Current (held) rows at ``slots`` of ``table`` (from :meth:`hold`)."""
-        return self.held[table].rows_at(slots)
 
     def packed(self, table: str) -> np.ndarray:
         """The ``vec | bias | accum`` float view of ``table``'s held rows (see :meth:`RowWindow.packed`)."""

@@ -124,10 +124,6 @@ class RowWindow:
         """Current rows of held ``ids`` (a copy, in the order asked)."""
         return self._cur[self._held(ids)]
 
-    def rows_at(self, slots: np.ndarray) -> np.ndarray:
-        """Current rows at ``slots`` (a copy)."""
-        return self._cur[slots]
-
     def update(self, ids: np.ndarray, **fields) -> None:
         """:meth:`update_at` by id."""
         self.update_at(self._held(ids), **fields)

@@ -98,9 +98,18 @@ def learner_cmd(redis_url: str, bootstrap: str, topic: str, namespace: str, *arg
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """Records of a metrics file; a line being written (no newline yet) or torn by a SIGKILL is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().split("\n")[:-1]:  # the last piece is unterminated (or empty)
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a record torn by a kill: the learner starts its next record on a new line
+    return out
 
 
 def event_counts(values: list[bytes]) -> tuple[dict[int, int], dict[int, int]]:

@@ -160,3 +160,18 @@ def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
         sync.close()
     finally:
         ps.flush()
+
+
+def test_metrics_records_torn_by_a_kill_stay_on_their_own_line(tmp_path, capsys):
+    from learner.loop import _open_metrics
+    from learner.plot import load
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"event": "train", "step": 1}\n{"event": "tra')  # a learner killed mid-write
+    with _open_metrics(path) as f:
+        f.write('{"event": "assign", "step": 1}\n')
+    assert [r["event"] for r in load(path)] == ["train", "assign"]
+    assert f"{path}:2: not a JSON object" in capsys.readouterr().err
+    path.write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"m.jsonl:1: not a JSON object"):
+        load(path)
