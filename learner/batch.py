@@ -89,9 +89,3 @@ def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     out[: len(rows)] = inv.reshape(-1)
     return uniq, out
 
-
-def gather(packed: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
-    """Rows of ``packed`` at ``slots``, zero-padded to ``size`` rows (the TF step's fixed shape)."""
-    out = np.zeros((size, packed.shape[1]), np.float32)
-    out[: len(slots)] = packed[slots]
-    return out

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.batch import gather, index_chunk, micro_index
+from learner.batch import index_chunk, micro_index
 from learner.evaluate import evaluate
 from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
-from learner.model import MFModel, StepInput
+from learner.model import MFModel, make_input
 from learner.probe import HRProbe
 from learner.sync import WindowSync
 
@@ -345,24 +345,19 @@ class Learner:
         B, d = m.batch_size, m.dim
         y = ci.labels[sl]
         n = len(y)
-        index = np.zeros((3, B), np.int32)
-        target = np.zeros((2, B), np.float32)
-        target[0, :n], target[1, :n] = y, 1.0
-        rows, x_rows = {}, {}
-        for r, table in enumerate(("user", "item", "period")):
+        rows, inv = {}, {}
+        for table in ("user", "item", "period"):
             if table in ev:
-                rows[table], index[r] = micro_index(ev[table][sl], B)
-                x_rows[table] = gather(packed[table], rows[table], B)
-            else:
-                x_rows[table] = np.zeros((B, 2 * d + 2), np.float32)
-        scalars = np.zeros(2, np.float32)
-        if g is not None:
-            scalars[:] = packed["global"][g, d], packed["global"][g, 2 * d + 1]
+                rows[table], inv[table] = micro_index(ev[table][sl], B)
+        mu = packed["global"][g, [d, 2 * d + 1]] if g is not None else (0.0, 0.0)
+        held = {table: packed[table][at] for table, at in rows.items()}
+        x = make_input(m, user_rows=held["user"], item_rows=held["item"], period_rows=held.get("period"),
+                       mu=mu[0], mu_acc=mu[1], uinv=inv["user"], iinv=inv["item"], kinv=inv.get("period", []),
+                       label=y)
         t = self._tick("pull", t)
         if self.probe is not None and self.probe.due(sl):
-            self.probe.score(sl, x_rows["user"], x_rows["period"], index)
+            self.probe.score(sl, x.users, x.periods, x.index)
         t = self._tick("prequential_hr", t)
-        x = StepInput(x_rows["user"], x_rows["item"], x_rows["period"], scalars, index, target)
         pred, losses, users, items, periods, mu = self.model.step_packed(x)
         t = self._tick("step", t)
         for table, out in (("user", users), ("item", items), ("period", periods)):

@@ -83,20 +83,16 @@ class StepOutput:
     mu_acc: np.ndarray
 
 
-def index_batch(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique keys, event→row index padded to ``size`` (int32), and per-row event counts."""
-    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    out = np.zeros(size, np.int32)
-    out[: len(inv)] = inv
-    return uniq, out, counts
-
-
 def _pack(r, n: int, d: int) -> np.ndarray:
-    """``vec | bias | accum`` of pulled rows, zero-padded to n rows."""
+    """``vec | bias | accum`` of rows, zero-padded to n rows: a ``[m, 2d + 2]`` float array already in that
+    layout (the learner's held rows), structured PS rows, or an object with ``vec``, ``bias``, ``accum``."""
     out = np.zeros((n, 2 * d + 2), np.float32)
     if r is None:
         return out
-    struct = isinstance(r, np.ndarray)  # structured PS rows, or an object with vec / bias / accum
+    if isinstance(r, np.ndarray) and r.dtype.names is None:
+        out[: len(r)] = r
+        return out
+    struct = isinstance(r, np.ndarray)
     vec, accum = (r["vec"], r["accum"]) if struct else (r.vec, r.accum)
     m = len(vec)
     out[:m, :d] = vec
@@ -107,8 +103,7 @@ def _pack(r, n: int, d: int) -> np.ndarray:
 
 def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_acc,
                uinv, iinv, kinv, label) -> StepInput:
-    """Pack pulled rows (structured PS rows, or objects with ``vec``, ``bias``, ``accum``) and indexes, padded
-    to the batch size."""
+    """Pack rows (see :func:`_pack`; None = zeros) and the event → row indexes, padded to the batch size."""
     n, d = cfg.batch_size, cfg.dim
     e = len(label)
     if e > n:

@@ -105,8 +105,9 @@ def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
 
 
 def test_chunk_index_counts_and_micro_batches():
-    from learner.batch import gather, index_chunk, micro_index
+    from learner.batch import index_chunk, micro_index
     from learner.config import ModelConfig
+    from learner.model import make_input
 
     m = ModelConfig(dim=DIM, batch_size=4)
     day = 86400
@@ -121,8 +122,11 @@ def test_chunk_index_counts_and_micro_batches():
     assert ci.ulast.tolist() == [ci.kpop[4], ci.kpop[1], ci.kpop[3]]  # each user's last popularity period
     uniq, inv = micro_index(np.array([4, 2, 4, 9]), 6)
     assert uniq.tolist() == [2, 4, 9] and inv.tolist() == [1, 0, 1, 2, 0, 0] and inv.dtype == np.int32
-    packed = np.arange(20, dtype=np.float32).reshape(10, 2)
-    assert gather(packed, np.array([3, 1]), 3).tolist() == [[6, 7], [2, 3], [0, 0]]
+    held = np.arange(2 * (2 * DIM + 2), dtype=np.float32).reshape(2, -1)  # two packed rows vec | bias | accum
+    x = make_input(ModelConfig(dim=DIM, batch_size=3), user_rows=held, item_rows=None, period_rows=None, mu=0.5,
+                   mu_acc=0.0, uinv=[1, 0], iinv=[0, 0], kinv=[], label=[1.0, 0.0])
+    assert x.users.tolist() == [*held.tolist(), [0.0] * (2 * DIM + 2)] and not x.items.any()
+    assert x.index.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]] and x.target.tolist() == [[1, 0, 0], [1, 1, 0]]
 
 
 def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from learner.config import SEED_MODEL, ModelConfig, preset
-from learner.model import MFModel, index_batch, make_input
+from learner.batch import micro_index
+from learner.model import MFModel, make_input
 
 D = 2
 BASE = dict(dim=D, batch_size=4, clip=0.0, count_pow=0.0, ret_weight=0.0, logq=0.0, lr=0.1, lr_bias=0.05,
@@ -23,8 +24,8 @@ def rows(vec, bias, acc=None):
 
 
 def run(cfg, users, items, labels, mu=0.1, mu_acc=0.0, user_rows=None, item_rows=None):
-    _, uinv, _ = index_batch(np.asarray(users), cfg.batch_size)
-    _, iinv, _ = index_batch(np.asarray(items), cfg.batch_size)
+    _, uinv = micro_index(np.asarray(users), cfg.batch_size)
+    _, iinv = micro_index(np.asarray(items), cfg.batch_size)
     n = len(labels)
     x = make_input(cfg, user_rows=user_rows, item_rows=item_rows, period_rows=None, mu=mu, mu_acc=mu_acc,
                    uinv=uinv[:n], iinv=iinv[:n], kinv=np.zeros(n, np.int32), label=np.asarray(labels, np.float32))
