@@ -116,18 +116,14 @@ class WindowSync:
         events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
         its events (count); positives per (period, movie) are kept for the sync, which adds them to ``ppop`` on
         the server (a count-only push: those rows are never read by the learner, so they are not held)."""
-        for table, at in slots.items():  # rows a chunk holds are rows it changes: the next sync writes them
-            self.held[table].touch(at)
-        for table, counts in (("user", ci.ucnt), ("item", ci.icnt), ("period", ci.kcnt), ("global", [ci.n]),
-                              ("user_ctx", ci.ucnt if ci.ulast is not None else None)):
-            if table in slots and counts is not None:
-                self.held[table].cur["count"][slots[table]] += np.asarray(counts, np.int64)
+        counts = {"user": ci.ucnt, "item": ci.icnt, "period": ci.kcnt, "global": [ci.n], "user_ctx": ci.ucnt}
+        for table, at in slots.items():  # every held table of the chunk counts events (and becomes changed)
+            bias = None
+            if table == "user_ctx":
+                bias = np.maximum(self.held[table].cur["bias"][at], ci.ulast.astype(np.float32))
+            self.held[table].update_at(at, bias=bias, count=counts[table])
         if ci.pid is not None:
             self.counts.append(("ppop", ci.pid, ci.pcnt))
-        if ci.ulast is not None:
-            ctx = self.held["user_ctx"].cur
-            at = slots["user_ctx"]
-            ctx["bias"][at] = np.maximum(ctx["bias"][at], ci.ulast.astype(np.float32))
 
     def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps) -> None:
         """Events for the activity log, written with the window."""

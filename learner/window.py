@@ -75,10 +75,6 @@ class RowWindow:
         cur = self._cur[: self.n]
         return cur.view(np.float32).reshape(self.n, -1)[:, : 2 * self.dtype["vec"].shape[0] + 2]
 
-    def touch(self, slots: np.ndarray) -> None:
-        """Mark the rows at ``slots`` changed (written by the next sync)."""
-        self._dirty[slots] = True
-
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where the row is not held."""
         get = self._slot.get
@@ -92,7 +88,7 @@ class RowWindow:
             cur: np.ndarray | None = None) -> np.ndarray:
         """Hold pulled rows (distinct ids not held yet; ``rows`` structured as stored, ``new`` = not stored in
         the PS yet, ``cur`` = the values to train from when they differ from the stored ones); returns their
-        slots.  Added rows are clean until touched (:meth:`touch`, :meth:`update_at`)."""
+        slots.  Added rows are clean until changed (:meth:`update_at`)."""
         ids = np.asarray(ids, np.int64)
         k = len(ids)
         if not k:

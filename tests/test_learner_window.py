@@ -91,14 +91,14 @@ def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
     P = w.packed()  # vec | bias | accum of each slot
     assert P.shape == (2, 2 * DIM + 2) and P[1, :DIM].tolist() == [2.0, 3.0]
     assert len(w.take_dirty()[0]) == 0  # held, not changed yet
-    w.touch(np.array([0, 1]))
+    w.update_at(np.array([0, 1]))  # no field: only marks them changed
     ids, cur, base, new = w.take_dirty()
     assert ids.tolist() == [5, 3] and new.tolist() == [True, False]
     assert len(w.take_dirty()[0]) == 0 and not w.new.any()  # clean now, and stored
     s = w.slots(np.array([3, 9]))
     assert s.tolist() == [1, -1]
     P[1, DIM] = 0.75  # bias of id 3
-    w.touch(s[:1])
+    w.update_at(s[:1])
     ids, cur, base, _ = w.take_dirty()
     assert ids.tolist() == [3] and cur["bias"].tolist() == [0.75] and base["bias"].tolist() == [0.0]
     assert w.base["bias"][1] == 0.75  # after a sync the base is the written value
@@ -145,7 +145,7 @@ def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
         def train_once(offset: int, bias: float) -> None:
             slots = sync.hold({"user": (ids, None)})
             sync.packed("user")[slots["user"], DIM] = bias
-            sync.held["user"].touch(slots["user"])
+            sync.held["user"].update_at(slots["user"])
             sync.add_batch(np.array([0]), np.array([offset]))
             sync.sync(wait=True)
 
