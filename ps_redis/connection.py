@@ -89,23 +89,12 @@ def call(client: redis.Redis, *args):
     ``pack`` (a Python generator over every argument, ~0.15 µs each: a third of a 1024-key MGET's
     client CPU) and its response callbacks (replies come back as RESP decoded them).
     """
-    packed = [pack(args)]
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        return conn.retry.call_with_retry(lambda: _send_read(conn, packed), lambda _err: conn.disconnect())
-    finally:
-        pool.release(conn)
-
-
-def _send_read(conn, packed: list[bytes]):
-    conn.send_packed_command(packed)
-    return conn.read_response()
+    return call_many(client, [args])[0]
 
 
 def call_many(client: redis.Redis, commands: Sequence[tuple], raise_on_error: bool = True) -> list:
-    """Several commands on a standalone client in one round trip, packed and answered as :func:`call` does
-    (raw replies, no response callbacks).  A command's error is raised after every reply was read, or
+    """Several commands on a standalone client in one round trip, packed by :func:`pack`, raw replies (no
+    response callbacks).  A command's error is raised after every reply was read, or
     returned in place of its reply with ``raise_on_error=False``."""
     packed = [pack(args) for args in commands]
     pool = client.connection_pool
@@ -148,13 +137,6 @@ def run(client: redis.Redis | RedisCluster, is_cluster: bool,
     if not commands:
         return []
     if not is_cluster:
-        if len(commands) == 1:
-            try:
-                return [call(client, *commands[0][1])]
-            except redis.ResponseError as exc:
-                if raise_on_error:
-                    raise
-                return [exc]
         return call_many(client, [args for _, args in commands], raise_on_error)
     out: list = [None] * len(commands)
     pending = list(range(len(commands)))

@@ -271,10 +271,7 @@ class ParameterServer:
             ValueError: unknown mode, bad table name, or a field of the wrong dtype / shape
                 (the message names table, field, expected and got).
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
-        packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
-        packed = [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
+        packed = self._pack_updates(updates, mode)
         fargs = fence.args() if fence is not None else []
         np_ = len(fargs) // 2
         if not packed and not np_:
@@ -298,6 +295,13 @@ class ParameterServer:
             self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
         return applied
 
+    def _pack_updates(self, updates: dict[str, Update], mode: str) -> list[tuple]:
+        """``(table, ids, field mask, packed fields)`` of each update with ids (validated)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+        packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
+        return [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
+
     def _push_args(self, packed: list, mode: str, now: float, fence: Fence | None) -> tuple:
         """``FCALL lfm_push`` of packed updates on a standalone server."""
         fargs = fence.args() if fence is not None else []
@@ -316,10 +320,7 @@ class ParameterServer:
         to push.  Standalone server only."""
         if self.keys.shards:
             raise ValueError("push_command needs a standalone server; on a cluster use push()")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
-        packed = [(check_table(t), *pack_update(t, up, self.dim, mode)) for t, up in updates.items()]
-        packed = [(t, ids, mask, arr) for t, ids, mask, arr in packed if len(ids)]
+        packed = self._pack_updates(updates, mode)
         for table, _, _, _ in packed:
             self._rows.forget(table)
         return self._push_args(packed, mode, time.time(), None) if packed else None
