@@ -3,7 +3,8 @@
 The learner indexes what it takes from the stream a chunk (several micro-batches) at a time: the distinct
 ids of every PS table, each event's position among them, and the counters the chunk adds (events per row,
 positives per (period, movie), each user's last popularity period).  Micro-batches then only look up
-positions (:func:`micro_index`).
+positions: one at a time (:func:`micro_index`) or a run of consecutive micro-batches at once (:func:`run_index`,
+the input of :meth:`learner.model.MFModel.run`).
 """
 
 from __future__ import annotations
@@ -89,3 +90,55 @@ def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     out[: len(rows)] = inv.reshape(-1)
     return uniq, out
 
+
+
+TABLES = ("user", "item", "period")  # the step's row tables, in the order of its index arrays
+
+
+@dataclass
+class RunIndex:
+    """K consecutive micro-batches of ``n`` events over shared rows (the arrays of ``MFModel.run``).
+
+    Attributes:
+        held: table → the distinct slots (of the held rows) the run touches; state row r of the table is slot
+            ``held[table][r]`` and row ``len(held[table])`` is the padding row.  A table the events do not use
+            (no ``period`` without time periods) has no slots: only its padding row.
+        rows: ``[K, 3, n]`` int32, per micro-batch its distinct state rows per table (user, item, period) in
+            slot order, padded with the padding row.
+        index: ``[K, 3, n]`` int32, each event's position among its micro-batch's rows (0 for padding).
+        target: ``[K, 2, n]`` float32, label and mask (1 for real events).
+    """
+
+    held: dict[str, np.ndarray]
+    rows: np.ndarray
+    index: np.ndarray
+    target: np.ndarray
+
+
+def run_index(slots: dict[str, np.ndarray], labels: np.ndarray, n: int) -> RunIndex:
+    """Index a run of events cut into micro-batches of ``n``: ``slots`` maps each table to the held slot of every
+    event's row, ``labels`` the events' labels.  Two ``np.unique`` per table cover every micro-batch."""
+    e = len(labels)
+    k = -(-e // n)
+    at = np.arange(e)
+    mb, col = at // n, at % n
+    rows = np.zeros((k, 3, n), np.int32)
+    index = np.zeros((k, 3, n), np.int32)
+    held = {}
+    for t, table in enumerate(TABLES):
+        if table not in slots:
+            held[table] = np.zeros(0, np.int64)
+            continue
+        uniq, pos = np.unique(slots[table], return_inverse=True)
+        pad = len(uniq)
+        keys, inv = np.unique(mb * (pad + 1) + pos.reshape(-1), return_inverse=True)
+        kmb = keys // (pad + 1)
+        start = np.searchsorted(kmb, np.arange(k))
+        rows[:, t] = pad
+        rows[kmb, t, np.arange(len(keys)) - start[kmb]] = keys % (pad + 1)
+        index[mb, t, col] = inv.reshape(-1) - start[mb]
+        held[table] = uniq
+    target = np.zeros((k, 2, n), np.float32)
+    target[mb, 0, col] = labels
+    target[mb, 1, col] = 1.0
+    return RunIndex(held, rows, index, target)

@@ -4,9 +4,10 @@ With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (t
 Kafka I/O.
 
 The loop takes consumed records a chunk (up to CHUNK_BATCHES micro-batches) at a time: it indexes the chunk
-(:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and runs one TF
-step per micro-batch on rows gathered from the held rows (:class:`~learner.window.RowWindow`) and written back
-to them.  A *sync* writes the rows changed since the previous one; syncs happen between chunks only — once the
+(:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and trains its
+micro-batches in order, one TF step each, on rows gathered from the held rows (:class:`~learner.window.RowWindow`)
+and written back to them: consecutive micro-batches go to TF in one call (``MFModel.run``, a run ends before a
+micro-batch the prequential HR probe scores).  A *sync* writes the rows changed since the previous one; syncs happen between chunks only — once the
 consumer has reached the end of its partitions (every chunk when keeping up with the stream) and at least every
 ``sync_ms`` while a backlog drains.  On a standalone Redis in assign mode (one writer per row) the sync is one
 MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts and
@@ -36,12 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
-from learner.batch import index_chunk, micro_index
+from learner.batch import TABLES, index_chunk, run_index
 from learner.evaluate import evaluate
 from learner.input import Decoded, InputFn, shard_paths
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
-from learner.model import MFModel, make_input
+from learner.model import MFModel
 from learner.probe import HRProbe
 from learner.sync import WindowSync
 
@@ -83,7 +84,7 @@ class Learner:
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
         _tf_threads(int(os.environ.get("LFM_TF_THREADS", "1")))
-        self.model = MFModel(m, jit=cfg.xla)
+        self.model = MFModel(m, jit=cfg.xla, max_batches=CHUNK_BATCHES)
         # the prefetch / activity threads hold the GIL in pure-Python stretches; a short switch interval keeps
         # the main thread's many short GIL re-acquisitions (tensor conversions around the TF step) from
         # waiting the default 5 ms each
@@ -325,8 +326,11 @@ class Learner:
         t = self._tick("pull", t)
         if self.probe is not None:
             self.probe.plan(c, ci, self.step)
-        for s in range(0, ci.n, m.batch_size):
-            t = self._micro(c, ci, slice(s, min(s + m.batch_size, ci.n)), ev, packed, g, t)
+        # one TF call per run of micro-batches; a run ends before a micro-batch the probe scores
+        B = m.batch_size
+        cuts = [s for s in range(B, ci.n, B) if self.probe is not None and self.probe.due(slice(s, s + B))]
+        for lo, hi in zip([0, *cuts], [*cuts, ci.n]):
+            t = self._run(c, ci, lo, hi, ev, packed, g, t)
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
         if self.probe is not None:
             self.probe.refresh()
@@ -339,43 +343,44 @@ class Learner:
             return False
         return self.sync.sync(wait=False)
 
-    def _micro(self, c, ci, sl: slice, ev: dict, packed: dict, g: int | None, t: float) -> float:
-        """One micro-batch of the chunk: gather its rows, predict, one TF step, write the rows back."""
+    def _run(self, c, ci, lo: int, hi: int, ev: dict, packed: dict, g: int | None, t: float) -> float:
+        """Chunk events ``lo:hi`` (whole micro-batches but the last): gather their rows, predict and step each
+        micro-batch in one TF call, write the rows back, then log each micro-batch."""
         cfg, m = self.cfg, self.cfg.model
         B, d = m.batch_size, m.dim
-        y = ci.labels[sl]
-        n = len(y)
-        rows, inv = {}, {}
-        for table in ("user", "item", "period"):
-            if table in ev:
-                rows[table], inv[table] = micro_index(ev[table][sl], B)
-        mu = packed["global"][g, [d, 2 * d + 1]] if g is not None else (0.0, 0.0)
-        held = {table: packed[table][at] for table, at in rows.items()}
-        x = make_input(m, user_rows=held["user"], item_rows=held["item"], period_rows=held.get("period"),
-                       mu=mu[0], mu_acc=mu[1], uinv=inv["user"], iinv=inv["item"], kinv=inv.get("period", []),
-                       label=y)
+        r = run_index({table: at[lo:hi] for table, at in ev.items()}, ci.labels[lo:hi], B)
+        state = {}
+        for table, held in r.held.items():  # the run's rows, then one zero padding row
+            state[table] = np.zeros((len(held) + 1, 2 * d + 2), np.float32)
+            if len(held):
+                state[table][:-1] = packed[table][held]
+        mu = packed["global"][g, [d, 2 * d + 1]] if g is not None else np.zeros(2, np.float32)
         t = self._tick("pull", t)
-        if self.probe is not None and self.probe.due(sl):
-            self.probe.score(sl, x.users, x.periods, x.index)
+        if self.probe is not None and self.probe.due(slice(lo, hi)):
+            self.probe.score(slice(lo, min(lo + B, hi)), state["user"][r.rows[0, 0]], state["period"][r.rows[0, 2]],
+                             r.index[0])
         t = self._tick("prequential_hr", t)
-        pred, losses, users, items, periods, mu = self.model.step_packed(x)
+        pred, losses, *rows, mu = self.model.run(state["user"], state["item"], state["period"], mu, r.rows,
+                                                 r.index, r.target)
         t = self._tick("step", t)
-        for table, out in (("user", users), ("item", items), ("period", periods)):
-            if table in rows:
-                packed[table][rows[table]] = out[: len(rows[table])]
+        for table, out in zip(TABLES, rows):
+            if len(r.held[table]):
+                packed[table][r.held[table]] = out[:-1]
         if g is not None:
             packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]
         if self.probe is not None:
-            self.probe.trained(rows["item"], sl)
-        pred = pred[:n]
-        self.window.add(y, pred, float(losses[0]))
-        self.all_labels.append(y)
-        self.all_preds.append(pred.astype(np.float32))
-        self.ret_loss += float(losses[1])
-        self.events += n
-        self.step += 1
-        if self.step % cfg.train_log_steps == 0:
-            self._log_train()
+            self.probe.trained(r.held["item"], slice(lo, hi))
+        for j, s in enumerate(range(lo, hi, B)):
+            y = ci.labels[s: min(s + B, hi)]
+            p = pred[j, : len(y)]
+            self.window.add(y, p, float(losses[j, 0]))
+            self.all_labels.append(y)
+            self.all_preds.append(p.astype(np.float32))
+            self.ret_loss += float(losses[j, 1])
+            self.events += len(y)
+            self.step += 1
+            if self.step % cfg.train_log_steps == 0:
+                self._log_train()
         return self._tick("metrics", t)
 
     def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:

@@ -101,6 +101,20 @@ def _pack(r, n: int, d: int) -> np.ndarray:
     return out
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` zero-padded along its first axis to ``n``."""
+    if len(a) == n:
+        return a
+    out = np.zeros((n, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out
+
+
 def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_acc,
                uinv, iinv, kinv, label) -> StepInput:
     """Pack rows (see :func:`_pack`; None = zeros) and the event → row indexes, padded to the batch size."""
@@ -120,20 +134,37 @@ def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_ac
 
 
 class MFModel:
-    """Holds the traced ``mf_fn`` step for one :class:`ModelConfig`."""
+    """Holds the traced ``mf_fn`` step for one :class:`ModelConfig`.
 
-    def __init__(self, cfg: ModelConfig, jit: bool = False):
+    One traced function runs a *sequence* of micro-batches on shared rows (:meth:`run`): the rows live in TF
+    variables for the call, each micro-batch gathers its rows, takes one step and scatters them back, so the
+    next micro-batch sees the update — the same arithmetic as one call per micro-batch, without a Python
+    round trip per micro-batch.  :meth:`step` is one micro-batch.
+
+    Args:
+        cfg: the model hyperparameters.
+        jit: compile with XLA (inputs are then padded to fixed shapes: one compilation).
+        max_batches: most micro-batches per :meth:`run` (its rows fit ``max_batches * batch_size + 1`` rows).
+    """
+
+    def __init__(self, cfg: ModelConfig, jit: bool = False, max_batches: int = 16):
         import tensorflow as tf
 
         self.cfg = cfg
+        self.jit = jit
+        self.max_batches = max_batches
         n, d = cfg.batch_size, cfg.dim
-        f32 = tf.float32
-        spec = [tf.TensorSpec([n, 2 * d + 2], f32), tf.TensorSpec([n, 2 * d + 2], f32),
-                tf.TensorSpec([n, 2 * d + 2], f32), tf.TensorSpec([2], f32),
-                tf.TensorSpec([3, n], tf.int32), tf.TensorSpec([2, n], f32)]
+        w = 2 * d + 2
+        self.capacity = max_batches * n + 1
         self._tf = tf
-        # the concrete function skips tf.function's per-call signature matching (about half the call cost)
-        self._step = tf.function(self._packed_fn, input_signature=spec, jit_compile=jit).get_concrete_function()
+        self._state = [tf.Variable(tf.zeros([self.capacity, w]), trainable=False) for _ in range(3)]
+        f32, i32 = tf.float32, tf.int32
+        spec = [tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32),
+                tf.TensorSpec([2], f32), tf.TensorSpec([None, 3, n], i32), tf.TensorSpec([None, 3, n], i32),
+                tf.TensorSpec([None, 2, n], f32), tf.TensorSpec([], i32)]
+        # the concrete function skips tf.function's per-call signature matching (about half the call cost);
+        # XLA compiles once per input shape, which jit mode rounds up to powers of two
+        self._run = tf.function(self._run_fn, input_signature=spec, jit_compile=jit).get_concrete_function()
 
     def step(self, x: StepInput) -> StepOutput:
         """Run ``mf_fn`` on one padded batch; returns numpy arrays."""
@@ -146,10 +177,62 @@ class MFModel:
     def step_packed(self, x: StepInput) -> tuple[np.ndarray, ...]:
         """:meth:`step` with the results packed as the inputs: ``(pred, [loss_sum, ret_loss], users, items,
         periods, [μ, μ's accumulator])``, rows ``vec | bias | accum``."""
+        n = self.cfg.batch_size
+        rows = np.broadcast_to(np.arange(n, dtype=np.int32), (1, 3, n))
+        pred, losses, users, items, periods, scalars = self.run(x.users, x.items, x.periods, x.scalars, rows,
+                                                                x.index[None], x.target[None])
+        return pred[0], losses[0], users, items, periods, scalars
+
+    def run(self, users: np.ndarray, items: np.ndarray, periods: np.ndarray, scalars: np.ndarray,
+            rows: np.ndarray, index: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+        """K micro-batches in order on shared rows.
+
+        ``users`` / ``items`` / ``periods``: the rows ``vec | bias | accum`` the micro-batches touch (at most
+        :attr:`capacity`, padding rows included); ``scalars`` ``[μ, μ's accumulator]``; ``rows`` ``[K, 3, n]``:
+        micro-batch k's distinct rows per table (user, item, period), padded with the index of a padding row
+        (its update is discarded); ``index`` ``[K, 3, n]`` each event's position among them; ``target``
+        ``[K, 2, n]`` label and mask.  Returns ``(pred [K, n] before each update, [K, 2] losses, users, items,
+        periods, scalars)`` with every row as it stands after the last micro-batch.
+        """
         tf = self._tf
-        return tuple(t.numpy() for t in self._step(tf.constant(x.users), tf.constant(x.items),
-                                                     tf.constant(x.periods), tf.constant(x.scalars),
-                                                     tf.constant(x.index), tf.constant(x.target)))
+        k = len(rows)
+        sizes = [len(users), len(items), len(periods)]
+        if max(sizes) > self.capacity or k > self.max_batches:
+            raise ValueError(f"run of {k} micro-batches over {sizes} rows exceeds {self.max_batches} / {self.capacity}")
+        states = [users, items, periods]
+        if self.jit:  # few compiled shapes
+            states = [_pad_rows(s, _pow2(len(s))) for s in states]
+            rows, index, target = (_pad_rows(a, _pow2(k)) for a in (rows, index, target))
+        out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (*states, scalars, rows, index, target)),
+                        tf.constant(k, tf.int32))
+        pred, losses, users, items, periods, scalars = (t.numpy() for t in out)
+        return (pred[:k], losses[:k], users[: sizes[0]], items[: sizes[1]], periods[: sizes[2]], scalars)
+
+    def _run_fn(self, users, items, periods, scalars, rows, index, target, k):
+        """The traced :meth:`run`: load the rows into the state variables, loop over micro-batches, read back."""
+        tf = self._tf
+        state = self._state
+        sizes = [tf.shape(a)[0] for a in (users, items, periods)]
+        loads = [v[:m].assign(a) for v, m, a in zip(state, sizes, (users, items, periods))]
+        size = tf.shape(rows)[0]
+        preds = tf.TensorArray(tf.float32, size=size)
+        losses = tf.TensorArray(tf.float32, size=size)
+
+        def body(j, scalars, preds, losses):
+            at = [rows[j, t] for t in range(3)]
+            got = [tf.gather(v, r) for v, r in zip(state, at)]
+            yhat, loss, *new, scalars2 = self._packed_fn(*got, scalars, index[j], target[j])
+            with tf.control_dependencies(got):
+                put = [v.scatter_nd_update(r[:, None], x) for v, r, x in zip(state, at, new)]
+            with tf.control_dependencies(put):
+                return j + 1, tf.identity(scalars2), preds.write(j, yhat), losses.write(j, loss)
+
+        with tf.control_dependencies(loads):
+            start = tf.constant(0)
+        _, scalars, preds, losses = tf.while_loop(lambda j, *_: j < k, body, (start, scalars, preds, losses),
+                                                  maximum_iterations=size)
+        with tf.control_dependencies([scalars]):
+            return (preds.stack(), losses.stack(), *(v[:m] for v, m in zip(state, sizes)), tf.identity(scalars))
 
     def _packed_fn(self, users, items, periods, scalars, index, target):
         """Unpack the six arguments, run :meth:`_mf_fn`, pack its results the same way."""
