@@ -62,6 +62,15 @@ def _tf_threads(n: int) -> None:
             pass
 
 
+def _blas_threads(n: int) -> None:
+    """Run numpy's BLAS on ``n`` threads (0 = its default, one per core).  The prequential HR matmuls are small;
+    OpenBLAS's extra thread spins after each one, burning most of a core on a 2-core machine."""
+    if n > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")
+
+
 def _open_metrics(path):
     """Open the metrics file for appending; a last record torn by a killed learner ends its own line first."""
     path = Path(path)
@@ -84,6 +93,7 @@ class Learner:
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
         _tf_threads(int(os.environ.get("LFM_TF_THREADS", "1")))
+        _blas_threads(int(os.environ.get("LFM_BLAS_THREADS", "1")))
         self.model = MFModel(m, jit=cfg.xla, max_batches=CHUNK_BATCHES)
         # the prefetch / activity threads hold the GIL in pure-Python stretches; a short switch interval keeps
         # the main thread's many short GIL re-acquisitions (tensor conversions around the TF step) from

@@ -218,9 +218,13 @@ class MFModel:
         preds = tf.TensorArray(tf.float32, size=size)
         losses = tf.TensorArray(tf.float32, size=size)
 
+        tables = 3 if self.cfg.period_days > 0 else 2  # without time periods their rows are never read
+
         def body(j, scalars, preds, losses):
-            at = [rows[j, t] for t in range(3)]
+            at = [rows[j, t] for t in range(tables)]
             got = [tf.gather(v, r) for v, r in zip(state, at)]
+            if tables == 2:
+                got.append(tf.zeros([self.cfg.batch_size, 2 * self.cfg.dim + 2]))
             yhat, loss, *new, scalars2 = self._packed_fn(*got, scalars, index[j], target[j])
             with tf.control_dependencies(got):
                 put = [v.scatter_nd_update(r[:, None], x) for v, r, x in zip(state, at, new)]
@@ -330,7 +334,10 @@ class MFModel:
             suv = siv = sub = sib = swv = smu = None
         uv2, ua_v = self._apply(uv, ua[:, :-1], self._clip_rows(guv), cfg.lr, suv)
         iv2, ia_v = self._apply(iv, ia[:, :-1], self._clip_rows(giv), cfg.lr, siv)
-        wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr, swv)
+        if periods:
+            wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr, swv)
+        else:  # no period rows: passed through unchanged
+            wv2, wa_v = wv, wa[:, :-1]
         if cfg.use_bias:
             decay = None
             if cfg.user_bias_decay < 1.0:
