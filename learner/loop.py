@@ -431,7 +431,7 @@ class Learner:
         if not w.n:
             return
         rate = self.events / max(time.time() - self.t0, 1e-9)
-        hr, hr_n = (self.probe.hr.rate, self.probe.hr.n) if self.probe is not None else (None, 0)
+        hr, hr_n = self.probe.rate() if self.probe is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
                  + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
                  + f" {rate:,.0f} ev/s")
@@ -473,7 +473,7 @@ class Learner:
         if self.probe is not None:
             self.probe.close()
         secs = time.time() - self.t0
-        hr, hr_n = (self.probe.hr.rate, self.probe.hr.n) if self.probe is not None else (None, 0)
+        hr, hr_n = self.probe.rate() if self.probe is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
         summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
                             stream_seconds=round(span, 3),

@@ -6,11 +6,15 @@ sampling rate (the same expected sample, less overhead), and their users' rated 
 activity log on a helper thread while the chunk trains; the events trained since the last landed sync (the log
 does not hold them yet) are added, so a user's earlier movies are always excluded.  Per scored micro-batch
 (:meth:`score`), before its update: is each sample's movie in its user's current top k?
+
+The loop's thread only copies what a score needs (the sampled users' vectors as they stand, the trained item
+rows); the mirror updates and the scoring run on one helper thread, in the order they were asked for, so each
+sample is scored against exactly the items trained before it.  :meth:`rate` waits for them.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -44,6 +48,8 @@ class HRProbe:
         self._seen = None
         self._unsynced = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-seen")
+        self._work = ThreadPoolExecutor(1, thread_name_prefix="lfm-hr")  # mirror updates and scores, in order
+        self._queued: list[Future] = []
 
     def plan(self, c: dict, ci, step: int) -> None:
         """Sample the chunk (columns ``c``, :class:`~learner.batch.ChunkIndex` ``ci``, first step ``step``) and
@@ -73,23 +79,30 @@ class HRProbe:
         self.refresh()
         c, ci = self._chunk
         ev = self._plan.get(sl.start)
-        if ev is None or not len(ev) or self.hr.mirror.n == 0:
+        if ev is None or not len(ev):
             return
         at = sum(len(e) for s, e in self._plan.items() if s < sl.start)
-        seen = self._seen.result()[0][at: at + len(ev)]
-        # the log holds the synced events; add the user's events trained since (earlier in this chunk too)
-        users = c["raw_user_id"][ev]
-        wu, wm = self._unsynced
-        mine = np.isin(c["raw_user_id"][: sl.start], users)
-        wu, wm = np.r_[wu, c["raw_user_id"][: sl.start][mine]], np.r_[wm, c["raw_movie_id"][: sl.start][mine]]
-        if len(wu):
-            seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
         pos = ev - sl.start
         d = self.m.dim
         q = user_rows[index[0][pos], :d]
         if self.m.period_days > 0:
             q = q + period_rows[index[2][pos], :d]
-        self.hr.score(q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev], seen)
+        earlier = c["raw_user_id"][: sl.start], c["raw_movie_id"][: sl.start]
+        self._submit(self._score, q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev],
+                     c["raw_user_id"][ev], self._seen, at, self._unsynced, earlier)
+
+    def _score(self, q, movies, kpop, users, seen_read, at: int, unsynced, earlier) -> None:
+        """(helper thread) The user's rated movies: the log's, the unsynced ones, and those earlier in the chunk
+        (all excluded); then the hit test."""
+        if self.hr.mirror.n == 0:
+            return
+        seen = seen_read.result()[0][at: at + len(users)]
+        (wu, wm), (cu, cm) = unsynced, earlier
+        mine = np.isin(cu, users)
+        wu, wm = np.r_[wu, cu[mine]], np.r_[wm, cm[mine]]
+        if len(wu):
+            seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
+        self.hr.score(q, movies, kpop, seen)
 
     def trained(self, item_slots: np.ndarray, sl: slice) -> None:
         """Note a trained micro-batch (its held item rows and chunk events) for the next :meth:`refresh`."""
@@ -98,7 +111,8 @@ class HRProbe:
 
     def refresh(self) -> None:
         """Bring the item mirror and positive counts up to the steps trained so far (before the held rows may
-        be dropped, i.e. at the end of every chunk, and before scoring)."""
+        be dropped, i.e. at the end of every chunk, and before scoring): the rows are copied now, the mirror
+        takes them on the helper thread."""
         if not self._items:
             return
         at = np.unique(np.concatenate(self._items))
@@ -107,9 +121,24 @@ class HRProbe:
         c, ci = self._chunk
         ev = np.concatenate([np.arange(sl.start, sl.stop) for sl in self._events])
         d = self.m.dim
-        self.hr.learn(w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev], ci.labels[ev],
-                      None if ci.kpop is None else ci.kpop[ev])
+        self._submit(self.hr.learn, w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev],
+                     ci.labels[ev], None if ci.kpop is None else ci.kpop[ev])
         self._items, self._events = [], []
 
+    def _submit(self, fn, *args) -> None:
+        done = [f for f in self._queued if f.done()]
+        for f in done:
+            f.result()  # a failure on the helper thread surfaces here
+        self._queued = [f for f in self._queued if f not in done] + [self._work.submit(fn, *args)]
+
+    def rate(self) -> tuple[float | None, int]:
+        """(hits / samples, samples) once every score asked for so far is done."""
+        for f in self._queued:
+            f.result()
+        self._queued = []
+        return self.hr.rate, self.hr.n
+
     def close(self) -> None:
+        self.rate()
+        self._work.shutdown()
         self._pool.shutdown()
