@@ -101,20 +101,6 @@ def _pack(r, n: int, d: int) -> np.ndarray:
     return out
 
 
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n."""
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
-    """``a`` zero-padded along its first axis to ``n``."""
-    if len(a) == n:
-        return a
-    out = np.zeros((n, *a.shape[1:]), a.dtype)
-    out[: len(a)] = a
-    return out
-
-
 def make_input(cfg: ModelConfig, *, user_rows, item_rows, period_rows, mu, mu_acc,
                uinv, iinv, kinv, label) -> StepInput:
     """Pack rows (see :func:`_pack`; None = zeros) and the event → row indexes, padded to the batch size."""
@@ -143,7 +129,7 @@ class MFModel:
 
     Args:
         cfg: the model hyperparameters.
-        jit: compile with XLA (inputs are then padded to fixed shapes: one compilation).
+        jit: compile each micro-batch's step with XLA (its shapes are fixed: one compilation).
         max_batches: most micro-batches per :meth:`run` (its rows fit ``max_batches * batch_size + 1`` rows).
     """
 
@@ -162,9 +148,10 @@ class MFModel:
         spec = [tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32),
                 tf.TensorSpec([2], f32), tf.TensorSpec([None, 3, n], i32), tf.TensorSpec([None, 3, n], i32),
                 tf.TensorSpec([None, 2, n], f32), tf.TensorSpec([], i32)]
-        # the concrete function skips tf.function's per-call signature matching (about half the call cost);
-        # XLA compiles once per input shape, which jit mode rounds up to powers of two
-        self._run = tf.function(self._run_fn, input_signature=spec, jit_compile=jit).get_concrete_function()
+        # jit: XLA compiles one micro-batch's step (fixed shapes: compiled once) into a few fused kernels
+        self._step_fn = tf.function(self._packed_fn, jit_compile=True) if jit else self._packed_fn
+        # the concrete function skips tf.function's per-call signature matching (about half the call cost)
+        self._run = tf.function(self._run_fn, input_signature=spec).get_concrete_function()
 
     def step(self, x: StepInput) -> StepOutput:
         """Run ``mf_fn`` on one padded batch; returns numpy arrays."""
@@ -200,9 +187,6 @@ class MFModel:
         if max(sizes) > self.capacity or k > self.max_batches:
             raise ValueError(f"run of {k} micro-batches over {sizes} rows exceeds {self.max_batches} / {self.capacity}")
         states = [users, items, periods]
-        if self.jit:  # few compiled shapes
-            states = [_pad_rows(s, _pow2(len(s))) for s in states]
-            rows, index, target = (_pad_rows(a, _pow2(k)) for a in (rows, index, target))
         out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (*states, scalars, rows, index, target)),
                         tf.constant(k, tf.int32))
         pred, losses, users, items, periods, scalars = (t.numpy() for t in out)
@@ -225,7 +209,7 @@ class MFModel:
             got = [tf.gather(v, r) for v, r in zip(state, at)]
             if tables == 2:
                 got.append(tf.zeros([self.cfg.batch_size, 2 * self.cfg.dim + 2]))
-            yhat, loss, *new, scalars2 = self._packed_fn(*got, scalars, index[j], target[j])
+            yhat, loss, *new, scalars2 = self._step_fn(*got, scalars, index[j], target[j])
             with tf.control_dependencies(got):
                 put = [v.scatter_nd_update(r[:, None], x) for v, r, x in zip(state, at, new)]
             with tf.control_dependencies(put):
