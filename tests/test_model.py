@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from learner.config import SEED_MODEL, ModelConfig, preset
+from learner.config import DEFAULT_MODEL, SEED_MODEL, ModelConfig, preset
 from learner.batch import micro_index
 from learner.model import MFModel, make_input
 
@@ -159,3 +159,60 @@ def test_config_rejects_bad_values_with_the_value_named():
     with pytest.raises(ValueError, match="unknown preset"):
         preset("best")
     assert preset("seed").dim == 8 and preset("seed").batch_size == 8 and preset("seed").lr == 1e-4
+
+
+@pytest.mark.parametrize("over", [{}, {"period_days": 30.0, "period_in_pred": True},
+                                  {"ret_weight": 1.0, "count_pow": 0.5, "clip": 0.5}])
+def test_a_run_of_micro_batches_equals_one_step_after_another(over):
+    """MFModel.run (rows shared in TF variables) gives what K separate steps give, the rows passed along."""
+    from learner.batch import run_index
+
+    cfg = dataclasses.replace(DEFAULT_MODEL, dim=4, batch_size=8, **over)
+    d, n, w = cfg.dim, cfg.batch_size, 2 * cfg.dim + 2
+    rng = np.random.default_rng(3)
+    e = 3 * n - 3  # three micro-batches, the last one partial
+    ev = {"user": rng.integers(0, 5, e), "item": rng.integers(0, 9, e), "period": rng.integers(0, 2, e)}
+    labels = (rng.random(e) > 0.5).astype(np.float32)
+    held = {t: rng.normal(0, 0.3, (10, w)).astype(np.float32) for t in ev}
+    for h in held.values():
+        h[:, d + 1:] = np.abs(h[:, d + 1:])  # accumulators are >= 0
+    model = MFModel(cfg)
+    r = run_index(ev if cfg.period_days else {"user": ev["user"], "item": ev["item"]}, labels, n)
+    state = {t: np.vstack([held[t][r.held[t]], np.zeros((1, w), np.float32)]) for t in r.held}
+    pred, losses, users, items, periods, mu = model.run(state["user"], state["item"], state["period"],
+                                                        np.array([0.1, 0.0], np.float32), r.rows, r.index, r.target)
+    ref = {t: h.copy() for t, h in held.items()}
+    scalars = np.array([0.1, 0.0], np.float32)
+    for k, s in enumerate(range(0, e, n)):
+        sl = slice(s, min(s + n, e))
+        at, inv = {}, {}
+        for t in ("user", "item", "period"):
+            at[t], inv[t] = micro_index(ev[t][sl], n)
+        x = make_input(cfg, user_rows=ref["user"][at["user"]], item_rows=ref["item"][at["item"]],
+                       period_rows=ref["period"][at["period"]] if cfg.period_days else None, mu=scalars[0],
+                       mu_acc=scalars[1], uinv=inv["user"][: sl.stop - s], iinv=inv["item"][: sl.stop - s],
+                       kinv=inv["period"][: sl.stop - s] if cfg.period_days else [], label=labels[sl])
+        p, ls, u, i, w_, scalars = model.step_packed(x)
+        np.testing.assert_allclose(pred[k, : sl.stop - s], p[: sl.stop - s], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(losses[k], ls, rtol=1e-5, atol=1e-6)
+        ref["user"][at["user"]], ref["item"][at["item"]] = u[: len(at["user"])], i[: len(at["item"])]
+        if cfg.period_days:
+            ref["period"][at["period"]] = w_[: len(at["period"])]
+    np.testing.assert_allclose(users[:-1], ref["user"][r.held["user"]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(items[:-1], ref["item"][r.held["item"]], rtol=1e-5, atol=1e-6)
+    if cfg.period_days:
+        np.testing.assert_allclose(periods[:-1], ref["period"][r.held["period"]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mu, scalars, rtol=1e-5, atol=1e-6)
+
+
+def test_run_index_cuts_micro_batches_like_micro_index():
+    from learner.batch import run_index
+
+    slots = np.array([4, 2, 4, 9, 2, 2, 7])
+    r = run_index({"user": slots, "item": slots + 1}, np.array([1, 0, 1, 1, 0, 1, 0], np.float32), 3)
+    assert r.held["user"].tolist() == [2, 4, 7, 9] and not len(r.held["period"])
+    pad = 4
+    assert r.rows[:, 0].tolist() == [[0, 1, pad], [0, 3, pad], [2, pad, pad]]  # state rows in slot order
+    assert r.index[:, 0].tolist() == [[1, 0, 1], [1, 0, 0], [0, 0, 0]]
+    assert r.rows[:, 2].tolist() == [[0, 0, 0]] * 3  # no period rows: only the padding row 0
+    assert r.target.tolist() == [[[1, 0, 1], [1, 1, 1]], [[1, 0, 1], [1, 1, 1]], [[0, 0, 0], [1, 0, 0]]]
