@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hr-sample", type=float, default=0.02, help="share of positives scored for prequential HR@k")
     run.add_argument("--hr-k", type=int, default=50, help="k of the prequential hit rate")
     run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
-                     help="compile the TF step with XLA")
+                     help="compile each micro-batch's TF step with XLA (one compilation; no faster on a 2-core CPU)")
     run.add_argument("--metrics", default=None, help="JSON-lines metrics file (one object per log event)")
     run.add_argument("--checkpoint-dir", default=None, help="PS checkpoints after each test evaluation")
     mod = p.add_argument_group("model (override the preset)")

@@ -206,7 +206,7 @@ class LearnerConfig:
         hr_k: k of the prequential hit rate.
         dlq: copy poison records to ``<topic>.dlq``.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
-        xla: compile the TF step with XLA (``jit_compile``).
+        xla: compile each micro-batch's TF step with XLA (``jit_compile``; fixed shapes, one compilation).
     """
 
     model: ModelConfig = field(default_factory=lambda: DEFAULT_MODEL)

@@ -6,13 +6,13 @@ Kafka I/O.
 The loop takes consumed records a chunk (up to CHUNK_BATCHES micro-batches) at a time: it indexes the chunk
 (:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and trains its
 micro-batches in order, one TF step each, on rows gathered from the held rows (:class:`~learner.window.RowWindow`)
-and written back to them: consecutive micro-batches go to TF in one call (``MFModel.run``, a run ends before a
-micro-batch the prequential HR probe scores).  A *sync* writes the rows changed since the previous one; syncs happen between chunks only — once the
-consumer has reached the end of its partitions (every chunk when keeping up with the stream) and at least every
-``sync_ms`` while a backlog drains.  On a standalone Redis in assign mode (one writer per row) the sync is one
-MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts and
-``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next chunk trains, and
-the rows stay held (pulled once).  On a Redis Cluster the window is written in the foreground through ``ps.push``
+and written back to them: consecutive micro-batches go to TF in one call (``MFModel.run``; a run ends before a
+micro-batch the prequential HR probe scores). A *sync* writes the rows changed since the previous one; syncs happen
+between chunks only — once the consumer has reached the end of its partitions (every chunk when keeping up with the
+stream) and at least every ``sync_ms`` while a backlog drains. On a standalone Redis in assign mode (one writer per
+row) the sync is one MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts
+and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next chunk trains, and
+the rows stay held (pulled once). On a Redis Cluster the window is written in the foreground through ``ps.push``
 (per slot group, Lua); gradient mode (several workers) does that after every batch and re-pulls its rows.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned

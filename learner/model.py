@@ -147,7 +147,7 @@ class MFModel:
         f32, i32 = tf.float32, tf.int32
         spec = [tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32),
                 tf.TensorSpec([2], f32), tf.TensorSpec([None, 3, n], i32), tf.TensorSpec([None, 3, n], i32),
-                tf.TensorSpec([None, 2, n], f32), tf.TensorSpec([], i32)]
+                tf.TensorSpec([None, 2, n], f32)]
         # jit: XLA compiles one micro-batch's step (fixed shapes: compiled once) into a few fused kernels
         self._step_fn = tf.function(self._packed_fn, jit_compile=True) if jit else self._packed_fn
         # the concrete function skips tf.function's per-call signature matching (about half the call cost)
@@ -179,7 +179,8 @@ class MFModel:
         micro-batch k's distinct rows per table (user, item, period), padded with the index of a padding row
         (its update is discarded); ``index`` ``[K, 3, n]`` each event's position among them; ``target``
         ``[K, 2, n]`` label and mask.  Returns ``(pred [K, n] before each update, [K, 2] losses, users, items,
-        periods, scalars)`` with every row as it stands after the last micro-batch.
+        periods, scalars)`` with every row as it stands after the last micro-batch (without time periods the
+        period rows are neither read nor changed).
         """
         tf = self._tf
         k = len(rows)
@@ -187,12 +188,11 @@ class MFModel:
         if max(sizes) > self.capacity or k > self.max_batches:
             raise ValueError(f"run of {k} micro-batches over {sizes} rows exceeds {self.max_batches} / {self.capacity}")
         states = [users, items, periods]
-        out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (*states, scalars, rows, index, target)),
-                        tf.constant(k, tf.int32))
+        out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (*states, scalars, rows, index, target)))
         pred, losses, users, items, periods, scalars = (t.numpy() for t in out)
         return (pred[:k], losses[:k], users[: sizes[0]], items[: sizes[1]], periods[: sizes[2]], scalars)
 
-    def _run_fn(self, users, items, periods, scalars, rows, index, target, k):
+    def _run_fn(self, users, items, periods, scalars, rows, index, target):
         """The traced :meth:`run`: load the rows into the state variables, loop over micro-batches, read back."""
         tf = self._tf
         state = self._state
@@ -219,10 +219,10 @@ class MFModel:
 
         with tf.control_dependencies(loads):
             start = tf.constant(0)
-        _, scalars, preds, losses = tf.while_loop(lambda j, *_: j < k, body, (start, scalars, preds, losses),
-                                                  maximum_iterations=size)
+        _, scalars, preds, losses = tf.while_loop(lambda j, *_: j < size, body, (start, scalars, preds, losses))
         with tf.control_dependencies([scalars]):
-            return (preds.stack(), losses.stack(), *(tf.gather(v, r) for v, r in zip(state, first)), tf.identity(scalars))
+            rows_out = [tf.gather(v, r) for v, r in zip(state, first)]
+            return (preds.stack(), losses.stack(), *rows_out, tf.identity(scalars))
 
     def _packed_fn(self, users, items, periods, scalars, index, target):
         """Unpack the six arguments, run :meth:`_mf_fn`, pack its results the same way."""
