@@ -216,3 +216,13 @@ def test_run_index_cuts_micro_batches_like_micro_index():
     assert r.index[:, 0].tolist() == [[1, 0, 1], [1, 0, 0], [0, 0, 0]]
     assert r.rows[:, 2].tolist() == [[0, 0, 0]] * 3  # no period rows: only the padding row 0
     assert r.target.tolist() == [[[1, 0, 1], [1, 1, 1]], [[1, 0, 1], [1, 1, 1]], [[0, 0, 0], [1, 0, 0]]]
+
+
+def test_xla_step_matches_the_graph_step():
+    cfg = ModelConfig(**{**BASE, "loss": "logloss", "optimizer": "adagrad_ev"})
+    _, uinv = micro_index(np.array([7, 7, 8]), cfg.batch_size)
+    _, iinv = micro_index(np.array([1, 2, 1]), cfg.batch_size)
+    x = make_input(cfg, user_rows=rows([[1, 2], [0, 1]], [0.2, 0]), item_rows=V, period_rows=None, mu=0.1, mu_acc=0.0,
+                   uinv=uinv[:3], iinv=iinv[:3], kinv=np.zeros(3, np.int32), label=np.array([1, 0, 1], np.float32))
+    for a, b in zip(MFModel(cfg).step_packed(x), MFModel(cfg, jit=True).step_packed(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
