@@ -20,9 +20,10 @@ from ps_redis.codec import row_dtype
 class RowWindow:
     """Rows of one PS table held by the learner.
 
-    Rows live in append-only slots (grown by doubling); a dict maps ids to slots, so holding more rows
-    never moves the ones already held.  Micro-batches look their ids up once (:meth:`slots`) and then
-    read and write rows by slot.
+    Rows live in append-only slots (grown by doubling), so holding more rows never moves the ones already
+    held; a sorted copy of the ids maps ids to slots (vectorized lookups: a per-id dict lookup holds the GIL
+    for a Python loop, which the consumer thread then takes for long stretches).  Micro-batches look their
+    ids up once (:meth:`slots`) and then read and write rows by slot.
 
     Attributes:
         ids: int64 ids of the held rows, in slot order.
@@ -44,7 +45,8 @@ class RowWindow:
         self._base = np.zeros(0, self.dtype)
         self._new = np.zeros(0, bool)
         self._dirty = np.zeros(0, bool)
-        self._slot: dict[int, int] = {}
+        self._sorted = np.zeros(0, np.int64)  # held ids, sorted
+        self._sorted_slot = np.zeros(0, np.int64)  # the slot of each
 
     def __len__(self) -> int:
         return self.n
@@ -77,8 +79,11 @@ class RowWindow:
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where the row is not held."""
-        get = self._slot.get
-        return np.array([get(i, -1) for i in np.asarray(ids, np.int64).tolist()], np.int64)
+        ids = np.asarray(ids, np.int64)
+        if not len(self._sorted):
+            return np.full(len(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[pos] == ids, self._sorted_slot[pos], -1)
 
     def missing(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask over ``ids``: True where the row is not held."""
@@ -106,7 +111,10 @@ class RowWindow:
         self._cur[at] = rows if cur is None else cur
         self._new[at] = False if new is None else new
         self._dirty[at] = False
-        self._slot.update(zip(ids.tolist(), range(self.n, self.n + k)))
+        order = np.argsort(ids)
+        at_sorted = np.searchsorted(self._sorted, ids[order])
+        self._sorted = np.insert(self._sorted, at_sorted, ids[order])
+        self._sorted_slot = np.insert(self._sorted_slot, at_sorted, self.n + order)
         self.n += k
         return np.arange(self.n - k, self.n)
 
