@@ -130,15 +130,13 @@ class ConfluentSource:
         msgs = self.consumer.consume(num_messages=self.max_records, timeout=timeout)
         if not msgs:
             return None
-        good = []
-        for m in msgs:
+        bad = [m for m in msgs if m.error() is not None]  # error events are rare: one cheap pass
+        for m in bad:
             err = m.error()
-            if err is None:
-                good.append(m)
-            elif not err.retriable() and err.fatal():
+            if not err.retriable() and err.fatal():
                 raise RuntimeError(f"kafka consumer error: {err}")
-            else:
-                print(f"learner: kafka consumer warning: {err}", file=sys.stderr)
+            print(f"learner: kafka consumer warning: {err}", file=sys.stderr)
+        good = [m for m in msgs if m.error() is None] if bad else msgs
         if not good:
             return None
         n = len(good)

@@ -111,3 +111,29 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_
     committed = {p: c.committed(TopicPartition(topic, p)) for p in stored}
     c.close()
     assert committed == stored  # Kafka commits kept in step with the PS offsets
+
+
+def test_confluent_backend_trains_the_same_stream(redis_url, bootstrap, syn_topic, syn_dir, syn_values, namespace,
+                                                  reference_run, tmp_path):
+    """The optional confluent-kafka consumer: the whole stream exactly once, commits in step, AUC as kafka-python's."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from learner_fixtures import COMMON
+
+    metrics = tmp_path / "m.jsonl"
+    r = run_learner(redis_url, bootstrap, syn_topic, namespace, metrics, *COMMON, "--backend", "confluent",
+                    "--data-dir", str(syn_dir), "--idle-timeout", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(confluent, assign pushes" in r.stderr
+    end = read_metrics(metrics)[-1]
+    assert end["reason"] == "idle_timeout" and end["events"] == len(syn_values) and end["poison"] == 0
+    assert_exactly_once(redis_url, namespace, syn_values)
+    ref = reference_run["metrics"][-1]
+    assert abs(end["test_auc"] - ref["test_auc"]) < 0.05, (end["test_auc"], ref["test_auc"])  # partition interleaving
+    ps, _ = ps_state(redis_url, namespace)
+    group = f"g-{namespace}"
+    stored = ps.offsets(group, syn_topic)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    committed = {p: c.committed(TopicPartition(syn_topic, p)) for p in stored}
+    c.close()
+    assert sum(stored.values()) == len(syn_values) and committed == stored
