@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--push-mode", choices=PUSH_MODES, default="auto", help="PS push mode")
     io.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                     help="consume on a background thread")
+    io.add_argument("--consumer-process", action=argparse.BooleanOptionalAction, default=False,
+                    help="consume and decode in a child process (off the training loop's GIL)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
     run = p.add_argument_group("run and logging")
@@ -90,7 +92,8 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         namespace=args.namespace, data_dir=args.data_dir, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
         backend=args.backend, session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms,
         max_events=args.max_events, idle_timeout=args.idle_timeout, flush_ms=args.flush_ms, sync_ms=args.sync_ms, workers=args.workers,
-        push_mode=args.push_mode, prefetch=args.prefetch, train_log_steps=args.train_log_steps,
+        push_mode=args.push_mode, prefetch=args.prefetch, consumer_process=args.consumer_process,
+        train_log_steps=args.train_log_steps,
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
         xla=args.xla)
 

@@ -200,6 +200,8 @@ class LearnerConfig:
         workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
         prefetch: consume on a background thread, overlapping the network with compute.
+        consumer_process: run the consumer and the record decoding in a child process (chunks arrive decoded
+            through a pipe; the loop no longer shares the GIL with the client).
         train_log_steps: batches between prequential AUC/loss lines.
         test_log_steps: batches between test evaluations + checkpoints (0 = only at the end).
         hr_sample: share of positive events scored for prequential HR@k (0 = off).
@@ -228,6 +230,7 @@ class LearnerConfig:
     workers: int = 1
     push_mode: str = "auto"
     prefetch: bool = True
+    consumer_process: bool = False
     train_log_steps: int = 100
     test_log_steps: int = 0
     hr_sample: float = 0.02

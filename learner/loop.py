@@ -40,6 +40,7 @@ from learner.config import LearnerConfig
 from learner.batch import TABLES, index_chunk, run_index
 from learner.evaluate import evaluate
 from learner.input import Decoded, InputFn, shard_paths
+from learner.consumer_process import ProcessFetcher
 from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
 from learner.metrics import AUCUtils
 from learner.model import MFModel
@@ -190,8 +191,11 @@ class Learner:
         B = cfg.model.batch_size
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
-        self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, max(4 * B, 10000)),
-                               cfg.prefetch, log=self.say, decode=self.input.decode)
+        if cfg.consumer_process:
+            self.fetcher = ProcessFetcher(cfg, max(4 * B, 10000), self.on_assign, self.on_revoke, log=self.say)
+        else:
+            self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, max(4 * B, 10000)),
+                                   cfg.prefetch, log=self.say, decode=self.input.decode)
         self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}, {self.mode} pushes, "
                  f"batch {B}, dim {cfg.model.dim})")
         last_rec = time.monotonic()

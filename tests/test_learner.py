@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from _learner_util import FAST, ROOT, assert_exactly_once, child_env, learner_cmd, produce, ps_state, read_metrics
 from learner_fixtures import reference_run, run_learner, syn_dir, syn_topic, syn_values  # noqa: F401 (fixtures)
 from lfm_stream.schema import make_example
@@ -113,18 +115,21 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_
     assert committed == stored  # Kafka commits kept in step with the PS offsets
 
 
-def test_confluent_backend_trains_the_same_stream(redis_url, bootstrap, syn_topic, syn_dir, syn_values, namespace,
-                                                  reference_run, tmp_path):
-    """The optional confluent-kafka consumer: the whole stream exactly once, commits in step, AUC as kafka-python's."""
+@pytest.mark.parametrize("flags", [("--backend", "confluent"), ("--consumer-process",)])
+def test_other_consumers_train_the_same_stream(redis_url, bootstrap, syn_topic, syn_dir, syn_values, namespace,
+                                               reference_run, tmp_path, flags):
+    """The optional confluent-kafka consumer, and kafka-python in its own process: the whole stream exactly once,
+    commits in step, the AUC of the in-process kafka-python run."""
     from kafka import KafkaConsumer, TopicPartition
 
     from learner_fixtures import COMMON
 
     metrics = tmp_path / "m.jsonl"
-    r = run_learner(redis_url, bootstrap, syn_topic, namespace, metrics, *COMMON, "--backend", "confluent",
+    r = run_learner(redis_url, bootstrap, syn_topic, namespace, metrics, *COMMON, *flags,
                     "--data-dir", str(syn_dir), "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "(confluent, assign pushes" in r.stderr
+    backend = flags[1] if flags[0] == "--backend" else "kafka-python"
+    assert f"({backend}, assign pushes" in r.stderr
     end = read_metrics(metrics)[-1]
     assert end["reason"] == "idle_timeout" and end["events"] == len(syn_values) and end["poison"] == 0
     assert_exactly_once(redis_url, namespace, syn_values)

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exactly_once, child_env, learner_cmd,
                            produce, ps_state, read_metrics)
@@ -16,12 +17,15 @@ def _trains(path) -> int:
     return sum(m["event"] == "train" for m in read_metrics(path))
 
 
+@pytest.mark.parametrize("flags", [(), ("--consumer-process",)])
 def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap, syn_topic, namespace, syn_dir,
-                                                           syn_values, reference_run, tmp_path):
+                                                           syn_values, reference_run, tmp_path, flags):
+    """Killed three times (with ``--consumer-process`` the consumer's process must go with the learner), then run
+    to the end: every event applied once."""
     topic = syn_topic
     reference = reference_run["metrics"][-1]  # an uninterrupted run of the same stream (another group)
     metrics = tmp_path / "m.jsonl"
-    cmd = learner_cmd(redis_url, bootstrap, topic, namespace, "--metrics", str(metrics), *FAST, *COMMON)
+    cmd = learner_cmd(redis_url, bootstrap, topic, namespace, "--metrics", str(metrics), *FAST, *COMMON, *flags)
     n_batches = len(syn_values) // 32
     rng = np.random.default_rng()
     kills = []
@@ -36,7 +40,7 @@ def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap,
         kills.append(_trains(metrics))
     print("kills after batches", kills)
     assert len(set(kills)) > 1, f"the kills did not land at different points: {kills}"
-    r = run_learner(redis_url, bootstrap, topic, namespace, metrics, *COMMON, "--data-dir", str(syn_dir),
+    r = run_learner(redis_url, bootstrap, topic, namespace, metrics, *COMMON, *flags, "--data-dir", str(syn_dir),
                     "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(redis_url, namespace, syn_values)
