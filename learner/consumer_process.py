@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from learner.config import LearnerConfig
-from learner.kafka_io import Chunk, OnAssign, OnRevoke, make_source
+from learner.kafka_io import Chunk, OnAssign, OnRevoke, drain_queue, make_source
 
 
 def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout: float) -> None:
@@ -152,11 +152,7 @@ class ProcessFetcher:
 
     def drain(self) -> None:
         """Drop queued chunks (called on revocation, under the loop's lock)."""
-        while True:
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                return
+        drain_queue(self._q)
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Ask the consumer process to commit ``{partition: next offset}``."""

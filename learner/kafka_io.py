@@ -41,6 +41,15 @@ class Chunk:
         return len(self.values)
 
 
+def drain_queue(q: queue.Queue) -> None:
+    """Drop what ``q`` holds now."""
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
 class KafkaPythonSource:
     """kafka-python ``KafkaConsumer`` in a consumer group (manual commits, CRC-checked record batches)."""
 
@@ -287,11 +296,7 @@ class Fetcher:
     def drain(self) -> None:
         """Drop queued chunks (called on revocation, under the loop's lock)."""
         if self.prefetch:
-            while True:
-                try:
-                    self._q.get_nowait()
-                except queue.Empty:
-                    return
+            drain_queue(self._q)
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Ask for a commit of ``{partition: next offset}`` (done by the consumer's thread)."""
