@@ -91,7 +91,6 @@ def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, out
 
 
-
 TABLES = ("user", "item", "period")  # the step's row tables, in the order of its index arrays
 
 

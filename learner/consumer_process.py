@@ -46,7 +46,7 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
     try:
         source = make_source(cfg, lambda p: ask("assign", p), lambda p: ask("revoke", p), max_records)
         decode = InputFn().decode
-        data.send(("ready", source.max_records))
+        data.send(("ready", None))
         last = 0
         while True:
             while later or control.poll():

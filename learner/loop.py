@@ -191,10 +191,11 @@ class Learner:
         B = cfg.model.batch_size
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
+        poll_records = max(4 * B, 10000)
         if cfg.consumer_process:
-            self.fetcher = ProcessFetcher(cfg, max(4 * B, 10000), self.on_assign, self.on_revoke, log=self.say)
+            self.fetcher = ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say)
         else:
-            self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, max(4 * B, 10000)),
+            self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records),
                                    cfg.prefetch, log=self.say, decode=self.input.decode)
         self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}, {self.mode} pushes, "
                  f"batch {B}, dim {cfg.model.dim})")
@@ -300,7 +301,8 @@ class Learner:
 
     def _process_batch(self, batch: Chunk, t: float) -> None:
         """One chunk of records (whole micro-batches, one partial at the end of the stream): decode, index,
-        hold its rows (one pull of those not held), add its counters, then one TF step per micro-batch."""
+        hold its rows (one pull of those not held), add its counters, then train its micro-batches in runs
+        (one TF call each, :meth:`_run`)."""
         m = self.cfg.model
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:

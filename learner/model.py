@@ -137,7 +137,6 @@ class MFModel:
         import tensorflow as tf
 
         self.cfg = cfg
-        self.jit = jit
         self.max_batches = max_batches
         n, d = cfg.batch_size, cfg.dim
         w = 2 * d + 2

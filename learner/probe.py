@@ -105,7 +105,8 @@ class HRProbe:
         self.hr.score(q, movies, kpop, seen)
 
     def trained(self, item_slots: np.ndarray, sl: slice) -> None:
-        """Note a trained micro-batch (its held item rows and chunk events) for the next :meth:`refresh`."""
+        """Note trained chunk events ``sl`` (a run of micro-batches) and the held item rows they changed, for the
+        next :meth:`refresh`."""
         self._items.append(item_slots)
         self._events.append(sl)
 
