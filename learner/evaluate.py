@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from learner.config import ModelConfig
+from learner.idindex import IdIndex
 from learner.metrics import auc_exact, per_user_hits, top_k
 from learner.model import predict, recall_scores
 
@@ -261,15 +262,12 @@ def _pad_top(top: np.ndarray, k: int) -> np.ndarray:
 class ItemMirror:
     """The learner's local copy of item rows (vec, bias, raw id), for prequential HR@k without a PS scan.
 
-    Rows are appended in first-seen order; a sorted id index (numpy ``searchsorted``) maps hashed ids to rows.
+    Rows are appended in first-seen order; two :class:`~learner.idindex.IdIndex` map hashed and raw ids to rows.
     """
 
     def __init__(self, dim: int):
-        self._sorted = np.zeros(0, np.int64)  # hashed ids, sorted
-        self._rows = np.zeros(0, np.int64)  # row of each sorted id
-        self._raw_row: dict[int, int] = {}
-        self._raw_sorted = np.zeros(0, np.int64)  # raw ids, sorted (rebuilt lazily for array lookups)
-        self._raw_rows = np.zeros(0, np.int64)
+        self._index = IdIndex()  # hashed id → row
+        self._raw_index = IdIndex()  # raw movie id → row
         self.ids = np.zeros(1024, np.int64)
         self.raw = np.zeros(1024, np.int64)
         self.vec = np.zeros((1024, dim), np.float32)
@@ -287,11 +285,8 @@ class ItemMirror:
                 self._grow()
             rows[fresh] = np.arange(self.n, self.n + k)
             self.n += k
-            merged = np.concatenate([self._sorted, ids[fresh]])
-            order = np.argsort(merged, kind="stable")
-            self._sorted = merged[order]
-            self._rows = np.concatenate([self._rows, rows[fresh]])[order]
-            self._raw_row.update(zip(np.asarray(raw)[fresh].tolist(), rows[fresh].tolist()))
+            self._index.add(ids[fresh], rows[fresh])
+            self._raw_index.add(np.asarray(raw)[fresh], rows[fresh])
         self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows] = ids, raw, vec, bias
 
     def _grow(self) -> None:
@@ -304,27 +299,11 @@ class ItemMirror:
 
     def columns(self, ids) -> np.ndarray:
         """Row of each hashed id (-1 absent)."""
-        ids = np.asarray(ids, np.int64)
-        pos = np.searchsorted(self._sorted, ids)
-        out = np.full(len(ids), -1, np.int64)
-        inside = pos < len(self._sorted)
-        hit = np.zeros(len(ids), bool)
-        hit[inside] = self._sorted[pos[inside]] == ids[inside]
-        out[hit] = self._rows[pos[hit]]
-        return out
+        return self._index.find(ids)
 
     def raw_columns(self, raw_ids) -> np.ndarray:
         """Rows of raw movie ids (a set or an int array; absent ones dropped)."""
-        if not len(raw_ids):
-            return np.zeros(0, np.int64)
-        if isinstance(raw_ids, np.ndarray):
-            if len(self._raw_sorted) != len(self._raw_row):  # rebuild the sorted raw index after inserts
-                raw = np.fromiter(self._raw_row.keys(), np.int64, len(self._raw_row))
-                order = np.argsort(raw)
-                self._raw_sorted = raw[order]
-                self._raw_rows = np.fromiter(self._raw_row.values(), np.int64, len(self._raw_row))[order]
-            pos = np.minimum(np.searchsorted(self._raw_sorted, raw_ids), max(len(self._raw_sorted) - 1, 0))
-            hit = self._raw_sorted[pos] == raw_ids if len(self._raw_sorted) else np.zeros(len(raw_ids), bool)
-            return self._raw_rows[pos[hit]]
-        get = self._raw_row.get
-        return np.fromiter((r for r in map(get, raw_ids) if r is not None), np.int64)
+        if not isinstance(raw_ids, np.ndarray):
+            raw_ids = np.fromiter(raw_ids, np.int64, len(raw_ids))
+        rows = self._raw_index.find(raw_ids)
+        return rows[rows >= 0]

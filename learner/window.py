@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from learner.idindex import IdIndex
 from ps_redis.codec import row_dtype
 
 
@@ -21,9 +22,8 @@ class RowWindow:
     """Rows of one PS table held by the learner.
 
     Rows live in append-only slots (grown by doubling), so holding more rows never moves the ones already
-    held; a sorted copy of the ids maps ids to slots (vectorized lookups: a per-id dict lookup holds the GIL
-    for a Python loop, which the consumer thread then takes for long stretches).  Micro-batches look their
-    ids up once (:meth:`slots`) and then read and write rows by slot.
+    held; an :class:`~learner.idindex.IdIndex` maps ids to slots.  Micro-batches look their ids up once
+    (:meth:`slots`) and then read and write rows by slot.
 
     Attributes:
         ids: int64 ids of the held rows, in slot order.
@@ -45,8 +45,7 @@ class RowWindow:
         self._base = np.zeros(0, self.dtype)
         self._new = np.zeros(0, bool)
         self._dirty = np.zeros(0, bool)
-        self._sorted = np.zeros(0, np.int64)  # held ids, sorted
-        self._sorted_slot = np.zeros(0, np.int64)  # the slot of each
+        self._index = IdIndex()  # id → slot
 
     def __len__(self) -> int:
         return self.n
@@ -79,11 +78,7 @@ class RowWindow:
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where the row is not held."""
-        ids = np.asarray(ids, np.int64)
-        if not len(self._sorted):
-            return np.full(len(ids), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-        return np.where(self._sorted[pos] == ids, self._sorted_slot[pos], -1)
+        return self._index.find(ids)
 
     def missing(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask over ``ids``: True where the row is not held."""
@@ -111,10 +106,7 @@ class RowWindow:
         self._cur[at] = rows if cur is None else cur
         self._new[at] = False if new is None else new
         self._dirty[at] = False
-        order = np.argsort(ids)
-        at_sorted = np.searchsorted(self._sorted, ids[order])
-        self._sorted = np.insert(self._sorted, at_sorted, ids[order])
-        self._sorted_slot = np.insert(self._sorted_slot, at_sorted, self.n + order)
+        self._index.add(ids, np.arange(self.n, self.n + k))
         self.n += k
         return np.arange(self.n - k, self.n)
 

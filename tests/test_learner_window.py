@@ -179,3 +179,15 @@ def test_metrics_records_torn_by_a_kill_stay_on_their_own_line(tmp_path, capsys)
     path.write_text("garbage\n")
     with pytest.raises(ValueError, match=r"m.jsonl:1: not a JSON object"):
         load(path)
+
+
+def test_id_index_finds_rows_of_ids_added_in_any_order():
+    from learner.idindex import IdIndex
+
+    ix = IdIndex()
+    assert ix.find([5]).tolist() == [-1] and len(ix) == 0
+    ix.add([2**59, 7, -3], [0, 1, 2])
+    ix.add([4], [3])
+    assert ix.find([7, 4, 2**59, -3, 8, 2**60]).tolist() == [1, 3, 0, 2, -1, -1] and len(ix) == 4
+    ix.clear()
+    assert ix.find([7]).tolist() == [-1]
