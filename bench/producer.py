@@ -17,6 +17,7 @@ Measured in the same run, against the same broker, with the same records and pro
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
     from lfm_stream.stack import TansuBroker
+    from producer.manifest import load_manifest
     from producer.publish import PublishConfig, Publisher
     from producer.replay import ReplayConfig, run
-    from producer.stream import iter_batches, load_manifest
+    from producer.stream import iter_batches
     from producer.throttle import ThrottleConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="lfm-bench-producer-"))
@@ -191,11 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _has_crc32c() -> bool:
-    try:
-        import crc32c  # noqa: F401  (kafka-python uses it for record-batch CRCs when installed)
-    except ImportError:
-        return False
-    return True
+    """Whether the ``crc32c`` C extension is installed (kafka-python uses it for record-batch CRCs)."""
+    return importlib.util.find_spec("crc32c") is not None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ exits 0.  Redis errors are retried with capped exponential backoff; nothing is c
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -37,39 +36,21 @@ from pathlib import Path
 import numpy as np
 
 from learner.config import LearnerConfig
+from learner.backoff import retry
 from learner.batch import TABLES, index_chunk, run_index
 from learner.evaluate import evaluate
-from learner.input import Decoded, InputFn, shard_paths
+from learner.input import InputFn, shard_paths
 from learner.consumer_process import ProcessFetcher
-from learner.kafka_io import Chunk, DeadLetters, Fetcher, make_source
-from learner.metrics import AUCUtils
+from learner.kafka_io import Chunk, Fetcher, make_source
+from learner.metrics import AUCUtils, StreamAUC
+from learner import runtime
 from learner.model import MFModel
+from learner.pending import Pending
+from learner.poison import PoisonRecords
 from learner.probe import HRProbe
 from learner.sync import WindowSync
 
 CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
-
-
-def _tf_threads(n: int) -> None:
-    """Run TF ops on ``n`` threads (0 = TF's default, one per core).  The step's ops are tiny; on a small
-    machine TF's spinning thread pools only take cores from Redis, the broker and the consumer thread."""
-    import tensorflow as tf
-
-    if n > 0:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(n)
-            tf.config.threading.set_inter_op_parallelism_threads(n)
-        except RuntimeError:  # already initialized in this process (tests run several learners)
-            pass
-
-
-def _blas_threads(n: int) -> None:
-    """Run numpy's BLAS on ``n`` threads (0 = its default, one per core).  The prequential HR matmuls are small;
-    OpenBLAS's extra thread spins after each one, burning most of a core on a 2-core machine."""
-    if n > 0:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n, user_api="blas")
 
 
 def _open_metrics(path):
@@ -93,30 +74,22 @@ class Learner:
         m = cfg.model
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
-        _tf_threads(int(os.environ.get("LFM_TF_THREADS", "1")))
-        _blas_threads(int(os.environ.get("LFM_BLAS_THREADS", "1")))
+        runtime.configure()
         self.model = MFModel(m, jit=cfg.xla, max_batches=CHUNK_BATCHES)
-        # the prefetch / activity threads hold the GIL in pure-Python stretches; a short switch interval keeps
-        # the main thread's many short GIL re-acquisitions (tensor conversions around the TF step) from
-        # waiting the default 5 ms each
-        sys.setswitchinterval(float(os.environ.get("LFM_SWITCH_INTERVAL", "0.0002")))
         self.input = InputFn()
         self.mode = "gradient" if cfg.gradient_push else "assign"
         self.lock = threading.RLock()
-        self.pending: list[Chunk] = []
-        self.pending_n = 0
+        self.pending = Pending()
         self.window = AUCUtils()
-        self.all_labels: list[np.ndarray] = []
-        self.all_preds: list[np.ndarray] = []
+        self.stream_auc = StreamAUC()  # prequential AUC over the whole stream
         self.step = 0
         self.events = 0  # valid events trained
         self.records = 0  # stream records consumed and handled (valid + poison)
-        self.poison = 0
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self._stop = False
         self._metrics = _open_metrics(cfg.metrics_path) if cfg.metrics_path else None
-        self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
+        self.poison = PoisonRecords(cfg, self.say, self.emit)
         self.test = None
         if cfg.data_dir:
             self.test = self.input.read_all(shard_paths(cfg.data_dir, "test"))
@@ -150,19 +123,12 @@ class Learner:
 
     # ----------------------------------------------------------------------------- I/O edge
     def _retry(self, what: str, fn, *args, **kwargs):
-        """Call ``fn`` until it succeeds, backing off on Redis errors (returns (result, attempts))."""
+        """Call ``fn`` until it succeeds, backing off on Redis errors (returns (result, failed attempts))."""
         from ps_redis import PSConnectionError
         import redis
 
-        delay, attempt = 0.1, 0
-        while True:
-            try:
-                return fn(*args, **kwargs), attempt
-            except (PSConnectionError, redis.ConnectionError, redis.TimeoutError) as exc:
-                attempt += 1
-                self.say(f"{what} failed ({type(exc).__name__}: {exc}); retry {attempt} in {delay:.1f}s")
-                time.sleep(delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
+        return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
+                     say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
 
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
@@ -180,7 +146,7 @@ class Learner:
             if self.fetcher is not None:
                 self.fetcher.generation += 1
                 self.fetcher.drain()
-            self.pending, self.pending_n = [], 0
+            self.pending.clear()
             self._assigned_at, self._assigned = time.monotonic(), []
         self.say(f"partitions {partitions} revoked; unpushed records dropped (the next owner resumes from the PS)")
 
@@ -211,16 +177,15 @@ class Learner:
                 now = time.monotonic()
                 with self.lock:
                     if chunk is not None and chunk.gen == self.fetcher.generation:
-                        self.pending.append(chunk)
-                        self.pending_n += len(chunk)
+                        self.pending.add(chunk)
                         last_rec = now
-                    while self.pending_n >= B and not self._limit_reached() and not self._stop:
+                    while self.pending.n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(self._chunk_size()))
                     idle = now - last_rec
-                    if self.pending_n and idle >= flush_s and not self._limit_reached() and not self._stop:
-                        self._process(self._take(self.pending_n))
+                    if self.pending.n and idle >= flush_s and not self._limit_reached() and not self._stop:
+                        self._process(self._take(self.pending.n))
                     # caught up with the stream: make what was trained visible now
-                    if self.sync.due(self.pending_n < B and not self.fetcher.backlog() and self.fetcher.at_end,
+                    if self.sync.due(self.pending.n < B and not self.fetcher.backlog() and self.fetcher.at_end,
                                      cfg.sync_ms):
                         self.sync.sync(wait=False)
                     if chunk is not None:
@@ -235,7 +200,7 @@ class Learner:
                 # group join (about half the session timeout on Tansu, longer after a crash) is allowed too
                 idle = now - max(last_rec, self._assigned_at)
                 allowance = 0.0 if self._assigned else 2 * cfg.session_timeout_ms / 1000
-                if cfg.idle_timeout and idle >= cfg.idle_timeout + allowance and not self.pending_n:
+                if cfg.idle_timeout and idle >= cfg.idle_timeout + allowance and not self.pending.n:
                     reason = "idle_timeout"
                     break
         finally:
@@ -255,7 +220,7 @@ class Learner:
         """Records for the next chunk: whole micro-batches, up to CHUNK_BATCHES (one in gradient mode, which
         syncs after every batch), never past a test-log step (the evaluation follows a sync)."""
         B, T = self.cfg.model.batch_size, self.cfg.test_log_steps
-        k = min(self.pending_n // B, CHUNK_BATCHES if self.mode == "assign" else 1)
+        k = min(self.pending.n // B, CHUNK_BATCHES if self.mode == "assign" else 1)
         if T:
             k = min(k, T - self.step % T)
         return k * B
@@ -263,24 +228,7 @@ class Learner:
     def _take(self, n: int) -> Chunk:
         if self.cfg.max_events:
             n = min(n, self.cfg.max_events - self.records)
-        parts, offs, vals, keys, decs, got = [], [], [], [], [], 0
-        while got < n:
-            c = self.pending[0]
-            k = min(len(c), n - got)
-            parts.append(c.parts[:k])
-            offs.append(c.offsets[:k])
-            vals.extend(c.values[:k])
-            keys.extend(c.keys[:k] if c.keys else [None] * k)
-            decs.append(c.decoded.cut(0, k) if c.decoded is not None else None)
-            got += k
-            if k == len(c):
-                self.pending.pop(0)
-            else:
-                self.pending[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen,
-                                        c.decoded.cut(k, len(c)) if c.decoded is not None else None)
-        self.pending_n -= got
-        decoded = Decoded.join(decs) if decs and all(d is not None for d in decs) else None
-        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys, decoded=decoded)
+        return self.pending.take(n)
 
     # ----------------------------------------------------------------------------- one batch
     def _tick(self, name: str, t: float) -> float:
@@ -306,7 +254,7 @@ class Learner:
         m = self.cfg.model
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
-            self._dead_letters(batch, parsed.bad)
+            self.poison.handle(batch, parsed.bad)
         t = self._tick("parse", t)
         if len(parsed) == 0:
             self._sync_due()
@@ -390,8 +338,7 @@ class Learner:
             y = ci.labels[s: min(s + B, hi)]
             p = pred[j, : len(y)]
             self.window.add(y, p, float(losses[j, 0]))
-            self.all_labels.append(y)
-            self.all_preds.append(p.astype(np.float32))
+            self.stream_auc.add(y, p)
             self.ret_loss += float(losses[j, 1])
             self.events += len(y)
             self.step += 1
@@ -399,39 +346,7 @@ class Learner:
                 self._log_train()
         return self._tick("metrics", t)
 
-    def _dead_letters(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
-        for idx, reason in bad:
-            p, o = int(batch.parts[idx]), int(batch.offsets[idx])
-            self.poison += 1
-            self.say(f"poison record at {self.cfg.topic}[{p}]@{o}: {reason}")
-            self.emit("poison", partition=p, offset=o, reason=reason)
-            if self.dlq is not None:
-                key = batch.keys[idx] if batch.keys else None
-                self._retry_kafka("dead-letter send", self.dlq.send, batch.values[idx], key, self.cfg.topic, p, o, reason)
-        if self.dlq is not None:  # dead letters are durable before the batch's offsets can be committed
-            self._retry_kafka("dead-letter flush", self.dlq.flush)
-
-    def _retry_kafka(self, what: str, fn, *args) -> None:
-        delay = 0.1
-        while True:
-            try:
-                fn(*args)
-                return
-            except Exception as exc:
-                self.say(f"{what} failed ({type(exc).__name__}: {exc}); retrying in {delay:.1f}s")
-                time.sleep(delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
-
     # ----------------------------------------------------------------------------- logs, eval, end
-    def prequential_auc(self) -> float:
-        from learner.metrics import auc_exact
-
-        if not self.all_labels:
-            return 0.5
-        self.all_labels = [np.concatenate(self.all_labels)]
-        self.all_preds = [np.concatenate(self.all_preds)]
-        return auc_exact(self.all_labels[0], self.all_preds[0])
-
     def _log_train(self) -> None:
         w = self.window
         if not w.n:
@@ -443,7 +358,7 @@ class Learner:
                  + f" {rate:,.0f} ev/s")
         self.emit("train", auc=None if w.one_class else round(w.cal(), 6), loss=round(w.loss(), 6), window=w.n,
                   positives=w.positives, negatives=w.negatives, **{f"preq_hr_at_{self.cfg.hr_k}": hr},
-                  hr_samples=hr_n, events_per_s=round(rate, 1), poison=self.poison)
+                  hr_samples=hr_n, events_per_s=round(rate, 1), poison=self.poison.count)
         w.reset()
 
     def _test_and_checkpoint(self) -> dict:
@@ -474,21 +389,20 @@ class Learner:
         if self.fetcher is not None:
             self.fetcher.close()
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
-        if self.dlq is not None:
-            self.dlq.close()
+        self.poison.close()
         if self.probe is not None:
             self.probe.close()
         secs = time.time() - self.t0
         hr, hr_n = self.probe.rate() if self.probe is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
-        summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.prequential_auc(),
+        summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.stream_auc.cal(),
                             stream_seconds=round(span, 3),
                             stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
-                            poison=self.poison, skipped_pushes=self.sync.skipped, **test)
+                            poison=self.poison.count, skipped_pushes=self.sync.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
-                 f"{summary['prequential_auc']:.4f}, poison {self.poison}, skipped pushes {self.sync.skipped}")
+                 f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
         if self._metrics:
             self._metrics.close()
         return summary

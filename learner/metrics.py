@@ -107,6 +107,26 @@ class AUCUtils:
 
 
 # ---------------------------------------------------------------------- ranking metrics
+class StreamAUC:
+    """Exact AUC over every (label, score) pair added so far: the prequential AUC of the whole stream."""
+
+    def __init__(self) -> None:
+        self._labels: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+
+    def add(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        """Add one micro-batch's labels and the scores predicted before its update."""
+        self._labels.append(np.asarray(labels))
+        self._scores.append(np.asarray(scores, np.float32))
+
+    def cal(self) -> float:
+        """The exact AUC of all pairs (0.5 before any pair or with one class only)."""
+        if not self._labels:
+            return 0.5
+        self._labels, self._scores = [np.concatenate(self._labels)], [np.concatenate(self._scores)]
+        return auc_exact(self._labels[0], self._scores[0])
+
+
 def top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     """Per row: is column ``targets[r]`` among the ``k`` highest scores of row r?
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
+from producer.manifest import DataError, load_manifest, verify_shards
 from producer.progress import Progress, iso
 from producer.publish import Interrupted, PublishConfig, Publisher, PublishError
 from producer.resume import STATE_NAME, load_position, save_position, start_position
-from producer.stream import DataError, iter_batches, load_manifest, prefetch, verify_shards
+from producer.stream import iter_batches, prefetch
 from producer.throttle import Throttle, ThrottleConfig
 
 # The public names; STATE_NAME, load_position, save_position (producer.resume), Progress and iso

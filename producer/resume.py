@@ -9,7 +9,7 @@ manifest it counts in, so a position is never applied to another data set::
                  "manifest_sha256": "...", "updated": "2026-11-27T21:00:00+00:00"}}
 
 Writes are atomic (temporary file + ``os.replace``) and never raise, so a full disk cannot stop a
-replay; reads raise :class:`producer.stream.DataError` naming the file and what was wrong with it.
+replay; reads raise :class:`producer.manifest.DataError` naming the file and what was wrong with it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from producer.stream import DataError, Manifest, start_index_for_ts
+from producer.manifest import DataError, Manifest
+from producer.stream import start_index_for_ts
 
 if TYPE_CHECKING:  # only for the annotation: producer.replay imports this module
     from producer.replay import Summary

@@ -1,9 +1,9 @@
 """The time-ordered record stream of a prepared data directory (train shards only).
 
 The stream is the train records sorted by ``(timestamp, shard number, position in shard)``: a k-way
-merge of the shards listed in ``manifest.json`` (``train_shards``, in that order).  A record's
-**global index** is its position in that order, 0-based; the replay's resume position is the global
-index of the next record to send.
+merge of the shards listed in ``manifest.json`` (``train_shards``, in that order; read by
+:mod:`producer.manifest`).  A record's **global index** is its position in that order, 0-based; the
+replay's resume position is the global index of the next record to send.
 
 The merge works on batches (numpy, no per-record Python): every open shard holds a buffered batch; the
 records up to ``B``, the smallest last timestamp among the open shards' buffers, are taken from every
@@ -12,56 +12,23 @@ manifest, checked on opening) falls within ``B``, so shards that are already in 
 ``producer.prepare`` writes) are read one after the other and never sorted.
 
 Validation: the manifest must list existing shard files whose record counts (and CRC-checked TFRecord
-framing) match (:func:`verify_shards`); while streaming, each shard's first/last timestamps and record
-count are checked against the manifest and its records must be in non-decreasing time order.  Every
-problem raises :class:`DataError` naming the file.  The test shards are never read.
+framing) match (:func:`producer.manifest.verify_shards`); while streaming, each shard's first/last
+timestamps and record count are checked against the manifest and its records must be in non-decreasing
+time order.  Every problem raises :class:`producer.manifest.DataError` naming the file.  The test shards
+are never read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from lfm_stream.schema import SCHEMA_VERSION
+from producer.manifest import DataError, Manifest, ShardInfo, data_loss_error
 
-MANIFEST = "manifest.json"
 PARSED = ("timestamp", "user_id")
-
-
-class DataError(ValueError):
-    """The prepared data directory is missing, inconsistent or corrupt (the message names the file)."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One train shard as listed in the manifest."""
-
-    path: Path
-    records: int
-    first_ts: int
-    last_ts: int
-    number: int  # position in the manifest list (tie-breaker of the merge)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The parts of ``manifest.json`` the replay needs."""
-
-    path: Path
-    shards: tuple[ShardInfo, ...]
-    train_records: int
-    digest: str  # sha256 of the manifest file: identifies the data set in the replay state file
-
-    @property
-    def ordered(self) -> bool:
-        """True when the shards are in global time order (the stream is their concatenation)."""
-        return all(a.last_ts <= b.first_ts for a, b in zip(self.shards, self.shards[1:]))
 
 
 @dataclass
@@ -77,57 +44,6 @@ class Batch:
         return len(self.values)
 
 
-def load_manifest(data_dir: str | Path) -> Manifest:
-    """Read and check ``<data_dir>/manifest.json`` (train shard list, counts, schema version).
-
-    Raises:
-        DataError: the directory or manifest is missing, unreadable or inconsistent, or a listed
-            shard file does not exist.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist; prepare it first "
-                        f"(`python -m producer.prepare --ratings ratings.csv --out {data_dir}`) "
-                        "or point --data-dir / LFM_DATA_DIR at a prepared directory")
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} not found: {data_dir} is not a prepared data directory "
-                        "(run `python -m producer.prepare ... --out` on it)")
-    raw = path.read_bytes()
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: schema_version {version!r} is not the supported {SCHEMA_VERSION}; re-run prepare")
-    entries = doc.get("train_shards")
-    if not isinstance(entries, list) or not entries:
-        raise DataError(f"{path}: field 'train_shards' must be a non-empty list (got {entries!r:.80})")
-    shards = []
-    for i, e in enumerate(entries):
-        where = f"{path}: train_shards[{i}]"
-        try:
-            rel, records, first, last = e["file"], int(e["records"]), int(e["first_ts"]), int(e["last_ts"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where} needs file, records, first_ts, last_ts (got {e!r:.120}): {exc}") from exc
-        shard = (data_dir / rel).resolve()
-        if re.search(r"(^|/)test/", str(rel)):
-            raise DataError(f"{where}: {rel!r} is a test shard; the held-out set is never streamed")
-        if records < 0 or (records > 0 and first > last):
-            raise DataError(f"{where}: bad records/time range ({records}, {first}..{last})")
-        if not shard.is_file():
-            raise DataError(f"shard {shard} listed in {path} (train_shards[{i}]) does not exist")
-        shards.append(ShardInfo(shard, records, first, last, i))
-    total = sum(s.records for s in shards)
-    train_records = int(doc.get("train_records", total))
-    if train_records != total:
-        raise DataError(f"{path}: train_records is {train_records} but the train_shards add up to {total}")
-    return Manifest(path, tuple(shards), total, hashlib.sha256(raw).hexdigest())
-
-
 def _tf():
     import tensorflow as tf  # lazy: `--help` and the pure parts do not need TensorFlow
 
@@ -137,32 +53,6 @@ def _tf():
 def _first_line(exc: Exception) -> str:
     msg = getattr(exc, "message", None) or str(exc)
     return (msg.strip().splitlines() or [""])[0][:200]
-
-
-def _data_loss(shard: ShardInfo, exc: Exception) -> DataError:
-    msg = getattr(exc, "message", None) or str(exc)
-    m = re.search(r"(corrupted record at \d+[^\[]*|truncated record at \d+)", msg)
-    what = m.group(1).strip() if m else msg.strip().splitlines()[-1][:200]
-    return DataError(f"shard {shard.path} is corrupt or truncated ({what}; byte offset in the file); "
-                     "re-run prepare to rewrite it")
-
-
-def verify_shards(manifest: Manifest) -> None:
-    """Read every train shard once (CRC-checked, in TensorFlow's C++ reader) and compare record counts.
-
-    Raises:
-        DataError: a shard is corrupt or truncated, or holds a different number of records than
-            the manifest says.
-    """
-    tf = _tf()
-    for shard in manifest.shards:
-        ds = tf.data.TFRecordDataset(str(shard.path), buffer_size=1 << 20).batch(8192)
-        try:
-            n = sum(int(b.shape[0]) for b in ds)
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-            raise _data_loss(shard, exc) from exc
-        if n != shard.records:
-            raise DataError(f"shard {shard.path} holds {n} records but {manifest.path} says {shard.records}")
 
 
 _PARSE = None
@@ -210,7 +100,7 @@ class _ShardReader:
             self._finish()
             return None
         except self._loss as exc:
-            raise _data_loss(self.shard, exc) from exc
+            raise data_loss_error(self.shard, exc) from exc
         try:
             ts_t, users_t = self._parse(serialized)
         except self._invalid as exc:

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from ps_redis import fastpath, maintenance, snapshot
-from ps_redis.codec import CorruptRowError, decode, new_rows, row_size
-from ps_redis.connection import PSError, call, connect, mask_url, node_clients, run, translate_errors
+from ps_redis import fastpath, maintenance, pullpath, snapshot
+from ps_redis.codec import CorruptRowError, row_size
+from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
-from ps_redis.types import Fence, Rows, Update, as_ids, empty_rows, pack_update
+from ps_redis.types import Fence, Rows, Update, as_ids, pack_update
 
 DEFAULT_SHARDS = 32  # shard groups per table on a cluster
 DEFAULT_INIT_SCALE = 0.1
@@ -192,66 +192,7 @@ class ParameterServer:
         the next assign push of them stores the whole row and counts it (nothing is written for ids never
         pushed).  Saves the create round trip and a Lua call per batch with new ids.
         """
-        asked = []
-        for table, req in requests.items():
-            ids, raw = req if isinstance(req, tuple) else (req, None)
-            asked.append((check_table(table), as_ids(ids), raw))
-        # (table, keys, positions) per MGET: one over all tables standalone, one per slot group on a cluster
-        groups = [(t, keys, pos) for t, ids, _ in asked if len(ids) for keys, pos, _ in self._groups(t, ids)]
-        keys_of = {t: [b""] * len(ids) for t, ids, _ in asked}
-        vals_of = {t: [None] * len(ids) for t, ids, _ in asked}
-        if groups and not self.keys.shards:  # the hot path: one MGET
-            flat = [k for _, keys, _ in groups for k in keys]
-            with self._io():
-                values = call(self.redis, "MGET", *flat)
-            at = 0
-            for t, keys, _ in groups:
-                keys_of[t], vals_of[t] = keys, values[at: at + len(keys)]
-                at += len(keys)
-        elif groups:
-            replies = self._run([(keys[0], ("MGET", *keys)) for _, keys, _ in groups])
-            for (t, gkeys, pos), vals in zip(groups, replies):
-                for p, k, v in zip(pos.tolist(), gkeys, vals):
-                    keys_of[t][p], vals_of[t][p] = k, v
-        decoded = {t: decode(vals_of[t], keys_of[t], self.dim) if len(ids) else (empty_rows(self.dim), np.zeros(0, bool))
-                   for t, ids, _ in asked}
-        missing = {t: np.flatnonzero(~decoded[t][1]) for t, ids, _ in asked if create and not decoded[t][1].all()}
-        defer = defer_create and not self.keys.shards
-        if missing:
-            now = time.time()
-            fresh = {}
-            for t, ids, raw in asked:
-                if t in missing:
-                    m = missing[t]
-                    raw_m = None if raw is None else as_ids(raw, "raw_ids")[m]
-                    fresh[t] = new_rows(ids[m], raw_m, self.dim, self.init_scale, self.seed, t, now)
-            created = fresh if defer else self._create_many(
-                {t: (ids[missing[t]], fresh[t], [keys_of[t][i] for i in missing[t]]) for t, ids, _ in asked if t in missing})
-        out = {}
-        for t, ids, _ in asked:
-            rows, found = decoded[t]
-            if t in missing:
-                rows = rows.copy()
-                rows[missing[t]] = created[t]
-            if create or found.all():
-                self._rows.remember(t, ids.copy(), rows, keys_of[t], ~found if defer and t in missing else None)
-            out[t] = Rows.from_struct(ids, rows, found)
-        return out
-
-    def _create_many(self, todo: dict[str, tuple[np.ndarray, np.ndarray, list[bytes]]]) -> dict[str, np.ndarray]:
-        """Store fresh rows set-if-absent (one pipelined round trip); returns the rows as stored."""
-        commands, where = [], []
-        for table, (ids, fresh, keys) in todo.items():
-            for gkeys, pos, counter in self._groups(table, ids):
-                commands.append((counter, ("FCALL", "lfm_create", len(gkeys) + 1, counter, *gkeys,
-                                           self.dim, fresh[pos].tobytes())))
-                where.append((table, pos))
-        out = {t: fresh.copy() for t, (_, fresh, _) in todo.items()}
-        for (table, pos), values in zip(where, self._run(commands)):
-            keys = todo[table][2]
-            stored, _ = decode(values, [keys[p] for p in pos.tolist()], self.dim)
-            out[table][pos] = stored
-        return out
+        return pullpath.pull_many(self, requests, create, defer_create)
 
     # --------------------------------------------------------------------------------------- push
     def push(self, updates: dict[str, Update], mode: str = "assign", fence: Fence | None = None) -> bool:

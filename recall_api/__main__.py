@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import logging
 import sys
 
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     # u2i / i2i answered at the protocol level when httptools is installed (recall_api.protocol), else by the
     # ASGI fast path; uvloop is picked by uvicorn's loop="auto" when installed
     http = fast_protocol(store) or "auto"
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: F401  (imported now so that the freeze below covers it)
+    with contextlib.suppress(ImportError):  # imported now so that the freeze below covers it
+        importlib.import_module("uvloop")
     # what is loaded now (modules, catalog) lives as long as the process: keep it out of the cyclic GC, whose
     # full collections would otherwise walk it on the request thread (~25 ms pauses on a busy 2-core machine)
     gc.collect()

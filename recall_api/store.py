@@ -7,10 +7,10 @@ When the cursor fell off the capped change stream, or the log restarted (flush /
 after a restart), :class:`~ps_redis.activity.CursorExpired` triggers a full reload into a fresh matrix.
 
 Request path: u2i reads the user row (GET) and the user's rated movies (SMEMBERS) in one pipelined round
-trip (:meth:`RecallStore.user_context`; on the event loop over :class:`recall_api.resp.RespClient`, whose
-tracked reads also fill the user cache of :mod:`recall_api.usercache`, so a repeat user needs no round trip
-until Redis reports a change), then ranks the in-memory matrix (:mod:`recall_api.topk` with a score base
-cached per snapshot, or Faiss with ``faiss=True``); i2i touches no Redis.
+trip (:meth:`RecallStore.user_context`, code in :mod:`recall_api.context`; on the event loop over
+:class:`recall_api.resp.RespClient`, whose tracked reads also fill the user cache of :mod:`recall_api.usercache`,
+so a repeat user needs no round trip until Redis reports a change), then ranks the in-memory matrix
+(:mod:`recall_api.topk` with a score base cached per snapshot, or Faiss with ``faiss=True``); i2i touches no Redis.
 
 Availability: any Redis error marks the store unhealthy; while unhealthy, queries fail at once with
 :class:`Unavailable` (HTTP 503) instead of waiting on Redis, and the refresh thread keeps probing every
@@ -27,19 +27,14 @@ import time
 import numpy as np
 import redis
 
-from lfm_stream.hashing import user_hash
 from ps_redis import ParameterServer, PSError
 from ps_redis.activity import ActivityLog, CursorExpired
-from ps_redis.codec import decode
-from ps_redis.connection import run
 from recall_api import refresh
 from recall_api.catalog import Catalog
+from recall_api.context import ContextReader
 from recall_api.matrix import ItemMatrix, Snapshot
-from recall_api.prior import USER_CTX_TABLE, ScorePrior
-from recall_api.resp import RespClient, pack
-from recall_api.resp import supported as resp_supported
-from recall_api.topk import (NEG_INF, cosine_scores, lookup_ids, parse_ids, popularity_top_k, top_k,
-                             u2i_scores)
+from recall_api.prior import ScorePrior
+from recall_api.topk import NEG_INF, cosine_scores, lookup_ids, popularity_top_k, top_k, u2i_scores
 from recall_api.types import (SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
                               Unavailable, cursor_ms)
 from recall_api.usercache import UserCache
@@ -70,11 +65,11 @@ class RecallStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
-        self._aredis = None  # asyncio Redis client of u2i_async (RespClient, or redis.asyncio for TLS URLs)
         self._base_cache: tuple = (None, None, {})  # (snapshot, prior version, {period: u2i base})
         self.user_cache = UserCache(config.user_cache) if config.user_cache else None
         self.prior = ScorePrior(config.prior_preset) if config.score_prior else None
         self._prior_at = 0.0  # monotonic time of the last prior rebuild
+        self.context = ContextReader(config, self.prior is not None, self.user_cache)  # request-path reads
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> "RecallStore":
@@ -169,40 +164,6 @@ class RecallStore:
             raise Unavailable("item vectors are not loaded yet")
         return self.matrix
 
-    def _context_keys(self, user_id: int) -> list[str]:
-        ps = self.ps
-        h = user_hash(user_id)
-        keys = [ps.keys.row_key("user", h), f"{ps.keys.act_seen_prefix}{int(user_id)}"]
-        if self.prior is not None:
-            keys.append(ps.keys.row_key(USER_CTX_TABLE, h))
-        return keys
-
-    def _context_raw(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
-        """(user vector or None, rated raw movie ids int64, period or None) of the replies to GET user row,
-        SMEMBERS seen[, GET user_ctx row]."""
-        value, members = replies[0], replies[1]
-        period = None
-        if self.prior is not None and replies[2] is not None:
-            ctx, _ = decode([replies[2]], [keys[2].encode()], self.ps.dim)
-            period = int(np.rint(ctx["bias"][0]))
-        rated = parse_ids(members)
-        if value is None:
-            return None, rated, period
-        rows, _ = decode([value], [keys[0].encode()], self.ps.dim)
-        return rows["vec"][0], rated, period
-
-    def _context(self, keys: list[str], replies: list) -> tuple[np.ndarray | None, set[int], int | None]:
-        query, rated, period = self._context_raw(keys, replies)
-        return query, set(rated.tolist()), period
-
-    def _context_replies(self, user_id: int) -> tuple[list[str], list]:
-        ps = self.ps
-        keys = self._context_keys(user_id)
-        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1]))] + \
-            ([(keys[2], ("GET", keys[2]))] if len(keys) > 2 else [])
-        with ps._io():
-            return keys, run(ps.redis, ps.is_cluster, cmds)
-
     def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
         """The user's vector (None without a row), rated raw movie ids and, with the score prior, the period
         of their last event (``user_ctx``; None without) — in one Redis round trip.
@@ -213,7 +174,8 @@ class RecallStore:
         :func:`ps_redis.codec.decode`).  Fewer round trips matter on a busy machine, where each one costs a
         scheduler wake-up.
         """
-        return self._context(*self._context_replies(user_id))
+        query, rated, period = self.context.read(self.ps, user_id)
+        return query, set(rated.tolist()), period
 
     def u2i(self, user_id: int, k: int) -> Answer:
         """Top-k movies for a raw user id, movies the user rated excluded.
@@ -228,15 +190,15 @@ class RecallStore:
         """
         matrix = self._ready()
         with self._redis():
-            query, rated, period = self._context_raw(*self._context_replies(user_id))
+            query, rated, period = self.context.read(self.ps, user_id)
         return self._rank_user(matrix, user_id, k, query, rated, period)
 
     def u2i_cached(self, user_id: int, k: int) -> Answer | None:
         """:meth:`u2i` from the user cache (:mod:`recall_api.usercache`) without touching Redis, or None when
         the user is not cached (or has no vector: the popularity fallback reads Redis) — then await
         :meth:`u2i_async`.  Same answer as a live read: entries are dropped as Redis reports changes."""
-        cache, client = self.user_cache, self._aredis
-        if cache is None or not getattr(client, "tracking", False):
+        cache = self.user_cache
+        if cache is None or not self.context.tracking:
             return None
         matrix = self._ready()
         entry = cache.get(user_id)
@@ -250,49 +212,15 @@ class RecallStore:
         if self.ps.is_cluster:  # the async pipeline below addresses one node
             return self.u2i(user_id, k)
         with self._redis():
-            query, rated, period = await self._context_async(user_id)
+            query, rated, period = await self.context.read_async(self.ps, user_id)
         return self._rank_user(matrix, user_id, k, query, rated, period)
 
     async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
         """:meth:`user_context` over an asyncio connection (standalone Redis): the commands go through
         :class:`recall_api.resp.RespClient` (pipelined with other requests' commands on one connection,
         replies parsed by hiredis), or ``redis.asyncio`` for URLs that client does not serve (TLS)."""
-        query, rated, period = await self._context_async(user_id)
+        query, rated, period = await self.context.read_async(self.ps, user_id)
         return query, set(rated.tolist()), period
-
-    async def _context_async(self, user_id: int) -> tuple[np.ndarray | None, np.ndarray, int | None]:
-        keys = self._context_keys(user_id)
-        client = self._aredis
-        if client is None:
-            client = self._aredis = self._async_client()
-        if isinstance(client, RespClient):
-            payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1])
-            if len(keys) > 2:
-                payload += pack("GET", keys[2])
-            return await client.execute(payload, len(keys), lambda replies: self._read(user_id, keys, replies))
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.get(keys[0])
-            pipe.smembers(keys[1])
-            if len(keys) > 2:
-                pipe.get(keys[2])
-            return self._context_raw(keys, await pipe.execute())
-
-    def _read(self, user_id: int, keys: list[str], replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
-        """Decode a context as its replies come off the RespClient connection, and cache it if that
-        connection tracks the keys (so every later change of them arrives as an invalidation after this)."""
-        ctx = self._context_raw(keys, replies)
-        if ctx[0] is not None and self.user_cache is not None and self._aredis.tracking:  # (no vector: not served)
-            self.user_cache.put(user_id, [k.encode() for k in keys], *ctx)
-        return ctx
-
-    def _async_client(self):
-        if resp_supported(self.config.redis_url):
-            return RespClient(self.config.redis_url, timeout=self.config.socket_timeout,
-                              on_invalidate=None if self.user_cache is None else self.user_cache.invalidate)
-        import redis.asyncio as aredis
-
-        return aredis.Redis.from_url(self.config.redis_url, socket_timeout=self.config.socket_timeout,
-                                     socket_connect_timeout=self.config.socket_timeout)
 
     def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, rated: np.ndarray,
                    period: int | None = None) -> Answer:
@@ -418,6 +346,5 @@ class RecallStore:
             "score": "contract: q·v + b" if self.prior is None else "learner prior: q·v + gamma·b + w·tau",
             "score_prior": None if self.prior is None else self.prior.stats(),
             "user_cache": None if self.user_cache is None else {
-                **self.user_cache.stats(), "tracking": bool(self._aredis is not None
-                                                            and getattr(self._aredis, "tracking", False))},
+                **self.user_cache.stats(), "tracking": self.context.tracking},
         }

@@ -107,7 +107,7 @@ def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
 def test_chunk_index_counts_and_micro_batches():
     from learner.batch import index_chunk, micro_index
     from learner.config import ModelConfig
-    from learner.model import make_input
+    from learner.step_io import make_input
 
     m = ModelConfig(dim=DIM, batch_size=4)
     day = 86400

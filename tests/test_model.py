@@ -10,7 +10,8 @@ import pytest
 
 from learner.config import DEFAULT_MODEL, SEED_MODEL, ModelConfig, preset
 from learner.batch import micro_index
-from learner.model import MFModel, make_input
+from learner.model import MFModel
+from learner.step_io import make_input
 
 D = 2
 BASE = dict(dim=D, batch_size=4, clip=0.0, count_pow=0.0, ret_weight=0.0, logq=0.0, lr=0.1, lr_bias=0.05,

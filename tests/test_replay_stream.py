@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producer.stream import DataError, iter_batches, load_manifest, start_index_for_ts, verify_shards
+from producer.manifest import DataError, load_manifest, verify_shards
+from producer.stream import iter_batches, start_index_for_ts
 from tests._replay_util import prepare_synthetic, read_stream, write_shards
 
 

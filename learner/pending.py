@@ -1,0 +1,46 @@
+"""Records consumed and not trained yet: the chunks a fetcher delivered, cut into what the loop trains next."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from learner.input import Decoded
+from learner.kafka_io import Chunk
+
+
+class Pending:
+    """Consumed chunks in arrival order, and how many records they hold (``n``)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.n = 0
+
+    def add(self, chunk: Chunk) -> None:
+        """Append a consumed chunk."""
+        self.chunks.append(chunk)
+        self.n += len(chunk)
+
+    def clear(self) -> None:
+        """Drop every pending record (a revocation: the next owner resumes from the PS offsets)."""
+        self.chunks, self.n = [], 0
+
+    def take(self, n: int) -> Chunk:
+        """The first ``n`` pending records (n ≤ ``self.n``) as one chunk; a chunk cut in two keeps its tail."""
+        parts, offs, vals, keys, decs, got = [], [], [], [], [], 0
+        while got < n:
+            c = self.chunks[0]
+            k = min(len(c), n - got)
+            parts.append(c.parts[:k])
+            offs.append(c.offsets[:k])
+            vals.extend(c.values[:k])
+            keys.extend(c.keys[:k] if c.keys else [None] * k)
+            decs.append(c.decoded.cut(0, k) if c.decoded is not None else None)
+            got += k
+            if k == len(c):
+                self.chunks.pop(0)
+            else:
+                self.chunks[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen,
+                                       c.decoded.cut(k, len(c)) if c.decoded is not None else None)
+        self.n -= got
+        decoded = Decoded.join(decs) if decs and all(d is not None for d in decs) else None
+        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys, decoded=decoded)

@@ -1,0 +1,90 @@
+"""Poison records: counted, logged with partition and offset, copied to the dead-letter topic; never fatal.
+
+A record is poison when it is not a valid rating Example, lacks a field, has a NaN or out-of-range label or an
+unknown schema version (:class:`learner.input.InputFn` says which).  :class:`PoisonRecords` handles a chunk's
+poison records before the chunk's offsets can be committed: the dead letters are flushed (acknowledged by the
+broker) first, so none is lost when the learner dies right after.  Dead letters carry the record's key and
+value unchanged and headers ``error``, ``topic``, ``partition``, ``offset``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from learner.backoff import retry
+from learner.config import LearnerConfig
+from learner.kafka_io import Chunk
+
+
+class PoisonRecords:
+    """Counts poison records, logs each one (a line and a ``poison`` metrics event) and copies it to the
+    dead-letter topic ``<topic>.dlq`` (``cfg.dlq``), retrying broker errors with backoff."""
+
+    def __init__(self, cfg: LearnerConfig, say: Callable[[str], None], emit: Callable[..., dict]):
+        self.topic, self.max_s = cfg.topic, cfg.retry_max_s
+        self.say, self.emit = say, emit
+        self.count = 0
+        self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
+
+    def handle(self, batch: Chunk, bad: list[tuple[int, str]]) -> None:
+        """The poison records of ``batch``: ``(index in the batch, reason)``."""
+        for idx, reason in bad:
+            p, o = int(batch.parts[idx]), int(batch.offsets[idx])
+            self.count += 1
+            self.say(f"poison record at {self.topic}[{p}]@{o}: {reason}")
+            self.emit("poison", partition=p, offset=o, reason=reason)
+            if self.dlq is not None:
+                key = batch.keys[idx] if batch.keys else None
+                retry("dead-letter send", self.dlq.send, batch.values[idx], key, self.topic, p, o, reason,
+                      say=self.say, max_s=self.max_s)
+        if self.dlq is not None:  # dead letters are durable before the batch's offsets can be committed
+            retry("dead-letter flush", self.dlq.flush, say=self.say, max_s=self.max_s)
+
+    def close(self) -> None:
+        """Flush and close the dead-letter producer."""
+        if self.dlq is not None:
+            self.dlq.close()
+
+
+class DeadLetters:
+    """Copies poison records to ``<topic>.dlq`` with headers naming partition, offset and reason."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int = 1):
+        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self._producer = None
+
+    def _ensure(self):
+        if self._producer is None:
+            from kafka import KafkaAdminClient, KafkaProducer
+            from kafka.admin import NewTopic
+            from kafka.errors import TopicAlreadyExistsError
+
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=10000)
+            try:
+                if self.topic not in admin.list_topics():
+                    admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+            finally:
+                admin.close()
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap.split(","), acks=1, retries=10)
+        return self._producer
+
+    def send(self, value: bytes, key: bytes | None, source_topic: str, partition: int, offset: int,
+             reason: str) -> None:
+        """Queue one dead letter (call :meth:`flush` before committing past it)."""
+        headers = [("error", reason.encode()), ("topic", source_topic.encode()),
+                   ("partition", str(partition).encode()), ("offset", str(offset).encode())]
+        self._ensure().send(self.topic, value=value if value is not None else b"", key=key, headers=headers)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every queued dead letter is acknowledged."""
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+    def close(self) -> None:
+        """Flush and close the producer."""
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer.close(5)
+            self._producer = None
