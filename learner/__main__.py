@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--push-mode", choices=PUSH_MODES, default="auto", help="PS push mode")
     io.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                     help="consume on a background thread")
-    io.add_argument("--consumer-process", action=argparse.BooleanOptionalAction, default=False,
-                    help="consume and decode in a child process (off the training loop's GIL)")
+    io.add_argument("--consumer-process", action=argparse.BooleanOptionalAction, default=None,
+                    help="consume in a child process, off the training loop's GIL (default: on for kafka-python "
+                         "with --prefetch, off for confluent)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
     run = p.add_argument_group("run and logging")

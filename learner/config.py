@@ -200,8 +200,10 @@ class LearnerConfig:
         workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
         prefetch: consume on a background thread, overlapping the network with compute.
-        consumer_process: run the consumer and the record decoding in a child process (chunks arrive decoded
-            through a pipe; the loop no longer shares the GIL with the client).
+        consumer_process: run the consumer in a child process that sends the polled records through a pipe
+            (the loop no longer shares the GIL with the client's record parsing).  None (default) = for
+            kafka-python with ``prefetch`` (its pure-Python parsing is what binds in process); confluent-kafka
+            parses in C and stays in process.
         train_log_steps: batches between prequential AUC/loss lines.
         test_log_steps: batches between test evaluations + checkpoints (0 = only at the end).
         hr_sample: share of positive events scored for prequential HR@k (0 = off).
@@ -230,7 +232,7 @@ class LearnerConfig:
     workers: int = 1
     push_mode: str = "auto"
     prefetch: bool = True
-    consumer_process: bool = False
+    consumer_process: bool | None = None
     train_log_steps: int = 100
     test_log_steps: int = 0
     hr_sample: float = 0.02
@@ -262,6 +264,13 @@ class LearnerConfig:
                 bad(name, "must be >= 0")
         if not self.topic:
             bad("topic", "must not be empty")
+
+    @property
+    def in_child(self) -> bool:
+        """Whether the consumer runs in a child process (see ``consumer_process``)."""
+        if self.consumer_process is None:
+            return self.backend == "kafka-python" and self.prefetch
+        return self.consumer_process
 
     @property
     def gradient_push(self) -> bool:

@@ -1,10 +1,12 @@
-"""The Kafka consumer in a process of its own (``--consumer-process``): records arrive decoded, off the GIL.
+"""The Kafka consumer in a process of its own (``--consumer-process``, the default with kafka-python).
 
-In the learner's process the consumer thread and the training loop share one GIL; a Python client
-(kafka-python's record decoding) or confluent-kafka's message building holds it for long stretches, and the loop
-waits.  Here a child process owns the consumer (:func:`learner.kafka_io.make_source`) and the record decoding
-(:class:`learner.input.InputFn`) and sends each polled chunk, decoded, through a pipe; :class:`ProcessFetcher`
-is the loop's side, with the interface of :class:`learner.kafka_io.Fetcher`.
+In the learner's process the consumer thread and the training loop share one GIL; kafka-python parses every
+record in Python and holds it for long stretches, and the loop waits.  Here a child process owns the consumer
+(:func:`learner.kafka_io.make_source`) and sends each polled chunk (partitions, offsets, keys, values) through
+a pipe; :class:`ProcessFetcher` is the loop's side, with the interface of :class:`learner.kafka_io.Fetcher`.
+Its pipe-reader thread decodes each chunk (:class:`learner.input.InputFn`, TF's ``parse_example``, which runs
+mostly off the GIL), so the child imports neither TF nor the model: it starts in well under a second and holds
+~80 MB.
 
 The group protocol stays in the loop's hands: the child's assignment callbacks are requests answered by the
 loop's ``on_assign`` (the PS offsets to resume from) and ``on_revoke`` (finish and write the chunk in flight)
@@ -29,10 +31,8 @@ from learner.kafka_io import Chunk, OnAssign, OnRevoke, drain_queue, make_source
 
 
 def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout: float) -> None:
-    """The consumer process: poll, decode, send; answer to the loop's commits and close (``data``: child → loop,
+    """The consumer process: poll, send; answer to the loop's commits and close (``data``: child → loop,
     ``control``: loop → child)."""
-    from learner.input import InputFn
-
     later: list[tuple] = []
 
     def ask(kind: str, partitions: list[int]):
@@ -45,7 +45,6 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
 
     try:
         source = make_source(cfg, lambda p: ask("assign", p), lambda p: ask("revoke", p), max_records)
-        decode = InputFn().decode
         data.send(("ready", None))
         last = 0
         while True:
@@ -59,7 +58,6 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
                     return
             chunk = source.poll(poll_timeout)
             if chunk is not None:
-                chunk.decoded = decode(chunk.values)
                 data.send(("chunk", chunk))
                 last = len(chunk)
             elif last:
@@ -78,8 +76,9 @@ class ProcessFetcher:
     """The loop's side of the consumer process (the interface of :class:`learner.kafka_io.Fetcher`)."""
 
     def __init__(self, cfg: LearnerConfig, max_records: int, on_assign: OnAssign, on_revoke: OnRevoke,
-                 depth: int = 8, poll_timeout: float = 0.1, log: Callable[[str], None] | None = None):
-        self._on_assign, self._on_revoke = on_assign, on_revoke
+                 depth: int = 8, poll_timeout: float = 0.1, log: Callable[[str], None] | None = None,
+                 decode: Callable[[list[bytes]], object] | None = None):
+        self._on_assign, self._on_revoke, self._decode = on_assign, on_revoke, decode
         self._log = log or (lambda s: print(s, file=sys.stderr))
         self.generation = 0
         self.error: BaseException | None = None
@@ -111,6 +110,8 @@ class ProcessFetcher:
             while True:
                 kind, value = self._data.recv()
                 if kind == "chunk":
+                    if self._decode is not None:
+                        value.decoded = self._decode(value.values)
                     value.gen = self.generation
                     self._last_size = len(value)
                     self._q.put(value)
@@ -129,6 +130,8 @@ class ProcessFetcher:
         except (EOFError, OSError) as exc:
             if not self._closed.is_set():
                 self.error = RuntimeError(f"consumer process exited ({type(exc).__name__})")
+        except Exception as exc:  # a failed callback or decode: the loop's next get() raises it
+            self.error = RuntimeError(f"consumer pipe reader failed: {type(exc).__name__}: {exc}")
         finally:
             self._closed.set()
 

@@ -158,12 +158,13 @@ class Learner:
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
         poll_records = max(4 * B, 10000)
-        if cfg.consumer_process:
-            self.fetcher = ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say)
+        if cfg.in_child:
+            self.fetcher = ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say,
+                                          decode=self.input.decode)
         else:
             self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records),
                                    cfg.prefetch, log=self.say, decode=self.input.decode)
-        self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}, {self.mode} pushes, "
+        self.say(f"consuming {cfg.topic!r} as group {cfg.group!r} ({cfg.backend}{' in a child process' if cfg.in_child else ''}, {self.mode} pushes, "
                  f"batch {B}, dim {cfg.model.dim})")
         last_rec = time.monotonic()
         flush_s = cfg.flush_ms / 1000.0

@@ -19,6 +19,7 @@ def test_stream_end_to_end(redis_url, syn_values, reference_run):
     r = reference_run["proc"]
     assert r.returncode == 0, r.stderr[-3000:]
     assert "prequential AUC" in r.stderr and "step 5 events 160" in r.stderr
+    assert "(kafka-python in a child process, assign pushes" in r.stderr  # the default consumer
     recs = reference_run["metrics"]
     kinds = [m["event"] for m in recs]
     assert kinds.count("train") >= 5 and "test" in kinds and kinds[-1] == "end"
@@ -115,11 +116,11 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_
     assert committed == stored  # Kafka commits kept in step with the PS offsets
 
 
-@pytest.mark.parametrize("flags", [("--backend", "confluent"), ("--consumer-process",)])
+@pytest.mark.parametrize("flags", [("--backend", "confluent"), ("--no-consumer-process",)])
 def test_other_consumers_train_the_same_stream(redis_url, bootstrap, syn_topic, syn_dir, syn_values, namespace,
                                                reference_run, tmp_path, flags):
-    """The optional confluent-kafka consumer, and kafka-python in its own process: the whole stream exactly once,
-    commits in step, the AUC of the in-process kafka-python run."""
+    """The optional confluent-kafka consumer, and kafka-python in the learner's process (by default it runs in a
+    child process): the whole stream exactly once, commits in step, the AUC of the default run."""
     from kafka import KafkaConsumer, TopicPartition
 
     from learner_fixtures import COMMON
@@ -129,7 +130,7 @@ def test_other_consumers_train_the_same_stream(redis_url, bootstrap, syn_topic, 
                     "--data-dir", str(syn_dir), "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     backend = flags[1] if flags[0] == "--backend" else "kafka-python"
-    assert f"({backend}, assign pushes" in r.stderr
+    assert f"({backend}, assign pushes" in r.stderr  # in process (no "in a child process")
     end = read_metrics(metrics)[-1]
     assert end["reason"] == "idle_timeout" and end["events"] == len(syn_values) and end["poison"] == 0
     assert_exactly_once(redis_url, namespace, syn_values)

@@ -17,11 +17,11 @@ def _trains(path) -> int:
     return sum(m["event"] == "train" for m in read_metrics(path))
 
 
-@pytest.mark.parametrize("flags", [(), ("--consumer-process",)])
+@pytest.mark.parametrize("flags", [(), ("--no-consumer-process",)])
 def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap, syn_topic, namespace, syn_dir,
                                                            syn_values, reference_run, tmp_path, flags):
-    """Killed three times (with ``--consumer-process`` the consumer's process must go with the learner), then run
-    to the end: every event applied once."""
+    """Killed three times (by default the consumer runs in a child process, which must go with the learner; also
+    with the consumer in process), then run to the end: every event applied once."""
     topic = syn_topic
     reference = reference_run["metrics"][-1]  # an uninterrupted run of the same stream (another group)
     metrics = tmp_path / "m.jsonl"
