@@ -40,7 +40,7 @@ class ChunkIndex:
     kcnt: np.ndarray
     period: np.ndarray | None  # each event's time period (period_days > 0)
     kpop: np.ndarray | None  # each event's popularity period (pop_period_days > 0)
-    pid: np.ndarray | None  # ppop row ids of the chunk's positives, and their counts
+    pid: np.ndarray | None  # (period, raw movie) pairs of the chunk's positives (``ppop_ids``), and their counts
     pcnt: np.ndarray | None
     ulast: np.ndarray | None  # each user's last popularity period in the chunk
     wanted: dict[str, tuple] = field(default_factory=dict)

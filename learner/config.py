@@ -59,7 +59,7 @@ class ModelConfig:
         period_in_pred: also add w_k to the user vector in the rating prediction.
         gamma: weight of the item bias in the recall score (see pop_*).
         pop_period_days: time-aware popularity prior of the recall score (0 = off).  Positive events are
-            counted per (period k = floor(ts / pop_period_days), movie) in the PS table ``ppop`` and each
+            counted per (period k = floor(ts / pop_period_days), movie) in the counter set ``ppop`` and each
             user's last period k_u is kept in ``user_ctx``; the recall score is
             s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i),
             τ_u(i) = log(pop_smooth + Σ_{|k − k_u| ≤ pop_window} n[k, i] + pop_total_w·n_i).

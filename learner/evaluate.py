@@ -86,11 +86,12 @@ class EvalResult:
     per_user: dict = field(default_factory=dict)  # name -> per-ranked-user array (hit@10, hit@50, recall@50, pop@50)
 
 
-PPOP_SHIFT = 32  # ppop row id = period << 32 | raw movie id
+PPOP = "ppop"  # counter set (ps_redis.counters) of positive events: bucket = period, member = raw movie id
+PPOP_SHIFT = 32  # one int64 per (period, raw movie) pair while counting: period << 32 | raw movie id
 
 
 def ppop_ids(periods: np.ndarray, raw_movies: np.ndarray) -> np.ndarray:
-    """Row ids of the ``ppop`` table: ``period << 32 | raw movie id``."""
+    """One int64 per (period, raw movie) pair: ``period << 32 | raw movie id``."""
     return (np.asarray(periods, np.int64) << PPOP_SHIFT) | (np.asarray(raw_movies, np.int64) & 0xFFFFFFFF)
 
 
@@ -119,15 +120,13 @@ class PeriodPrior:
 
     @classmethod
     def from_ps(cls, ps, cfg: ModelConfig, table: "ItemTable") -> "PeriodPrior":
-        ids, counts = [], []
-        for r in ps.scan("ppop"):
-            ids.append(r.ids)
-            counts.append(r.count)
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        cols = table.raw_column_array(ids & 0xFFFFFFFF)
+        """The prior of the counts in ``ps``'s ``ppop`` counter set, over the columns of ``table``."""
+        from ps_redis.counters import Counters
+
+        periods, movies, counts = Counters(ps, PPOP).read()
+        cols = table.raw_column_array(movies)
         ok = cols >= 0
-        return cls(cfg, ids[ok] >> PPOP_SHIFT, cols[ok], counts[ok], len(table.ids))
+        return cls(cfg, periods[ok], cols[ok], counts[ok], len(table.ids))
 
     def tau(self, k: np.ndarray) -> np.ndarray:
         """τ rows for periods ``k`` (one row per entry)."""

@@ -5,15 +5,17 @@ them in place in a :class:`~learner.window.RowWindow` per table, and records the
 it covers.  A sync writes the rows changed since the previous sync:
 
 - assign mode (one writer per row): on a standalone Redis one MULTI/EXEC with the changed rows, the new-row
-  counters, the activity log of the window's events and the fence offsets
+  counters, the activity log of the window's events, the window's positives per (period, movie) added to the
+  ``ppop`` counter set (:class:`~ps_redis.counters.Counters`) and the fence offsets
   (:meth:`ParameterServer.write_rows`), on a background thread while the next window trains (writes land in
   window order); on a Redis Cluster ``ps.push`` of the assigned values.  The rows stay held: as their only
   writer the learner's copy is the PS's, so each row is pulled once.  They are dropped (and pulled again
   when next touched) on a partition revocation, when the PS epoch moved (a ``delete`` / ``load`` /
   ``flush`` by another process: rows it changed may be written back by the next two syncs), and above
   ``max_held`` rows.
-- gradient mode (several workers share item rows): ``ps.push`` of the steps ``pulled − trained``, then the
-  activity log; the held rows are dropped after each sync (other workers change them).
+- gradient mode (several workers share item rows): ``ps.push`` of the steps ``pulled − trained``, the ``ppop``
+  additions (fenced on their own), then the activity log; the held rows are dropped after each sync (other
+  workers change them).
 
 After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).
 """
@@ -26,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from learner.evaluate import PPOP, PPOP_SHIFT
 from learner.window import RowWindow
 
 
@@ -57,10 +60,13 @@ class WindowSync:
         self.held: dict[str, RowWindow] = {}
         self.offsets: dict[int, int] = {}
         self.events: list[tuple] = []
-        self.counts: list[tuple] = []  # (table, ids, counts) added on the server by the next sync
+        self.counts: list[tuple] = []  # (ppop ids, counts) added on the server by the next sync
         self.batches = 0
         self.since = 0.0
         self.skipped = 0  # writes found already applied (replays after a lost reply or a restart)
+        from ps_redis.counters import Counters
+
+        self.pop = Counters(ps, PPOP)
         self.background = mode == "assign" and not ps.keys.shards
         self.max_held = max_held
         self._epoch = self._epoch_seen = _UNSEEN  # PS epoch after the last write (delete / load / flush move it)
@@ -114,8 +120,8 @@ class WindowSync:
     def count(self, ci, slots: dict[str, np.ndarray]) -> None:
         """Add a chunk's counters (:class:`~learner.batch.ChunkIndex`, its rows at ``slots`` from :meth:`hold`):
         events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
-        its events (count); positives per (period, movie) are kept for the sync, which adds them to ``ppop`` on
-        the server (a count-only push: those rows are never read by the learner, so they are not held)."""
+        its events (count); positives per (period, movie) are kept for the sync, which adds them to the ``ppop``
+        counter set on the server (the learner never reads them)."""
         counts = {"user": ci.ucnt, "item": ci.icnt, "period": ci.kcnt, "global": [ci.n], "user_ctx": ci.ucnt}
         for table, at in slots.items():  # every held table of the chunk counts events (and becomes changed)
             bias = None
@@ -123,7 +129,7 @@ class WindowSync:
                 bias = np.maximum(self.held[table].cur["bias"][at], ci.ulast.astype(np.float32))
             self.held[table].update_at(at, bias=bias, count=counts[table])
         if ci.pid is not None:
-            self.counts.append(("ppop", ci.pid, ci.pcnt))
+            self.counts.append((ci.pid, ci.pcnt))
 
     def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps) -> None:
         """Events for the activity log, written with the window."""
@@ -168,17 +174,15 @@ class WindowSync:
             self.wait()
         return dropped
 
-    def _counts(self) -> dict:
-        """The window's server-side counters: ``{table: Update(ids, count=...)}``, one entry per id."""
-        from ps_redis import Update
-
-        out = {}
-        for table in dict.fromkeys(t for t, _, _ in self.counts):
-            ids = np.concatenate([i for t, i, _ in self.counts if t == table])
-            n = np.concatenate([c for t, _, c in self.counts if t == table]).astype(np.int64)
-            uniq, inv = np.unique(ids, return_inverse=True)
-            out[table] = Update(uniq, count=np.bincount(inv.reshape(-1), weights=n, minlength=len(uniq)).astype(np.int64))
-        return out
+    def _counts(self) -> tuple | None:
+        """The window's ``ppop`` additions: (periods, raw movies, counts), one entry per pair; None if none."""
+        if not self.counts:
+            return None
+        ids = np.concatenate([i for i, _ in self.counts])
+        n = np.concatenate([c for _, c in self.counts]).astype(np.int64)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        total = np.bincount(inv.reshape(-1), weights=n, minlength=len(uniq)).astype(np.int64)
+        return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total
 
     def _stale(self) -> bool:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
@@ -212,9 +216,10 @@ class WindowSync:
         self.sync(wait=True)
         self._pool.shutdown()
 
-    def _write(self, dirty: dict[str, tuple], counts: dict, offsets: dict[int, int], events) -> tuple[bool, dict]:
+    def _write(self, dirty: dict[str, tuple], counts, offsets: dict[int, int], events) -> tuple[bool, dict]:
         """Background thread: one MULTI/EXEC (rows, counters, activity log, offsets), then the Kafka commit."""
-        extra = [self.activity.record_command(*events) if events else None, self.ps.push_command(counts)]
+        extra = [self.activity.record_command(*events) if events else None,
+                 self.pop.add_command(*counts) if counts is not None else None]
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
                                         fence=self._fence(offsets), extra=[c for c in extra if c])
@@ -222,12 +227,13 @@ class WindowSync:
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
-    def _push(self, dirty: dict[str, tuple], counts: dict, offsets: dict[int, int], events) -> None:
-        """Gradient mode or a cluster: ``ps.push`` (server-side Lua), then the activity log in the background."""
+    def _push(self, dirty: dict[str, tuple], counts, offsets: dict[int, int], events) -> None:
+        """Gradient mode or a cluster: ``ps.push`` (server-side Lua) and the fenced ``ppop`` additions, then the
+        activity log in the background."""
         from ps_redis import Update
 
         t = time.perf_counter()
-        ups = dict(counts)
+        ups = {}
         for table, (ids, cur, base, _) in dirty.items():
             count = cur["count"] - base["count"]
             if self.mode == "gradient":  # the server subtracts steps: concurrent writers add up
@@ -236,6 +242,9 @@ class WindowSync:
             else:
                 ups[table] = Update(ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
                                     accum=np.ascontiguousarray(cur["accum"]), count=count)
+        if counts is not None:  # fenced on their own, and before the rows raise the namespace's offsets (which
+            # Counters.add also checks): a replay adds exactly what the crashed sync did not
+            self._retry("fenced counter push", self.pop.add, *counts, fence=self._fence(offsets))
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=self._fence(offsets))
         if applied or attempts > 0:
             if events:  # one record in flight at a time, overlapping the next batch

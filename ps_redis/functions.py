@@ -11,6 +11,7 @@ Functions (rows use the layout of :mod:`ps_redis.codec`; every call touches one 
 - ``lfm_delete``   delete rows, keeping the row counter right.
 - ``lfm_fence_max`` raise stored offsets to at least the given ones (cluster bookkeeping).
 - ``lfm_activity`` one micro-batch of the activity log (see :mod:`ps_redis.activity`).
+- ``lfm_count`` additions to a counter set (see :mod:`ps_redis.counters`).
 
 Stored values of the wrong length make a function fail before it writes anything, naming the key.
 """
@@ -294,6 +295,27 @@ end
 
 local function int(x) return string.format('%d', x) end
 
+-- KEYS: total counter [, fence key]   (one hash tag: the keys of one counter set)
+-- ARGV: bucket prefix, np, (partition, next offset) * np, packed (bucket i8, member i8, count i8) records
+local function lfm_count(keys, args)
+  local np = tonumber(args[2])
+  local fkey = np > 0 and keys[2] or nil
+  if fkey and covered(fkey, args, 3, np) then return 0 end
+  local blob = args[3 + 2 * np]
+  local prefix, total, n, step = args[1], 0, #blob / 24, 1000  -- 3000 values per unpack: below Lua's limit
+  for c = 0, n - 1, step do
+    local m = math.min(step, n - c)
+    local v = {struct.unpack('<' .. string.rep('i8', 3 * m), blob, c * 24 + 1)}
+    for j = 1, 3 * m, 3 do
+      redis.call('HINCRBY', prefix .. int(v[j]), int(v[j + 1]), v[j + 2])
+      total = total + v[j + 2]
+    end
+  end
+  redis.call('INCRBY', keys[1], total)
+  if fkey then raise_fence(fkey, args, 3, np) end
+  return 1
+end
+
 -- KEYS: popular zset, changes stream, clock, epoch
 -- ARGV: seen prefix, int width (4|8), users (packed ints: raw user, n, movie 1 .. movie n, ...),
 --       positives (packed ints: movie, count, ...), changed item ids (packed int64), max event ts,
@@ -330,6 +352,7 @@ redis.register_function('lfm_delete', lfm_delete)
 redis.register_function('lfm_fence_max', lfm_fence_max)
 redis.register_function('lfm_push', lfm_push)
 redis.register_function('lfm_activity', lfm_activity)
+redis.register_function('lfm_count', lfm_count)
 """
 
 

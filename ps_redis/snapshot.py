@@ -12,6 +12,8 @@ Arrays in the file (``z = np.load(path)``)::
     offsets.partition / .next_offset      int64[m]
     seen.user / seen.movie                int64[k]  activity log: raw user rated raw movie
     popular.movie / popular.count         int64[p] / float64[p]
+    counters                              str[C]  counter set names (ps_redis.counters)
+    counters.<name>.bucket / .member / .count   int64[q]
 
 e.g. ``pd.DataFrame({"id": z["item.ids"], "raw": z["item.raw"], "bias": z["item.bias"]})``.
 The activity log's change stream is not saved: after ``load`` a reader's old cursor is expired.
@@ -33,8 +35,10 @@ FIELDS = ("vec", "bias", "accum", "count", "updated", "raw")
 
 
 def save(ps: "ParameterServer", path: str | Path) -> Path:
-    """Write every table, the stored offsets and the activity log of ``ps``'s namespace to ``path``."""
+    """Write every table, the stored offsets, the activity log and the counter sets of ``ps``'s namespace to
+    ``path``."""
     from ps_redis.activity import ActivityLog
+    from ps_redis.counters import Counters
 
     path = Path(path)
     if path.suffix != ".npz":
@@ -65,6 +69,11 @@ def save(ps: "ParameterServer", path: str | Path) -> Path:
     users, movies, pop_m, pop_c = ActivityLog(ps).export()
     out["seen.user"], out["seen.movie"] = users, movies
     out["popular.movie"], out["popular.count"] = pop_m, pop_c
+    names = Counters.names(ps)
+    out["counters"] = np.array(names, dtype=str)
+    for name in names:
+        b, m, c = Counters(ps, name).read()
+        out[f"counters.{name}.bucket"], out[f"counters.{name}.member"], out[f"counters.{name}.count"] = b, m, c
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **out)
@@ -89,6 +98,7 @@ def fence_names(ps: "ParameterServer") -> list[tuple[str, str]]:
 def load(ps: "ParameterServer", path: str | Path) -> None:
     """Flush ``ps``'s namespace and restore the content of ``path`` (rows bit-exact)."""
     from ps_redis.activity import ActivityLog
+    from ps_redis.counters import Counters
 
     with np.load(Path(path), allow_pickle=False) as z:
         dim = int(z["dim"])
@@ -111,3 +121,5 @@ def load(ps: "ParameterServer", path: str | Path) -> None:
         for (g, t), offs in fences.items():
             ps.redis.hset(ps.keys.fence(g, t), mapping=offs)
     ActivityLog(ps).restore(data["seen.user"], data["seen.movie"], data["popular.movie"], data["popular.count"])
+    for name in data["counters"].tolist() if "counters" in data else []:  # files of older versions have none
+        Counters(ps, name).restore(*(data[f"counters.{name}.{f}"] for f in ("bucket", "member", "count")))

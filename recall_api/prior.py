@@ -5,14 +5,14 @@ The learner's recipe v1 (``learner.config``, ``pop_period_days`` > 0) ranks with
     s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i)
     τ_u(i)  = log(pop_smooth + Σ_{|k − k_u| ≤ pop_window} n[k, i] + pop_total_w·n_i)
 
-where ``n[k, i]`` counts positive events of movie i in period k (PS table ``ppop``, row id
-``k << 32 | raw movie id``, field ``count``) and ``k_u`` is the period of the user's last event (PS table
+where ``n[k, i]`` counts positive events of movie i in period k (the ``ppop`` counter set of
+:mod:`ps_redis.counters`: bucket k, member the raw movie id) and ``k_u`` is the period of the user's last event (PS table
 ``user_ctx``, field ``bias``; users without one get the latest period).  The design contract
 (docs/design.md "Recall scoring") is the special case ``gamma = 1, pop_weight = 0``, which is what the
 service serves unless started with ``--score-prior``.
 
-``ppop`` changes are not in the activity log's change stream, so the prior is rebuilt from a full scan of
-``ppop`` every ``prior_interval`` seconds by the refresh thread.  The formula and its parameters come from the
+``ppop`` changes are not in the activity log's change stream, so the prior is rebuilt from a full read of
+``ppop`` (one HGETALL per period) every ``prior_interval`` seconds by the refresh thread.  The formula and its parameters come from the
 learner itself (:class:`learner.evaluate.PeriodPrior`, :func:`learner.config.preset`), so the service and the
 learner's test evaluation cannot drift apart.
 """
@@ -23,8 +23,7 @@ import numpy as np
 
 from recall_api.topk import lookup_rows
 
-PPOP_TABLE, USER_CTX_TABLE = "ppop", "user_ctx"
-PPOP_SHIFT = 32
+USER_CTX_TABLE = "user_ctx"
 
 
 class ScorePrior:
@@ -50,18 +49,14 @@ class ScorePrior:
         self.empty_tau = float(np.log(self.cfg.pop_smooth))
 
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
-        """Rebuild from every ``ppop`` row; ``raw_pos`` maps raw movie ids to matrix rows (n_items of them)."""
-        from learner.evaluate import PeriodPrior
+        """Rebuild from every ``ppop`` count; ``raw_pos`` maps raw movie ids to matrix rows (n_items of them)."""
+        from learner.evaluate import PPOP, PeriodPrior
+        from ps_redis.counters import Counters
 
-        ids, counts = [], []
-        for rows in ps.scan(PPOP_TABLE):
-            ids.append(rows.ids)
-            counts.append(rows.count)
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        cols = lookup_rows(raw_pos, (ids & 0xFFFFFFFF).tolist())
+        periods, movies, counts = Counters(ps, PPOP).read()
+        cols = lookup_rows(raw_pos, movies.tolist())
         ok = (cols >= 0) & (cols < n_items)
-        self.prior = PeriodPrior(self.cfg, ids[ok] >> PPOP_SHIFT, cols[ok], counts[ok], n_items)
+        self.prior = PeriodPrior(self.cfg, periods[ok], cols[ok], counts[ok], n_items)
         self.n_built, self.rows = n_items, int(ok.sum())
         self.version += 1
 

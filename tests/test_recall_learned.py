@@ -89,17 +89,17 @@ def test_answers_after_real_training_match_brute_force(tmp_path, stack, namespac
 
 def check_score_prior(redis_url, namespace, catalog, ps, log, raw, vec, bias, users) -> None:
     from learner.evaluate import PeriodPrior
+    from ps_redis.counters import Counters
 
     prior_store = RecallStore(StoreConfig(redis_url, namespace, dim=DIM, score_prior=True), catalog)
     assert prior_store.refresh_once()
     cfg = prior_store.prior.cfg
-    ids = np.concatenate([r.ids for r in ps.scan("ppop")])
-    counts = np.concatenate([r.count for r in ps.scan("ppop")])
-    assert len(ids) > 0, "the learner wrote no ppop rows (is its popularity prior off?)"
+    periods, movies, counts = Counters(ps, "ppop").read()
+    assert len(movies) > 0, "the learner counted no ppop positives (is its popularity prior off?)"
     col = {m: i for i, m in enumerate(raw.tolist())}
-    cols = np.array([col.get(int(m), -1) for m in (ids & 0xFFFFFFFF).tolist()])
+    cols = np.array([col.get(int(m), -1) for m in movies.tolist()])
     ok = cols >= 0
-    reference = PeriodPrior(cfg, ids[ok] >> 32, cols[ok], counts[ok], len(raw))
+    reference = PeriodPrior(cfg, periods[ok], cols[ok], counts[ok], len(raw))
     for u in users[:8]:
         h = np.array([user_hash(u)])
         q = ps.pull("user", h, create=False).vec[0].astype(np.float64)
