@@ -26,9 +26,7 @@ exits 0.  Redis errors are retried with capped exponential backoff; nothing is c
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -48,19 +46,10 @@ from learner.model import MFModel
 from learner.pending import Pending
 from learner.poison import PoisonRecords
 from learner.probe import HRProbe
+from learner.report import MetricsFile, say
 from learner.sync import WindowSync
 
 CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
-
-
-def _open_metrics(path):
-    """Open the metrics file for appending; a last record torn by a killed learner ends its own line first."""
-    path = Path(path)
-    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    f = open(path, "a")
-    if torn:
-        f.write("\n")
-    return f
 
 
 class Learner:
@@ -88,7 +77,7 @@ class Learner:
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self._stop = False
-        self._metrics = _open_metrics(cfg.metrics_path) if cfg.metrics_path else None
+        self._metrics = MetricsFile(cfg.metrics_path)
         self.poison = PoisonRecords(cfg, self.say, self.emit)
         self.test = None
         if cfg.data_dir:
@@ -111,14 +100,12 @@ class Learner:
 
     # ----------------------------------------------------------------------------- logging
     def say(self, text: str) -> None:
-        print(f"[learner {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+        say(text)
 
     def emit(self, event: str, **fields) -> dict:
         rec = {"event": event, "step": self.step, "events": self.events, "records": self.records,
                "time": round(time.time(), 3), "elapsed": round(time.time() - self.t0, 3), **fields}
-        if self._metrics:
-            self._metrics.write(json.dumps(rec) + "\n")
-            self._metrics.flush()
+        self._metrics.write(rec)
         return rec
 
     # ----------------------------------------------------------------------------- I/O edge
@@ -404,6 +391,5 @@ class Learner:
                             poison=self.poison.count, skipped_pushes=self.sync.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
                  f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
-        if self._metrics:
-            self._metrics.close()
+        self._metrics.close()
         return summary

@@ -167,12 +167,12 @@ def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
 
 
 def test_metrics_records_torn_by_a_kill_stay_on_their_own_line(tmp_path, capsys):
-    from learner.loop import _open_metrics
+    from learner.report import open_metrics
     from learner.plot import load
 
     path = tmp_path / "m.jsonl"
     path.write_text('{"event": "train", "step": 1}\n{"event": "tra')  # a learner killed mid-write
-    with _open_metrics(path) as f:
+    with open_metrics(path) as f:
         f.write('{"event": "assign", "step": 1}\n')
     assert [r["event"] for r in load(path)] == ["train", "assign"]
     assert f"{path}:2: not a JSON object" in capsys.readouterr().err
@@ -191,3 +191,13 @@ def test_id_index_finds_rows_of_ids_added_in_any_order():
     assert ix.find([7, 4, 2**59, -3, 8, 2**60]).tolist() == [1, 3, 0, 2, -1, -1] and len(ix) == 4
     ix.clear()
     assert ix.find([7]).tolist() == [-1]
+
+
+def test_consumer_runs_in_a_child_by_default_for_kafka_python_only():
+    from learner.config import LearnerConfig
+
+    assert LearnerConfig().in_child  # kafka-python parses records in Python: off the loop's GIL
+    assert not LearnerConfig(backend="confluent").in_child
+    assert not LearnerConfig(prefetch=False).in_child  # polling on the loop's thread
+    assert not LearnerConfig(consumer_process=False).in_child
+    assert LearnerConfig(backend="confluent", consumer_process=True).in_child
