@@ -13,9 +13,9 @@ it covers.  A sync writes the rows changed since the previous sync:
   when next touched) on a partition revocation, when the PS epoch moved (a ``delete`` / ``load`` /
   ``flush`` by another process: rows it changed may be written back by the next two syncs), and above
   ``max_held`` rows.
-- gradient mode (several workers share item rows): ``ps.push`` of the steps ``pulled − trained``, the ``ppop``
-  additions (fenced on their own), then the activity log; the held rows are dropped after each sync (other
-  workers change them).
+- gradient mode (several workers share item rows): the ``ppop`` additions (fenced on their own), ``ps.push`` of
+  the steps ``pulled − trained``, then the activity log; the held rows are dropped after each sync (other
+  workers change them).  A Redis Cluster in assign mode writes the same way, with assigned values.
 
 After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).
 """
