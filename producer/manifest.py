@@ -101,12 +101,6 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     return Manifest(path, tuple(shards), total, hashlib.sha256(raw).hexdigest())
 
 
-def _tf():
-    import tensorflow as tf  # lazy: `--help` and the pure parts do not need TensorFlow
-
-    return tf
-
-
 def data_loss_error(shard: ShardInfo, exc: Exception) -> DataError:
     """The :class:`DataError` for a TensorFlow read error ``exc`` (corrupt or truncated record) in ``shard``."""
     msg = getattr(exc, "message", None) or str(exc)
@@ -123,7 +117,8 @@ def verify_shards(manifest: Manifest) -> None:
         DataError: a shard is corrupt or truncated, or holds a different number of records than
             the manifest says.
     """
-    tf = _tf()
+    import tensorflow as tf  # lazy: `--help` and the pure parts do not need TensorFlow
+
     for shard in manifest.shards:
         ds = tf.data.TFRecordDataset(str(shard.path), buffer_size=1 << 20).batch(8192)
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ps_redis.connection import node_clients
+from ps_redis.maintenance import scan_keys
 from ps_redis.server import ParameterServer
 from ps_redis.types import Fence
 
@@ -71,12 +71,8 @@ class Counters:
         return int(self.ps._run([(self.total_key, ("GET", self.total_key))])[0] or 0)
 
     def _bucket_keys(self) -> list[bytes]:
-        keys = set()
-        with self.ps._io():
-            for node in node_clients(self.ps.redis, self.ps.is_cluster):
-                keys.update(k for k in node.scan_iter(match=f"{self.tag}:*", count=1000)
-                            if k.rsplit(b":", 1)[1].lstrip(b"-").isdigit())  # not @total / @fence
-        return sorted(keys)
+        return sorted(k for k in scan_keys(self.ps, f"{self.tag}:*")
+                      if k.rsplit(b":", 1)[1].lstrip(b"-").isdigit())  # not @total / @fence
 
     def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (bucket, member, count), int64 arrays sorted by bucket then member (one HGETALL per bucket)."""
@@ -106,9 +102,4 @@ class Counters:
     def names(ps: ParameterServer) -> list[str]:
         """The counter sets present in ``ps``'s namespace."""
         prefix = f"{{{ps.namespace}:@cnt:"
-        found = set()
-        with ps._io():
-            for node in node_clients(ps.redis, ps.is_cluster):
-                for key in node.scan_iter(match=f"{prefix}*}}:@total", count=1000):
-                    found.add(key.decode()[len(prefix):].split("}", 1)[0])
-        return sorted(found)
+        return sorted({k.decode()[len(prefix):].split("}", 1)[0] for k in scan_keys(ps, f"{prefix}*}}:@total")})

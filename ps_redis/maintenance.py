@@ -15,15 +15,20 @@ if TYPE_CHECKING:
     from ps_redis.server import ParameterServer
 
 
-def tables(ps: "ParameterServer") -> list[str]:
-    """Names of the tables that hold rows (or once did): from the row-counter keys."""
+def scan_keys(ps: "ParameterServer", pattern: str) -> set[bytes]:
+    """Every key matching the SCAN MATCH ``pattern``, on every primary (each once)."""
     found = set()
     with ps._io():
         for node in node_clients(ps.redis, ps.is_cluster):
-            pattern = f"{{{ps.namespace}:*}}:@n" if ps.keys.shards else f"{ps.namespace}:@n:*"
-            for key in node.scan_iter(match=pattern, count=1000):
-                k = key.decode()
-                found.add(k[1:].split(":")[1] if ps.keys.shards else k.rsplit(":", 1)[1])
+            found.update(node.scan_iter(match=pattern, count=1000))
+    return found
+
+
+def tables(ps: "ParameterServer") -> list[str]:
+    """Names of the tables that hold rows (or once did): from the row-counter keys."""
+    pattern = f"{{{ps.namespace}:*}}:@n" if ps.keys.shards else f"{ps.namespace}:@n:*"
+    found = {k.decode()[1:].split(":")[1] if ps.keys.shards else k.decode().rsplit(":", 1)[1]
+             for k in scan_keys(ps, pattern)}
     return sorted(t for t in found if not t.startswith("@"))
 
 

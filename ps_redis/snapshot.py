@@ -83,16 +83,11 @@ def save(ps: "ParameterServer", path: str | Path) -> Path:
 
 def fence_names(ps: "ParameterServer") -> list[tuple[str, str]]:
     """(group, topic) of every stored offsets hash of the namespace."""
-    from ps_redis.connection import node_clients
+    from ps_redis.maintenance import scan_keys
 
     prefix = f"{ps.namespace}:@fence:"
-    names = set()
-    with ps._io():
-        for node in node_clients(ps.redis, ps.is_cluster):
-            for key in node.scan_iter(match=prefix + "*", count=1000):
-                group, topic = key.decode()[len(prefix):].rsplit(":", 1)  # topics never contain ':'
-                names.add((group, topic))
-    return sorted(names)
+    # topics never contain ':'
+    return sorted(tuple(key.decode()[len(prefix):].rsplit(":", 1)) for key in scan_keys(ps, prefix + "*"))
 
 
 def load(ps: "ParameterServer", path: str | Path) -> None:
