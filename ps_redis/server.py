@@ -255,17 +255,6 @@ class ParameterServer:
         return ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, len(fargs) // 2, *fargs,
                 len(packed), *segs)
 
-    def push_command(self, updates: dict[str, Update], mode: str = "assign") -> tuple | None:
-        """The server-side :meth:`push` of ``updates`` (no fence) as one command, for a caller that runs it
-        inside its own transaction (e.g. counters next to :meth:`write_rows`); None when there is nothing
-        to push.  Standalone server only."""
-        if self.keys.shards:
-            raise ValueError("push_command needs a standalone server; on a cluster use push()")
-        packed = self._pack_updates(updates, mode)
-        for table, _, _, _ in packed:
-            self._rows.forget(table)
-        return self._push_args(packed, mode, time.time(), None) if packed else None
-
     def write_rows(self, tables: dict[str, tuple], fence: Fence | None = None, extra: list[tuple] = ()) -> bool:
         """Overwrite whole rows of several tables in one MULTI/EXEC (standalone server only).
 

@@ -506,23 +506,6 @@ def test_deferred_rows_are_stored_and_counted_by_the_next_assign_push(ps):
     assert ps.offsets("g", "t") == {0: 3}
 
 
-def test_push_command_runs_inside_a_write_rows_transaction(ps):
-    """Count-only server-side push (the learner's ppop counters) next to the row MSET, under one fence."""
-    ps.pull("item", ids_of(3))
-    cmd = ps.push_command({"ppop": Update(ids_of(1, 2), count=np.int64([2, 5])),
-                           "item": Update(ids_of(3), count=np.int64([1]))})
-    assert cmd[:2] == ("FCALL", "lfm_push")
-    fence = Fence("g", "t", {0: 4})
-    assert ps.write_rows({}, fence=fence, extra=[cmd])
-    got = ps.pull("ppop", ids_of(1, 2), create=False)
-    assert got.found.all() and got.count.tolist() == [2, 5] and ps.count("ppop") == 2
-    assert not got.vec.any()  # rows created by a push start at zero (as the Lua path always did)
-    assert ps.pull("item", ids_of(3), create=False).count.tolist() == [1]
-    assert not ps.write_rows({}, fence=fence, extra=[cmd])  # a replay is skipped, counters included
-    assert ps.pull("ppop", ids_of(1, 2), create=False).count.tolist() == [2, 5]
-    assert ps.push_command({"ppop": Update(ids_of(), count=np.zeros(0, np.int64))}) is None
-
-
 def test_epoch_moves_on_delete_put_and_flush_not_on_pushes(ps):
     first = ps.epoch()
     ps.pull("user", ids_of(1, 2))

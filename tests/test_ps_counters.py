@@ -61,6 +61,23 @@ def test_add_command_runs_inside_a_transaction(ps):
     assert as_dict(c) == {(3, 1): 2, (3, 2): 2}
 
 
+def test_add_command_inside_a_fenced_write_rows(ps):
+    """The learner's sync: counter additions next to the row MSET, under one fence; a replay is skipped."""
+    from ps_redis.codec import row_dtype
+
+    c = Counters(ps, "ppop")
+    rows = np.zeros(1, row_dtype(4))
+    rows["count"] = 1
+    ids = np.array([3], np.int64)
+    fence = Fence("g", "t", {0: 4})
+    cmd = c.add_command([7, 7], [1, 2], [2, 5])
+    assert ps.write_rows({"item": (ids, rows, np.array([True]))}, fence=fence, extra=[cmd])
+    assert as_dict(c) == {(7, 1): 2, (7, 2): 5}
+    assert ps.pull("item", ids, create=False).count.tolist() == [1]
+    assert not ps.write_rows({"item": (ids, rows, np.array([True]))}, fence=fence, extra=[cmd])
+    assert as_dict(c) == {(7, 1): 2, (7, 2): 5}  # counters included
+
+
 def test_save_load_and_flush(ps, tmp_path):
     c = Counters(ps, "ppop")
     c.add([5, 6], [1, 1], [3, 4])
