@@ -32,8 +32,8 @@ VARIANTS = {
     "kafka-python-in-process": ["--backend", "kafka-python", "--no-consumer-process"],
     "kafka-python-no-prefetch": ["--backend", "kafka-python", "--no-prefetch"],
     "kafka-python-gradient-push": ["--backend", "kafka-python", "--push-mode", "gradient"],
-    "confluent": ["--backend", "confluent"],
-    "confluent-process": ["--backend", "confluent", "--consumer-process"],
+    "confluent": ["--backend", "confluent"],  # also in a child process by default
+    "confluent-in-process": ["--backend", "confluent", "--no-consumer-process"],
     "confluent-xla": ["--backend", "confluent", "--xla"],
     "kafka-python-xla": ["--backend", "kafka-python", "--xla"],
 }
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=600_000, help="synthetic ratings to prepare (600k → ≥ 500k train events)")
     p.add_argument("--partitions", type=int, default=1)
-    p.add_argument("--variants", default="kafka-python,confluent,kafka-python-in-process,confluent-process,"
+    p.add_argument("--variants", default="kafka-python,confluent,kafka-python-in-process,confluent-in-process,"
                                          "kafka-python-gradient-push")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
     p.add_argument("--redis-url", default=None)

@@ -56,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                     help="consume on a background thread")
     io.add_argument("--consumer-process", action=argparse.BooleanOptionalAction, default=None,
-                    help="consume in a child process, off the training loop's GIL (default: on for kafka-python "
-                         "with --prefetch, off for confluent)")
+                    help="consume in a child process, off the training loop's GIL (default: on with --prefetch)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
     run = p.add_argument_group("run and logging")

@@ -201,9 +201,9 @@ class LearnerConfig:
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.
         prefetch: consume on a background thread, overlapping the network with compute.
         consumer_process: run the consumer in a child process that sends the polled records through a pipe
-            (the loop no longer shares the GIL with the client's record parsing).  None (default) = for
-            kafka-python with ``prefetch`` (its pure-Python parsing is what binds in process); confluent-kafka
-            parses in C and stays in process.
+            (the loop no longer shares the GIL with the client's record parsing and message building).
+            None (default) = with ``prefetch``, for both clients: kafka-python's pure-Python parsing is what
+            binds in process, and confluent-kafka's consumer thread still holds the GIL to build messages.
         train_log_steps: batches between prequential AUC/loss lines.
         test_log_steps: batches between test evaluations + checkpoints (0 = only at the end).
         hr_sample: share of positive events scored for prequential HR@k (0 = off).
@@ -269,7 +269,7 @@ class LearnerConfig:
     def in_child(self) -> bool:
         """Whether the consumer runs in a child process (see ``consumer_process``)."""
         if self.consumer_process is None:
-            return self.backend == "kafka-python" and self.prefetch
+            return self.prefetch
         return self.consumer_process
 
     @property

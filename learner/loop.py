@@ -12,7 +12,9 @@ between chunks only — once the consumer has reached the end of its partitions 
 stream) and at least every ``sync_ms`` while a backlog drains. On a standalone Redis in assign mode (one writer per
 row) the sync is one MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts
 and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next chunk trains, and
-the rows stay held (pulled once). On a Redis Cluster the window is written in the foreground through ``ps.push``
+the rows stay held (pulled once). Redis runs that transaction as one step and a pull sent meanwhile waits for it,
+so before starting it the loop pulls the rows of the records it consumed already (read-ahead): the chunks trained
+during the write need no pull. On a Redis Cluster the window is written in the foreground through ``ps.push``
 (per slot group, Lua); gradient mode (several workers) does that after every batch and re-pulls its rows.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
@@ -50,6 +52,7 @@ from learner.report import MetricsFile, say
 from learner.sync import WindowSync
 
 CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
+READ_AHEAD_BATCHES = 64  # micro-batches of consumed records whose rows are pulled before a background write
 
 
 class Learner:
@@ -88,7 +91,7 @@ class Learner:
 
         self.sync = WindowSync(self.ps, self.activity, m.dim, m.item_scale, self.mode,
                                fence=lambda offsets: Fence(cfg.group, cfg.topic, offsets),
-                               commit=lambda offsets: self.fetcher.commit(offsets), retry=self._retry,
+                               commit=self._commit, retry=self._retry,
                                say=self.say, tick=self._tick)
         self.probe = HRProbe(m, cfg.hr_k, cfg.hr_sample, self.activity, self.sync, self._retry) \
             if cfg.hr_sample > 0 else None
@@ -116,6 +119,11 @@ class Learner:
 
         return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
                      say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        """Kafka commit after a PS write (none before the consumer exists: the PS offsets are the truth)."""
+        if self.fetcher is not None:
+            self.fetcher.commit(offsets)
 
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
@@ -258,6 +266,8 @@ class Learner:
         # a single writer reads the rows it lacks before the previous window's write starts (a read queued
         # behind that transaction would wait for it); gradient pushes write first (their rows are re-read)
         slots = self.sync.hold(ci.wanted) if self.mode == "assign" else None
+        if self.sync.background and self.sync.due(False, self.cfg.sync_ms):
+            self._read_ahead()
         t = self._tick("pull", t)
         dropped = self._sync_due()  # its time counts as "push"
         t = time.perf_counter()
@@ -287,6 +297,18 @@ class Learner:
         if self.probe is not None:
             self.probe.refresh()
         self._tick("prequential_hr", t)
+
+    def _read_ahead(self) -> None:
+        """Before a background write starts, pull the rows of the records already consumed (pending, plus the
+        chunks the fetcher holds, up to READ_AHEAD_BATCHES micro-batches).  Redis runs the write as one
+        transaction and a pull sent meanwhile waits for all of it; rows held already need no pull.  Holding
+        early changes nothing else: in assign mode the learner is the rows' only writer, and a held row is
+        written only once trained."""
+        if self.fetcher is not None:
+            self.pending.absorb(self.fetcher, READ_AHEAD_BATCHES * self.cfg.model.batch_size)
+        cols = self.pending.columns()
+        if cols is not None and len(cols["label"]):
+            self.sync.hold(index_chunk(cols, self.cfg.model).wanted)
 
     def _sync_due(self) -> bool:
         """Write the window if it is ``sync_ms`` old (or after every batch with gradient pushes); returns

@@ -24,6 +24,23 @@ class Pending:
         """Drop every pending record (a revocation: the next owner resumes from the PS offsets)."""
         self.chunks, self.n = [], 0
 
+    def absorb(self, fetcher, limit: int) -> None:
+        """Add the chunks ``fetcher`` has ready (without waiting; chunks of an older assignment generation are
+        dropped, as the loop drops them) until ``limit`` records are pending."""
+        while self.n < limit and fetcher.backlog():
+            chunk = fetcher.get(timeout=0)
+            if chunk is None:
+                return
+            if chunk.gen == fetcher.generation:
+                self.add(chunk)
+
+    def columns(self) -> dict[str, np.ndarray] | None:
+        """The decoded columns of every valid pending record, in order (None if a chunk is not decoded)."""
+        decs = [c.decoded for c in self.chunks]
+        if not decs or any(d is None for d in decs):
+            return None
+        return Decoded.join(decs).parsed().columns
+
     def take(self, n: int) -> Chunk:
         """The first ``n`` pending records (n ≤ ``self.n``) as one chunk; a chunk cut in two keeps its tail."""
         parts, offs, vals, keys, decs, got = [], [], [], [], [], 0

@@ -116,11 +116,13 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_
     assert committed == stored  # Kafka commits kept in step with the PS offsets
 
 
-@pytest.mark.parametrize("flags", [("--backend", "confluent"), ("--no-consumer-process",)])
+@pytest.mark.parametrize("flags", [("--backend", "confluent"), ("--backend", "confluent", "--no-consumer-process"),
+                                   ("--no-consumer-process",)])
 def test_other_consumers_train_the_same_stream(redis_url, bootstrap, syn_topic, syn_dir, syn_values, namespace,
                                                reference_run, tmp_path, flags):
-    """The optional confluent-kafka consumer, and kafka-python in the learner's process (by default it runs in a
-    child process): the whole stream exactly once, commits in step, the AUC of the default run."""
+    """The optional confluent-kafka consumer (in its child process, and in the learner's), and kafka-python in the
+    learner's process (by default it runs in a child process): the whole stream exactly once, commits in step,
+    the AUC of the default run."""
     from kafka import KafkaConsumer, TopicPartition
 
     from learner_fixtures import COMMON
@@ -130,7 +132,8 @@ def test_other_consumers_train_the_same_stream(redis_url, bootstrap, syn_topic, 
                     "--data-dir", str(syn_dir), "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     backend = flags[1] if flags[0] == "--backend" else "kafka-python"
-    assert f"({backend}, assign pushes" in r.stderr  # in process (no "in a child process")
+    where = "" if "--no-consumer-process" in flags else " in a child process"
+    assert f"({backend}{where}, assign pushes" in r.stderr
     end = read_metrics(metrics)[-1]
     assert end["reason"] == "idle_timeout" and end["events"] == len(syn_values) and end["poison"] == 0
     assert_exactly_once(redis_url, namespace, syn_values)

@@ -193,11 +193,52 @@ def test_id_index_finds_rows_of_ids_added_in_any_order():
     assert ix.find([7]).tolist() == [-1]
 
 
-def test_consumer_runs_in_a_child_by_default_for_kafka_python_only():
+def test_consumer_runs_in_a_child_by_default_unless_polling_on_the_loop_thread():
     from learner.config import LearnerConfig
 
     assert LearnerConfig().in_child  # kafka-python parses records in Python: off the loop's GIL
-    assert not LearnerConfig(backend="confluent").in_child
+    assert LearnerConfig(backend="confluent").in_child
     assert not LearnerConfig(prefetch=False).in_child  # polling on the loop's thread
     assert not LearnerConfig(consumer_process=False).in_child
-    assert LearnerConfig(backend="confluent", consumer_process=True).in_child
+    assert not LearnerConfig(backend="confluent", consumer_process=False).in_child
+
+
+def test_read_ahead_holds_the_rows_of_pending_records_and_writes_nothing(redis_url, namespace):
+    """Before a background write the loop pulls the rows of what it consumed already; training those records
+    afterwards sends Redis nothing, and rows held early are not written until trained."""
+    import redis
+
+    from learner.config import LearnerConfig, preset
+    from learner.kafka_io import Chunk
+    from learner.loop import Learner
+    from lfm_stream.hashing import movie_hash as item_key, user_hash as user_key
+    from lfm_stream.schema import make_example
+
+    users, movies = [1, 2, 3, 1, 2, 4], [10, 11, 12, 13, 10, 14]
+    values = [make_example(user_id=user_key(u), movie_id=item_key(m), raw_user_id=u, raw_movie_id=m, rating=4.0,
+                           label=1.0, timestamp=1_000_000 + i) for i, (u, m) in enumerate(zip(users, movies))]
+    learner = Learner(LearnerConfig(redis_url=redis_url, namespace=namespace, hr_sample=0.0,
+                                    model=preset("default", dim=DIM, batch_size=2)))
+    r = redis.Redis.from_url(redis_url)
+
+    def calls() -> int:
+        return sum(v["calls"] for k, v in r.info("commandstats").items() if k not in ("cmdstat_info",))
+
+    try:
+        chunk = Chunk(np.zeros(6, np.int32), np.arange(6, dtype=np.int64), values)
+        chunk.decoded = learner.input.decode(values)
+        learner.pending.add(chunk)
+        learner._read_ahead()
+        held = learner.sync.held
+        assert not held["user"].missing(np.array(sorted({user_key(u) for u in users}))).any()
+        assert not held["item"].missing(np.array(sorted({item_key(m) for m in movies}))).any()
+        assert not any(w.dirty.any() for w in held.values()) and learner.ps.count("user") == 0
+        before = calls()
+        learner._process(learner._take(6))  # three micro-batches, all rows held: no pull
+        assert calls() == before and learner.step == 3 and learner.records == 6
+        assert held["user"].dirty.all() and held["item"].dirty.all()
+        learner.sync.close()  # the fenced write of the trained rows
+        assert learner.ps.count("user") == 4 and learner.ps.count("item") == 5
+        assert learner.ps.offsets(learner.cfg.group, learner.cfg.topic) == {0: 6}
+    finally:
+        learner.ps.flush()
