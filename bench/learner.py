@@ -6,7 +6,9 @@
 Fills a topic once (``producer.prepare --synthetic N`` → ``producer.replay --rate 0``), measures in the same
 run the raw consume ceilings (kafka-python poll-and-discard, CRCs checked as the learner does; confluent-kafka), then
 runs ``python -m learner`` to the end of the topic for each variant (fresh group + namespace) and reports
-events/s over the span from its first to its last batch, plus the main thread's seconds per stage (parse:
+events/s over the span from its first to its last batch, the whole machine's busy cores and CPU per event over the
+span of its train logs (from /proc/stat: learner, consumer child, Redis and the broker together), plus the main
+thread's seconds per stage (parse:
 taking decoded records, pull: indexing + rows not held + MGET, prequential_hr, step: the TF call, metrics:
 window/AUC bookkeeping, push: waiting for a sync write, wait_consume) so the binding stage is visible.  Starts its own redis-server + Tansu
 unless --redis-url / --bootstrap are given.
@@ -20,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +44,41 @@ VARIANTS = {
 
 def env() -> dict[str, str]:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+class MachineCpu:
+    """Samples the machine's busy CPU time (/proc/stat, all cores) every 50 ms on a thread."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, int, int]] = []  # (time, total jiffies, idle jiffies)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            self.samples.append((time.time(), sum(v), v[3] + v[4]))
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        if os.path.exists("/proc/stat"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def busy_cores(self, t0: float, t1: float) -> float | None:
+        """Average busy cores between the samples nearest ``t0`` and ``t1``."""
+        if len(self.samples) < 2 or t1 <= t0:
+            return None
+        a = min(self.samples, key=lambda x: abs(x[0] - t0))
+        b = min(self.samples, key=lambda x: abs(x[0] - t1))
+        total = b[1] - a[1]
+        return ((total - (b[2] - a[2])) / total) * (os.cpu_count() or 1) if total > 0 else None
 
 
 def consume_ceiling_kafka_python(bootstrap: str, topic: str, n: int) -> float:
@@ -124,14 +162,21 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic",
                    topic, "--namespace", ns, "--group", f"g-{ns}", "--dim", "32", "--metrics", str(metrics),
                    "--idle-timeout", "3", "--train-log-steps", "200", *VARIANTS[name], *args.learner_arg]
-            subprocess.run(cmd, cwd=ROOT, env=env(), check=True, stderr=subprocess.DEVNULL)
-            end = [json.loads(x) for x in metrics.read_text().splitlines()][-1]
+            with MachineCpu() as cpu:
+                subprocess.run(cmd, cwd=ROOT, env=env(), check=True, stderr=subprocess.DEVNULL)
+            recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+            end = recs[-1]
+            train = [r for r in recs if r["event"] == "train"][:-1]  # the last one is written after the stream
+            busy = cpu.busy_cores(train[0]["time"], train[-1]["time"]) if len(train) > 1 else None
+            span_events = train[-1]["events"] - train[0]["events"] if len(train) > 1 else 0
             stages = end.get("stage_seconds", {})
-            busy = {k: v for k, v in stages.items()}
             out["variants"][name] = {
                 "events": end["events"], "events_per_s": end["stream_events_per_s"],
                 "stream_seconds": end["stream_seconds"], "stage_seconds": stages,
-                "binding_stage": max(busy, key=busy.get) if busy else None,
+                "binding_stage": max(stages, key=stages.get) if stages else None,
+                "machine_busy_cores": round(busy, 2) if busy is not None else None,
+                "machine_core_us_per_event": round(busy * (train[-1]["time"] - train[0]["time"]) / span_events * 1e6, 1)
+                if busy is not None and span_events else None,
                 "args": VARIANTS[name] + args.learner_arg,
             }
             print(f"{name}: {json.dumps(out['variants'][name])}", file=sys.stderr, flush=True)
