@@ -15,7 +15,8 @@ and ``Fence(group, topic, {partition: next offset})`` — run on a background th
 the rows stay held (pulled once). Redis runs that transaction as one step and a pull sent meanwhile waits for it,
 so before starting it the loop pulls the rows of the records it consumed already (read-ahead): the chunks trained
 during the write need no pull. On a Redis Cluster the window is written in the foreground through ``ps.push``
-(per slot group, Lua); gradient mode (several workers) does that after every batch and re-pulls its rows.
+(per slot group, Lua); gradient mode (several workers) does that after every chunk and re-pulls its rows, so
+another worker's item updates reach it within one chunk.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
 the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes exactly
@@ -213,10 +214,10 @@ class Learner:
         return bool(self.cfg.max_events) and self.records >= self.cfg.max_events
 
     def _chunk_size(self) -> int:
-        """Records for the next chunk: whole micro-batches, up to CHUNK_BATCHES (one in gradient mode, which
-        syncs after every batch), never past a test-log step (the evaluation follows a sync)."""
+        """Records for the next chunk: whole micro-batches, up to CHUNK_BATCHES, never past a test-log step (the
+        evaluation follows a sync)."""
         B, T = self.cfg.model.batch_size, self.cfg.test_log_steps
-        k = min(self.pending.n // B, CHUNK_BATCHES if self.mode == "assign" else 1)
+        k = min(self.pending.n // B, CHUNK_BATCHES)
         if T:
             k = min(k, T - self.step % T)
         return k * B
@@ -311,7 +312,7 @@ class Learner:
             self.sync.hold(index_chunk(cols, self.cfg.model).wanted)
 
     def _sync_due(self) -> bool:
-        """Write the window if it is ``sync_ms`` old (or after every batch with gradient pushes); returns
+        """Write the window if it is ``sync_ms`` old (or after every chunk with gradient pushes); returns
         whether that dropped the held rows."""
         if not self.sync.due(False, self.cfg.sync_ms):
             return False
