@@ -13,8 +13,8 @@ it covers.  A sync writes the rows changed since the previous sync:
   when next touched) on a partition revocation, when the PS epoch moved (a ``delete`` / ``load`` /
   ``flush`` by another process: rows it changed may be written back by the next two syncs), and above
   ``max_held`` rows.
-- gradient mode (several workers share item rows): the ``ppop`` additions (fenced on their own), ``ps.push`` of
-  the steps ``pulled − trained``, then the activity log; the held rows are dropped after each sync (other
+- gradient mode (several workers share item rows): the ``ppop`` additions and the activity log (each fenced on
+  its own), then ``ps.push`` of the steps ``pulled − trained``; the held rows are dropped after each sync (other
   workers change them).  A Redis Cluster in assign mode writes the same way, with assigned values.
 
 After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).
@@ -72,7 +72,6 @@ class WindowSync:
         self._epoch = self._epoch_seen = _UNSEEN  # PS epoch after the last write (delete / load / flush move it)
         self._job = None
         self._inflight_events = None  # the activity-log events of the write in flight
-        self._activity_job = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-sync")
 
     # ---------------------------------------------------------------------------- one batch
@@ -198,7 +197,7 @@ class WindowSync:
             w.clear()
 
     def wait(self) -> None:
-        """Block until the write in flight (and the activity record) landed."""
+        """Block until the write in flight landed."""
         t = time.perf_counter()
         if self._job is not None:
             applied, offsets = self._job.result()
@@ -206,9 +205,6 @@ class WindowSync:
             if not applied:
                 self.skipped += 1
                 self._say(f"fenced push for {offsets} skipped: the PS already holds it")
-        if self._activity_job is not None:
-            self._activity_job.result()
-            self._activity_job = None
         self._tick("push", t)
 
     def close(self) -> None:
@@ -228,8 +224,8 @@ class WindowSync:
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
     def _push(self, dirty: dict[str, tuple], counts, offsets: dict[int, int], events) -> None:
-        """Gradient mode or a cluster: ``ps.push`` (server-side Lua) and the fenced ``ppop`` additions, then the
-        activity log in the background."""
+        """Gradient mode or a cluster: the ``ppop`` additions and the activity log, each fenced on its own, then
+        ``ps.push`` of the rows (server-side Lua, fenced)."""
         from ps_redis import Update
 
         t = time.perf_counter()
@@ -242,17 +238,15 @@ class WindowSync:
             else:
                 ups[table] = Update(ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
                                     accum=np.ascontiguousarray(cur["accum"]), count=count)
-        if counts is not None:  # fenced on their own, and before the rows raise the namespace's offsets (which
-            # Counters.add also checks): a replay adds exactly what the crashed sync did not
-            self._retry("fenced counter push", self.pop.add, *counts, fence=self._fence(offsets))
-        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=self._fence(offsets))
-        if applied or attempts > 0:
-            if events:  # one record in flight at a time, overlapping the next batch
-                if self._activity_job is not None:
-                    self._activity_job.result()
-                self._activity_job = self._pool.submit(self._retry, "activity log", self.activity.record,
-                                                       None, *events)
-        else:
+        # before the rows raise the namespace's offsets (which Counters.add and ActivityLog.record also check),
+        # each fenced on its own: a replay after a crash adds exactly what the crashed sync did not
+        fence = self._fence(offsets)
+        if counts is not None:
+            self._retry("fenced counter push", self.pop.add, *counts, fence=fence)
+        if events:
+            self._retry("fenced activity log", self.activity.record, None, *events, fence=fence)
+        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
+        if not (applied or attempts > 0):
             self.skipped += 1
             self._say(f"fenced push for {offsets} skipped: the PS already holds it")
         if self.mode == "assign":

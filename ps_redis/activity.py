@@ -9,6 +9,7 @@ recall service.  Keys (one hash tag, so a cluster keeps them on one node)::
                                      int64 hashed item ids changed by one batch, ``ts`` = its last event time
     {<ns>:@act}:epoch                random token, new whenever the log starts from scratch (flush / load)
     {<ns>:@act}:clock                largest event timestamp recorded (stream time)
+    {<ns>:@act}:@fence:<group>:<topic>  offsets of the fenced records (see :meth:`ActivityLog.record`)
 
 Incremental refresh for a reader::
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from ps_redis.connection import PSError
 from ps_redis.server import ParameterServer
+from ps_redis.types import Fence
 
 DEFAULT_MAXLEN = 10_000  # stream entries (one per recorded batch) kept, approximately
 
@@ -57,8 +59,18 @@ class ActivityLog:
     def _call(self, *commands: tuple) -> list:
         return self.ps._run([(self.keys.act_popular, c) for c in commands])
 
-    def record(self, user_ids, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> str | None:
+    def fence_key(self, group: str, topic: str) -> str:
+        """Offsets of the log's fenced records for (group, topic)."""
+        return f"{self.keys.act_tag}:@fence:{group}:{topic}"
+
+    def record(self, user_ids, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps,
+               fence: Fence | None = None) -> str | None:
         """Record one micro-batch of events in one round trip; returns the change-stream entry id.
+
+        With ``fence``: skipped (returns None) when the namespace's stored offsets
+        (:meth:`ParameterServer.offsets`) or the log's own already cover it, else the log's offsets are raised
+        in the same call, so a replayed batch is recorded once.  A learner that cannot put the record in the
+        transaction of its row write sends it fenced, before the rows.
 
         Cost per 1024-event batch: ~0.1 ms of client Python (numpy grouping, ids packed as int32) plus
         the socket write, and ~1 ms of Redis time; an empty batch is a no-op (returns None).
@@ -68,13 +80,16 @@ class ActivityLog:
         ``user_ids`` (hashed) are accepted for symmetry with the learner's batch and not stored.
         """
         del user_ids
-        args = self.record_command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps)
+        args = self.record_command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps, fence)
         if args is None:
             return None
+        if fence is not None and fence.offsets and self.ps._covered(fence):
+            return None  # e.g. a replay after load(): the log's own offsets are gone
         entry = self._call(args)[0]
         return entry.decode() if isinstance(entry, bytes) else None
 
-    def record_command(self, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps) -> tuple | None:
+    def record_command(self, raw_user_ids, raw_movie_ids, item_ids, labels, timestamps,
+                       fence: Fence | None = None) -> tuple | None:
         """The one Redis command :meth:`record` sends (None for an empty batch), to run it inside another
         transaction, e.g. with the PS write of the same events (:meth:`ParameterServer.write_rows`)."""
         ru = np.asarray(raw_user_ids, dtype=np.int64)
@@ -106,10 +121,13 @@ class ActivityLog:
         ts = np.asarray(timestamps)
         last_ts = str(int(ts.max())) if ts.size else "0"
         k = self.keys
-        args = ("FCALL", "lfm_activity", 4, k.act_popular, k.act_changes, k.act_clock, self._epoch_key,
-                k.act_seen_prefix, width, tok.astype(dt).tobytes(), pos.astype(dt).tobytes(), changed, last_ts,
-                self.maxlen, uuid.uuid4().hex[:12])
-        return args
+        keys = [k.act_popular, k.act_changes, k.act_clock, self._epoch_key]
+        fargs = fence.args() if fence is not None else []
+        if fargs:
+            keys.append(self.fence_key(fence.group, fence.topic))
+        return ("FCALL", "lfm_activity", len(keys), *keys, k.act_seen_prefix, width, tok.astype(dt).tobytes(),
+                pos.astype(dt).tobytes(), changed, last_ts, self.maxlen, uuid.uuid4().hex[:12],
+                *([len(fargs) // 2, *fargs] if fargs else []))
 
     def seen(self, raw_user_id: int) -> set[int]:
         """Raw movie ids the raw user rated (empty if unknown)."""

@@ -316,11 +316,15 @@ local function lfm_count(keys, args)
   return 1
 end
 
--- KEYS: popular zset, changes stream, clock, epoch
+-- KEYS: popular zset, changes stream, clock, epoch [, fence key]
 -- ARGV: seen prefix, int width (4|8), users (packed ints: raw user, n, movie 1 .. movie n, ...),
 --       positives (packed ints: movie, count, ...), changed item ids (packed int64), max event ts,
---       stream maxlen, epoch token (set if none yet)
+--       stream maxlen, epoch token (set if none yet) [, np, (partition, next offset) * np]
+-- With a fence: returns 0 without writing when its offsets are covered, else raises them with the record.
 local function lfm_activity(keys, args)
+  local np = tonumber(args[9] or '0')
+  local fkey = np > 0 and keys[5] or nil
+  if fkey and covered(fkey, args, 10, np) then return 0 end
   local prefix, width = args[1], tonumber(args[2])
   local u = ints(args[3], width)
   local i = 1
@@ -340,6 +344,7 @@ local function lfm_activity(keys, args)
   redis.call('SET', keys[4], args[8], 'NX')
   local clock = redis.call('GET', keys[3])
   if not clock or tonumber(clock) < tonumber(args[6]) then redis.call('SET', keys[3], args[6]) end
+  if fkey then raise_fence(fkey, args, 10, np) end
   return id
 end
 

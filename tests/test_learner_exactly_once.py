@@ -17,11 +17,12 @@ def _trains(path) -> int:
     return sum(m["event"] == "train" for m in read_metrics(path))
 
 
-@pytest.mark.parametrize("flags", [(), ("--no-consumer-process",)])
+@pytest.mark.parametrize("flags", [(), ("--no-consumer-process",), ("--push-mode", "gradient")])
 def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap, syn_topic, namespace, syn_dir,
                                                            syn_values, reference_run, tmp_path, flags):
     """Killed three times (by default the consumer runs in a child process, which must go with the learner; also
-    with the consumer in process), then run to the end: every event applied once."""
+    with the consumer in process, and with gradient pushes, whose counters, activity log and rows are three
+    fenced writes), then run to the end: every event applied once."""
     topic = syn_topic
     reference = reference_run["metrics"][-1]  # an uninterrupted run of the same stream (another group)
     metrics = tmp_path / "m.jsonl"
@@ -48,7 +49,7 @@ def test_sigkill_at_random_points_applies_every_event_once(redis_url, bootstrap,
                     "--idle-timeout", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(redis_url, namespace, syn_values)
-    # the activity log is written in the same transaction as the rows: exactly once too
+    # the activity log is written in the same transaction as the rows (or fenced on its own): exactly once too
     assert_activity_exactly_once(redis_url, namespace, syn_values)
     ps, _ = ps_state(redis_url, namespace)
     assert sum(ps.offsets(f"g-{namespace}", topic).values()) == len(syn_values)

@@ -86,3 +86,28 @@ def test_ids_beyond_int32_travel_as_int64(ps):
     log.record([7, 8], [big, 5], [big + 1, 6], [1, 2], [1, 1], [0, 0])
     assert log.seen(big) == {big + 1} and log.seen(5) == {6}
     assert dict(log.popular(5)) == {big + 1: 1.0, 6: 1.0}
+
+
+def test_fenced_record_is_applied_once(ps):
+    """What a learner without a transaction around rows and log sends: a replayed window is recorded once."""
+    from ps_redis import Fence
+
+    log = ActivityLog(ps)
+    users, movies = np.array([1, 2, 1], np.int64), np.array([10, 10, 20], np.int64)
+
+    def rec(fence, ts):
+        return log.record(hash_user_ids(users), users, movies, hash_movie_ids(movies), np.ones(3, np.float32),
+                          np.array([ts, ts, ts]), fence=fence)
+
+    f = Fence("learner", "ratings", {0: 100, 1: 50})
+    assert rec(f, 1000) is not None
+    assert rec(f, 1000) is None  # a retry after a lost reply, or a restart before the rows landed
+    assert log.popular(5) == [(10, 2.0), (20, 1.0)] and log.clock() == 1000
+    assert ps.redis.hgetall(log.fence_key("learner", "ratings")) == {b"0": b"100", b"1": b"50"}
+    assert rec(Fence("learner", "ratings", {0: 120}), 2000) is not None
+    assert log.popular(5) == [(10, 4.0), (20, 2.0)] and log.clock() == 2000
+    # covered by the namespace's offsets (e.g. restored by load() while the log's own fence is gone)
+    ps.push({}, fence=Fence("learner", "ratings", {0: 200}))
+    assert rec(Fence("learner", "ratings", {0: 150}), 3000) is None
+    assert log.popular(5) == [(10, 4.0), (20, 2.0)] and log.clock() == 2000
+    assert rec(None, 3000) is not None and log.popular(1) == [(10, 6.0)]  # unfenced: always applied
