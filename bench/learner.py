@@ -10,8 +10,10 @@ events/s over the span from its first to its last batch, the whole machine's bus
 span of its train logs (from /proc/stat: learner, consumer child, Redis and the broker together), plus the main
 thread's seconds per stage (parse:
 taking decoded records, pull: indexing + rows not held + MGET, prequential_hr, step: the TF call, metrics:
-window/AUC bookkeeping, push: waiting for a sync write, wait_consume) so the binding stage is visible.  Starts its own redis-server + Tansu
-unless --redis-url / --bootstrap are given.
+window/AUC bookkeeping, push: waiting for a sync write, wait_consume) so the binding stage is visible.  The
+``two-workers`` variant runs two learner processes in one group on a 2-partition copy of the topic (gradient
+pushes) and reports their events/s in all.  Starts its own redis-server + Tansu unless --redis-url / --bootstrap
+are given.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ VARIANTS = {
     "kafka-python-in-process": ["--backend", "kafka-python", "--no-consumer-process"],
     "kafka-python-no-prefetch": ["--backend", "kafka-python", "--no-prefetch"],
     "kafka-python-gradient-push": ["--backend", "kafka-python", "--push-mode", "gradient"],
+    "two-workers": ["--workers", "2"],  # two learner processes, one group, a 2-partition topic, gradient pushes
     "confluent": ["--backend", "confluent"],  # also in a child process by default
     "confluent-in-process": ["--backend", "confluent", "--no-consumer-process"],
     "confluent-xla": ["--backend", "confluent", "--xla"],
@@ -118,12 +121,37 @@ def consume_ceiling_confluent(bootstrap: str, topic: str, n: int) -> float:
     return got / dt
 
 
+def learner_cmd(redis_url: str, bootstrap: str, topic: str, ns: str, metrics: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic", topic,
+            "--namespace", ns, "--group", f"g-{ns}", "--dim", "32", "--metrics", str(metrics), "--idle-timeout", "3",
+            "--train-log-steps", "200", *extra]
+
+
+def two_workers(topic: str, ns: str, work: Path, redis_url: str, bootstrap: str, extra: list[str]) -> dict:
+    """Two learner processes in one group on a 2-partition topic: events/s in all, from the first batch of
+    either to the last batch of either."""
+    paths = [work / f"two-workers-{ns}-{w}.jsonl" for w in range(2)]
+    procs = [subprocess.Popen(learner_cmd(redis_url, bootstrap, topic, ns, path, extra), cwd=ROOT, env=env(),
+                              stderr=subprocess.DEVNULL) for path in paths]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"two-workers: a learner exited with {proc.returncode}")
+    ends = [[json.loads(x) for x in path.read_text().splitlines()][-1] for path in paths]
+    span = max(e["stream_end"] for e in ends) - min(e["stream_start"] for e in ends)
+    events = sum(e["events"] for e in ends)
+    return {"events": events, "events_per_s": round(events / span, 1) if span > 0 else None,
+            "stream_seconds": round(span, 3), "per_worker": [{"events": e["events"],
+                                                              "events_per_s": e["stream_events_per_s"],
+                                                              "stage_seconds": e["stage_seconds"]} for e in ends],
+            "args": extra}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=600_000, help="synthetic ratings to prepare (600k → ≥ 500k train events)")
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--variants", default="kafka-python,confluent,kafka-python-in-process,confluent-in-process,"
-                                         "kafka-python-gradient-push")
+                                         "kafka-python-gradient-push,two-workers")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--bootstrap", default=None)
@@ -146,22 +174,33 @@ def main(argv: list[str] | None = None) -> int:
                             str(data), "--force"], cwd=ROOT, env=env(), check=True, capture_output=True)
         man = json.loads((data / "manifest.json").read_text())
         n = int(man["train_records"])
-        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        topics: dict[int, str] = {}
+
+        def filled(partitions: int) -> str:
+            if partitions not in topics:
+                topics[partitions] = f"bench-{uuid.uuid4().hex[:6]}"
+                subprocess.run([sys.executable, "-m", "producer.replay", "--data-dir", str(data), "--bootstrap",
+                                bootstrap, "--topic", topics[partitions], "--rate", "0", "--partitions",
+                                str(partitions), "--acks", "1", "--state-file",
+                                str(work / f"replay{partitions}-{topics[partitions]}.state")],
+                               cwd=ROOT, env=env(), check=True, capture_output=True)
+            return topics[partitions]
+
         t = time.time()
-        subprocess.run([sys.executable, "-m", "producer.replay", "--data-dir", str(data), "--bootstrap", bootstrap,
-                        "--topic", topic, "--rate", "0", "--partitions", str(args.partitions), "--acks", "1",
-                        "--state-file", str(work / "replay.state")], cwd=ROOT, env=env(), check=True,
-                       capture_output=True)
+        topic = filled(args.partitions)
         out["topic_events"] = n
         out["fill_seconds"] = round(time.time() - t, 1)
         out["raw_consume_kafka_python_per_s"] = round(consume_ceiling_kafka_python(bootstrap, topic, n))
         out["raw_consume_confluent_per_s"] = round(consume_ceiling_confluent(bootstrap, topic, n))
         for name in args.variants.split(","):
             ns = f"b{uuid.uuid4().hex[:8]}"
+            if name == "two-workers":
+                out["variants"][name] = two_workers(filled(max(2, args.partitions)), ns, work, redis_url, bootstrap,
+                                                    VARIANTS[name] + args.learner_arg)
+                print(f"{name}: {json.dumps(out['variants'][name])}", file=sys.stderr, flush=True)
+                continue
             metrics = work / f"{name}-{ns}.jsonl"
-            cmd = [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic",
-                   topic, "--namespace", ns, "--group", f"g-{ns}", "--dim", "32", "--metrics", str(metrics),
-                   "--idle-timeout", "3", "--train-log-steps", "200", *VARIANTS[name], *args.learner_arg]
+            cmd = learner_cmd(redis_url, bootstrap, topic, ns, metrics, VARIANTS[name] + args.learner_arg)
             with MachineCpu() as cpu:
                 subprocess.run(cmd, cwd=ROOT, env=env(), check=True, stderr=subprocess.DEVNULL)
             recs = [json.loads(x) for x in metrics.read_text().splitlines()]

@@ -23,8 +23,8 @@ class ChunkIndex:
 
     ``wanted`` maps each PS table the chunk trains or sets to ``(distinct ids, raw ids or None)``: ``user``,
     ``item``, ``period`` (time-period vectors), ``global`` (μ) and ``user_ctx`` (each user's last popularity
-    period, ``ulast``, over ``uu``).  ``ppop`` (positives per (period, movie): ``pid``, ``pcnt``) is only
-    counted, never read, so it is not held: the sync adds the counts on the server.
+    period, ``ulast``, over ``uu``).  The ``ppop`` counter set (positives per (period, movie); each event's pair
+    id in ``ppop``) is only counted, never read, so it is not held: the sync adds the counts on the server.
     """
 
     n: int
@@ -40,8 +40,7 @@ class ChunkIndex:
     kcnt: np.ndarray
     period: np.ndarray | None  # each event's time period (period_days > 0)
     kpop: np.ndarray | None  # each event's popularity period (pop_period_days > 0)
-    pid: np.ndarray | None  # (period, raw movie) pairs of the chunk's positives (``ppop_ids``), and their counts
-    pcnt: np.ndarray | None
+    ppop: np.ndarray | None  # each event's (period, raw movie) id (``ppop_ids``); the sync counts the positives'
     ulast: np.ndarray | None  # each user's last popularity period in the chunk
     wanted: dict[str, tuple] = field(default_factory=dict)
 
@@ -71,15 +70,13 @@ def index_chunk(c: dict[str, np.ndarray], m: ModelConfig) -> ChunkIndex:
         wanted["period"] = (kk, None)
     if m.learn_mu:
         wanted["global"] = (np.zeros(1, np.int64), None)
-    pid = pcnt = ulast = None
+    ppop = ulast = None
     if kpop is not None:
-        pos = y > 0.5
-        if pos.any():
-            pid, pcnt = np.unique(ppop_ids(kpop[pos], c["raw_movie_id"][pos]), return_counts=True)
+        ppop = ppop_ids(kpop, c["raw_movie_id"])
         ulast = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
         np.maximum.at(ulast, uinv, kpop)
         wanted["user_ctx"] = (uu, None)
-    return ChunkIndex(n, y, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, pid, pcnt, ulast, wanted)
+    return ChunkIndex(n, y, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, ppop, ulast, wanted)
 
 
 def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -294,7 +294,8 @@ class Learner:
         cuts = [s for s in range(B, ci.n, B) if self.probe is not None and self.probe.due(slice(s, s + B))]
         for lo, hi in zip([0, *cuts], [*cuts, ci.n]):
             t = self._run(c, ci, lo, hi, ev, packed, g, t)
-        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"])
+        self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"],
+                             batch.parts[parsed.valid], batch.offsets[parsed.valid], ci.ppop)
         if self.probe is not None:
             self.probe.refresh()
         self._tick("prequential_hr", t)
@@ -407,7 +408,8 @@ class Learner:
         hr, hr_n = self.probe.rate() if self.probe is not None else (None, 0)
         span = (self._last_batch_t - self._first_batch_t) if self._first_batch_t else 0.0
         summary = self.emit("end", reason=reason, seconds=round(secs, 3), prequential_auc=self.stream_auc.cal(),
-                            stream_seconds=round(span, 3),
+                            stream_seconds=round(span, 3), stream_start=self._first_batch_t,
+                            stream_end=self._last_batch_t if self._first_batch_t else None,
                             stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,

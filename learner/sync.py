@@ -60,7 +60,6 @@ class WindowSync:
         self.held: dict[str, RowWindow] = {}
         self.offsets: dict[int, int] = {}
         self.events: list[tuple] = []
-        self.counts: list[tuple] = []  # (ppop ids, counts) added on the server by the next sync
         self.batches = 0
         self.since = 0.0
         self.skipped = 0  # writes found already applied (replays after a lost reply or a restart)
@@ -119,20 +118,22 @@ class WindowSync:
     def count(self, ci, slots: dict[str, np.ndarray]) -> None:
         """Add a chunk's counters (:class:`~learner.batch.ChunkIndex`, its rows at ``slots`` from :meth:`hold`):
         events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
-        its events (count); positives per (period, movie) are kept for the sync, which adds them to the ``ppop``
-        counter set on the server (the learner never reads them)."""
+        its events (count).  (Positives per (period, movie) are counted from the events at the sync, which adds
+        them to the ``ppop`` counter set on the server: the learner never reads them.)"""
         counts = {"user": ci.ucnt, "item": ci.icnt, "period": ci.kcnt, "global": [ci.n], "user_ctx": ci.ucnt}
         for table, at in slots.items():  # every held table of the chunk counts events (and becomes changed)
             bias = None
             if table == "user_ctx":
                 bias = np.maximum(self.held[table].cur["bias"][at], ci.ulast.astype(np.float32))
             self.held[table].update_at(at, bias=bias, count=counts[table])
-        if ci.pid is not None:
-            self.counts.append((ci.pid, ci.pcnt))
 
-    def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps) -> None:
-        """Events for the activity log, written with the window."""
-        self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps))
+    def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets,
+                   ppop=None) -> None:
+        """Events written with the window: the activity log's columns, each event's Kafka partition and offset,
+        and its ``ppop`` (period, movie) id (None: no ``ppop`` counter set)."""
+        if ppop is None:
+            ppop = np.full(len(labels), -1, np.int64)
+        self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets, ppop))
 
     def unsynced(self) -> tuple[np.ndarray, np.ndarray]:
         """(raw user ids, raw movie ids) of the events trained but maybe not in the activity log yet: the
@@ -158,14 +159,13 @@ class WindowSync:
             events = tuple(np.concatenate(col) for col in zip(*self.events)) if self.events else None
             dirty = {table: w.take_dirty() for table, w in self.held.items() if len(w)}
             dirty = {table: d for table, d in dirty.items() if len(d[0])}
-            counts = self._counts()
-            self.offsets, self.events, self.counts, self.batches = {}, [], [], 0
+            self.offsets, self.events, self.batches = {}, [], 0
             if self.background:
                 self.wait()  # the previous window's fence must land first
-                self._job = self._pool.submit(self._write, dirty, counts, offsets, events)
+                self._job = self._pool.submit(self._write, dirty, offsets, events)
                 self._inflight_events = events
             else:
-                self._push(dirty, counts, offsets, events)
+                self._push(dirty, offsets, events)
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
                 self.forget()
                 dropped = True
@@ -173,15 +173,32 @@ class WindowSync:
             self.wait()
         return dropped
 
-    def _counts(self) -> tuple | None:
-        """The window's ``ppop`` additions: (periods, raw movies, counts), one entry per pair; None if none."""
-        if not self.counts:
+    @staticmethod
+    def _counts(events, keep: np.ndarray | None = None) -> tuple | None:
+        """The ``ppop`` additions of the window's events (those in ``keep``): (periods, raw movies, counts), one
+        entry per (period, movie) pair of positive events; None if none."""
+        if events is None:
             return None
-        ids = np.concatenate([i for i, _ in self.counts])
-        n = np.concatenate([c for _, c in self.counts]).astype(np.int64)
-        uniq, inv = np.unique(ids, return_inverse=True)
-        total = np.bincount(inv.reshape(-1), weights=n, minlength=len(uniq)).astype(np.int64)
-        return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total
+        labels, ppop = events[3], events[7]
+        pos = (labels > 0.5) & (ppop >= 0)
+        if keep is not None:
+            pos &= keep
+        if not pos.any():
+            return None
+        uniq, total = np.unique(ppop[pos], return_counts=True)
+        return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total.astype(np.int64)
+
+    def _unrecorded(self, key: str, events) -> np.ndarray:
+        """Which of the window's events a side write fenced at ``key`` has not recorded yet: an event is recorded
+        when its offset is below the stored next offset of its partition.  A learner restarted after a crash
+        between the side writes and the rows replays a window whose bounds differ from the crashed one's, so the
+        side writes filter by event instead of skipping or applying a whole window."""
+        stored, _ = self._retry("side fence offsets", self.ps.fence_offsets, key)
+        parts, offs = events[5], events[6]
+        below = np.full(len(parts), -1, np.int64)
+        for p, o in stored.items():
+            below[parts == p] = o
+        return offs >= below
 
     def _stale(self) -> bool:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
@@ -212,9 +229,10 @@ class WindowSync:
         self.sync(wait=True)
         self._pool.shutdown()
 
-    def _write(self, dirty: dict[str, tuple], counts, offsets: dict[int, int], events) -> tuple[bool, dict]:
+    def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> tuple[bool, dict]:
         """Background thread: one MULTI/EXEC (rows, counters, activity log, offsets), then the Kafka commit."""
-        extra = [self.activity.record_command(*events) if events else None,
+        counts = self._counts(events)
+        extra = [self.activity.record_command(*events[:5]) if events else None,
                  self.pop.add_command(*counts) if counts is not None else None]
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
@@ -223,7 +241,7 @@ class WindowSync:
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
-    def _push(self, dirty: dict[str, tuple], counts, offsets: dict[int, int], events) -> None:
+    def _push(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> None:
         """Gradient mode or a cluster: the ``ppop`` additions and the activity log, each fenced on its own, then
         ``ps.push`` of the rows (server-side Lua, fenced)."""
         from ps_redis import Update
@@ -239,12 +257,17 @@ class WindowSync:
                 ups[table] = Update(ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
                                     accum=np.ascontiguousarray(cur["accum"]), count=count)
         # before the rows raise the namespace's offsets (which Counters.add and ActivityLog.record also check),
-        # each fenced on its own: a replay after a crash adds exactly what the crashed sync did not
+        # each fenced on its own and sent for the events it has not recorded: a replay after a crash adds exactly
+        # what the crashed sync did not
         fence = self._fence(offsets)
-        if counts is not None:
-            self._retry("fenced counter push", self.pop.add, *counts, fence=fence)
-        if events:
-            self._retry("fenced activity log", self.activity.record, None, *events, fence=fence)
+        if events is not None:
+            counts = self._counts(events, self._unrecorded(self.pop.fence_key(fence.group, fence.topic), events))
+            if counts is not None:
+                self._retry("fenced counter push", self.pop.add, *counts, fence=fence)
+            keep = self._unrecorded(self.activity.fence_key(fence.group, fence.topic), events)
+            if keep.any():
+                self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
+                            fence=fence)
         applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
         if not (applied or attempts > 0):
             self.skipped += 1

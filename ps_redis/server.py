@@ -291,8 +291,13 @@ class ParameterServer:
 
     def offsets(self, group: str, topic: str) -> dict[int, int]:
         """Stored ``{partition: next offset}`` of (group, topic): where a restarted learner resumes."""
+        return self.fence_offsets(self.keys.fence(group, topic))
+
+    def fence_offsets(self, key: str) -> dict[int, int]:
+        """``{partition: next offset}`` stored at a fence key (this namespace's, a counter set's, the activity
+        log's)."""
         with self._io():
-            stored = self.redis.hgetall(self.keys.fence(group, topic))
+            stored = self.redis.hgetall(key)
         return {int(p): int(o) for p, o in stored.items()}
 
     # ------------------------------------------------------------------------------ maintenance

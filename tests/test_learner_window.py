@@ -118,7 +118,8 @@ def test_chunk_index_counts_and_micro_batches():
     ci = index_chunk(c, m)
     assert ci.uu.tolist() == [7, 8, 9] and ci.ucnt.tolist() == [3, 1, 1] and ci.uinv.tolist() == [0, 1, 0, 2, 0]
     assert ci.icnt.tolist() == [2, 2, 1] and ci.wanted["item"][1].tolist() == [10, 11, 12]
-    assert ci.pcnt.tolist() == [1, 1, 1] and "ppop" not in ci.wanted  # counted on the server, never held
+    assert ci.ppop.tolist() == [(int(k) << 32) | m for k, m in zip(ci.kpop, [10, 10, 11, 12, 11])]
+    assert "ppop" not in ci.wanted  # counted on the server, never held
     assert ci.ulast.tolist() == [ci.kpop[4], ci.kpop[1], ci.kpop[3]]  # each user's last popularity period
     uniq, inv = micro_index(np.array([4, 2, 4, 9]), 6)
     assert uniq.tolist() == [2, 4, 9] and inv.tolist() == [1, 0, 1, 2, 0, 0] and inv.dtype == np.int32
@@ -242,3 +243,42 @@ def test_read_ahead_holds_the_rows_of_pending_records_and_writes_nothing(redis_u
         assert learner.ps.offsets(learner.cfg.group, learner.cfg.topic) == {0: 6}
     finally:
         learner.ps.flush()
+
+
+def test_side_writes_of_a_replayed_window_with_other_bounds_count_each_event_once(redis_url, namespace):
+    """Gradient mode / cluster: a learner killed after its counter and activity writes but before its rows
+    replays from the rows' offsets, in windows cut elsewhere: the side writes skip exactly the recorded events."""
+    from learner.evaluate import PPOP, ppop_ids
+    from learner.sync import WindowSync
+    from ps_redis import Fence, ParameterServer
+    from ps_redis.activity import ActivityLog
+    from ps_redis.counters import Counters
+
+    ps = ParameterServer.get(redis_url, namespace, dim=DIM, init_scale=0.1, seed=1)
+    try:
+        fence = lambda o: Fence("g", "t", o)  # noqa: E731
+        sync = WindowSync(ps, ActivityLog(ps), DIM, 1.0, "gradient", fence=fence, commit=lambda o: None,
+                          retry=lambda what, fn, *a, **k: (fn(*a, **k), 0), say=lambda s: None,
+                          tick=lambda name, t: t)
+        n = 20
+        users = np.arange(n, dtype=np.int64) % 3 + 1
+        movies = np.arange(n, dtype=np.int64) % 4 + 10
+        labels = np.ones(n, np.float32)
+        ts, parts, offs = np.full(n, 1000, np.int64), np.arange(n, dtype=np.int32) % 2, np.arange(n) // 2
+        ppop = ppop_ids(np.zeros(n, np.int64), movies)
+        # the crashed sync: counters and activity of events 0..11 (offsets 0..5 of both partitions), no rows
+        first = slice(0, 12)
+        sync.pop.add(np.zeros(12, np.int64), movies[first], np.ones(12, np.int64), fence=fence({0: 6, 1: 6}))
+        sync.activity.record(None, users[first], movies[first], movies[first], labels[first], ts[first],
+                             fence=fence({0: 6, 1: 6}))
+        # the replay: one window of all 20 events (offsets 0..9), then its rows
+        sync.add_events(users, movies, movies, labels, ts, parts, offs, ppop)
+        sync.add_batch(parts, offs)
+        sync.sync(wait=True)
+        _, got_movies, got_counts = Counters(ps, PPOP).read()
+        assert dict(zip(got_movies.tolist(), got_counts.tolist())) == {10: 5, 11: 5, 12: 5, 13: 5}
+        assert sorted(sync.activity.popular(10)) == [(10, 5.0), (11, 5.0), (12, 5.0), (13, 5.0)]
+        assert ps.offsets("g", "t") == {0: 10, 1: 10}
+        sync.close()
+    finally:
+        ps.flush()
