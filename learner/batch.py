@@ -40,7 +40,7 @@ class ChunkIndex:
     kcnt: np.ndarray
     period: np.ndarray | None  # each event's time period (period_days > 0)
     kpop: np.ndarray | None  # each event's popularity period (pop_period_days > 0)
-    ppop: np.ndarray | None  # each event's (period, raw movie) id (``ppop_ids``); the sync counts positive events'
+    ppop: np.ndarray | None  # each event's (period, raw movie) id (``ppop_ids``); the sync counts the pairs of positive events
     ulast: np.ndarray | None  # each user's last popularity period in the chunk
     wanted: dict[str, tuple] = field(default_factory=dict)
 
