@@ -303,19 +303,28 @@ class Publisher:
         return progressed
 
     def _check_offsets(self, chunk: _Chunk) -> str | None:
-        """Offsets of a partition must grow; going backwards means the broker lost its log."""
+        """Offsets of a partition must grow, record by record; a step back means the broker lost its log.
+
+        Every record is checked, not only a chunk's first: a chunk's records travel in several
+        requests, so one chunk can straddle a broker restart (its head acknowledged by the old broker,
+        its tail by the new one, from offset 0 again).
+        """
         if self.config.acks == "0":
             return None
         parts = np.asarray(chunk.parts)
-        uniq, first = np.unique(parts, return_index=True)
-        last = len(parts) - 1 - np.unique(parts[::-1], return_index=True)[1]
-        for p, i, j in zip(uniq.tolist(), first.tolist(), last.tolist()):
-            off = chunk.futures[i].value.offset
-            prev = self._max_offset.get(p, -1)
-            if off <= prev:
-                return (f"partition {p} of {self.config.topic!r} restarted at offset {off} after {prev}: the broker "
-                        "lost its log (restarted with memory storage?)")
-            self._max_offset[p] = chunk.futures[j].value.offset
+        offs = np.fromiter((f.value.offset for f in chunk.futures), np.int64, len(chunk.futures))
+        order = np.argsort(parts, kind="stable")  # each partition's records, in send order
+        p, o = parts[order], offs[order]
+        head = np.r_[True, p[1:] != p[:-1]]
+        prev = np.r_[-1, o[:-1]]
+        prev[head] = [self._max_offset.get(x, -1) for x in p[head].tolist()]
+        back = np.flatnonzero(o <= prev)
+        if back.size:
+            i = back[0]
+            return (f"partition {p[i]} of {self.config.topic!r} restarted at offset {o[i]} after {prev[i]}: the "
+                    "broker lost its log (restarted with memory storage?)")
+        tail = np.r_[head[1:], True]
+        self._max_offset.update(zip(p[tail].tolist(), o[tail].tolist()))
         return None
 
     def _check_stall(self, now: float) -> None:

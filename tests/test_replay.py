@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from kafka.partitioner.default import murmur2
 
 from lfm_stream.stack import TansuBroker, free_port
+from producer.publish import Publisher, PublishConfig, _Chunk
 from producer.replay import main
 from tests._replay_util import ROOT, child_env, consume, prepare_synthetic, read_stream, replay_cmd
 
@@ -134,6 +136,31 @@ def test_broker_restart_mid_replay_loses_nothing_from_the_resume_point(data, exp
         assert set(new) <= set(values[k:])  # and nothing from before it
     finally:
         broker.stop()
+
+
+def _acked_chunk(start: int, parts: list[int], offsets: list[int]) -> _Chunk:
+    """A chunk whose records the broker acknowledged at ``offsets`` (what kafka-python's futures carry)."""
+    chunk = _Chunk(start, [b"v"] * len(parts), [b"k"] * len(parts), [0] * len(parts), parts)
+    chunk.futures = [SimpleNamespace(value=SimpleNamespace(offset=o)) for o in offsets]
+    return chunk
+
+
+def test_a_chunk_straddling_a_broker_restart_is_caught():
+    """A chunk travels in several requests: its head can reach the old broker and its tail a restarted
+    one (offsets from 0 again). Checking only each partition's first offset let such a chunk pass as
+    acknowledged, and the next chunk continued the new broker's offsets unnoticed."""
+    pub = Publisher(PublishConfig("127.0.0.1:1", "t", partitions=2))
+    assert pub._check_offsets(_acked_chunk(0, [0, 1, 0, 1], [0, 0, 1, 1])) is None
+    assert pub._max_offset == {0: 1, 1: 1}
+    assert pub._check_offsets(_acked_chunk(4, [1, 0, 0, 1], [2, 2, 3, 3])) is None
+    assert pub._max_offset == {0: 3, 1: 3}
+    # partition 0's head went to the old broker (4, 5), its tail to the new one (0, 1)
+    lost = pub._check_offsets(_acked_chunk(8, [0, 1, 0, 0, 0], [4, 4, 5, 0, 1]))
+    assert lost == ("partition 0 of 't' restarted at offset 0 after 5: the broker lost its log "
+                    "(restarted with memory storage?)")
+    assert pub._max_offset == {0: 3, 1: 3}  # a rejected chunk moves nothing
+    # a first offset behind what the partition already reached is caught as before
+    assert "partition 1 of 't' restarted at offset 2 after 3" in pub._check_offsets(_acked_chunk(8, [1], [2]))
 
 
 def test_unreachable_broker_fails_after_retry_budget(data, tmp_path, capsys):
