@@ -211,7 +211,7 @@ class LearnerConfig:
         hr_k: k of the prequential hit rate.
         dlq: copy poison records to ``<topic>.dlq``.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
-        xla: compile each micro-batch's TF step with XLA (``jit_compile``; fixed shapes, one compilation).
+        xla: compile the TF loop over a chunk's micro-batches with XLA (see :class:`learner.model.MFModel`).
     """
 
     model: ModelConfig = field(default_factory=lambda: DEFAULT_MODEL)

@@ -3,7 +3,7 @@
 With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (through :mod:`learner.kafka_io`)
 Kafka I/O.
 
-The loop takes consumed records a chunk (up to CHUNK_BATCHES micro-batches) at a time: it indexes the chunk
+The loop takes consumed records a chunk (up to CHUNK_EVENTS events, whole micro-batches) at a time: it indexes the chunk
 (:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and trains its
 micro-batches in order, one TF step each, on rows gathered from the held rows (:class:`~learner.window.RowWindow`)
 and written back to them: consecutive micro-batches go to TF in one call (``MFModel.run``; a run ends before a
@@ -52,8 +52,8 @@ from learner.probe import HRProbe
 from learner.report import MetricsFile, say
 from learner.sync import WindowSync
 
-CHUNK_BATCHES = 16  # micro-batches indexed and pulled together (the unit between two syncs)
-READ_AHEAD_BATCHES = 64  # micro-batches of consumed records whose rows are pulled before a background write
+CHUNK_EVENTS = 8192  # events indexed and pulled together, whole micro-batches (the unit between two syncs)
+READ_AHEAD_EVENTS = 32768  # consumed records whose rows are pulled before a background write
 
 
 class Learner:
@@ -68,7 +68,7 @@ class Learner:
         self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, m.dim, init_scale=m.init_std, seed=m.seed)
         self.activity = log or ActivityLog(self.ps)
         runtime.configure()
-        self.model = MFModel(m, jit=cfg.xla, max_batches=CHUNK_BATCHES)
+        self.model = MFModel(m, jit=cfg.xla, max_batches=max(1, CHUNK_EVENTS // m.batch_size))
         self.input = InputFn()
         self.mode = "gradient" if cfg.gradient_push else "assign"
         self.lock = threading.RLock()
@@ -214,10 +214,10 @@ class Learner:
         return bool(self.cfg.max_events) and self.records >= self.cfg.max_events
 
     def _chunk_size(self) -> int:
-        """Records for the next chunk: whole micro-batches, up to CHUNK_BATCHES, never past a test-log step (the
+        """Records for the next chunk: whole micro-batches, up to CHUNK_EVENTS, never past a test-log step (the
         evaluation follows a sync)."""
         B, T = self.cfg.model.batch_size, self.cfg.test_log_steps
-        k = min(self.pending.n // B, CHUNK_BATCHES)
+        k = min(self.pending.n // B, self.model.max_batches)
         if T:
             k = min(k, T - self.step % T)
         return k * B
@@ -302,12 +302,12 @@ class Learner:
 
     def _read_ahead(self) -> None:
         """Before a background write starts, pull the rows of the records already consumed (pending, plus the
-        chunks the fetcher holds, up to READ_AHEAD_BATCHES micro-batches).  Redis runs the write as one
+        chunks the fetcher holds, up to READ_AHEAD_EVENTS records).  Redis runs the write as one
         transaction and a pull sent meanwhile waits for all of it; rows held already need no pull.  Holding
         early changes nothing else: in assign mode the learner is the rows' only writer, and a held row is
         written only once trained."""
         if self.fetcher is not None:
-            self.pending.absorb(self.fetcher, READ_AHEAD_BATCHES * self.cfg.model.batch_size)
+            self.pending.absorb(self.fetcher, READ_AHEAD_EVENTS)
         cols = self.pending.columns()
         if cols is not None and len(cols["label"]):
             self.sync.hold(index_chunk(cols, self.cfg.model).wanted)
@@ -346,16 +346,21 @@ class Learner:
             packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]
         if self.probe is not None:
             self.probe.trained(r.held["item"], slice(lo, hi))
-        for j, s in enumerate(range(lo, hi, B)):
-            y = ci.labels[s: min(s + B, hi)]
-            p = pred[j, : len(y)]
-            self.window.add(y, p, float(losses[j, 0]))
-            self.stream_auc.add(y, p)
-            self.ret_loss += float(losses[j, 1])
-            self.events += len(y)
-            self.step += 1
-            if self.step % cfg.train_log_steps == 0:
+        # the run's micro-batches in stretches that end where a train log is due (one add per stretch)
+        y, p, k = ci.labels[lo:hi], pred.reshape(-1)[: hi - lo], len(pred)
+        L = cfg.train_log_steps
+        j = 0
+        while j < k:
+            e = min(k, j + L - self.step % L)
+            a, b = j * B, min(e * B, hi - lo)
+            self.window.add(y[a:b], p[a:b], float(losses[j:e, 0].sum()))
+            self.stream_auc.add(y[a:b], p[a:b])
+            self.ret_loss += float(losses[j:e, 1].sum())
+            self.events += b - a
+            self.step += e - j
+            if self.step % L == 0:
                 self._log_train()
+            j = e
         return self._tick("metrics", t)
 
     # ----------------------------------------------------------------------------- logs, eval, end

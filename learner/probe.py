@@ -1,8 +1,9 @@
 """HRProbe: prequential HR@k inside the learner's loop — which events to score, their users' rated movies, and
 the item mirror kept up to the steps trained so far (the math is :class:`learner.prequential.PrequentialHR`).
 
-Per chunk (:meth:`plan`): the positives of every HR_EVERY-th micro-batch are sampled at HR_EVERY times the
-sampling rate (the same expected sample, less overhead), and their users' rated movies are read from the
+Per chunk (:meth:`plan`): the positives of one micro-batch in every ``every`` (about HR_EVENTS events, fewer if
+the sampling rate needs it) are sampled at ``every`` times the sampling rate (the same expected sample, less
+overhead: a scored micro-batch starts a new TF call), and their users' rated movies are read from the
 activity log on a helper thread while the chunk trains; the events trained since the last landed sync (the log
 does not hold them yet) are added, so a user's earlier movies are always excluded.  Per scored micro-batch
 (:meth:`score`), before its update: is each sample's movie in its user's current top k?
@@ -22,7 +23,7 @@ import numpy as np
 from learner.config import ModelConfig
 from learner.prequential import PrequentialHR
 
-HR_EVERY = 10  # prequential HR@k is sampled on every 10th micro-batch
+HR_EVENTS = 5120  # prequential HR@k is sampled on one micro-batch per this many events (at most)
 
 
 class HRProbe:
@@ -41,6 +42,8 @@ class HRProbe:
         self.m, self.sample, self.activity, self.sync, self._retry = m, sample, activity, sync, retry
         self.hr = PrequentialHR(m, k)
         self._rng = np.random.default_rng(m.seed)
+        # one micro-batch in `every` is scored, at `every` times the rate (capped at 1: then more often)
+        self.every = max(1, min(HR_EVENTS // m.batch_size, int(1 / sample + 1e-9) if sample > 0 else 1))
         self._items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
         self._events: list[slice] = []
         self._chunk = None
@@ -55,10 +58,10 @@ class HRProbe:
         """Sample the chunk (columns ``c``, :class:`~learner.batch.ChunkIndex` ``ci``, first step ``step``) and
         start reading the sampled users' rated movies."""
         B = self.m.batch_size
-        rate = min(1.0, self.sample * HR_EVERY)
+        rate = min(1.0, self.sample * self.every)
         self._chunk, self._plan = (c, ci), {}
         for j, s in enumerate(range(0, ci.n, B)):
-            if (step + j) % HR_EVERY == 0:
+            if (step + j) % self.every == 0:
                 y = ci.labels[s: s + B]
                 self._plan[s] = s + np.flatnonzero((y > 0.5) & (self._rng.random(len(y)) < rate))
         events = np.concatenate(list(self._plan.values())) if self._plan else np.zeros(0, np.int64)

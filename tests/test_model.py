@@ -162,10 +162,12 @@ def test_config_rejects_bad_values_with_the_value_named():
     assert preset("seed").dim == 8 and preset("seed").batch_size == 8 and preset("seed").lr == 1e-4
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("over", [{}, {"period_days": 30.0, "period_in_pred": True},
                                   {"ret_weight": 1.0, "count_pow": 0.5, "clip": 0.5}])
-def test_a_run_of_micro_batches_equals_one_step_after_another(over):
-    """MFModel.run (rows shared in TF variables) gives what K separate steps give, the rows passed along."""
+def test_a_run_of_micro_batches_equals_one_step_after_another(over, jit):
+    """MFModel.run (rows shared in TF variables; with XLA, loop-carried and padded) gives what K separate steps
+    of the graph model give, the rows passed along."""
     from learner.batch import run_index
 
     cfg = dataclasses.replace(DEFAULT_MODEL, dim=4, batch_size=8, **over)
@@ -177,7 +179,7 @@ def test_a_run_of_micro_batches_equals_one_step_after_another(over):
     held = {t: rng.normal(0, 0.3, (10, w)).astype(np.float32) for t in ev}
     for h in held.values():
         h[:, d + 1:] = np.abs(h[:, d + 1:])  # accumulators are >= 0
-    model = MFModel(cfg)
+    model, step_model = MFModel(cfg, jit=jit), MFModel(cfg)
     r = run_index(ev if cfg.period_days else {"user": ev["user"], "item": ev["item"]}, labels, n)
     state = {t: np.vstack([held[t][r.held[t]], np.zeros((1, w), np.float32)]) for t in r.held}
     pred, losses, users, items, periods, mu = model.run(state["user"], state["item"], state["period"],
@@ -193,7 +195,7 @@ def test_a_run_of_micro_batches_equals_one_step_after_another(over):
                        period_rows=ref["period"][at["period"]] if cfg.period_days else None, mu=scalars[0],
                        mu_acc=scalars[1], uinv=inv["user"][: sl.stop - s], iinv=inv["item"][: sl.stop - s],
                        kinv=inv["period"][: sl.stop - s] if cfg.period_days else [], label=labels[sl])
-        p, ls, u, i, w_, scalars = model.step_packed(x)
+        p, ls, u, i, w_, scalars = step_model.step_packed(x)
         np.testing.assert_allclose(pred[k, : sl.stop - s], p[: sl.stop - s], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(losses[k], ls, rtol=1e-5, atol=1e-6)
         ref["user"][at["user"]], ref["item"][at["item"]] = u[: len(at["user"])], i[: len(at["item"])]
