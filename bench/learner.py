@@ -40,8 +40,9 @@ VARIANTS = {
     "two-workers": ["--workers", "2"],  # two learner processes, one group, a 2-partition topic, gradient pushes
     "confluent": ["--backend", "confluent"],  # also in a child process by default
     "confluent-in-process": ["--backend", "confluent", "--no-consumer-process"],
-    "confluent-xla": ["--backend", "confluent", "--xla"],
-    "kafka-python-xla": ["--backend", "kafka-python", "--xla"],
+    # the previous defaults (micro-batches of 512, TF's graph executor instead of the XLA-compiled loop)
+    "confluent-graph-512": ["--backend", "confluent", "--no-xla", "--batch-size", "512"],
+    "kafka-python-graph-512": ["--backend", "kafka-python", "--no-xla", "--batch-size", "512"],
 }
 
 
@@ -124,7 +125,7 @@ def consume_ceiling_confluent(bootstrap: str, topic: str, n: int) -> float:
 def learner_cmd(redis_url: str, bootstrap: str, topic: str, ns: str, metrics: Path, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic", topic,
             "--namespace", ns, "--group", f"g-{ns}", "--dim", "32", "--metrics", str(metrics), "--idle-timeout", "3",
-            "--train-log-steps", "200", *extra]
+            *extra]
 
 
 def two_workers(topic: str, ns: str, work: Path, redis_url: str, bootstrap: str, extra: list[str]) -> dict:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=600_000, help="synthetic ratings to prepare (600k → ≥ 500k train events)")
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--variants", default="kafka-python,confluent,kafka-python-in-process,confluent-in-process,"
-                                         "kafka-python-gradient-push,two-workers")
+                                         "kafka-python-gradient-push,two-workers,confluent-graph-512,kafka-python-graph-512")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--bootstrap", default=None)

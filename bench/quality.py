@@ -58,7 +58,7 @@ def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args:
     t0 = time.time()
     sh([sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic", topic,
         "--namespace", ns, "--group", f"g-{ns}", "--data-dir", str(data), "--metrics", str(metrics),
-        "--idle-timeout", "3", "--train-log-steps", "50",
+        "--idle-timeout", "3", "--train-log-steps", "400",
         # the topic is pre-filled: only the last micro-batch is partial.  The default 200 ms would also flush
         # a partial micro-batch whenever the consumer stalls that long mid-stream, which changes the micro-batch
         # boundaries (and so the figures) from run to run

@@ -66,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sync-ms", type=int, default=1000,
                      help="while draining a backlog, write the rows trained locally to the PS at least this often "
                           "(a learner at the end of the stream syncs after every chunk; 0 = every chunk)")
-    run.add_argument("--train-log-steps", type=int, default=100, help="batches between prequential AUC lines")
+    run.add_argument("--train-log-steps", type=int, default=800, help="batches between prequential AUC lines")
     run.add_argument("--test-log-steps", type=int, default=0,
                      help="batches between test evaluations + checkpoints (0 = at the end only)")
     run.add_argument("--hr-sample", type=float, default=0.02, help="share of positives scored for prequential HR@k")
     run.add_argument("--hr-k", type=int, default=50, help="k of the prequential hit rate")
-    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
+    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
                      help="compile the TF loop over a chunk's micro-batches with XLA (one compilation at start, "
                           "~5 s): a micro-batch costs about the same whatever its size")
     run.add_argument("--metrics", default=None, help="JSON-lines metrics file (one object per log event)")

@@ -67,7 +67,7 @@ class ModelConfig:
     """
 
     dim: int = 32
-    batch_size: int = 512
+    batch_size: int = 64
     init_std: float = 0.01
     item_init_std: float | None = None
     mse_vec_w: float = 1.0
@@ -234,13 +234,13 @@ class LearnerConfig:
     push_mode: str = "auto"
     prefetch: bool = True
     consumer_process: bool | None = None
-    train_log_steps: int = 100
+    train_log_steps: int = 800
     test_log_steps: int = 0
     hr_sample: float = 0.02
     hr_k: int = 50
     dlq: bool = True
     retry_max_s: float = 10.0
-    xla: bool = False
+    xla: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
