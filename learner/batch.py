@@ -138,3 +138,24 @@ def run_index(slots: dict[str, np.ndarray], labels: np.ndarray, n: int) -> RunIn
     target[mb, 0, col] = labels
     target[mb, 1, col] = 1.0
     return RunIndex(held, rows, index, target)
+
+
+def gather_run(r: RunIndex, packed: dict[str, np.ndarray], g: int | None, d: int) -> tuple[dict, np.ndarray]:
+    """The run's rows per table, copied from the held ``packed`` rows (``vec | bias | accum``) and followed by one
+    zero padding row, and ``[μ, μ's accumulator]`` from global row ``g`` (zeros without μ)."""
+    state = {}
+    for table, held in r.held.items():
+        state[table] = np.zeros((len(held) + 1, 2 * d + 2), np.float32)
+        if len(held):
+            state[table][:-1] = packed[table][held]
+    mu = packed["global"][g, [d, 2 * d + 1]] if g is not None else np.zeros(2, np.float32)
+    return state, mu
+
+
+def scatter_run(r: RunIndex, packed: dict[str, np.ndarray], g: int | None, d: int, rows: list, mu) -> None:
+    """Write a run's updated rows (per table in :data:`TABLES` order, padding row last) and μ back to ``packed``."""
+    for table, out in zip(TABLES, rows):
+        if len(r.held[table]):
+            packed[table][r.held[table]] = out[:-1]
+    if g is not None:
+        packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]

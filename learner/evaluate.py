@@ -22,7 +22,7 @@ import numpy as np
 from learner.config import ModelConfig
 from learner.idindex import IdIndex
 from learner.metrics import auc_exact, per_user_hits, top_k
-from learner.model import predict, recall_scores
+from learner.scores import predict, recall_scores
 
 
 @dataclass

@@ -3,20 +3,14 @@
 With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (through :mod:`learner.kafka_io`)
 Kafka I/O.
 
-The loop takes consumed records a chunk (up to CHUNK_EVENTS events, whole micro-batches) at a time: it indexes the chunk
-(:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and trains its
-micro-batches in order, one TF step each, on rows gathered from the held rows (:class:`~learner.window.RowWindow`)
-and written back to them: consecutive micro-batches go to TF in one call (``MFModel.run``; a run ends before a
-micro-batch the prequential HR probe scores). A *sync* writes the rows changed since the previous one; syncs happen
-between chunks only — once the consumer has reached the end of its partitions (every chunk when keeping up with the
-stream) and at least every ``sync_ms`` while a backlog drains. On a standalone Redis in assign mode (one writer per
-row) the sync is one MULTI/EXEC — changed rows, new-row counters, the window's activity log, its ``ppop`` counts
-and ``Fence(group, topic, {partition: next offset})`` — run on a background thread while the next chunk trains, and
-the rows stay held (pulled once). Redis runs that transaction as one step and a pull sent meanwhile waits for it,
-so before starting it the loop pulls the rows of the records it consumed already (read-ahead): the chunks trained
-during the write need no pull. On a Redis Cluster the window is written in the foreground through ``ps.push``
-(per slot group, Lua); gradient mode (several workers) does that after every chunk and re-pulls its rows, so
-another worker's item updates reach it within one chunk.
+The loop takes consumed records a chunk (up to CHUNK_EVENTS events, whole micro-batches) at a time: it indexes
+the chunk (:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and
+trains its micro-batches in order on the held rows, consecutive micro-batches in one TF call (``MFModel.run``; a
+run ends before a micro-batch the prequential HR probe scores). A *sync* (:mod:`learner.sync`) writes the rows
+changed since the previous one, between chunks only: once the consumer has reached the end of its partitions and
+at least every ``sync_ms`` while a backlog drains; before a background write starts, the loop pulls the rows of
+the records it consumed already (read-ahead: a pull queued behind the write's transaction would wait for it).
+Details, cluster and gradient mode: docs/design.md.
 
 Exactly-once: the PS stores the offsets in the same atomic step as the rows.  When partitions are assigned
 the consumer seeks to the PS-stored offsets, so a learner killed at any point (SIGKILL) resumes exactly
@@ -38,7 +32,7 @@ import numpy as np
 
 from learner.config import LearnerConfig
 from learner.backoff import retry
-from learner.batch import TABLES, index_chunk, run_index
+from learner.batch import gather_run, index_chunk, run_index, scatter_run
 from learner.evaluate import evaluate
 from learner.input import InputFn, shard_paths
 from learner.consumer_process import ProcessFetcher
@@ -301,11 +295,9 @@ class Learner:
         self._tick("prequential_hr", t)
 
     def _read_ahead(self) -> None:
-        """Before a background write starts, pull the rows of the records already consumed (pending, plus the
-        chunks the fetcher holds, up to READ_AHEAD_EVENTS records).  Redis runs the write as one
-        transaction and a pull sent meanwhile waits for all of it; rows held already need no pull.  Holding
-        early changes nothing else: in assign mode the learner is the rows' only writer, and a held row is
-        written only once trained."""
+        """Before a background write starts, pull the rows of the records already consumed (pending, plus up to
+        READ_AHEAD_EVENTS the fetcher holds): a pull sent during the write would wait for its transaction.  Safe:
+        in assign mode the learner is the rows' only writer, and a held row is written only once trained."""
         if self.fetcher is not None:
             self.pending.absorb(self.fetcher, READ_AHEAD_EVENTS)
         cols = self.pending.columns()
@@ -325,12 +317,7 @@ class Learner:
         cfg, m = self.cfg, self.cfg.model
         B, d = m.batch_size, m.dim
         r = run_index({table: at[lo:hi] for table, at in ev.items()}, ci.labels[lo:hi], B)
-        state = {}
-        for table, held in r.held.items():  # the run's rows, then one zero padding row
-            state[table] = np.zeros((len(held) + 1, 2 * d + 2), np.float32)
-            if len(held):
-                state[table][:-1] = packed[table][held]
-        mu = packed["global"][g, [d, 2 * d + 1]] if g is not None else np.zeros(2, np.float32)
+        state, mu = gather_run(r, packed, g, d)
         t = self._tick("pull", t)
         if self.probe is not None and self.probe.due(slice(lo, hi)):
             self.probe.score(slice(lo, min(lo + B, hi)), state["user"][r.rows[0, 0]], state["period"][r.rows[0, 2]],
@@ -339,11 +326,7 @@ class Learner:
         pred, losses, *rows, mu = self.model.run(state["user"], state["item"], state["period"], mu, r.rows,
                                                  r.index, r.target)
         t = self._tick("step", t)
-        for table, out in zip(TABLES, rows):
-            if len(r.held[table]):
-                packed[table][r.held[table]] = out[:-1]
-        if g is not None:
-            packed["global"][g, d], packed["global"][g, 2 * d + 1] = mu[0], mu[1]
+        scatter_run(r, packed, g, d, rows, mu)
         if self.probe is not None:
             self.probe.trained(r.held["item"], slice(lo, hi))
         # the run's micro-batches in stretches that end where a train log is due (one add per stretch)

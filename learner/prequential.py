@@ -1,7 +1,7 @@
 """Prequential HR@k: the online view of recall, measured before each update (pure numpy, no I/O).
 
 On a sample of positive events, before the micro-batch trains: is the event's movie in its user's
-current top k?  Scored exactly as the recall service scores (``learner.model.recall_scores`` plus the
+current top k?  Scored exactly as the recall service scores (``learner.scores.recall_scores`` plus the
 time-aware popularity prior), over a local mirror of the item rows the learner has trained, with the
 user's already-rated movies (read by the caller from the activity log) excluded.
 """
@@ -13,7 +13,7 @@ import numpy as np
 from learner.config import ModelConfig
 from learner.evaluate import ItemMirror, prior_log
 from learner.metrics import top_k_hits
-from learner.model import recall_scores
+from learner.scores import recall_scores
 
 
 class PrequentialHR:
