@@ -70,7 +70,7 @@ class MFModel:
         w = 2 * d + 2
         self.capacity = max_batches * n + 1
         self._tf = tf
-        self._jit = None
+        self._jit = self._bufs = None
         if jit:  # compiled now (a few seconds), not in the middle of the stream
             self._jit = self._compile()
             w0 = np.zeros((1, w), np.float32)
@@ -131,10 +131,16 @@ class MFModel:
         tf = self._tf
         k, nu, ni, nk = len(rows), len(users), len(items), len(periods)
         has_periods = self.cfg.period_days > 0
-        args = [_pad(users, self.capacity), _pad(items, self.capacity),
-                _pad(periods, self.capacity) if has_periods else periods[:1],
-                scalars, *(_pad(a, self.max_batches) for a in (rows, index, target))]
-        out = self._jit(*(tf.constant(a) for a in args), tf.constant(k, tf.int32))
+        # the inputs go into buffers of the compiled shapes, kept across calls (fresh ones cost page faults);
+        # what lies past the copied prefix is never read: indexes point into it, the loop stops at k
+        new = [users, items, periods if has_periods else periods[:1], rows, index, target]
+        if self._bufs is None:
+            sizes = [self.capacity, self.capacity, self.capacity if has_periods else 1] + [self.max_batches] * 3
+            self._bufs = [_pad(a, n) for a, n in zip(new, sizes)]
+        for buf, a in zip(self._bufs, new):
+            buf[: len(a)] = a
+        u, i, p, r, x, y = self._bufs
+        out = self._jit(*(tf.constant(a) for a in (u, i, p, scalars, r, x, y)), tf.constant(k, tf.int32))
         pred, losses, users2, items2, periods2, scalars = (t.numpy() for t in out)
         periods2 = periods2[:nk] if has_periods else periods
         return pred[:k], losses[:k], users2[:nu], items2[:ni], periods2, scalars
