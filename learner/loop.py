@@ -352,7 +352,7 @@ class Learner:
         if not w.n:
             return
         rate = self.events / max(time.time() - self.t0, 1e-9)
-        hr, hr_n = self.probe.rate() if self.probe is not None else (None, 0)
+        hr, hr_n = self.probe.rate(wait=False) if self.probe is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
                  + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
                  + f" {rate:,.0f} ev/s")

@@ -8,6 +8,8 @@ user's already-rated movies (read by the caller from the activity log) excluded.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from learner.config import ModelConfig
@@ -27,11 +29,17 @@ class PrequentialHR:
         self._pop_total = np.zeros(0)
         self.hits = 0
         self.n = 0
+        self._lock = threading.Lock()  # hits and n move together (read from another thread by snapshot)
 
     @property
     def rate(self) -> float | None:
         """Hits / samples so far (None before the first sample)."""
         return self.hits / self.n if self.n else None
+
+    def snapshot(self) -> tuple[float | None, int]:
+        """(hits / samples, samples) as of the scores finished so far, safe to call while one runs."""
+        with self._lock:
+            return self.rate, self.n
 
     def learn(self, ids, raw, vec, bias, movie_ids, labels, kpop) -> None:
         """After a micro-batch: mirror its trained item rows, count its positives per period."""
@@ -88,5 +96,6 @@ class PrequentialHR:
             scores[np.repeat(np.arange(len(cols)), [len(c) for c in cols]), np.concatenate(cols)] = -np.inf
         target = self.mirror.columns(movie_ids)
         hit = top_k_hits(scores, np.maximum(target, 0), self.k) & (target >= 0)
-        self.hits += int(hit.sum())
-        self.n += len(queries)
+        with self._lock:
+            self.hits += int(hit.sum())
+            self.n += len(queries)

@@ -135,8 +135,15 @@ class HRProbe:
             f.result()  # a failure on the helper thread surfaces here
         self._queued = [f for f in self._queued if f not in done] + [self._work.submit(fn, *args)]
 
-    def rate(self) -> tuple[float | None, int]:
-        """(hits / samples, samples) once every score asked for so far is done."""
+    def rate(self, wait: bool = True) -> tuple[float | None, int]:
+        """(hits / samples, samples) once every score asked for so far is done; ``wait=False``: as of the scores
+        finished so far, without waiting for the helper thread (the train log lines)."""
+        if not wait:
+            done = [f for f in self._queued if f.done()]
+            for f in done:
+                f.result()  # a failure on the helper thread surfaces here
+            self._queued = [f for f in self._queued if f not in done]
+            return self.hr.snapshot()
         for f in self._queued:
             f.result()
         self._queued = []
