@@ -198,7 +198,7 @@ class LearnerConfig:
             rows they changed are written to the PS (fenced, one transaction) at least every ``sync_ms``
             milliseconds; a learner that has reached the end of the stream syncs after every chunk.
             0 = sync after every chunk.  Gradient-mode pushes (several workers) always sync after every
-            chunk (up to 16 micro-batches): the other workers' updates of shared item rows reach a worker
+            chunk (up to 8,192 events): the other workers' updates of shared item rows reach a worker
             within one chunk.
         workers: learners in the group (> 1 switches pushes to gradient mode under ``auto``).
         push_mode: ``auto`` (assign for one worker, gradient for several), ``assign`` or ``gradient``.

@@ -160,16 +160,11 @@ class MFModel:
     def _run_xla(self, users, items, periods, scalars, rows, index, target, count):
         """The XLA-compiled :meth:`run`: the rows are loop-carried tensors, micro-batches ``0 .. count - 1``."""
         tf = self._tf
-        tables = 3 if self.cfg.period_days > 0 else 2
         n = self.cfg.batch_size
 
         def body(j, state, scalars, preds, losses):
-            at = [rows[j, t] for t in range(tables)]
-            got = [tf.gather(v, r) for v, r in zip(state, at)]
-            if tables == 2:
-                got.append(tf.zeros([n, 2 * self.cfg.dim + 2]))
-            yhat, loss, *new, scalars = self._packed_fn(*got, scalars, index[j], target[j])
-            state = [tf.tensor_scatter_nd_update(v, r[:, None], x) for v, r, x in zip(state, at, new)] + state[tables:]
+            at, _, yhat, loss, new, scalars = self._micro_step(state, scalars, rows[j], index[j], target[j])
+            state = [tf.tensor_scatter_nd_update(v, r[:, None], x) for v, r, x in zip(state, at, new)] + state[len(at):]
             preds = tf.tensor_scatter_nd_update(preds, [[j]], yhat[None])
             losses = tf.tensor_scatter_nd_update(losses, [[j]], loss[None])
             return j + 1, state, scalars, preds, losses
@@ -191,14 +186,8 @@ class MFModel:
         preds = tf.TensorArray(tf.float32, size=size)
         losses = tf.TensorArray(tf.float32, size=size)
 
-        tables = 3 if self.cfg.period_days > 0 else 2  # without time periods their rows are never read
-
         def body(j, scalars, preds, losses):
-            at = [rows[j, t] for t in range(tables)]
-            got = [tf.gather(v, r) for v, r in zip(state, at)]
-            if tables == 2:
-                got.append(tf.zeros([self.cfg.batch_size, 2 * self.cfg.dim + 2]))
-            yhat, loss, *new, scalars2 = self._packed_fn(*got, scalars, index[j], target[j])
+            at, got, yhat, loss, new, scalars2 = self._micro_step(state, scalars, rows[j], index[j], target[j])
             with tf.control_dependencies(got):
                 put = [v.scatter_nd_update(r[:, None], x) for v, r, x in zip(state, at, new)]
             with tf.control_dependencies(put):
@@ -210,6 +199,19 @@ class MFModel:
         with tf.control_dependencies([scalars]):
             rows_out = [tf.gather(v, r) for v, r in zip(state, first)]
             return (preds.stack(), losses.stack(), *rows_out, tf.identity(scalars))
+
+    def _micro_step(self, state, scalars, rows, index, target):
+        """One micro-batch inside a run's loop: gather its rows from ``state`` (user, item, period tables) at
+        ``rows``, step.  Returns (row indexes per table used, gathered rows, predictions, losses, new rows,
+        scalars); without time periods their rows are never read (zeros stand in) nor written back."""
+        tf = self._tf
+        tables = 3 if self.cfg.period_days > 0 else 2
+        at = [rows[t] for t in range(tables)]
+        got = [tf.gather(v, r) for v, r in zip(state, at)]
+        if tables == 2:
+            got.append(tf.zeros([self.cfg.batch_size, 2 * self.cfg.dim + 2]))
+        yhat, loss, *new, scalars = self._packed_fn(*got, scalars, index, target)
+        return at, got, yhat, loss, new[:tables], scalars
 
     def _packed_fn(self, users, items, periods, scalars, index, target):
         """Unpack the six arguments, run :meth:`_mf_fn`, pack its results the same way."""

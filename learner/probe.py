@@ -130,24 +130,26 @@ class HRProbe:
         self._items, self._events = [], []
 
     def _submit(self, fn, *args) -> None:
+        self._reap()
+        self._queued.append(self._work.submit(fn, *args))
+
+    def _reap(self) -> None:
+        """Forget the helper thread's finished jobs (a failure on the helper thread surfaces here)."""
         done = [f for f in self._queued if f.done()]
         for f in done:
-            f.result()  # a failure on the helper thread surfaces here
-        self._queued = [f for f in self._queued if f not in done] + [self._work.submit(fn, *args)]
+            f.result()
+        self._queued = [f for f in self._queued if f not in done]
 
     def rate(self, wait: bool = True) -> tuple[float | None, int]:
         """(hits / samples, samples) once every score asked for so far is done; ``wait=False``: as of the scores
         finished so far, without waiting for the helper thread (the train log lines)."""
         if not wait:
-            done = [f for f in self._queued if f.done()]
-            for f in done:
-                f.result()  # a failure on the helper thread surfaces here
-            self._queued = [f for f in self._queued if f not in done]
+            self._reap()
             return self.hr.snapshot()
         for f in self._queued:
             f.result()
         self._queued = []
-        return self.hr.rate, self.hr.n
+        return self.hr.snapshot()
 
     def close(self) -> None:
         self.rate()
