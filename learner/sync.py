@@ -188,17 +188,20 @@ class WindowSync:
         uniq, total = np.unique(ppop[pos], return_counts=True)
         return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total.astype(np.int64)
 
-    def _unrecorded(self, key: str, events) -> np.ndarray:
-        """Which of the window's events a side write fenced at ``key`` has not recorded yet: an event is recorded
-        when its offset is below the stored next offset of its partition.  A learner restarted after a crash
-        between the side writes and the rows replays a window whose bounds differ from the crashed one's, so the
-        side writes filter by event instead of skipping or applying a whole window."""
-        stored, _ = self._retry("side fence offsets", self.ps.fence_offsets, key)
+    def _unrecorded(self, keys: list[str], events) -> list[np.ndarray]:
+        """Per side write fenced at one of ``keys``, which of the window's events it has not recorded yet: an
+        event is recorded when its offset is below the stored next offset of its partition.  A learner restarted
+        after a crash between the side writes and the rows replays a window whose bounds differ from the crashed
+        one's, so the side writes filter by event instead of skipping or applying a whole window."""
+        fences, _ = self._retry("side fence offsets", self.ps.fence_offsets, keys)
         parts, offs = events[5], events[6]
-        below = np.full(len(parts), -1, np.int64)
-        for p, o in stored.items():
-            below[parts == p] = o
-        return offs >= below
+        out = []
+        for stored in fences:
+            below = np.full(len(parts), -1, np.int64)
+            for p, o in stored.items():
+                below[parts == p] = o
+            out.append(offs >= below)
+        return out
 
     def _stale(self) -> bool:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
@@ -261,10 +264,11 @@ class WindowSync:
         # what the crashed sync did not
         fence = self._fence(offsets)
         if events is not None:
-            counts = self._counts(events, self._unrecorded(self.pop.fence_key(fence.group, fence.topic), events))
+            new_counts, keep = self._unrecorded([self.pop.fence_key(fence.group, fence.topic),
+                                                 self.activity.fence_key(fence.group, fence.topic)], events)
+            counts = self._counts(events, new_counts)
             if counts is not None:
                 self._retry("fenced counter push", self.pop.add, *counts, fence=fence)
-            keep = self._unrecorded(self.activity.fence_key(fence.group, fence.topic), events)
             if keep.any():
                 self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
                             fence=fence)

@@ -291,14 +291,17 @@ class ParameterServer:
 
     def offsets(self, group: str, topic: str) -> dict[int, int]:
         """Stored ``{partition: next offset}`` of (group, topic): where a restarted learner resumes."""
-        return self.fence_offsets(self.keys.fence(group, topic))
+        return self.fence_offsets([self.keys.fence(group, topic)])[0]
 
-    def fence_offsets(self, key: str) -> dict[int, int]:
-        """``{partition: next offset}`` stored at a fence key (this namespace's, a counter set's, the activity
-        log's)."""
+    def fence_offsets(self, keys: list[str]) -> list[dict[int, int]]:
+        """``{partition: next offset}`` stored at each fence key (this namespace's, a counter set's, the activity
+        log's), read in one round trip (one per node on a cluster)."""
         with self._io():
-            stored = self.redis.hgetall(key)
-        return {int(p): int(o) for p, o in stored.items()}
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            replies = pipe.execute()
+        return [{int(p): int(o) for p, o in stored.items()} for stored in replies]
 
     # ------------------------------------------------------------------------------ maintenance
     def delete(self, table: str, ids) -> int:
