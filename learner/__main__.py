@@ -18,6 +18,7 @@ import typing
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV,
                                REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
 from learner.config import BACKENDS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
+from learner.validate import RecordLimits
 
 GROUP_ENV = "LFM_GROUP"
 DEFAULT_GROUP = "lfm-learner"
@@ -32,6 +33,11 @@ def _model_flag(f: dataclasses.Field) -> tuple[str, dict]:
                           help=f"(preset default: {f.default})")
     conv = {int: int, float: float, str: str}.get(typ, float)
     return name, dict(type=conv, default=None, help=f"(preset default: {f.default})")
+
+
+def _threshold(text: str) -> float | None:
+    """``--pos-threshold``: a number, or ``none``."""
+    return None if text.strip().lower() == "none" else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consume in a child process, off the training loop's GIL (default: on with --prefetch)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
+    chk = p.add_argument_group("record checks (a record outside these goes to <topic>.dlq with its reason)")
+    chk.add_argument("--min-timestamp", type=int, default=0, help="earliest event time accepted (epoch seconds)")
+    chk.add_argument("--max-timestamp", type=int, default=None,
+                     help="latest event time accepted (epoch seconds; default: one day after the clock)")
+    chk.add_argument("--min-rating", type=float, default=0.5, help="lowest rating accepted")
+    chk.add_argument("--max-rating", type=float, default=5.0, help="highest rating accepted")
+    chk.add_argument("--pos-threshold", type=_threshold, default=4.0,
+                     help="the label must be 1 iff rating >= this (prepare's --pos-threshold); "
+                          "'none': only check that it is 0 or 1")
     run = p.add_argument_group("run and logging")
     run.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
     run.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0 = never)")
@@ -96,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         push_mode=args.push_mode, prefetch=args.prefetch, consumer_process=args.consumer_process,
         train_log_steps=args.train_log_steps,
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
+        limits=RecordLimits(min_timestamp=args.min_timestamp, max_timestamp=args.max_timestamp,
+                            min_rating=args.min_rating, max_rating=args.max_rating, pos_threshold=args.pos_threshold),
         xla=args.xla)
 
 

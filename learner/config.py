@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from learner.validate import RecordLimits
+
 LOSSES = ("mse", "logloss")
 OPTIMIZERS = ("sgd", "adagrad", "adagrad_ev")
 REDUCTIONS = ("sum", "mean")
@@ -212,6 +214,8 @@ class LearnerConfig:
         hr_sample: share of positive events scored for prequential HR@k (0 = off).
         hr_k: k of the prequential hit rate.
         dlq: copy poison records to ``<topic>.dlq``.
+        limits: the field ranges a stream record must be in to be trained (timestamp window, rating range,
+            label rule; :class:`learner.validate.RecordLimits`); other records are poison.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
         xla: compile the TF loop over a chunk's micro-batches with XLA (see :class:`learner.model.MFModel`).
     """
@@ -241,6 +245,7 @@ class LearnerConfig:
     hr_sample: float = 0.02
     hr_k: int = 50
     dlq: bool = True
+    limits: RecordLimits = field(default_factory=RecordLimits)
     retry_max_s: float = 10.0
     xla: bool = True
 

@@ -1,9 +1,12 @@
 """InputFn: rating records → numpy column batches, from the Kafka stream or from TFRecord shards.
 
 Both paths decode with the one feature spec of :mod:`lfm_stream.schema` (``tf.io.parse_example``).
-Stream batches may hold poison records (not an Example, a missing field, a NaN label, an unknown
-schema version): :meth:`InputFn.parse` returns the valid rows and names each bad record with a reason,
-so the loop can dead-letter it and go on.
+Stream batches may hold poison records: no value (``null_value``), an empty one (``empty_value``), bytes that
+are not an Example (``not_an_example``), a feature missing or empty (``missing_feature``), of the wrong type
+(``wrong_type``) or with other than one value (``wrong_length``), or fields outside their ranges
+(:mod:`learner.validate`).  :meth:`InputFn.parse` returns the valid rows and names each bad record with a
+:class:`~learner.validate.Poison` reason, so the loop can dead-letter it and go on.  Shards read with
+:meth:`InputFn.files` are trusted (the test set is written by ``producer.prepare``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from lfm_stream.schema import FEATURES, SCHEMA_VERSION, feature_spec
+from learner.validate import Poison, RecordLimits, check_records
+from lfm_stream.schema import FEATURES, feature_spec
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Parsed:
 
     columns: dict[str, np.ndarray]
     valid: np.ndarray
-    bad: list[tuple[int, str]] = field(default_factory=list)
+    bad: list[tuple[int, Poison]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.valid.size)
@@ -49,7 +53,7 @@ class Decoded:
 
     columns: dict[str, np.ndarray]
     ok: np.ndarray
-    reasons: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, Poison] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.ok.size)
@@ -85,13 +89,41 @@ def empty_columns() -> dict[str, np.ndarray]:
     return {k: np.zeros(0, np.int64 if k in INT_FEATURES else np.float32) for k in FEATURES}
 
 
-class InputFn:
-    """Decodes serialized ``tf.train.Example`` rating records (stream values or shard records)."""
+#: ``tf.io.parse_example`` errors of one record → the poison kind they mean
+_DECODE_KINDS = (("is required but could not be found", "missing_feature"),
+                 ("Values size: 0 ", "missing_feature"),
+                 ("Data types don't match", "wrong_type"),
+                 ("values != expected", "wrong_length"))
 
-    def __init__(self) -> None:
+
+def decode_failure(value, exc: Exception) -> Poison:
+    """The reason a single record failed to decode (``exc``: what decoding it raised)."""
+    if value is None:
+        return Poison("null_value", "record has no value (null)")
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return Poison("not_an_example", f"record value is a {type(value).__name__}, not bytes")
+    if len(value) == 0:
+        return Poison("empty_value", "record value is empty (0 bytes)")
+    if isinstance(exc, UnicodeDecodeError):  # TF may fail to decode its own error message
+        return Poison("not_an_example", "not a valid rating Example: could not parse example input")
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]|Name: <unknown>,\s*", "", msg)
+    kind = next((k for text, k in _DECODE_KINDS if text in msg), "not_an_example")
+    return Poison(kind, f"not a valid rating Example: {msg[:200]}")
+
+
+class InputFn:
+    """Decodes serialized ``tf.train.Example`` rating records (stream values or shard records).
+
+    Args:
+        limits: the field checks of stream records (:mod:`learner.validate`; default :class:`RecordLimits`).
+    """
+
+    def __init__(self, limits: RecordLimits | None = None) -> None:
         import tensorflow as tf
 
         self._tf = tf
+        self.limits = limits if limits is not None else RecordLimits()
         self._spec = feature_spec()
         self._parse = tf.function(lambda s: tf.io.parse_example(s, self._spec),
                                   input_signature=[tf.TensorSpec([None], tf.string)])
@@ -101,14 +133,14 @@ class InputFn:
         return {k: v.numpy() for k, v in out.items()}
 
     def parse(self, values: list[bytes]) -> Parsed:
-        """Decode a batch; poison records are split off with a reason, the rest decoded.
+        """Decode a batch; poison records are split off with a reason, the rest decoded and checked.
 
         A batch that fails to decode as a whole is bisected until the bad records are isolated, so a
-        clean batch costs one ``parse_example`` call.
+        clean batch costs one ``parse_example`` call and one vectorized :func:`check_records`.
         """
         if not values:
             return Parsed(empty_columns(), np.zeros(0, np.int64))
-        bad: list[tuple[int, str]] = []
+        bad: list[tuple[int, Poison]] = []
         parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._bisect(values, 0, len(values), parts, bad)
         if parts:
@@ -116,25 +148,12 @@ class InputFn:
             cols = {k: np.concatenate([p[1][k] for p in parts]) for k in FEATURES}
         else:
             idx, cols = np.zeros(0, np.int64), empty_columns()
-        ok = np.ones(idx.size, bool)
-        version = cols["schema_version"]
-        wrong = version != SCHEMA_VERSION
-        for j in np.nonzero(wrong)[0]:
-            bad.append((int(idx[j]), f"unknown schema_version {int(version[j])} (expected {SCHEMA_VERSION})"))
-        ok &= ~wrong
-        label = cols["label"]
-        nan = ~np.isfinite(label) & ok
-        for j in np.nonzero(nan)[0]:
-            bad.append((int(idx[j]), f"label is {float(label[j])!r}, not a finite number"))
-        ok &= ~nan
-        out_of_range = ok & ((label < 0) | (label > 1))
-        for j in np.nonzero(out_of_range)[0]:
-            bad.append((int(idx[j]), f"label {float(label[j])!r} outside [0, 1]"))
-        ok &= ~out_of_range
-        if not ok.all():
+        ok, rejected = check_records(cols, self.limits)
+        if rejected:
+            bad.extend((int(idx[j]), reason) for j, reason in rejected)
             idx = idx[ok]
             cols = {k: v[ok] for k, v in cols.items()}
-        bad.sort()
+        bad.sort(key=lambda b: b[0])
         return Parsed(cols, idx, bad)
 
     def decode(self, values: list[bytes]) -> Decoded:
@@ -156,13 +175,11 @@ class InputFn:
         try:
             cols = self._decode(values[lo:hi])
             parts.append((np.arange(lo, hi, dtype=np.int64), cols))
-        except (self._tf.errors.InvalidArgumentError, UnicodeDecodeError) as exc:  # TF may fail to decode its own message
+        except (self._tf.errors.InvalidArgumentError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            # InvalidArgumentError: a record is not a rating Example; ValueError / TypeError: a value is not
+            # bytes (None: a null Kafka value) and the batch is no string tensor
             if hi - lo == 1:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if isinstance(exc, UnicodeDecodeError):
-                    msg = "could not parse example input"
-                msg = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", msg)
-                bad.append((lo, f"not a valid rating Example: {msg[:200]}"))
+                bad.append((lo, decode_failure(values[lo], exc)))
                 return
             mid = (lo + hi) // 2
             self._bisect(values, lo, mid, parts, bad)

@@ -63,7 +63,7 @@ class Learner:
         self.activity = log or ActivityLog(self.ps)
         runtime.configure()
         self.model = MFModel(m, jit=cfg.xla, max_batches=max(1, CHUNK_EVENTS // m.batch_size))
-        self.input = InputFn()
+        self.input = InputFn(cfg.limits)
         self.mode = "gradient" if cfg.gradient_push else "assign"
         self.lock = threading.RLock()
         self.pending = Pending()
@@ -401,7 +401,8 @@ class Learner:
                             stream_events_per_s=round(self.events / span, 1) if span > 0 else None,
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
-                            poison=self.poison.count, skipped_pushes=self.sync.skipped, **test)
+                            poison=self.poison.count, poison_by_reason=dict(self.poison.by_reason),
+                            skipped_pushes=self.sync.skipped, **test)
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
                  f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
         self._metrics.close()
