@@ -43,7 +43,6 @@ from learner.model import MFModel
 from learner.pending import Pending
 from learner.poison import PoisonRecords
 from learner.probe import HRProbe
-from learner.live import Live
 from learner.report import MetricsFile, say
 from learner.sync import WindowSync
 from lfm_stream.version import version
@@ -79,7 +78,6 @@ class Learner:
         self.user_period: dict[int, int] = {}
         self._stop = False
         self._metrics = MetricsFile(cfg.metrics_path)
-        self.live = Live(cfg, self.say, getattr(self.ps, "redis", None))  # progress, /metrics, dashboard records
         self.poison = PoisonRecords(cfg, self.say, self.emit)
         self.test = None
         if cfg.data_dir:
@@ -108,7 +106,6 @@ class Learner:
         rec = {"event": event, "step": self.step, "events": self.events, "records": self.records,
                "time": round(time.time(), 3), "elapsed": round(time.time() - self.t0, 3), **fields}
         self._metrics.write(rec)
-        self.live.record(rec)
         return rec
 
     # ----------------------------------------------------------------------------- I/O edge
@@ -117,11 +114,8 @@ class Learner:
         from ps_redis import PSConnectionError
         import redis
 
-        t = time.perf_counter()
-        out = retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
-                    say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
-        self.live.call(what, time.perf_counter() - t, out[1])
-        return out
+        return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
+                     say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
 
     def _commit(self, offsets: dict[int, int]) -> None:
         """Kafka commit after a PS write (none before the consumer exists: the PS offsets are the truth)."""
@@ -133,7 +127,6 @@ class Learner:
         seek = {p: stored[p] for p in partitions if p in stored}
         self._assigned_at = time.monotonic()
         self._assigned = list(partitions)
-        self.live.assign(partitions)
         self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: committed/earliest)'}")
         self.emit("assign", partitions=partitions, resume=seek)
         return seek
@@ -148,7 +141,6 @@ class Learner:
             dropped = self.pending.n  # consumed, not trained: the next owner consumes them again
             self.pending.clear()
             self._assigned_at, self._assigned = time.monotonic(), []
-            self.live.assign([])
         if partitions:  # kafka-python also calls this with no partitions when a member first joins
             self.say(f"partitions {partitions} revoked; trained events written to the PS"
                      + (f", {dropped} consumed records not trained yet left to the next owner" if dropped else ""))
@@ -175,7 +167,7 @@ class Learner:
         reason = "stopped"
         try:
             while True:
-                t, handled = time.perf_counter(), self.records
+                t = time.perf_counter()
                 chunk = self.fetcher.get(timeout=min(0.1, flush_s) if flush_s > 0 else 0.1)
                 if self._first_batch_t is not None and chunk is not None:
                     self._tick("wait_consume", t)
@@ -183,7 +175,6 @@ class Learner:
                 with self.lock:
                     if chunk is not None and chunk.gen == self.fetcher.generation:
                         self.pending.add(chunk)
-                        self.live.arrived(chunk)
                         last_rec = now
                     while self.pending.n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(self._chunk_size()))
@@ -196,7 +187,6 @@ class Learner:
                         self.sync.sync(wait=False)
                     if chunk is not None:
                         last_rec = time.monotonic()  # idle time counts from the end of its processing
-                self.live.tick(self.records, waiting=chunk is None and self.records == handled)
                 if self._limit_reached():
                     reason = "max_events"
                     break
@@ -367,7 +357,7 @@ class Learner:
         w = self.window
         if not w.n:
             return
-        rate = self.live.rate() or 0.0  # over active time: waits for records do not count
+        rate = self.events / max(time.time() - self.t0, 1e-9)
         hr, hr_n = self.probe.rate(wait=False) if self.probe is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
                  + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
@@ -420,9 +410,7 @@ class Learner:
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
                             poison=self.poison.count, poison_by_reason=dict(self.poison.by_reason),
                             skipped_pushes=self.sync.skipped, **test)
-        active, mean = self.live.tracker.active_s, self.live.mean_rate()
-        self.say(f"done ({reason}): {self.events} events in {secs:.1f}s ({active:.1f} s active"
-                 + (f", {mean:,.0f} ev/s" if mean else "") + f"), prequential AUC "
+        self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
                  f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
         self._metrics.close()
         return summary
