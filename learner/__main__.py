@@ -21,6 +21,7 @@ from learner.config import BACKENDS, PRESETS, PUSH_MODES, LearnerConfig, ModelCo
 from learner.validate import RecordLimits
 
 GROUP_ENV = "LFM_GROUP"
+METRICS_PORT_ENV, METRICS_HOST_ENV, PROGRESS_ENV = "LFM_LEARNER_METRICS_PORT", "LFM_METRICS_HOST", "LFM_PROGRESS_INTERVAL"
 DEFAULT_GROUP = "lfm-learner"
 _MODEL_TYPES = typing.get_type_hints(ModelConfig)
 
@@ -91,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "~5 s): a micro-batch costs about the same whatever its size")
     run.add_argument("--metrics", default=None, help="JSON-lines metrics file (one object per log event)")
     run.add_argument("--checkpoint-dir", default=None, help="PS checkpoints after each test evaluation")
+    run.add_argument("--progress-interval", type=float, default=float(env_default(PROGRESS_ENV, "5")),
+                     help=env_help("seconds between progress lines (events, ev/s while active, consumer lag, state) "
+                                   "when stderr is not a TTY; a TTY gets a bar; 0 = neither. The lag is taken from "
+                                   "the partitions' high watermarks: Tansu reports the start of the last batch + 1 "
+                                   "there, so the lag undercounts by up to one producer batch", PROGRESS_ENV))
+    run.add_argument("--metrics-port", type=int, default=int(env_default(METRICS_PORT_ENV, "0")),
+                     help=env_help("serve Prometheus /metrics on this port (0 = off; compose uses 9101)",
+                                   METRICS_PORT_ENV))
+    run.add_argument("--metrics-host", default=env_default(METRICS_HOST_ENV, "127.0.0.1"),
+                     help=env_help("interface of /metrics", METRICS_HOST_ENV))
     mod = p.add_argument_group("model (override the preset)")
     mod.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model preset")
     for f in dataclasses.fields(ModelConfig):
@@ -113,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
         limits=RecordLimits(min_timestamp=args.min_timestamp, max_timestamp=args.max_timestamp,
                             min_rating=args.min_rating, max_rating=args.max_rating, pos_threshold=args.pos_threshold),
-        xla=args.xla)
+        xla=args.xla, progress_s=args.progress_interval, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host)
 
 
 def main(argv: list[str] | None = None) -> int:

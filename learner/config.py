@@ -218,6 +218,8 @@ class LearnerConfig:
             label rule; :class:`learner.validate.RecordLimits`); other records are poison.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
         xla: compile the TF loop over a chunk's micro-batches with XLA (see :class:`learner.model.MFModel`).
+        progress_s: seconds between progress lines when stderr is not a TTY (a TTY gets a bar; 0 = neither).
+        metrics_port, metrics_host: serve Prometheus ``/metrics`` there (0 = not served).
     """
 
     model: ModelConfig = field(default_factory=lambda: DEFAULT_MODEL)
@@ -248,6 +250,9 @@ class LearnerConfig:
     limits: RecordLimits = field(default_factory=RecordLimits)
     retry_max_s: float = 10.0
     xla: bool = True
+    progress_s: float = 5.0
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -267,7 +272,7 @@ class LearnerConfig:
             bad("heartbeat_interval_ms", f"must be < session_timeout_ms ({self.session_timeout_ms})")
         if not 0.0 <= self.hr_sample <= 1.0:
             bad("hr_sample", "must be in [0, 1]")
-        for name in ("idle_timeout", "flush_ms", "sync_ms"):
+        for name in ("idle_timeout", "flush_ms", "sync_ms", "progress_s", "metrics_port"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if not self.topic:

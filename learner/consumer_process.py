@@ -58,6 +58,7 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
                     return
             chunk = source.poll(poll_timeout)
             if chunk is not None:
+                chunk.ends = source.end_offsets()
                 data.send(("chunk", chunk))
                 last = len(chunk)
             elif last:

@@ -36,6 +36,7 @@ class Chunk:
     keys: list[bytes | None] = field(default_factory=list)
     gen: int = 0
     decoded: object = None  # what the Fetcher's ``decode`` made of the values (e.g. learner.input.Decoded)
+    ends: dict[int, int] | None = None  # partition -> end offset (high watermark) the consumer knew at the poll
 
     def __len__(self) -> int:
         return len(self.values)
@@ -102,6 +103,16 @@ class KafkaPythonSource:
 
         self.consumer.commit({self._tp(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
 
+    def end_offsets(self) -> dict[int, int]:
+        """The assigned partitions' high watermarks from the last fetch responses (no request; a partition not
+        fetched yet is left out).  Tansu reports the start of the last batch + 1: a lag from it undercounts."""
+        out = {}
+        for t in self.consumer.assignment():
+            hw = self.consumer.highwater(t)
+            if hw is not None:
+                out[t.partition] = hw
+        return out
+
     def close(self) -> None:
         self.consumer.close(autocommit=False)
 
@@ -155,6 +166,16 @@ class ConfluentSource:
 
     def commit(self, offsets: dict[int, int]) -> None:
         self.consumer.commit(offsets=[self._TP(self.topic, p, o) for p, o in offsets.items()], asynchronous=False)
+
+    def end_offsets(self) -> dict[int, int]:
+        """The assigned partitions' high watermarks librdkafka cached from its fetches (no request; unknown ones
+        are left out).  Tansu reports the start of the last batch + 1: a lag from it undercounts."""
+        out = {}
+        for t in self.consumer.assignment():
+            marks = self.consumer.get_watermark_offsets(t, cached=True)
+            if marks is not None and marks[1] >= 0:
+                out[t.partition] = marks[1]
+        return out
 
     def close(self) -> None:
         self.consumer.close()
@@ -212,6 +233,8 @@ class Fetcher:
 
     def _polled(self, chunk: Chunk | None) -> Chunk | None:
         self._last_size = len(chunk) if chunk is not None else 0
+        if chunk is not None:
+            chunk.ends = self.source.end_offsets()
         return chunk
 
     # -- consumer thread

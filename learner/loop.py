@@ -43,6 +43,7 @@ from learner.model import MFModel
 from learner.pending import Pending
 from learner.poison import PoisonRecords
 from learner.probe import HRProbe
+from learner.live import Live
 from learner.report import MetricsFile, say
 from learner.sync import WindowSync
 from lfm_stream.version import version
@@ -78,6 +79,7 @@ class Learner:
         self.user_period: dict[int, int] = {}
         self._stop = False
         self._metrics = MetricsFile(cfg.metrics_path)
+        self.live = Live(cfg, self.say, getattr(self.ps, "redis", None))  # progress, /metrics, dashboard records
         self.poison = PoisonRecords(cfg, self.say, self.emit)
         self.test = None
         if cfg.data_dir:
@@ -106,6 +108,7 @@ class Learner:
         rec = {"event": event, "step": self.step, "events": self.events, "records": self.records,
                "time": round(time.time(), 3), "elapsed": round(time.time() - self.t0, 3), **fields}
         self._metrics.write(rec)
+        self.live.record(rec)
         return rec
 
     # ----------------------------------------------------------------------------- I/O edge
@@ -114,8 +117,11 @@ class Learner:
         from ps_redis import PSConnectionError
         import redis
 
-        return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
-                     say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
+        t = time.perf_counter()
+        out = retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
+                    say=self.say, max_s=self.cfg.retry_max_s, **kwargs)
+        self.live.call(what, time.perf_counter() - t, out[1])
+        return out
 
     def _commit(self, offsets: dict[int, int]) -> None:
         """Kafka commit after a PS write (none before the consumer exists: the PS offsets are the truth)."""
@@ -127,6 +133,7 @@ class Learner:
         seek = {p: stored[p] for p in partitions if p in stored}
         self._assigned_at = time.monotonic()
         self._assigned = list(partitions)
+        self.live.assign(partitions)
         self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: committed/earliest)'}")
         self.emit("assign", partitions=partitions, resume=seek)
         return seek
@@ -141,6 +148,7 @@ class Learner:
             dropped = self.pending.n  # consumed, not trained: the next owner consumes them again
             self.pending.clear()
             self._assigned_at, self._assigned = time.monotonic(), []
+            self.live.assign([])
         if partitions:  # kafka-python also calls this with no partitions when a member first joins
             self.say(f"partitions {partitions} revoked; trained events written to the PS"
                      + (f", {dropped} consumed records not trained yet left to the next owner" if dropped else ""))
@@ -167,7 +175,7 @@ class Learner:
         reason = "stopped"
         try:
             while True:
-                t = time.perf_counter()
+                t, handled = time.perf_counter(), self.records
                 chunk = self.fetcher.get(timeout=min(0.1, flush_s) if flush_s > 0 else 0.1)
                 if self._first_batch_t is not None and chunk is not None:
                     self._tick("wait_consume", t)
@@ -175,6 +183,7 @@ class Learner:
                 with self.lock:
                     if chunk is not None and chunk.gen == self.fetcher.generation:
                         self.pending.add(chunk)
+                        self.live.arrived(chunk)
                         last_rec = now
                     while self.pending.n >= B and not self._limit_reached() and not self._stop:
                         self._process(self._take(self._chunk_size()))
@@ -187,6 +196,7 @@ class Learner:
                         self.sync.sync(wait=False)
                     if chunk is not None:
                         last_rec = time.monotonic()  # idle time counts from the end of its processing
+                self.live.tick(self.records, waiting=chunk is None and self.records == handled)
                 if self._limit_reached():
                     reason = "max_events"
                     break
@@ -231,6 +241,7 @@ class Learner:
     def _tick(self, name: str, t: float) -> float:
         now = time.perf_counter()
         self.stage[name] = self.stage.get(name, 0.0) + now - t
+        self.live.stage(name, now - t)
         return now
 
     def _process(self, batch: Chunk) -> None:
@@ -239,6 +250,7 @@ class Learner:
             self._first_batch_t = time.time()
         step = self.step
         self._process_batch(batch, t)
+        self.live.handled(batch)
         self._last_batch_t = time.time()
         T = self.cfg.test_log_steps
         if T and self.step > step and self.step % T == 0:
@@ -357,7 +369,7 @@ class Learner:
         w = self.window
         if not w.n:
             return
-        rate = self.events / max(time.time() - self.t0, 1e-9)
+        rate = self.live.rate() or 0.0  # over active time: waits for records do not count
         hr, hr_n = self.probe.rate(wait=False) if self.probe is not None else (None, 0)
         self.say(f"step {self.step} events {self.events}: train {w.calc_str()}"
                  + (f" preq_hr@{self.cfg.hr_k}={hr:.4f} (n={hr_n})" if hr is not None else "")
@@ -410,7 +422,10 @@ class Learner:
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
                             poison=self.poison.count, poison_by_reason=dict(self.poison.by_reason),
                             skipped_pushes=self.sync.skipped, **test)
-        self.say(f"done ({reason}): {self.events} events in {secs:.1f}s, prequential AUC "
+        active, mean = self.live.tracker.active_s, self.live.mean_rate()
+        self.say(f"done ({reason}): {self.events} events in {secs:.1f}s ({active:.1f} s active"
+                 + (f", {mean:,.0f} ev/s" if mean else "") + f"), prequential AUC "
                  f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
+        self.live.close()
         self._metrics.close()
         return summary

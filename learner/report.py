@@ -7,11 +7,25 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+
+
+_line_writer: Callable[[str], bool] | None = None
+
+
+def set_line_writer(writer: Callable[[str], bool] | None) -> None:
+    """Route :func:`say`'s lines through ``writer`` (e.g. a progress bar's ``message``, which prints a line above
+    the bar; it returns False when it printed nothing), or back to plain stderr with None."""
+    global _line_writer
+    _line_writer = writer
 
 
 def say(text: str) -> None:
-    """One timestamped line on stderr."""
-    print(f"[learner {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    """One timestamped line on stderr (above the progress bar when there is one)."""
+    line = f"[learner {time.strftime('%H:%M:%S')}] {text}"
+    writer = _line_writer
+    if writer is None or not writer(line):
+        print(line, file=sys.stderr, flush=True)
 
 
 def open_metrics(path):
