@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import typing
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV,
                                REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
+from lfm_stream.quiet import quiet_tensorflow
+from lfm_stream.version import add_version_flag
 from learner.config import BACKENDS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
 from learner.validate import RecordLimits
 
@@ -44,6 +45,7 @@ def _threshold(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lfm-learner", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version_flag(p)
     io = p.add_argument_group("servers and stream")
     io.add_argument("--redis-url", default=default_redis_url(), help=env_help("Redis URL of the PS", REDIS_URL_ENV))
     io.add_argument("--bootstrap", default=default_bootstrap(), help=env_help("Kafka bootstrap servers", KAFKA_BOOTSTRAP_ENV))
@@ -130,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one learner until end of stream (``--max-events`` / ``--idle-timeout``) or SIGTERM."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from lfm_stream.version import version
+
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``lfm <command> ...`` to the component entry points."""
@@ -17,8 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         "recall": "recall_api.__main__",
         "demo": "lfm_stream.demo",
     }
+    if argv and argv[0] == "--version":
+        print(f"lfm {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: lfm {" + ",".join(commands) + "} [args...]\n\n"
+        print("usage: lfm [--version] {" + ",".join(commands) + "} [args...]\n\n"
               "  stack    start/stop the local redis-server + Tansu broker\n"
               "  prepare  MovieLens -> time-ordered TFRecord shards\n"
               "  replay   replay the shards as a Kafka rating stream\n"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lfm_stream.config import DATASET_DIR_ENV, env_default, env_help
 from lfm_stream.stack import LocalStack, StackError, free_port
+from lfm_stream.version import add_version_flag
 
 PY = sys.executable
 
@@ -278,6 +279,7 @@ def _print_report(r: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``lfm demo``: prepare → replay → train (default and seed preset) → report → serve recall."""
     p = argparse.ArgumentParser(prog="lfm demo", description=__doc__.split("\n\n")[0])
+    add_version_flag(p)
     p.add_argument("--ratings", type=Path, default=None,
                    help=f"MovieLens ratings file (default: ${DATASET_DIR_ENV}/ml-latest-small/ratings.csv, else a download)")
     p.add_argument("--download", default=None, metavar="NAME",

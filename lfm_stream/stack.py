@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lfm_stream.config import KAFKA_BOOTSTRAP_ENV, REDIS_URL_ENV, env_default, env_help
+from lfm_stream.version import add_version_flag
 
 DEFAULT_RUN_DIR = ".lfm/run"
 STATE_FILE = "stack.json"
@@ -345,6 +346,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m lfm_stream.stack up|down|status``."""
     parser = argparse.ArgumentParser(prog="python -m lfm_stream.stack", description=__doc__.split("\n\n")[0])
+    add_version_flag(parser)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--run-dir", default=env_default("LFM_RUN_DIR", DEFAULT_RUN_DIR),
                         help=env_help("directory for logs, Redis files and the stack state", "LFM_RUN_DIR", DEFAULT_RUN_DIR))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lfm_stream.config import DATA_DIR_ENV, default_data_dir, env_default, env_help
+from lfm_stream.version import add_version_flag
 from lfm_stream.hashing import hash_movie_ids, hash_user_ids
 from lfm_stream.schema import SCHEMA_VERSION
 from producer import movielens
@@ -223,6 +224,7 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lfm-prepare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     src = p.add_argument_group("input (one of)")
     src.add_argument("--ratings", default=env_default(RATINGS_ENV),
                      help=env_help("ratings.csv / ratings.dat / u.data; wins over --download", RATINGS_ENV))

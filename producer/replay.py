@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
+from lfm_stream.quiet import quiet_tensorflow
+from lfm_stream.version import add_version_flag
 from producer.manifest import DataError, load_manifest, verify_shards
 from producer.progress import Progress, iso
 from producer.publish import Interrupted, PublishConfig, Publisher, PublishError
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python producer/replay.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    add_version_flag(p)
     e = env_default
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help=env_help("prepared data directory (output of producer.prepare)", DATA_DIR_ENV,
@@ -343,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its startup notice; the replay does no math
+    quiet_tensorflow()  # before the shards are read with TensorFlow
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are reported by producer.publish

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lfm_stream.version import add_version_flag
+
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 T0 = 946684800  # 2000-01-01T00:00:00Z
@@ -231,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
 def main(argv: list[str] | None = None) -> int:
     """``python -m producer.synthetic N DIR``: write ratings.csv + movies.csv only."""
     p = argparse.ArgumentParser(prog="python -m producer.synthetic", description=__doc__.split("\n\n")[0])
+    add_version_flag(p)
     p.add_argument("synthetic", type=int, metavar="N", help="number of ratings")
     p.add_argument("dir", type=Path, help="output directory for ratings.csv and movies.csv")
     add_arguments(p)

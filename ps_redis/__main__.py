@@ -21,6 +21,7 @@ import numpy as np
 from lfm_stream.config import (DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_data_dir,
                                default_redis_url, env_default, env_help)
 from lfm_stream.hashing import movie_hash, user_hash
+from lfm_stream.version import add_version_flag
 from ps_redis.connection import PSError
 from ps_redis.server import ParameterServer
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lfm-ps", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
+    add_version_flag(parser)
     parser.add_argument("--redis-url", default=default_redis_url(),
                         help=env_help("Redis URL", REDIS_URL_ENV, "redis://127.0.0.1:6379/0"))
     parser.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),

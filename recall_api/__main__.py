@@ -15,6 +15,7 @@ import sys
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
                                env_default, env_help)
+from lfm_stream.version import add_version_flag
 
 HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
 
@@ -22,6 +23,7 @@ HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the service."""
     p = argparse.ArgumentParser(prog="python -m recall_api", description=__doc__.split("\n\n")[0])
+    add_version_flag(p)
     p.add_argument("--host", default=env_default(HOST_ENV, "127.0.0.1"),
                    help=env_help("interface to listen on", HOST_ENV, "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env_default(PORT_ENV, "8000")),

@@ -17,6 +17,7 @@ import sys
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
                                env_default, env_help)
+from lfm_stream.version import add_version_flag
 
 RECALL_URL_ENV = "RECALL_URL"
 
@@ -24,6 +25,7 @@ RECALL_URL_ENV = "RECALL_URL"
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the query tool."""
     p = argparse.ArgumentParser(prog="python -m recall_api.query", description=__doc__.split("\n\n")[0])
+    add_version_flag(p)
     p.add_argument("kind", choices=["u2i", "i2i"], help="u2i: movies for a user; i2i: movies like a movie")
     p.add_argument("id", type=int, help="raw MovieLens user id (u2i) or movie id (i2i)")
     p.add_argument("-k", type=int, default=10, help="how many movies (1..1000, default 10)")
