@@ -1,4 +1,5 @@
-"""The local stack: a redis-server and a Tansu (Kafka-compatible) broker on loopback ports.
+"""The local stack: a redis-server (append-only file, fsync every second) and a Tansu (Kafka-compatible)
+broker on loopback ports.
 
 Used by tests, benchmarks and the demo, and from the shell::
 
@@ -116,16 +117,23 @@ class Service:
 
 
 class RedisServer(Service):
-    """A redis-server on a loopback port with no persistence (``--save '' --appendonly no``)."""
+    """A redis-server on a loopback port, its files in ``run_dir/redis-<port>``.
 
-    def __init__(self, run_dir: Path, port: int | None = None, extra: list[str] | None = None):
+    ``aof=True``: append-only file fsynced every second (``--appendonly yes --appendfsync everysec``), as in
+    docker compose: a crash (SIGKILL) loses at most about the last second of writes, and a restart on the same
+    ``run_dir`` and port reloads the rest.  ``aof=False``: no persistence at all (``--appendonly no``): a restart
+    comes back empty.  RDB snapshots are off either way (``--save ''``).
+    """
+
+    def __init__(self, run_dir: Path, port: int | None = None, extra: list[str] | None = None, aof: bool = False):
         exe = shutil.which("redis-server")
         if exe is None:
             raise StackError(REDIS_MISSING)
         port = port or free_port()
         data = run_dir / f"redis-{port}"
         data.mkdir(parents=True, exist_ok=True)
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
                 "--dir", str(data), "--protected-mode", "yes", *(extra or [])]
         super().__init__("redis-server", argv, port, run_dir / f"redis-{port}.log")
 
@@ -203,10 +211,13 @@ class LocalStack(AbstractContextManager):
         kafka: start a Tansu broker (ignored when ``use_env`` and ``KAFKA_BOOTSTRAP`` is set).
         use_env: honour ``REDIS_URL`` / ``KAFKA_BOOTSTRAP``. Tests pass ``False``: they always
             start their own servers on free ports.
+        redis_aof: run redis-server with an append-only file fsynced every second (the default, as in docker
+            compose): a Redis crash loses at most ~1 s of PS writes, which the learner detects and replays.
     """
 
     def __init__(self, run_dir: str | Path = DEFAULT_RUN_DIR, *, redis: bool = True, kafka: bool = True,
-                 use_env: bool = True, redis_port: int | None = None, kafka_port: int | None = None):
+                 use_env: bool = True, redis_port: int | None = None, kafka_port: int | None = None,
+                 redis_aof: bool = True):
         self.run_dir = Path(run_dir)
         self.redis: RedisServer | None = None
         self.kafka: TansuBroker | None = None
@@ -217,13 +228,14 @@ class LocalStack(AbstractContextManager):
         self._want_redis = redis and env_redis is None
         self._want_kafka = kafka and env_kafka is None
         self._ports = (redis_port, kafka_port)
+        self._redis_aof = redis_aof
 
     def start(self, detach: bool = False) -> "LocalStack":
         """Start the servers this stack owns and wait until they answer."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             if self._want_redis:
-                self.redis = RedisServer(self.run_dir, self._ports[0])
+                self.redis = RedisServer(self.run_dir, self._ports[0], aof=self._redis_aof)
                 self.redis.start(detach=detach)
             if self._want_kafka:
                 self.kafka = TansuBroker(self.run_dir, self._ports[1])

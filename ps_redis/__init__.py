@@ -38,9 +38,10 @@ readers may briefly see a push half applied across shard groups.
 from __future__ import annotations
 
 from ps_redis.codec import CorruptRowError, row_dtype, row_size
-from ps_redis.connection import PSConnectionError, PSError, mask_url
+from ps_redis.connection import PSConnectionError, PSError, PSStateLost, mask_url
 from ps_redis.server import ParameterServer
 from ps_redis.types import Fence, Rows, Update
 
-__all__ = ["ParameterServer", "Update", "Fence", "Rows", "PSError", "PSConnectionError", "CorruptRowError",
+__all__ = ["ParameterServer", "Update", "Fence", "Rows", "PSError", "PSConnectionError", "PSStateLost",
+           "CorruptRowError",
            "row_dtype", "row_size", "mask_url"]

@@ -122,12 +122,12 @@ class ActivityLog:
         last_ts = str(int(ts.max())) if ts.size else "0"
         k = self.keys
         keys = [k.act_popular, k.act_changes, k.act_clock, self._epoch_key]
-        fargs = fence.args() if fence is not None else []
-        if fargs:
+        fenced = fence is not None and bool(fence.offsets)
+        if fenced:
             keys.append(self.fence_key(fence.group, fence.topic))
         return ("FCALL", "lfm_activity", len(keys), *keys, k.act_seen_prefix, width, tok.astype(dt).tobytes(),
                 pos.astype(dt).tobytes(), changed, last_ts, self.maxlen, uuid.uuid4().hex[:12],
-                *([len(fargs) // 2, *fargs] if fargs else []))
+                *(fence.block() if fenced else []))
 
     def seen(self, raw_user_id: int) -> set[int]:
         """Raw movie ids the raw user rated (empty if unknown)."""

@@ -31,6 +31,12 @@ class PSConnectionError(PSError):
     """Redis could not be reached (after retries); the message names the URL, password masked."""
 
 
+class PSStateLost(PSError):
+    """A fenced write found stored offsets below what its writer knows was stored (``Fence.stored``): the server
+    lost writes (a restart without persistence, a flush, an older snapshot loaded) and nothing was written.
+    The message names the fence key and each partition's stored and expected offsets."""
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (``redis://u:***@host:6379/0``)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", re.sub(r"(://)([^:/@]+)@", r"\1***@", url))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ps_redis.maintenance import scan_keys
 from ps_redis.server import ParameterServer
-from ps_redis.types import Fence
+from ps_redis.types import NO_FENCE, Fence
 
 RECORD = np.dtype([("bucket", "<i8"), ("member", "<i8"), ("count", "<i8")])
 
@@ -51,9 +51,10 @@ class Counters:
             return None
         rec = np.empty(len(b), RECORD)
         rec["bucket"], rec["member"], rec["count"] = b, m, c
-        fargs = fence.args() if fence is not None else []
-        keys = [self.total_key] + ([self.fence_key(fence.group, fence.topic)] if fence is not None else [])
-        return ("FCALL", "lfm_count", len(keys), *keys, f"{self.tag}:", len(fargs) // 2, *fargs, rec.tobytes())
+        fenced = fence is not None and bool(fence.offsets)
+        keys = [self.total_key] + ([self.fence_key(fence.group, fence.topic)] if fenced else [])
+        block = fence.block() if fenced else NO_FENCE
+        return ("FCALL", "lfm_count", len(keys), *keys, f"{self.tag}:", *block, rec.tobytes())
 
     def add(self, buckets, members, counts, fence: Fence | None = None) -> bool:
         """Add counts in one atomic call.  With ``fence``: skipped (returns False) when the namespace's stored

@@ -16,12 +16,13 @@ count): use ``mode="gradient"`` for concurrent learners.  A row deleted by anoth
 this process's pull and its assign push is written back (and the table's row counter, which only
 the server-side paths maintain, then undercounts it by one until the next flush / load).
 
-A fenced fast push is ``WATCH fence; HMGET fence; MULTI; MSET rows; HSET fence; EXEC``: skipped
-when covered, and retried from the coverage check if another process changed the offsets meanwhile.
-Rows pulled with ``defer_create=True`` are cached as *new*: the write that first stores them also adds
-them to the table's row counter (``INCRBY`` in the same transaction).  :func:`write_rows` is the same
-transaction for a caller that holds whole rows itself (the learner's sync window), with extra commands
-(its activity-log record) inside.
+A fenced fast push is one ``FCALL lfm_write`` (:func:`transact`): the fence check, the rows (MSET in
+Lua) and the offsets in one Function call, skipped when covered.  Rows pulled with ``defer_create=True``
+are cached as *new*: the write that first stores them also adds them to the table's row counter (an
+``INCRBY`` in the same call).  :func:`write_rows` is the same call for a caller that holds whole rows
+itself (the learner's sync window), with extra commands (its activity-log record, counter additions)
+inside.  It replaced ``WATCH; MULTI; MSET; ...; HSET fence; EXEC``, whose EXEC commits the rows and the
+offsets even when a command inside fails (see :func:`transact`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ import time
 from collections import deque
 
 import numpy as np
-import redis
 
 from ps_redis.codec import encode, row_dtype
-from ps_redis.connection import call, pack
+from ps_redis.connection import call
 from ps_redis.keys import check_table
-from ps_redis.types import Fence, as_ids
+from ps_redis.types import NO_FENCE, Fence, as_ids
 
 
 class RowCache:
@@ -94,6 +94,14 @@ class RowCache:
         return None
 
 
+def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
+    """Interleaved ``k1 v1 k2 v2 ...`` for MSET."""
+    flat: list = [None] * (2 * len(keys))
+    flat[0::2] = keys
+    flat[1::2] = encode(rows)
+    return flat
+
+
 def apply_assign(cached: np.ndarray, packed: np.ndarray, mask: int, now: float) -> np.ndarray:
     """New whole rows: given fields replaced, ``count += Δcount``, ``updated = now``."""
     rows = cached.copy()
@@ -106,78 +114,42 @@ def apply_assign(cached: np.ndarray, packed: np.ndarray, mask: int, now: float) 
     return rows
 
 
-def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
-    """Interleaved ``k1 v1 k2 v2 ...`` for MSET."""
-    flat: list = [None] * (2 * len(keys))
-    flat[0::2] = keys
-    flat[1::2] = encode(rows)
-    return flat
+def subcall(command: tuple) -> list:
+    """``name, nkeys, nargs, keys..., args...`` of one command inside ``lfm_write``: an ``FCALL`` of the library
+    (``FCALL name numkeys keys... args...``) or a single-key Redis command (``INCRBY key n``, key first)."""
+    if str(command[0]).upper() == "FCALL":
+        name, nkeys = command[1], int(command[2])
+        keys, args = command[3:3 + nkeys], command[3 + nkeys:]
+    else:
+        name, keys, args = command[0], command[1:2], command[2:]
+    return [name, len(keys), len(args), *keys, *args]
 
 
-def fenced_mset(client: redis.Redis, flat: list[bytes], fence_key: str, fence: Fence, max_tries: int = 16,
-                extra: list[tuple] = ()) -> bool:
-    """MSET ``flat`` (and the ``extra`` commands) and raise the offsets in ``fence_key`` in one MULTI/EXEC,
-    unless already covered.
+def transact(ps, keys: list[bytes], rows: list[np.ndarray], commands: list[tuple], fence: Fence | None) -> bool:
+    """Store whole ``rows`` at ``keys``, run ``commands`` and raise the offsets of ``fence`` (if it has any) in one
+    ``FCALL lfm_write``: False (nothing written) when the fence is already covered.
 
-    Two round trips on one pooled connection: ``WATCH + HMGET``, then ``MULTI, MSET, HSET, EXEC``
-    (or ``UNWATCH`` when covered).  A lost connection retries the whole exchange (the retry policy
-    of the client): safe, because a push that did land is then found covered.
+    One Function call is all or nothing where a MULTI/EXEC is not: EXEC runs every queued command even when one
+    fails (a Redis restarted without persistence answers ``FCALL lfm_activity`` with "Function not found" and
+    still commits the rows and the offsets).  Without the library nothing runs; the PS reloads it and resends
+    (:meth:`ParameterServer._run`).  Offsets below ``fence.stored`` raise :class:`PSStateLost` (nothing written).
     """
-    parts = sorted(int(p) for p in fence.offsets)
-    pool = client.connection_pool
-    conn = pool.get_connection()
-
-    def attempt() -> bool | None:
-        conn.send_packed_command(conn.pack_commands([("WATCH", fence_key), ("HMGET", fence_key, *parts)]))
-        conn.read_response()
-        stored = [int(v) if v is not None else None for v in conn.read_response()]
-        want = [int(fence.offsets[p]) for p in parts]
-        if all(s is not None and s >= w for s, w in zip(stored, want)):
-            conn.send_packed_command(conn.pack_command("UNWATCH"))
-            conn.read_response()
-            return False
-        raise_to = [x for p, s, w in zip(parts, stored, want) if s is None or s < w for x in (p, w)]
-        writes = [("MSET", *flat)] if flat else []
-        commands = [("MULTI",), *writes, *extra, ("HSET", fence_key, *raise_to), ("EXEC",)]
-        conn.send_packed_command([pack(c) for c in commands])
-        for _ in commands[:-1]:
-            conn.read_response()  # OK, QUEUED...
-        return None if conn.read_response() is None else True  # EXEC is nil when the WATCH fired
-
-    try:
-        for _ in range(max_tries):
-            applied = conn.retry.call_with_retry(attempt, lambda _err: conn.disconnect())
-            if applied is not None:
-                return applied
-            # another learner moved the offsets meanwhile: check coverage again
-    except BaseException:
-        conn.disconnect()  # the protocol state of this connection is unknown now
-        raise
-    finally:
-        pool.release(conn)
-    raise redis.WatchError(f"offsets {fence_key!r} kept changing during {max_tries} attempts")
-
-
-# ------------------------------------------------------------------------------ the writes
-def transact(ps, flat: list, commands: list[tuple], fence: Fence | None) -> bool:
-    """``MSET flat`` (if any) and ``commands`` in one MULTI/EXEC, fenced when ``fence`` has offsets (then
-    False when already covered); a lone unfenced MSET is sent as it is."""
-    with ps._io():
-        if fence is not None and fence.offsets:
-            return fenced_mset(ps.redis, flat or None, ps.keys.fence(fence.group, fence.topic), fence, extra=commands)
-        if flat and not commands:
-            call(ps.redis, "MSET", *flat)
-            return True
-        pipe = ps.redis.pipeline(transaction=True)
-        for cmd in ([("MSET", *flat)] if flat else []) + list(commands):
-            pipe.execute_command(*cmd)
-        pipe.execute()
-        return True
+    fenced = fence is not None and bool(fence.offsets)
+    fkeys = [ps.keys.fence(fence.group, fence.topic)] if fenced else []
+    calls = [subcall(c) for c in commands]
+    sub_keys = [k for c in calls for k in c[3:3 + c[1]]]
+    sub_parts = [x for c in calls for x in (*c[:3], *c[3 + c[1]:])]
+    values = [v for r in rows for v in encode(r)]
+    all_keys = [*fkeys, *keys, *sub_keys]
+    args = ("FCALL", "lfm_write", len(all_keys), *all_keys, *(fence.block() if fenced else NO_FENCE),
+            len(values), *values, len(calls), *sub_parts)
+    return bool(ps._run([(all_keys[0] if all_keys else ps.keys.meta, args)])[0])
 
 
 def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
     """``ps.push`` in assign mode as one MSET when every row is in the row cache, else None (Lua path)."""
-    flat: list = []
+    all_keys: list = []
+    all_rows = []
     fresh = []
     counts: list[tuple] = []  # INCRBY of the row counters for rows created by this push
     for table, ids, mask, arr in packed:
@@ -186,11 +158,17 @@ def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
             return None
         rows = apply_assign(hit[0], arr, mask, now)
         keys = hit[1] if hit[1] is not None else ps.keys.row_keys(table, ids)
-        flat += mset_args(keys, rows)
+        all_keys += keys
+        all_rows.append(rows)
         fresh.append((table, ids, rows, keys))
         if hit[2] is not None:
             counts.append(("INCRBY", ps.keys.counter(table), int(hit[2].sum())))
-    applied = transact(ps, flat, counts, fence)
+    if fence is None and not counts:
+        with ps._io():  # a lone unfenced MSET needs no Function
+            call(ps.redis, "MSET", *mset_args(all_keys, np.concatenate(all_rows)))
+        applied = True
+    else:
+        applied = transact(ps, all_keys, all_rows, counts, fence)
     if applied:
         for table, ids, rows, keys in fresh:
             ps._rows.remember(table, ids.copy(), rows, keys)
@@ -200,8 +178,9 @@ def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
 def write_rows(ps, tables: dict[str, tuple], fence: Fence | None, extra: list[tuple]) -> bool:
     """:meth:`ParameterServer.write_rows` on a standalone server."""
     now = time.time()
-    flat: list = []
-    commands: list[tuple] = []
+    all_keys: list = []
+    all_rows = []
+    commands: list[tuple] = list(extra)  # first: a failing side write stops the call before any row
     written = []
     for table, (ids, rows, new) in tables.items():
         check_table(table)
@@ -214,15 +193,15 @@ def write_rows(ps, tables: dict[str, tuple], fence: Fence | None, extra: list[tu
         rows = rows.copy()
         rows["updated"] = now
         keys = ps.keys.row_keys(table, ids)
-        flat += mset_args(keys, rows)
+        all_keys += keys
+        all_rows.append(rows)
         created = int(np.count_nonzero(new))
         if created:
             commands.append(("INCRBY", ps.keys.counter(table), created))
         written.append((table, ids, rows, keys))
-    commands += list(extra)
-    if not flat and not commands and not (fence is not None and fence.offsets):
+    if not all_keys and not commands and not (fence is not None and fence.offsets):
         return False
-    applied = transact(ps, flat, commands, fence)
+    applied = transact(ps, all_keys, all_rows, commands, fence)
     for table, ids, rows, keys in written:
         ps._rows.forget(table)
         if applied:

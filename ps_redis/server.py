@@ -22,10 +22,10 @@ import redis
 
 from ps_redis import fastpath, maintenance, pullpath, snapshot
 from ps_redis.codec import CorruptRowError, row_size
-from ps_redis.connection import PSError, connect, mask_url, node_clients, run, translate_errors
+from ps_redis.connection import PSError, PSStateLost, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
-from ps_redis.types import Fence, Rows, Update, as_ids, pack_update
+from ps_redis.types import NO_FENCE, Fence, Rows, Update, as_ids, pack_update
 
 DEFAULT_SHARDS = 32  # shard groups per table on a cluster
 DEFAULT_INIT_SCALE = 0.1
@@ -152,6 +152,8 @@ class ParameterServer:
             if isinstance(r, redis.ResponseError):
                 if "lfm: stored value of key" in str(r):
                     raise CorruptRowError(str(r).split("lfm: ", 1)[1]) from r
+                if "lfm: state lost" in str(r):
+                    raise PSStateLost(f"{mask_url(self.url)}: {str(r).split('lfm: ', 1)[1]}") from r
                 raise r
         return out
 
@@ -213,27 +215,28 @@ class ParameterServer:
                 (the message names table, field, expected and got).
         """
         packed = self._pack_updates(updates, mode)
-        fargs = fence.args() if fence is not None else []
-        np_ = len(fargs) // 2
-        if not packed and not np_:
+        if fence is not None and not fence.offsets:
+            fence = None
+        if not packed and fence is None:
             return False
         now = time.time()
         if packed and mode == "assign" and not self.keys.shards:
-            done = fastpath.assign(self, packed, fence if np_ else None, now)
+            done = fastpath.assign(self, packed, fence, now)
             if done is not None:
                 return done
         for table, _, _, _ in packed:
             self._rows.forget(table)  # the server changes these rows: cached copies are stale now
         if not self.keys.shards:
-            args = self._push_args(packed, mode, now, fence if np_ else None)
+            args = self._push_args(packed, mode, now, fence)
             return bool(self._run([(args[3], args)])[0])
-        if np_ and self._covered(fence):
+        if fence is not None and self._covered(fence, bounds=True):
             return False  # e.g. a replay after load(): the shard groups' own offsets are gone
-        commands = self._shard_commands(packed, mode, now, fence if np_ else None)
+        commands = self._shard_commands(packed, mode, now, fence)
         applied = any(self._run(commands)) if commands else True  # a fence-only push moves the offsets
-        if np_:
+        if fence is not None:
             fkey = self.keys.fence(fence.group, fence.topic)
-            self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, np_, *fargs))])
+            block = fence.block()
+            self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, *block))])
         return applied
 
     def _pack_updates(self, updates: dict[str, Update], mode: str) -> list[tuple]:
@@ -245,15 +248,14 @@ class ParameterServer:
 
     def _push_args(self, packed: list, mode: str, now: float, fence: Fence | None) -> tuple:
         """``FCALL lfm_push`` of packed updates on a standalone server."""
-        fargs = fence.args() if fence is not None else []
         keys: list = [self.keys.fence(fence.group, fence.topic)] if fence is not None else []
         segs: list = []
         for table, ids, mask, arr in packed:
             rkeys = self.keys.row_keys(table, ids)
             keys += [self.keys.counter(table), *rkeys]
             segs += [len(rkeys), mask, arr.tobytes()]
-        return ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, len(fargs) // 2, *fargs,
-                len(packed), *segs)
+        block = fence.block() if fence is not None else NO_FENCE
+        return ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, *block, len(packed), *segs)
 
     def write_rows(self, tables: dict[str, tuple], fence: Fence | None = None, extra: list[tuple] = ()) -> bool:
         """Overwrite whole rows of several tables in one MULTI/EXEC (standalone server only).
@@ -273,8 +275,9 @@ class ParameterServer:
         return fastpath.write_rows(self, tables, fence, extra)
 
     def _shard_commands(self, packed: list, mode: str, now: float, fence: Fence | None) -> list:
-        """Cluster layout: one ``lfm_push`` per (table, shard group), each with its own offsets copy."""
-        fargs = fence.args() if fence is not None else []
+        """Cluster layout: one ``lfm_push`` per (table, shard group), each with its own offsets copy (the writer's
+        bounds are checked on the namespace's offsets, by :meth:`_covered` and ``lfm_fence_max``)."""
+        block = Fence(fence.group, fence.topic, fence.offsets).block() if fence is not None else NO_FENCE
         commands = []
         for table, ids, mask, arr in packed:
             for shard, pos in self.keys.groups(table, ids):
@@ -282,12 +285,26 @@ class ParameterServer:
                 fkeys = [self.keys.shard_fence(table, shard, fence.group, fence.topic)] if fence else []
                 keys = [*fkeys, self.keys.counter(table, shard), *rkeys]
                 commands.append((keys[-1], ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim,
-                                            len(fargs) // 2, *fargs, 1, len(rkeys), mask, arr[pos].tobytes())))
+                                            *block, 1, len(rkeys), mask, arr[pos].tobytes())))
         return commands
 
-    def _covered(self, fence: Fence) -> bool:
-        stored = self.offsets(fence.group, fence.topic)
+    def _covered(self, fence: Fence, bounds: bool = False) -> bool:
+        """Whether the namespace's stored offsets cover ``fence``; with ``bounds``, :class:`PSStateLost` when they
+        are below the fence's ``stored`` bounds."""
+        key = self.keys.fence(fence.group, fence.topic)
+        stored = self.fence_offsets([key])[0]
+        if bounds:
+            self.check_stored(key, stored, fence.stored)
         return bool(fence.offsets) and all(stored.get(int(p), -1) >= int(o) for p, o in fence.offsets.items())
+
+    def check_stored(self, key: str, stored: dict[int, int], bounds: dict[int, int]) -> None:
+        """Raise :class:`PSStateLost` naming each partition whose offset ``stored`` at fence ``key`` is below its
+        bound (what the writer knows it stored), as the Lua functions check it inside a fenced write."""
+        behind = [f"partition {p} at {stored.get(int(p), 'none')} < {int(b)}" for p, b in sorted(bounds.items())
+                  if stored.get(int(p), -1) < int(b)]
+        if behind:
+            raise PSStateLost(f"{mask_url(self.url)}: state lost: offsets {key} behind what this writer stored: "
+                              + ", ".join(behind))
 
     def offsets(self, group: str, topic: str) -> dict[int, int]:
         """Stored ``{partition: next offset}`` of (group, topic): where a restarted learner resumes."""

@@ -29,11 +29,19 @@ class Update:
 
 @dataclass(frozen=True)
 class Fence:
-    """The Kafka position a push covers: consumer ``group``, ``topic``, ``{partition: next offset}``."""
+    """The Kafka position a push covers: consumer ``group``, ``topic``, ``{partition: next offset}``.
+
+    ``stored`` holds lower bounds of what the writer knows the server stored at this fence key
+    (``{partition: next offset}``: what it resumed from and its own earlier writes): a fenced write that finds
+    an offset below its bound fails with :class:`~ps_redis.connection.PSStateLost` before writing anything,
+    because the server lost writes (e.g. a Redis restart without persistence) and writing on would claim
+    events that are not in the PS.
+    """
 
     group: str
     topic: str
     offsets: dict[int, int] = field(default_factory=dict)
+    stored: dict[int, int] = field(default_factory=dict)
 
     def args(self) -> list[str]:
         """``[partition, next offset] * n`` as strings, partitions sorted."""
@@ -41,6 +49,19 @@ class Fence:
         for p in sorted(self.offsets):
             out += [str(int(p)), str(int(self.offsets[p]))]
         return out
+
+    def block(self) -> list:
+        """The fence block the Lua functions take: ``np, (partition, next offset) * np, ne,
+        (partition, stored at least) * ne`` (see :mod:`ps_redis.functions`)."""
+        bounds: list[str] = []
+        for p in sorted(self.stored):
+            bounds += [str(int(p)), str(int(self.stored[p]))]
+        pairs = self.args()
+        return [len(pairs) // 2, *pairs, len(bounds) // 2, *bounds]
+
+
+#: the fence block of an unfenced call
+NO_FENCE = [0, 0]
 
 
 @dataclass

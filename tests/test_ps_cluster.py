@@ -117,3 +117,15 @@ def test_cluster_replay_after_a_crash_mid_push_applies_each_row_once(cps):
     assert (rows.vec == -0.5).all() and (rows.count == 1).all()
     assert cps.offsets("learner", "ratings") == {0: 42}
     assert cps.push({"item": step}, mode="gradient", fence=fence) is False
+
+
+def test_cluster_push_below_the_writers_bounds_fails_before_any_shard_group_writes(cps):
+    from ps_redis import PSStateLost
+
+    ids = np.arange(64, dtype=np.int64)
+    step = Update(ids, bias=np.ones(64, np.float32))
+    assert cps.push({"item": step}, mode="gradient", fence=Fence("g", "t", {0: 10}))
+    cps.redis.delete(cps.keys.fence("g", "t"))  # the namespace's offsets are gone
+    with pytest.raises(PSStateLost, match=r"partition 0 at none < 10"):
+        cps.push({"item": step}, mode="gradient", fence=Fence("g", "t", {0: 20}, stored={0: 10}))
+    assert (cps.pull("item", ids, create=False).bias == -1).all() and cps.offsets("g", "t") == {}

@@ -6,7 +6,12 @@ from lfm_stream.stack import LocalStack, main
 
 def test_local_stack_starts_and_stops_own_servers(tmp_path):
     with LocalStack(tmp_path, use_env=False) as s:
-        assert redis.Redis.from_url(s.redis_url).ping()
+        r = redis.Redis.from_url(s.redis_url)
+        assert r.ping()
+        # persistence as in docker compose: an append-only file fsynced every second
+        assert r.config_get("appendonly") == {"appendonly": "yes"}
+        assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
+        r.close()
         admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
         admin.list_topics()
         admin.close()
