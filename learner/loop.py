@@ -78,6 +78,7 @@ class Learner:
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self._stop = False
+        self._closing = False  # leaving the group at the end: its revocation is no news
         self._metrics = MetricsFile(cfg.metrics_path)
         self.live = Live(cfg, self.say, getattr(self.ps, "redis", None))  # progress, /metrics, dashboard records
         self.poison = PoisonRecords(cfg, self.say, self.emit)
@@ -149,7 +150,7 @@ class Learner:
             self.pending.clear()
             self._assigned_at, self._assigned = time.monotonic(), []
             self.live.assign([])
-        if partitions:  # kafka-python also calls this with no partitions when a member first joins
+        if partitions and not self._closing:  # kafka-python also calls this with [] when a member first joins
             self.say(f"partitions {partitions} revoked; trained events written to the PS"
                      + (f", {dropped} consumed records not trained yet left to the next owner" if dropped else ""))
 
@@ -406,6 +407,7 @@ class Learner:
                 self._log_train()
             self.sync.close()
         if self.fetcher is not None:
+            self._closing = True
             self.fetcher.close()
         test = self._test_and_checkpoint() if self.step or self.test is not None else {}
         self.poison.close()

@@ -167,7 +167,9 @@ def run(cfg: DemoConfig) -> dict:
     procs: list[subprocess.Popen] = []
     stack = LocalStack(cfg.workdir / "run")
     try:
-        stack.start()
+        # the servers get a session of their own: a Ctrl-C reaches the demo and its clients, and the servers
+        # stay up until the clients have stopped (no lost final write, no "redis unavailable" at exit)
+        stack.start(detach=True)
         _say(f"Redis {stack.redis_url}   Kafka {stack.bootstrap}")
         env = {**os.environ, **stack.env(), "TF_CPP_MIN_LOG_LEVEL": "2"}
         _run([PY, "-m", "producer.prepare", *_ratings_source(cfg), "--out", str(prepared), "--if-missing"],

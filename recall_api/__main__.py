@@ -15,7 +15,7 @@ import sys
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
                                env_default, env_help)
-from lfm_stream.version import add_version_flag
+from lfm_stream.version import add_version_flag, version
 
 HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
 
@@ -58,11 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_url(host: str, port: int) -> str:
+    """The URL a user on this machine opens for ``host:port`` (a wildcard address is reached on loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the catalog, serve until interrupted."""
     args = build_parser().parse_args(argv)
     import uvicorn
 
+    from ps_redis import mask_url
     from recall_api.app import create_app
     from recall_api.catalog import Catalog
     from recall_api.protocol import fast_protocol
@@ -90,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     # full collections would otherwise walk it on the request thread (~25 ms pauses on a busy 2-core machine)
     gc.collect()
     gc.freeze()
+    url = local_url(args.host, args.port)
+    print(f"recall_api {version()}: namespace {args.namespace!r} of {mask_url(args.redis_url)}, serving {url} "
+          f"(listening on {args.host}:{args.port}; API docs {url}/docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, http=http)
     return 0
 

@@ -133,11 +133,12 @@ class RecallStore:
             return True
 
     def _failed(self, exc: BaseException) -> None:
-        if self.healthy or self.stats.last_error != str(exc):
+        error = f"{type(exc).__name__}: {exc}"
+        if self.healthy or self.stats.last_error != error:  # once per outage or new error, not at every retry
             log.warning("redis unavailable: %s", exc)
         self.healthy = False
         self.stats.errors += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.last_error = error
 
     def _full_load(self) -> None:
         self.matrix, self.index, self.cursor = refresh.full_load(self.ps, self.log, self.catalog, self.config,

@@ -1,0 +1,119 @@
+"""The item channel's streaming math on one chunk of events (numpy only, no I/O).
+
+For every user the channel keeps the last rated movies (oldest first).  A chunk of time-ordered events adds:
+
+* pairs: each event's movie with each of the same user's previous ``pair_window − 1`` rated movies (from the
+  kept list and the chunk itself), counted in both directions, ``C[a, b] += 1`` and ``C[b, a] += 1``;
+* degrees: ``D[a] += Σ_b`` of the pairs above (the row sums of C);
+* popularity: positive events per (stream bucket, movie), bucket = ``(events before it) // bucket_events``;
+* each user's new kept list and the bucket of their last event.
+
+Counts are additive, so applying chunks one by one gives the same state as one pass over the stream.
+:mod:`learner.items` does the Kafka and Redis I/O around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ChunkUpdate:
+    """What one chunk adds to the item channel.
+
+    Attributes:
+        pair_a, pair_b, pair_n: distinct directed pairs (raw movie ids) and their counts (both directions listed).
+        degree_movies, degree_n: each movie's added pair count.
+        pop_buckets, pop_movies, pop_n: positive events per (bucket, raw movie).
+        users: the chunk's distinct raw user ids; recent: their new kept lists (oldest first); last_bucket: the
+            bucket of each one's last event.
+        events: events in the chunk (the stream position advances by this much).
+    """
+
+    pair_a: np.ndarray
+    pair_b: np.ndarray
+    pair_n: np.ndarray
+    degree_movies: np.ndarray
+    degree_n: np.ndarray
+    pop_buckets: np.ndarray
+    pop_movies: np.ndarray
+    pop_n: np.ndarray
+    users: np.ndarray
+    recent: list[np.ndarray]
+    last_bucket: np.ndarray
+    events: int
+
+
+def _count_rows(cols: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Distinct rows of the stacked int64 columns and how often each occurs (rows sorted)."""
+    if not len(cols[0]):
+        return [np.zeros(0, np.int64) for _ in cols], np.zeros(0, np.int64)
+    order = np.lexsort(cols[::-1])
+    srt = [c[order] for c in cols]
+    new = np.ones(len(order), bool)
+    new[1:] = np.any([c[1:] != c[:-1] for c in srt], axis=0)
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.r_[starts, len(order)])
+    return [c[starts] for c in srt], counts
+
+
+def chunk_update(users: np.ndarray, movies: np.ndarray, labels: np.ndarray, kept: dict[int, np.ndarray],
+                 events_before: int, pair_window: int, keep: int, bucket_events: int) -> ChunkUpdate:
+    """The item channel's additions for a chunk of time-ordered events.
+
+    Args:
+        users, movies, labels: raw user id, raw movie id and 0/1 label of each event, in stream order.
+        kept: raw user id → that user's kept movies before the chunk (oldest first); users absent have none.
+        events_before: stream events applied before this chunk (fixes the popularity buckets).
+        pair_window: a movie pairs with the same user's previous ``pair_window − 1`` movies.
+        keep: movies kept per user after the chunk (≥ pair_window − 1).
+        bucket_events: stream events per popularity bucket.
+    """
+    users = np.asarray(users, np.int64)
+    movies = np.asarray(movies, np.int64)
+    n = len(users)
+    back = pair_window - 1
+    order = np.argsort(users, kind="stable")  # each user's events stay in stream order
+    su, sm = users[order], movies[order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]) if n else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n].astype(np.int64)
+    distinct = su[starts]
+    # each user's sequence: up to `back` kept movies, then the chunk's events (flagged new)
+    seq_user, seq_movie, seq_new, recent = [], [], [], []
+    for u, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist()):
+        before = kept.get(u)
+        before = np.zeros(0, np.int64) if before is None else np.asarray(before, np.int64)
+        mine = sm[lo:hi]
+        tail = before[-back:] if back else before[:0]
+        seq_user.append(np.full(len(tail) + len(mine), u, np.int64))
+        seq_movie.append(np.r_[tail, mine])
+        seq_new.append(np.r_[np.zeros(len(tail), bool), np.ones(len(mine), bool)])
+        recent.append(np.r_[before, mine][-keep:].astype(np.int64))
+    if distinct.size:
+        su2, sm2, new = np.concatenate(seq_user), np.concatenate(seq_movie), np.concatenate(seq_new)
+    else:
+        su2 = sm2 = np.zeros(0, np.int64)
+        new = np.zeros(0, bool)
+    a_parts, b_parts = [], []
+    for d in range(1, pair_window):
+        if d >= len(sm2):
+            break
+        ok = (su2[:-d] == su2[d:]) & new[d:] & (sm2[:-d] != sm2[d:])
+        a_parts.append(sm2[:-d][ok])
+        b_parts.append(sm2[d:][ok])
+    a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
+    b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
+    (pa, pb), pn = _count_rows([np.r_[a, b], np.r_[b, a]])
+    (dm,), _ = _count_rows([pa])
+    dn = np.zeros(len(dm), np.int64)
+    if len(pa):
+        np.add.at(dn, np.searchsorted(dm, pa), pn)
+    bucket = (events_before + np.arange(n, dtype=np.int64)) // bucket_events
+    pos = np.asarray(labels) > 0.5
+    (kb, km), kn = _count_rows([bucket[pos], movies[pos]])
+    last = np.zeros(len(distinct), np.int64)
+    if n:
+        last = bucket[order][ends - 1]
+    return ChunkUpdate(pa, pb, pn, dm, dn, kb, km, kn, distinct, recent, last, n)

@@ -1,0 +1,223 @@
+"""The item channel worker: the rating stream → co-occurrence neighbours, recent movies and stream popularity in Redis.
+
+``python -m learner.items`` (``lfm-items``) consumes the same topic as the learner in a consumer group of its own
+(``<group>-items`` by default), and per poll:
+
+1. decodes and validates the records (:class:`learner.input.InputFn`; poison records are skipped and counted —
+   the learner dead-letters them);
+2. reads the recent movies of users it does not hold yet (one MGET);
+3. computes the chunk's pairs, degrees, popularity counts and new recent lists (:mod:`learner.covisit`);
+4. writes them with the chunk's Kafka offsets in one fenced MULTI/EXEC (:class:`ps_redis.covisit.Covisit`):
+   a replayed chunk whose offsets are already stored is skipped, so each event counts once across crashes;
+5. commits the offsets to Kafka (the PS offsets stay the truth: on assignment it seeks to them).
+
+It holds only the recent lists of the users it has seen (dropped on revocation); the counts live in Redis,
+bounded by ``neighbors`` per movie.  The parameters come from the score contract (:mod:`lfm_stream.scoring`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from learner.backoff import retry
+from learner.config import LearnerConfig
+from learner.covisit import chunk_update
+from learner.report import say as learner_say
+from lfm_stream.scoring import ScoreContract
+
+GROUP_ENV = "LFM_ITEMS_GROUP"
+DEFAULT_GROUP = "lfm-items"
+
+
+def say(text: str) -> None:
+    learner_say(f"items: {text}")
+
+
+class ItemChannel:
+    """One item-channel worker (see the module docstring).
+
+    Args:
+        cfg: servers, topic, group (use a group of its own, not the learner's), backend and timeouts.
+        contract: the channel's parameters (``pair_window``, ``recent_items``, ``neighbors``, ``bucket_events``).
+        ps: a ParameterServer (default: from ``cfg``).
+        poll_records: most records per poll (one fenced write each).
+    """
+
+    def __init__(self, cfg: LearnerConfig, contract: ScoreContract, ps=None, poll_records: int = 10000):
+        from learner.input import InputFn
+        from ps_redis import ParameterServer
+        from ps_redis.covisit import Covisit
+
+        self.cfg, self.contract = cfg, contract
+        self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, contract.dim)
+        self.store = Covisit(self.ps)
+        self.input = InputFn()
+        self.keep = max(contract.pair_window - 1, contract.recent_items)
+        self.kept: dict[int, np.ndarray] = {}
+        self.events = 0  # stream events applied (the PS's count, read on assignment)
+        self.records = 0
+        self.poison = 0
+        self.skipped = 0
+        self.poll_records = poll_records
+        self.fetcher = None
+        self._stop = False
+
+    def _retry(self, what: str, fn, *args, **kwargs):
+        import redis
+
+        from ps_redis import PSConnectionError
+
+        return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
+                     say=say, max_s=self.cfg.retry_max_s, **kwargs)
+
+    def on_assign(self, partitions: list[int]) -> dict[int, int]:
+        """Resume from the PS offsets; the applied-event count and recent lists are re-read from Redis."""
+        stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
+        self.events, _ = self._retry("reading the item channel", self.store.events_applied)
+        self.kept.clear()
+        seek = {p: stored[p] for p in partitions if p in stored}
+        say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: from the start)'}")
+        return seek
+
+    def on_revoke(self, partitions: list[int]) -> None:
+        self.kept.clear()
+
+    def process(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> bool:
+        """Apply one poll's records; returns whether the write was applied (False: already applied before)."""
+        from ps_redis import Fence
+
+        parsed = self.input.parse(values)
+        self.poison += len(parsed.bad)
+        self.records += len(values)
+        cols = parsed.columns
+        users = np.asarray(cols["raw_user_id"], np.int64)
+        missing = [u for u in np.unique(users).tolist() if u not in self.kept]
+        if missing:
+            got, _ = self._retry("reading recent movies", self.store.recent, missing)
+            for user, (_, movies) in got.items():
+                self.kept[user] = movies
+        c = self.contract
+        update = chunk_update(users, cols["raw_movie_id"], cols["label"], self.kept, self.events, c.pair_window,
+                              self.keep, c.bucket_events)
+        fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
+        fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets)
+        applied, _ = self._retry("item channel write", self.store.apply, update, c.neighbors,
+                                 self.events + update.events, c.bucket_events, fence)
+        if applied:
+            self.events += update.events
+            for user, movies in zip(update.users.tolist(), update.recent):
+                self.kept[user] = movies
+        else:  # written before (a lost reply or a replay): Redis has it, re-read what depends on it
+            self.skipped += 1
+            self.events, _ = self._retry("reading the item channel", self.store.events_applied)
+            self.kept.clear()
+        if self.fetcher is not None:
+            self.fetcher.commit(fence_offsets)
+        return applied
+
+    def run(self) -> dict:
+        """Consume until ``max_events`` records, ``idle_timeout`` or SIGTERM/SIGINT; returns a summary."""
+        from learner.kafka_io import Fetcher, make_source
+
+        cfg = self.cfg
+        prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, self.poll_records), prefetch=False,
+                               log=say)
+        say(f"consuming {cfg.topic!r} as group {cfg.group!r}: pairs within {self.contract.pair_window} ratings, "
+            f"{self.contract.neighbors} neighbours per movie, popularity buckets of {self.contract.bucket_events} "
+            f"events")
+        t0 = last = time.monotonic()
+        reason = "stopped"
+        try:
+            while True:
+                chunk = self.fetcher.get(timeout=0.2)
+                now = time.monotonic()
+                if chunk is not None and len(chunk):
+                    take = len(chunk)
+                    if cfg.max_events:
+                        take = min(take, cfg.max_events - self.records)
+                    self.process(chunk.values[:take], chunk.parts[:take], chunk.offsets[:take])
+                    last = time.monotonic()
+                if cfg.max_events and self.records >= cfg.max_events:
+                    reason = "max_events"
+                    break
+                if self._stop:
+                    reason = "signal"
+                    break
+                if cfg.idle_timeout and now - last >= cfg.idle_timeout + 2 * cfg.session_timeout_ms / 1000 * \
+                        (self.records == 0):
+                    reason = "idle_timeout"
+                    break
+        finally:
+            self.fetcher.close()
+            for s, h in prev.items():
+                signal.signal(s, h)
+        secs = time.monotonic() - t0
+        summary = {"reason": reason, "records": self.records, "events": self.events, "poison": self.poison,
+                   "skipped_writes": self.skipped, "seconds": round(secs, 3)}
+        say(f"done ({reason}): {self.records} records, {self.events} events applied in all, poison {self.poison}")
+        return summary
+
+    def _on_signal(self, signum, frame) -> None:
+        say(f"signal {signum}: finishing the chunk, then exit")
+        self._stop = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from learner.config import BACKENDS
+    from lfm_stream.config import (DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV, REDIS_URL_ENV,
+                                   TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
+    from lfm_stream.version import add_version_flag
+
+    p = argparse.ArgumentParser(prog="lfm-items", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version_flag(p)
+    p.add_argument("--redis-url", default=default_redis_url(), help=env_help("Redis URL of the PS", REDIS_URL_ENV))
+    p.add_argument("--bootstrap", default=default_bootstrap(),
+                   help=env_help("Kafka bootstrap servers", KAFKA_BOOTSTRAP_ENV))
+    p.add_argument("--topic", default=env_default(TOPIC_ENV, DEFAULT_TOPIC), help=env_help("ratings topic", TOPIC_ENV))
+    p.add_argument("--group", default=env_default(GROUP_ENV, DEFAULT_GROUP),
+                   help=env_help("consumer group (not the learner's)", GROUP_ENV))
+    p.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+                   help=env_help("PS namespace", NAMESPACE_ENV))
+    p.add_argument("--backend", choices=BACKENDS, default="kafka-python", help="Kafka client")
+    p.add_argument("--session-timeout-ms", type=int, default=6000, help="consumer-group session timeout")
+    p.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
+    p.add_argument("--idle-timeout", type=float, default=0.0,
+                   help="stop after this many seconds without a record (0 = never)")
+    p.add_argument("--poll-records", type=int, default=10000, help="most records per poll (one fenced write each)")
+    defaults = ScoreContract()
+    for name in ("pair_window", "recent_items", "neighbors", "bucket_events"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                       help=f"score contract: {name}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = LearnerConfig(redis_url=args.redis_url, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
+                            namespace=args.namespace, backend=args.backend,
+                            session_timeout_ms=args.session_timeout_ms, max_events=args.max_events,
+                            idle_timeout=args.idle_timeout)
+        contract = ScoreContract(pair_window=args.pair_window, recent_items=args.recent_items,
+                                 neighbors=args.neighbors, bucket_events=args.bucket_events)
+    except ValueError as exc:
+        print(f"lfm-items: {exc}", file=sys.stderr)
+        return 2
+    if args.poll_records < 1:
+        print(f"lfm-items: --poll-records must be >= 1 (got {args.poll_records})", file=sys.stderr)
+        return 2
+    ItemChannel(cfg, contract, poll_records=args.poll_records).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

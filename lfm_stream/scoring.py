@@ -1,0 +1,172 @@
+"""The recall scoring contract: one description of the served u2i score, and its math (numpy only).
+
+The learner writes a :class:`ScoreContract` into the parameter server (``<ns>:@contract``, a JSON string:
+``redis-cli GET lfm:@contract``) when it starts; the recall service reads it from Redis and ranks with
+:func:`blend`, so what is served is what the learner's evaluation measured.  The score of movie i for user u:
+
+    s(u, i) = w_lfm · (q_u·v_i + b_i)                                     LFM channel (learner rows)
+            + w_co  · log(eps + Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1)))   item channel (co-occurrence)
+            + w_pop · log(smooth + n_k(i) + total_w · n(i))               time-aware popularity
+
+* item channel: ``C[j, i]`` counts how often j and i were rated within ``pair_window`` consecutive ratings of a
+  user (top ``neighbors`` kept per item), ``D_j`` all of j's pair counts; the sum runs over the user's last
+  ``recent_items`` rated movies j, weighted ``r_j`` linearly from ``recent_min_weight`` (oldest) to 1 (newest);
+* popularity: ``n_k(i)`` counts positive events of i in the stream buckets within ``popularity_window`` buckets
+  of the user's last event (a bucket is ``bucket_events`` consecutive stream events, so the time context scales
+  with the data's density, not the calendar), ``n(i)`` all positive events of i.
+
+Every module that computes this score imports it from here; nothing else defines it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMULA = "lfm+covisit+popularity"
+VERSION = 1
+CONTRACT_SUFFIX = "@contract"
+
+
+def contract_key(namespace: str) -> str:
+    """Redis key of a namespace's contract (``<ns>:@contract``)."""
+    return f"{namespace}:{CONTRACT_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class ScoreContract:
+    """Every parameter of the served u2i score (see the module docstring for the formula).
+
+    Attributes:
+        dim: latent dimension of the learner's rows.
+        lfm_weight, covisit_weight, popularity_weight: channel weights (0 switches a channel off).
+        covisit_eps: floor inside the item channel's log (a movie with no co-occurrence scores log(eps)).
+        popularity_smooth, popularity_total_weight: smoothing and all-time share of the popularity prior.
+        recent_items: rated movies in the user's item-channel query; recent_min_weight: weight of the oldest.
+        pair_window: two ratings of a user at most this many positions apart form a pair (10: 9 neighbours).
+        neighbors: co-occurring movies kept per movie (the least counted are evicted).
+        bucket_events: stream events per popularity bucket; popularity_window: buckets on each side.
+    """
+
+    dim: int = 32
+    lfm_weight: float = 0.0
+    covisit_weight: float = 1.0
+    covisit_eps: float = 0.01
+    popularity_weight: float = 0.2
+    popularity_smooth: float = 0.1
+    popularity_total_weight: float = 0.001
+    recent_items: int = 10
+    recent_min_weight: float = 0.5
+    pair_window: int = 10
+    neighbors: int = 200
+    bucket_events: int = 1250
+    popularity_window: int = 4
+    formula: str = FORMULA
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"score contract: {name} {why} (got {getattr(self, name)!r})")
+
+        if self.formula != FORMULA:
+            bad("formula", f"must be {FORMULA!r}")
+        if self.version != VERSION:
+            bad("version", f"must be {VERSION} (this code reads version {VERSION} only)")
+        for name in ("dim", "recent_items", "neighbors", "bucket_events"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.pair_window < 2:
+            bad("pair_window", "must be >= 2")
+        for name in ("lfm_weight", "covisit_weight", "popularity_weight", "popularity_total_weight",
+                     "popularity_window"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        for name in ("covisit_eps", "popularity_smooth"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
+        if not 0 <= self.recent_min_weight <= 1:
+            bad("recent_min_weight", "must be in [0, 1]")
+
+    def to_json(self) -> str:
+        """The contract as one JSON object (keys sorted)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ScoreContract":
+        """Parse :meth:`to_json` output; unknown keys, another formula or version raise ``ValueError``."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"score contract: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"score contract: expected a JSON object (got {type(data).__name__})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"score contract: unknown field(s) {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"score contract: {exc}") from exc
+
+    def replace(self, **changes) -> "ScoreContract":
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def recent_weights(n: int, min_weight: float) -> np.ndarray:
+    """Weights of a user's last ``n`` rated movies, oldest first: linear from ``min_weight`` to 1 (one movie: 1)."""
+    if n <= 0:
+        return np.zeros(0, np.float64)
+    if n == 1:
+        return np.ones(1, np.float64)
+    return min_weight + (1.0 - min_weight) * np.arange(n, dtype=np.float64) / (n - 1)
+
+
+def covisit_scores(neighbors: list[tuple[np.ndarray, np.ndarray]], query_degree: np.ndarray, weights: np.ndarray,
+                   degree: np.ndarray) -> np.ndarray:
+    """Item-channel sums ``Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1))`` over the columns of ``degree``.
+
+    Args:
+        neighbors: per query movie j, (columns i, counts C[j, i]) of its kept neighbours (columns < len(degree)).
+        query_degree: D_j of each query movie.
+        weights: r_j of each query movie.
+        degree: D_i of every column.
+
+    Returns:
+        float64[len(degree)], zero where no query movie has the column as a neighbour.
+    """
+    out = np.zeros(len(degree), np.float64)
+    for (cols, counts), dj, rj in zip(neighbors, query_degree, weights):
+        if len(cols):
+            np.add.at(out, cols, rj * np.asarray(counts, np.float64) / np.sqrt(float(dj) + 1.0))
+    return out / np.sqrt(np.asarray(degree, np.float64) + 1.0)
+
+
+def popularity_prior(window_counts: np.ndarray, total_counts: np.ndarray, smooth: float,
+                     total_weight: float) -> np.ndarray:
+    """``log(smooth + n_k(i) + total_weight · n(i))``: positives near the user's time plus a share of all time."""
+    return np.log(smooth + np.asarray(window_counts, np.float64) + total_weight * np.asarray(total_counts, np.float64))
+
+
+def blend(contract: ScoreContract, lfm: np.ndarray | None, covisit: np.ndarray | None,
+          popularity: np.ndarray | None) -> np.ndarray:
+    """The served score from the channels' raw parts (each float[n] or None when the channel is off or absent).
+
+    ``lfm`` is ``q_u·v_i + b_i``, ``covisit`` the sums of :func:`covisit_scores`, ``popularity`` the prior of
+    :func:`popularity_prior`.  A channel with weight 0 or None contributes nothing.
+    """
+    parts = [a for a in (lfm, covisit, popularity) if a is not None]
+    if not parts:
+        raise ValueError("blend needs at least one channel")
+    out = np.zeros(len(parts[0]), np.float64)
+    if lfm is not None and contract.lfm_weight:
+        out += contract.lfm_weight * np.asarray(lfm, np.float64)
+    if covisit is not None and contract.covisit_weight:
+        out += contract.covisit_weight * np.log(contract.covisit_eps + np.asarray(covisit, np.float64))
+    if popularity is not None and contract.popularity_weight:
+        out += contract.popularity_weight * np.asarray(popularity, np.float64)
+    return out

@@ -1,0 +1,199 @@
+"""The item channel's Redis state: co-occurrence neighbours, degrees, users' recent movies, stream popularity.
+
+Written by the item-channel worker (:mod:`learner.items`): one ``lfm_covisit`` call per window inside the fenced
+write of :meth:`ParameterServer.write_rows` (so each event counts once across crashes), read by the recall service.
+All keys share one hash tag (one node of a cluster)::
+
+    {<ns>:@co}:nb:<raw movie>       zset  raw movie → times rated within the pair window of it (top N kept)
+    {<ns>:@co}:deg                  hash  raw movie → all its pair counts (D, exact)
+    {<ns>:@co}:recent:<raw user>    string "<bucket of the user's last event> <movie> … <movie>" (oldest first)
+    {<ns>:@co}:pop:<bucket>         hash  raw movie → positive events in that stream bucket
+    {<ns>:@co}:pop:all              hash  raw movie → positive events of all time
+    {<ns>:@co}:meta                 hash  events (stream events applied), bucket (latest bucket)
+
+Every one is readable with one redis-cli call, e.g. ``ZREVRANGE "{lfm:@co}:nb:318" 0 9 WITHSCORES``,
+``GET "{lfm:@co}:recent:42"``, ``HGET "{lfm:@co}:deg" 318``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ps_redis.types import Fence
+
+def _ints(values) -> list[int]:
+    return np.asarray(values, np.int64).tolist()
+
+
+class Covisit:
+    """The item channel's keys in ``ps``'s namespace, the commands that update them and the reads of them."""
+
+    def __init__(self, ps):
+        self.ps = ps
+        self.tag = "{" + f"{ps.namespace}:@co" + "}"
+        self.degree_key = f"{self.tag}:deg"
+        self.pop_total_key = f"{self.tag}:pop:all"
+        self.meta_key = f"{self.tag}:meta"
+
+    def neighbours_key(self, raw_movie: int) -> str:
+        return f"{self.tag}:nb:{int(raw_movie)}"
+
+    def recent_key(self, raw_user: int) -> str:
+        return f"{self.tag}:recent:{int(raw_user)}"
+
+    def pop_key(self, bucket: int) -> str:
+        return f"{self.tag}:pop:{int(bucket)}"
+
+    # ------------------------------------------------------------------------------- writes
+    def update_command(self, update, neighbours: int, events_after: int, bucket_events: int) -> tuple:
+        """The ``FCALL lfm_covisit`` that applies a :class:`learner.covisit.ChunkUpdate` (run inside the fenced
+        ``lfm_write`` of :meth:`apply`): pair counts (each zset trimmed to its ``neighbours`` most counted),
+        degrees, popularity, the users' recent movies and the applied-event count."""
+        zkeys, zargs = [], []
+        if len(update.pair_a):
+            starts = np.flatnonzero(np.r_[True, update.pair_a[1:] != update.pair_a[:-1]])
+            ends = np.r_[starts[1:], len(update.pair_a)]
+            b, n = _ints(update.pair_b), _ints(update.pair_n)
+            for lo, hi in zip(starts.tolist(), ends.tolist()):
+                zkeys.append(self.neighbours_key(update.pair_a[lo]))
+                zargs.append(hi - lo)
+                for j in range(lo, hi):
+                    zargs += [b[j], n[j]]
+        hargs = self._pairs(update.degree_movies, update.degree_n)
+        hargs += self._pairs(*self._sum_by_movie(update.pop_movies, update.pop_n))
+        bkeys = []
+        for bucket in np.unique(update.pop_buckets).tolist():
+            at = update.pop_buckets == bucket
+            bkeys.append(self.pop_key(bucket))
+            hargs += self._pairs(update.pop_movies[at], update.pop_n[at])
+        rkeys, rvals = [], []
+        for user, bucket, movies in zip(_ints(update.users), _ints(update.last_bucket), update.recent):
+            rkeys.append(self.recent_key(user))
+            rvals.append(" ".join(map(str, [bucket, *_ints(movies)])))
+        last = (events_after - 1) // bucket_events if events_after else 0
+        keys = [self.meta_key, self.degree_key, self.pop_total_key, *zkeys, *bkeys, *rkeys]
+        args = [neighbours, events_after, last, len(zkeys), len(bkeys), len(rkeys), *zargs, *hargs, *rvals]
+        return ("FCALL", "lfm_covisit", len(keys), *keys, *args)
+
+    @staticmethod
+    def _pairs(fields, counts) -> list:
+        """``n, field, count, …`` of one hash's increments."""
+        out = [len(fields)]
+        for f, c in zip(_ints(fields), _ints(counts)):
+            out += [f, c]
+        return out
+
+    @staticmethod
+    def _sum_by_movie(movies: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        uniq, inv = np.unique(movies, return_inverse=True)
+        out = np.zeros(len(uniq), np.int64)
+        np.add.at(out, inv, counts)
+        return uniq, out
+
+    def apply(self, update, neighbours: int, events_after: int, bucket_events: int, fence: Fence) -> bool:
+        """Apply an update in one fenced transaction; False when ``fence``'s offsets were already applied."""
+        command = self.update_command(update, neighbours, events_after, bucket_events)
+        return self.ps.write_rows({}, fence=fence, extra=[command])
+
+    # -------------------------------------------------------------------------------- reads
+    def events_applied(self) -> int:
+        """Stream events the channel has applied (0 for a fresh namespace)."""
+        value = self.ps.redis.hget(self.meta_key, "events")
+        return int(value) if value is not None else 0
+
+    def latest_bucket(self) -> int | None:
+        """The bucket of the newest applied event (None before any)."""
+        value = self.ps.redis.hget(self.meta_key, "bucket")
+        return int(value) if value is not None else None
+
+    def recent(self, raw_users) -> dict[int, tuple[int, np.ndarray]]:
+        """raw user → (bucket of the last event, recent movies oldest first), for the users that have some."""
+        users = _ints(raw_users)
+        if not users:
+            return {}
+        values = self.ps.redis.mget([self.recent_key(u) for u in users])
+        out = {}
+        for user, value in zip(users, values):
+            parsed = parse_recent(value)
+            if parsed is not None:
+                out[user] = parsed
+        return out
+
+    def neighbours(self, raw_movies) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per movie: (neighbour raw ids, counts), most counted first, in one round trip."""
+        movies = _ints(raw_movies)
+        if not movies:
+            return []
+        pipe = self.ps.redis.pipeline(transaction=False)
+        for m in movies:
+            pipe.zrevrange(self.neighbours_key(m), 0, -1, withscores=True)
+        return [parse_neighbours(res) for res in pipe.execute()]
+
+    def degrees(self) -> tuple[np.ndarray, np.ndarray]:
+        """(raw movies, D) of every movie with pairs."""
+        return _hash_arrays(self.ps.redis.hgetall(self.degree_key))
+
+    def popularity(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(buckets, raw movies, positives) of every stream bucket (one HGETALL per bucket)."""
+        latest = self.latest_bucket()
+        if latest is None:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        keys = []
+        cursor = 0
+        pattern = f"{self.tag}:pop:*"
+        while True:
+            cursor, found = self.ps.redis.scan(cursor, match=pattern, count=1000)
+            keys += [k.decode() if isinstance(k, bytes) else k for k in found]
+            if not cursor:
+                break
+        buckets, movies, counts = [], [], []
+        keys = [k for k in keys if k.rsplit(":", 1)[1].isdigit()]
+        pipe = self.ps.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        for k, res in zip(keys, pipe.execute()):
+            m, c = _hash_arrays(res)
+            buckets.append(np.full(len(m), int(k.rsplit(":", 1)[1]), np.int64))
+            movies.append(m)
+            counts.append(c)
+        if not keys:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        return np.concatenate(buckets), np.concatenate(movies), np.concatenate(counts)
+
+
+def parse_recent(value) -> tuple[int, np.ndarray] | None:
+    """``"<bucket> <movie> …"`` → (bucket, movies); None for a missing or malformed value."""
+    if value is None:
+        return None
+    try:
+        parts = [int(p) for p in (value.decode() if isinstance(value, bytes) else value).split()]
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not parts or any(p < 0 for p in parts):
+        return None
+    return parts[0], np.asarray(parts[1:], np.int64)
+
+
+def parse_neighbours(res) -> tuple[np.ndarray, np.ndarray]:
+    """A ``ZREVRANGE … WITHSCORES`` reply → (raw ids, counts); malformed members are skipped."""
+    ids, counts = [], []
+    for member, score in res or ():
+        try:
+            ids.append(int(member))
+            counts.append(float(score))
+        except (TypeError, ValueError):
+            continue
+    return np.asarray(ids, np.int64), np.asarray(counts, np.float64)
+
+
+def _hash_arrays(res: dict) -> tuple[np.ndarray, np.ndarray]:
+    fields, values = [], []
+    for f, v in (res or {}).items():
+        try:
+            fields.append(int(f))
+            values.append(int(v))
+        except (TypeError, ValueError):
+            continue
+    return np.asarray(fields, np.int64), np.asarray(values, np.int64)

@@ -1,0 +1,97 @@
+"""The item-channel worker (python -m learner.items) against real Tansu + redis-server: its Redis state equals
+one pass of learner.covisit over the stream, also after SIGKILLs at random points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import redis
+
+from _learner_util import ROOT, child_env
+from learner_fixtures import syn_dir, syn_topic, syn_values  # noqa: F401
+
+
+def items_cmd(redis_url, bootstrap, topic, namespace, *args) -> list[str]:
+    return [sys.executable, "-m", "learner.items", "--redis-url", redis_url, "--bootstrap", bootstrap,
+            "--topic", topic, "--namespace", namespace, "--group", f"items-{namespace}",
+            "--session-timeout-ms", "3000", "--neighbors", "100000", *args]
+
+
+def expected_state(values: list[bytes]) -> dict:
+    from learner.covisit import chunk_update
+    from lfm_stream.schema import parse_batch
+
+    c = parse_batch(values)
+    u = chunk_update(c["raw_user_id"], c["raw_movie_id"], c["label"], {}, 0, pair_window=10, keep=10,
+                     bucket_events=1250)
+    nb: dict[int, dict[int, float]] = {}
+    for a, b, n in zip(u.pair_a.tolist(), u.pair_b.tolist(), u.pair_n.tolist()):
+        nb.setdefault(a, {})[b] = float(n)
+    pop: dict[int, int] = {}
+    for m, n in zip(u.pop_movies.tolist(), u.pop_n.tolist()):
+        pop[m] = pop.get(m, 0) + n
+    return {"nb": nb, "deg": dict(zip(u.degree_movies.tolist(), u.degree_n.tolist())), "pop": pop,
+            "recent": {user: r.tolist() for user, r in zip(u.users.tolist(), u.recent)}}
+
+
+def stored_state(redis_url: str, namespace: str) -> dict:
+    r = redis.Redis.from_url(redis_url)
+    tag = "{" + f"{namespace}:@co" + "}"
+    nb = {}
+    for key in r.scan_iter(match=f"{tag}:nb:*"):
+        nb[int(key.rsplit(b":", 1)[1])] = {int(m): s for m, s in r.zrange(key, 0, -1, withscores=True)}
+    recent = {}
+    for key in r.scan_iter(match=f"{tag}:recent:*"):
+        recent[int(key.rsplit(b":", 1)[1])] = [int(x) for x in r.get(key).split()[1:]]
+    by_bucket: dict[int, int] = {}
+    for key in r.scan_iter(match=f"{tag}:pop:*"):
+        if key.endswith(b":all"):
+            continue
+        for m, n in r.hgetall(key).items():
+            by_bucket[int(m)] = by_bucket.get(int(m), 0) + int(n)
+    return {"nb": nb, "deg": {int(k): int(v) for k, v in r.hgetall(f"{tag}:deg").items()},
+            "pop": {int(k): int(v) for k, v in r.hgetall(f"{tag}:pop:all").items()}, "recent": recent,
+            "pop_by_bucket": by_bucket, "events": int(r.hget(f"{tag}:meta", "events") or 0)}
+
+
+def assert_one_pass(redis_url, namespace, values):
+    want, got = expected_state(values), stored_state(redis_url, namespace)
+    assert got["events"] == len(values)
+    for key in ("nb", "deg", "pop", "recent"):
+        assert got[key] == want[key], key
+    assert got["pop_by_bucket"] == want["pop"]
+
+
+def test_item_channel_state_is_one_pass(redis_url, bootstrap, syn_topic, syn_values, namespace):
+    r = subprocess.run(items_cmd(redis_url, bootstrap, syn_topic, namespace, "--idle-timeout", "2",
+                                 "--poll-records", "500"),
+                       env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_one_pass(redis_url, namespace, syn_values)
+
+
+def test_item_channel_sigkill_applies_every_event_once(redis_url, bootstrap, syn_topic, syn_values, namespace):
+    cmd = items_cmd(redis_url, bootstrap, syn_topic, namespace, "--poll-records", "100")
+    r = redis.Redis.from_url(redis_url)
+    meta = "{" + f"{namespace}:@co" + "}:meta"
+    rng = np.random.default_rng()
+    kills = []
+    for _ in range(3):
+        target = (kills[-1] if kills else 0) + int(rng.integers(200, 1200))
+        assert target < len(syn_values) - 500
+        proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        while int(r.hget(meta, "events") or 0) < target and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.02))
+        proc.kill()
+        proc.wait()
+        kills.append(int(r.hget(meta, "events") or 0))
+    assert len(set(kills)) > 1, kills
+    done = subprocess.run(cmd + ["--idle-timeout", "2"], env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_one_pass(redis_url, namespace, syn_values)
