@@ -1,4 +1,4 @@
-"""The learner on real servers: stream path end to end, poison records to the DLQ, SIGTERM clean exit."""
+"""The learner on real servers: stream path end to end, SIGTERM clean exit (poison records: test_learner_poison.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from _learner_util import FAST, ROOT, assert_exactly_once, child_env, learner_cmd, produce, ps_state, read_metrics
+from _learner_util import FAST, ROOT, assert_exactly_once, child_env, learner_cmd, ps_state, read_metrics
 from learner_fixtures import reference_run, run_learner, syn_dir, syn_topic, syn_values  # noqa: F401 (fixtures)
-from lfm_stream.schema import make_example
 
 
 def test_stream_end_to_end(redis_url, syn_values, reference_run):
@@ -42,50 +41,6 @@ def test_stream_end_to_end(redis_url, syn_values, reference_run):
     offsets = ps.offsets(f"g-{namespace}", reference_run["topic"])
     assert sum(offsets.values()) == len(syn_values) and set(offsets) == {0, 1}
     assert ActivityLog(ps).popular(5), "activity log not written"
-
-
-def poison_values() -> list[tuple[bytes, str]]:
-    import tensorflow as tf
-
-    missing = tf.train.Example(features=tf.train.Features(feature={
-        "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
-    good = dict(user_id=11, movie_id=22, raw_user_id=1, raw_movie_id=2, rating=4.0, timestamp=10**9)
-    return [(b"\x08\xffnot a protobuf", "not a valid rating Example"),
-            (missing, "is required but could not be found"),
-            (make_example(**good, label=float("nan")), "not a finite number"),
-            (make_example(**good, label=1.0, schema_version=99), "unknown schema_version 99")]
-
-
-def test_poison_records_go_to_the_dead_letter_topic(redis_url, bootstrap, topic, namespace, syn_values, tmp_path):
-    from kafka import KafkaConsumer, TopicPartition
-
-    good = syn_values[:300]
-    poison = poison_values()
-    values, where = list(good), {}
-    for j, (v, reason) in enumerate(poison):
-        pos = 40 + 70 * j
-        values.insert(pos, v)
-        where[pos] = reason
-    produce(bootstrap, topic, values, partitions=1)
-    metrics = tmp_path / "m.jsonl"
-    r = run_learner(redis_url, bootstrap, topic, namespace, metrics, "--batch-size", "64", "--idle-timeout", "4")
-    assert r.returncode == 0, r.stderr[-3000:]
-    for pos in where:
-        assert f"poison record at {topic}[0]@{pos}" in r.stderr
-    end = read_metrics(metrics)[-1]
-    assert end["poison"] == 4 and end["events"] == 300 and end["records"] == 304
-    assert_exactly_once(redis_url, namespace, good)
-    dlq = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000, auto_offset_reset="earliest")
-    tp = TopicPartition(f"{topic}.dlq", 0)
-    dlq.assign([tp])
-    dlq.seek_to_beginning(tp)
-    got = list(dlq)
-    dlq.close()
-    assert len(got) == 4
-    for rec, (value, _) in zip(got, poison):
-        h = {k: v.decode() for k, v in rec.headers}
-        assert rec.value == value and h["topic"] == topic and h["partition"] == "0"
-        assert where[int(h["offset"])].split()[0] in h["error"] or where[int(h["offset"])] in h["error"]
 
 
 def test_sigterm_finishes_the_batch_and_exits_cleanly(redis_url, bootstrap, syn_topic, namespace, syn_values,
