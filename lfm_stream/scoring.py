@@ -170,3 +170,103 @@ def blend(contract: ScoreContract, lfm: np.ndarray | None, covisit: np.ndarray |
     if popularity is not None and contract.popularity_weight:
         out += contract.popularity_weight * np.asarray(popularity, np.float64)
     return out
+
+
+@dataclass
+class ItemChannels:
+    """The item channel and popularity over ``n`` item columns, as arrays a ranker keeps in memory.
+
+    Attributes:
+        degree: D of each column (float64[n]).
+        indptr, neighbour_cols, neighbour_counts: CSR rows of kept neighbours per column (counts C[j, i]).
+        bucket_ids: the stream buckets with positives, sorted; bucket_ptr, bucket_cols, bucket_counts: their
+            positives per column (CSR over ``bucket_ids``); total: positives of all time per column.
+        latest_bucket: the newest bucket (the time context of users without one).
+    """
+
+    degree: np.ndarray
+    indptr: np.ndarray
+    neighbour_cols: np.ndarray
+    neighbour_counts: np.ndarray
+    bucket_ids: np.ndarray
+    bucket_ptr: np.ndarray
+    bucket_cols: np.ndarray
+    bucket_counts: np.ndarray
+    total: np.ndarray
+    latest_bucket: int
+
+    @property
+    def n(self) -> int:
+        return len(self.degree)
+
+    @classmethod
+    def build(cls, n: int, degree_cols: np.ndarray, degree: np.ndarray, neighbour_rows: np.ndarray,
+              neighbour_cols: np.ndarray, neighbour_counts: np.ndarray, pop_buckets: np.ndarray,
+              pop_cols: np.ndarray, pop_counts: np.ndarray, latest_bucket: int | None) -> "ItemChannels":
+        """From column-mapped triples (entries with a column outside [0, n) are dropped).  Memory is linear in
+        the entries: nothing is allocated per bucket or per (bucket, column) beyond them."""
+        def inside(cols):
+            cols = np.asarray(cols, np.int64)
+            return (cols >= 0) & (cols < n)
+
+        deg = np.zeros(n, np.float64)
+        ok = inside(degree_cols)
+        deg[np.asarray(degree_cols, np.int64)[ok]] = np.asarray(degree, np.float64)[ok]
+        rows, cols = np.asarray(neighbour_rows, np.int64), np.asarray(neighbour_cols, np.int64)
+        ok = inside(rows) & inside(cols)
+        rows, cols, cnt = rows[ok], cols[ok], np.asarray(neighbour_counts, np.float64)[ok]
+        order = np.argsort(rows, kind="stable")
+        indptr = np.zeros(n + 1, np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        indptr = np.cumsum(indptr)
+        pb, pc = np.asarray(pop_buckets, np.int64), np.asarray(pop_cols, np.int64)
+        ok = inside(pc)
+        pb, pc, pn = pb[ok], pc[ok], np.asarray(pop_counts, np.float64)[ok]
+        total = np.zeros(n, np.float64)
+        np.add.at(total, pc, pn)
+        order_b = np.argsort(pb, kind="stable")
+        bucket_ids, starts = np.unique(pb[order_b], return_index=True)
+        bucket_ptr = np.r_[starts, len(pb)].astype(np.int64)
+        latest = int(latest_bucket) if latest_bucket is not None else (int(bucket_ids[-1]) if len(bucket_ids) else 0)
+        return cls(deg, indptr, cols[order], cnt[order], bucket_ids, bucket_ptr, pc[order_b], pn[order_b], total,
+                   latest)
+
+    def popularity(self, contract: ScoreContract, bucket: int | None) -> np.ndarray:
+        """The popularity prior of a user whose last event is in ``bucket`` (None: the latest bucket)."""
+        k = self.latest_bucket if bucket is None else int(bucket)
+        w = contract.popularity_window
+        lo = self.bucket_ptr[np.searchsorted(self.bucket_ids, k - w, side="left")]
+        hi = self.bucket_ptr[np.searchsorted(self.bucket_ids, k + w, side="right")]
+        window = np.zeros(self.n, np.float64)
+        np.add.at(window, self.bucket_cols[lo:hi], self.bucket_counts[lo:hi])
+        return popularity_prior(window, self.total, contract.popularity_smooth, contract.popularity_total_weight)
+
+    def covisit(self, contract: ScoreContract, recent_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, item-channel sums) touched by a user's recent movies (columns, oldest first; the last
+        ``recent_items`` count, columns outside the table are skipped)."""
+        recent_cols = np.asarray(recent_cols, np.int64)
+        recent_cols = recent_cols[(recent_cols >= 0) & (recent_cols < self.n)][-contract.recent_items:]
+        if not len(recent_cols):
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        weights = recent_weights(len(recent_cols), contract.recent_min_weight)
+        parts_c, parts_v = [], []
+        for j, r in zip(recent_cols.tolist(), weights.tolist()):
+            lo, hi = self.indptr[j], self.indptr[j + 1]
+            parts_c.append(self.neighbour_cols[lo:hi])
+            parts_v.append(r * self.neighbour_counts[lo:hi] / np.sqrt(self.degree[j] + 1.0))
+        cols = np.concatenate(parts_c)
+        if not len(cols):
+            return cols, np.zeros(0, np.float64)
+        uniq, inv = np.unique(cols, return_inverse=True)
+        sums = np.zeros(len(uniq), np.float64)
+        np.add.at(sums, inv, np.concatenate(parts_v))
+        return uniq, sums / np.sqrt(self.degree[uniq] + 1.0)
+
+    def scores(self, contract: ScoreContract, lfm: np.ndarray | None, recent_cols: np.ndarray,
+               bucket: int | None) -> np.ndarray:
+        """The served score (:func:`blend`) of every column for one user: ``lfm`` = q_u·v_i + b_i (None: the
+        user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event."""
+        cols, sums = self.covisit(contract, recent_cols)
+        dense = np.zeros(self.n, np.float64)
+        dense[cols] = sums
+        return blend(contract, lfm, dense, self.popularity(contract, bucket))

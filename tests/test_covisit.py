@@ -100,3 +100,22 @@ def test_contract_round_trips_and_rejects_bad_values():
         ScoreContract.from_json(c.to_json().replace('"version": 1', '"version": 99'))
     with pytest.raises(ValueError, match="covisit_eps"):
         ScoreContract(covisit_eps=0)
+
+
+def test_item_channels_score_a_user_by_hand():
+    from lfm_stream.scoring import ItemChannels
+
+    # 3 columns; column 0 has neighbours 1 (count 2) and 2 (count 1); degrees 3, 2, 1
+    ch = ItemChannels.build(3, [0, 1, 2], [3, 2, 1], [0, 0, 1, 2], [1, 2, 0, 0], [2, 1, 2, 1],
+                            pop_buckets=[5, 6, 9, 5], pop_cols=[1, 1, 2, 7], pop_counts=[4, 1, 3, 9], latest_bucket=9)
+    c = ScoreContract(covisit_weight=1.0, covisit_eps=0.01, popularity_weight=0.5, popularity_window=1,
+                      popularity_smooth=0.1, popularity_total_weight=0.001)
+    cols, sums = ch.covisit(c, np.array([0]))
+    assert cols.tolist() == [1, 2]
+    assert sums == pytest.approx([2 / 2 / np.sqrt(3), 1 / 2 / np.sqrt(2)])
+    # bucket 6: window [5, 7] -> column 1 gets 4 + 1; column 7 is outside the table and dropped
+    assert ch.popularity(c, 6) == pytest.approx(np.log([0.1, 0.1 + 5 + 0.005, 0.1 + 0.003]))
+    assert ch.popularity(c, None) == pytest.approx(np.log([0.1, 0.1 + 0.005, 0.1 + 3 + 0.003]))  # latest: 9
+    got = ch.scores(c, None, np.array([0]), 6)
+    want = np.log(0.01 + np.r_[0.0, sums]) + 0.5 * np.log([0.1, 5.105, 0.103])
+    assert got == pytest.approx(want)
