@@ -40,12 +40,21 @@ class MetricsLog:
                               maxlen=self.maxlen, approximate=True)
         return sid.decode() if isinstance(sid, bytes) else sid
 
+    def tail(self, count: int = 5000) -> tuple[list[dict], str | None]:
+        """The newest ``count`` records, oldest first, and the id of the newest (None when the stream is empty)."""
+        entries = self.redis.xrevrange(self.key, max="+", min="-", count=count)
+        return self._decode(reversed(entries), None)
+
     def read(self, after: str | None = None, count: int = 5000) -> tuple[list[dict], str | None]:
         """Up to ``count`` records after stream id ``after`` (from the oldest kept when None), oldest first, and
         the id of the last one (``after`` when there is none).  An entry that is not valid JSON is skipped."""
         start = f"({after}" if after else "-"
-        out, last = [], after
-        for sid, fields in self.redis.xrange(self.key, min=start, max="+", count=count):
+        return self._decode(self.redis.xrange(self.key, min=start, max="+", count=count), after)
+
+    @staticmethod
+    def _decode(entries, last: str | None) -> tuple[list[dict], str | None]:
+        out = []
+        for sid, fields in entries:
             last = sid.decode() if isinstance(sid, bytes) else sid
             raw = fields.get(b"json", fields.get("json"))
             try:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(store)
     # u2i / i2i answered at the protocol level when httptools is installed (recall_api.protocol), else by the
     # ASGI fast path; uvloop is picked by uvicorn's loop="auto" when installed
-    http = fast_protocol(store) or "auto"
+    http = fast_protocol(store, app.state.metrics) or "auto"
     with contextlib.suppress(ImportError):  # imported now so that the freeze below covers it
         importlib.import_module("uvloop")
     # what is loaded now (modules, catalog) lives as long as the process: keep it out of the cyclic GC, whose

@@ -7,7 +7,9 @@ route                                  answer
 ``GET /i2i/{movie_id}?k=50``           movies most similar (cosine) to a raw movie id, itself excluded
 ``GET /healthz``                       200 when Redis answers and vectors are loaded, else 503
 ``GET /stats``                         vectors loaded, last refresh, lag behind the learner, errors
-``GET /docs``, ``GET /openapi.json``   OpenAPI documentation
+``GET /docs``, ``GET /openapi.json``   OpenAPI documentation (Swagger UI served from the package: works offline)
+``GET /dashboard``                     live page: AUC / HR against events, throughput, lag, freshness, PS rows
+``GET /metrics``                       Prometheus metrics (request latency per route, cache hits, freshness)
 =====================================  =========================================================
 
 Status codes: 404 unknown user (no vector, no rated movies, not in the prepared data) or movie without
@@ -37,6 +39,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from recall_api.catalog import Catalog
+from recall_api.dashboard import install_dashboard
+from recall_api.docs import install_docs
+from recall_api.prom import RecallMetrics, Timing
 from recall_api.store import Answer, NotFound, RecallStore, Unavailable
 
 try:
@@ -60,8 +65,8 @@ class RecallItem(BaseModel):
     movie_id: int = Field(description="raw MovieLens movie id")
     title: str | None = Field(description="title from movies.csv (null when the catalog lacks it)")
     genres: list[str] = Field(description="genres from movies.csv")
-    score: float = Field(description="model: q_u·v_i + b_i (u2i; with --score-prior q_u·v_i + gamma·b_i + "
-                                     "pop_weight·tau_u(i)) or cosine (i2i); popularity: positive events")
+    score: float = Field(description="u2i: the served multi-channel score (see /stats for the contract); "
+                                     "i2i: cosine; popularity fallback: positive events")
 
 
 class RecallAnswer(BaseModel):
@@ -226,7 +231,12 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
 
     app = FastAPI(title="LFM Stream recall", version="0.1.0", lifespan=lifespan,
                   description="u2i and i2i recall over the matrix-factorization vectors in the Redis PS, "
-                              "refreshed incrementally from the learner's activity log.")
+                              "refreshed incrementally from the learner's activity log. Live dashboard: "
+                              "[/dashboard](/dashboard); Prometheus: /metrics.",
+                  docs_url=None, redoc_url=None)  # /docs from local assets (recall_api.docs), no CDN
+    install_docs(app)
+    install_dashboard(app, store)
+    app.state.metrics = metrics = RecallMetrics(store)
     errors = {404: {"model": Problem}, 422: {"description": "bad id or k"}, 503: {"model": Problem}}
 
     def answer(query: str, id_: int, k: int) -> Response:
@@ -236,8 +246,8 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
     @app.get("/u2i/{user_id}", response_model=RecallAnswer, responses=errors, summary="movies for a user")
     async def u2i(user_id: int = Path(ge=0, description="raw MovieLens user id"),
                   k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many movies (1..1000)")):
-        """Top-k movies by ``q_u·v_i + b_i``, excluding movies the user rated; popularity for a user
-        without a vector."""
+        """Top-k movies by the served multi-channel score (see ``/stats`` for the contract), excluding movies
+        the user rated; popularity for a user without a vector."""
         return answer("u2i", user_id, k)
 
     @app.get("/i2i/{movie_id}", response_model=RecallAnswer, responses=errors, summary="similar movies")
@@ -260,6 +270,12 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
         """Refresh counters, the time of the last refresh and the lag behind the learner's newest change."""
         return JSONBytes(_dumps(store.describe()))
 
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     if fast_path:
         app.add_middleware(FastPath, store=store)
+    app.add_middleware(Timing, metrics=metrics)  # outermost: times every request, the fast path's too
     return app

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from recall_api.app import DEFAULT_K, MAX_K, respond_now, respond_read
+from recall_api.prom import I2I_ROUTE, U2I_ROUTE
 from recall_api.store import RecallStore
 
 try:
@@ -67,9 +69,10 @@ class _InFlight:
         self.message_event = _NO_EVENT
 
 
-def fast_protocol(store: RecallStore):
+def fast_protocol(store: RecallStore, metrics=None):
     """An ``asyncio.Protocol`` class for ``uvicorn.Config(http=...)`` that answers fast requests from ``store``
-    (None when httptools is not installed: then use uvicorn's default protocol and the ASGI fast path)."""
+    (None when httptools is not installed: then use uvicorn's default protocol and the ASGI fast path);
+    ``metrics`` (:class:`recall_api.prom.RecallMetrics`, the app's ``app.state.metrics``) times its answers."""
     if HttpToolsProtocol is None:
         return None
 
@@ -78,6 +81,8 @@ def fast_protocol(store: RecallStore):
 
         _store = store
         _fast = None
+        _metrics = metrics
+        _timed: tuple[str, float] | None = None  # (route, start) of the fast request in flight
 
         def on_message_begin(self) -> None:
             self._fast = None
@@ -92,6 +97,8 @@ def fast_protocol(store: RecallStore):
                 k = int(m.group(3)) if m.group(3) is not None else DEFAULT_K
                 if 1 <= k <= MAX_K:
                     self._fast = (m.group(1).decode(), int(m.group(2)), k)
+                    if self._metrics is not None:
+                        self._timed = (U2I_ROUTE if m.group(1) == b"u2i" else I2I_ROUTE, time.perf_counter())
                     self.cycle = _InFlight()
                     return
             super().on_headers_complete()
@@ -136,6 +143,10 @@ def fast_protocol(store: RecallStore):
                 self.transport.close()
 
         def _answer(self, cycle: _InFlight, status: int, body: bytes) -> None:
+            if self._timed is not None:  # one fast request at a time per connection (see on_headers_complete)
+                route, t0 = self._timed
+                self._timed = None
+                self._metrics.observe(route, status, time.perf_counter() - t0)
             cycle.response_complete = True
             if cycle.disconnected or self.transport.is_closing():
                 return
