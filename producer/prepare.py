@@ -13,17 +13,22 @@ Output (docs/design.md, "Prepared data directory")::
 
     OUT/manifest.json  OUT/train/part-00000.tfrecord ...  OUT/test/part-00000.tfrecord ...  OUT/movies.csv
 
-Everything is written to a temporary directory next to OUT and renamed at the end.
+Everything is written to a temporary directory next to OUT and renamed at the end; an error, SIGINT, SIGTERM
+or SIGHUP removes the temporary directories and leaves OUT as it was.  A preparation that leaves no train
+record (e.g. a file with one rating per user) is an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,9 +165,15 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
     movies_path = Path(cfg.movies) if cfg.movies else movielens.find_movies_file(ratings_path, r.format)
     movies = movielens.read_movies(movies_path) if movies_path else None
     parts = split(r, cfg)
+    if not len(parts["train"]):
+        raise DataError(
+            f"{ratings_path}: no train records left: ratings {len(r.user)}, users {parts['users_total']}, "
+            f"ratings dropped {parts['ratings_dropped']} (users with more than {cfg.max_user_ratings}), and the "
+            f"last {cfg.test_per_user} of each user held out{' twice (--validation)' if cfg.validation else ''}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with signals_deferred():  # no stop signal between creating tmp and the try that removes it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         shards = {}
         labels = {}
@@ -207,18 +218,75 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
                 manifest["source"]["movies"] = str(final / movies_path.name)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     return manifest
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``, replacing an existing ``out`` (moved aside, then deleted); signals wait until the
+    swap is done, so OUT is always either the old or the new directory."""
+    with signals_deferred():
+        if not out.exists():
+            os.rename(new, out)
+            return
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.rename(out, trash / "old")
+            try:
+                os.rename(new, out)
+            except BaseException:
+                os.rename(trash / "old", out)
+                raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT / SIGTERM / SIGHUP until the block ends (then they are delivered)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        if on_main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived (raised where the main thread runs, so every ``finally`` cleans up)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """Turn the first SIGINT / SIGTERM / SIGHUP into :class:`Interrupted` (later ones are ignored while the
+    cleanup runs); the previous handlers come back at the end."""
+    def stop(signum, frame):
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_missing and (Path(args.out) / "manifest.json").is_file():
         print(f"{args.out} already prepared (manifest.json present); nothing to do")
         return 0
+    with signals_raise():
+        try:
+            return _run(args)
+        except Interrupted as exc:
+            print(f"error: {exc}; temporary files removed", file=sys.stderr)
+            return 128 + exc.signum
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``main`` after the flags are parsed (stop signals raise :class:`Interrupted` in here)."""
     from producer import download, synthetic
 
     raw_dir, extra = None, None
@@ -270,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.synthetic is not None and not args.ratings:
             syn = synthetic.config_from_args(args)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            raw_dir = Path(tempfile.mkdtemp(prefix=f".{Path(args.out).name}.synthetic-", dir=Path(args.out).parent))
+            with signals_deferred():
+                raw_dir = Path(tempfile.mkdtemp(prefix=f".{Path(args.out).name}.synthetic-",
+                                                dir=Path(args.out).parent))
             args.ratings = str(synthetic.write(syn, raw_dir))
             extra = {"synthetic": asdict(syn)}
         elif not args.ratings and args.download:
