@@ -103,8 +103,12 @@ class LearnerMetrics:
 
     # ------------------------------------------------------------------------ exposition
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 = a free port) from a daemon thread; returns the port."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve ``/metrics`` on ``host:port`` (0 = a free port) from a daemon thread; returns the port (ValueError
+        names the flag when the port is taken)."""
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ValueError(f"--metrics-port {port}: cannot serve /metrics on {host}:{port} ({exc})") from exc
         return self._server.server_address[1]
 
     def close(self) -> None:

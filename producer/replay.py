@@ -62,6 +62,8 @@ class ReplayConfig:
     progress_s: float = 5.0
     stop_flush_s: float = 10.0
     json_summary: bool = False
+    metrics_port: int = 0  # Prometheus /metrics (producer.prom); 0 = not served
+    metrics_host: str = "127.0.0.1"
 
     @property
     def state_path(self) -> Path:
@@ -144,6 +146,13 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
     throttle = Throttle(cfg.throttle)
     progress = Progress(quota, throttle, cfg.progress_s, progress_tty)
     pub = Publisher(cfg.publish, should_stop=stop, notify=progress.message)
+    metrics = None
+    if cfg.metrics_port:
+        from producer import prom
+
+        metrics = prom.serve(prom.ReplayCollector(pub, start, quota, cfg.throttle.rate, lambda: progress.t0),
+                             cfg.metrics_port, cfg.metrics_host)
+        progress.message(f"Prometheus metrics at http://{cfg.metrics_host}:{metrics.server_address[1]}/metrics")
     t0 = time.monotonic()
     save_error = None
     summary.seconds = 0.0
@@ -223,6 +232,9 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
         sys.setswitchinterval(old_switch)
         progress.close()
         pub.close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
     summary.seconds = time.monotonic() - t0
     summary.recoveries, summary.resent = pub.recoveries, pub.resent
     if stop.signum is not None:
@@ -296,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=env_help("seconds between progress lines when not on a TTY", "LFM_PROGRESS_INTERVAL", 5))
     p.add_argument("--no-verify", action="store_true", default=e("LFM_REPLAY_NO_VERIFY") == "1",
                    help=env_help("skip the up-front CRC and record-count check of the shards", "LFM_REPLAY_NO_VERIFY=1"))
+    p.add_argument("--metrics-port", type=int, default=int(e("LFM_REPLAY_METRICS_PORT", "0")),
+                   help=env_help("serve Prometheus /metrics on this port during the run (0 = off; compose uses 9102)",
+                                 "LFM_REPLAY_METRICS_PORT", 0))
+    p.add_argument("--metrics-host", default=e("LFM_METRICS_HOST", "127.0.0.1"),
+                   help=env_help("interface of /metrics", "LFM_METRICS_HOST", "127.0.0.1"))
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true", help="show kafka-python's own log messages")
     return p
@@ -334,7 +351,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
                             batch_size=args.batch_bytes)
     return ReplayConfig(data_dir=args.data_dir, publish=publish, throttle=throttle, max_events=args.max_events,
                         start_ts=args.start_ts, resume=args.resume, state_file=args.state_file,
-                        verify=not args.no_verify, progress_s=args.progress_interval, json_summary=args.json)
+                        verify=not args.no_verify, progress_s=args.progress_interval, json_summary=args.json,
+                        metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         if s is not None:
             print_summary(cfg, s)
         return 3
+    except ValueError as exc:  # a flag the run could not honour (--metrics-port taken)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"aborted by a second signal; the last saved position is in {cfg.state_path}", file=sys.stderr)
         return 130

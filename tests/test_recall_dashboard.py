@@ -14,22 +14,11 @@ from ps_redis.metricslog import MetricsLog, metrics_key
 from recall_api import Catalog, RecallStore, StoreConfig
 from recall_api.app import create_app
 from recall_api.protocol import fast_protocol
+from tests._prom_util import metric
 from tests._recall_util import ServerThread, populate, wait_for
 
 DIM = 8
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.I)
-
-
-def metric(text: str, name: str, **labels) -> float | None:
-    """The value of one sample in a Prometheus exposition (None when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head == (f"{name}{{{want}}}" if labels else name):
-            return float(value)
-    return None
 
 
 @pytest.fixture(scope="module")
