@@ -15,6 +15,7 @@ The PS and the activity log are passed in; this module only reads them (``pull(c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ from learner.config import ModelConfig
 from learner.idindex import IdIndex
 from learner.metrics import auc_exact, per_user_hits, top_k
 from learner.scores import predict, recall_scores
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,16 +103,44 @@ def prior_log(cfg: ModelConfig, window: np.ndarray, total: np.ndarray) -> np.nda
     return np.log(cfg.pop_smooth + window + cfg.pop_total_w * total)
 
 
+MAX_PERIODS = 1024  # periods a PeriodPrior spans at most (252 years of 90-day periods): its table is bounded
+
+
+def densest_span(periods: np.ndarray, max_periods: int) -> np.ndarray:
+    """Mask of the entries inside the ``max_periods`` consecutive periods holding the most entries (all of
+    them when they span fewer): a stray period far from the data (an event time of 2**62) is left out."""
+    periods = np.asarray(periods, np.int64)
+    if periods.size == 0 or int(periods.max()) - int(periods.min()) < max_periods:
+        return np.ones(periods.size, bool)
+    uniq, per = np.unique(periods, return_counts=True)
+    top = np.iinfo(np.int64).max
+    ends = np.minimum(uniq, top - max_periods) + max_periods  # (no int64 overflow for a stray huge period)
+    end = np.searchsorted(uniq, ends, side="left")  # first period past each start's span
+    csum = np.concatenate([[0], np.cumsum(per)])
+    lo = int(uniq[np.argmax(csum[end] - csum[:-1])])
+    return (periods >= lo) & (periods < min(lo + max_periods, top))
+
+
 class PeriodPrior:
     """Time-aware popularity prior τ_u(i) over the columns of an item table (pure numpy).
 
     τ(k, i) = log(smooth + Σ_{|k' − k| ≤ window} n[k', i] + total_w · n_i) with n[k, i] the positive
-    events of movie i in period k and n_i all of them.
+    events of movie i in period k and n_i all of them.  The counts span at most ``max_periods`` periods (the
+    densest such span, :func:`densest_span`); counts outside are skipped, logged and counted in ``skipped``.
     """
 
-    def __init__(self, cfg: ModelConfig, periods: np.ndarray, cols: np.ndarray, counts: np.ndarray, n_items: int):
+    def __init__(self, cfg: ModelConfig, periods: np.ndarray, cols: np.ndarray, counts: np.ndarray, n_items: int,
+                 max_periods: int = MAX_PERIODS):
         self.cfg = cfg
         periods = np.asarray(periods, np.int64)
+        keep = densest_span(periods, max_periods)
+        self.skipped = int(keep.size - keep.sum())
+        if self.skipped:
+            out = periods[~keep]
+            log.warning("popularity prior: skipped %d count(s) of %d period(s) outside the %d periods around the "
+                        "data [%d, %d] (e.g. period %d)", self.skipped, np.unique(out).size, max_periods,
+                        int(periods[keep].min()), int(periods[keep].max()), int(out[0]))
+            periods, cols, counts = periods[keep], np.asarray(cols)[keep], np.asarray(counts)[keep]
         self.k0 = int(periods.min()) if periods.size else 0
         nk = int(periods.max()) - self.k0 + 1 if periods.size else 1
         dense = np.zeros((nk + 1, n_items), np.float64)  # row 0 = zeros for the cumulative sums
@@ -131,7 +162,9 @@ class PeriodPrior:
     def tau(self, k: np.ndarray) -> np.ndarray:
         """τ rows for periods ``k`` (one row per entry)."""
         c = self.cfg
-        k = np.asarray(k, np.int64) - self.k0
+        span = self.cum.shape[0] + c.pop_window + 1  # beyond this, every k gives the first / last row: clip first
+        i64 = np.iinfo(np.int64)
+        k = np.clip(np.asarray(k, np.int64), max(self.k0 - span, i64.min), min(self.k0 + span, i64.max)) - self.k0
         hi = np.clip(k + c.pop_window + 1, 0, self.cum.shape[0] - 1)
         lo = np.clip(k - c.pop_window, 0, self.cum.shape[0] - 1)
         return prior_log(c, self.cum[hi] - self.cum[lo], self.total[None, :])
