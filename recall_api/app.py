@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from typing import Annotated
 
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import Response
@@ -41,6 +42,7 @@ from pydantic import BaseModel, Field
 from recall_api.catalog import Catalog
 from recall_api.dashboard import install_dashboard
 from recall_api.docs import install_docs
+from recall_api.ids import STRICT_ID, STRICT_K
 from recall_api.prom import RecallMetrics, Timing
 from recall_api.store import Answer, NotFound, RecallStore, Unavailable
 
@@ -244,15 +246,17 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
         return JSONBytes(body, status_code=status)
 
     @app.get("/u2i/{user_id}", response_model=RecallAnswer, responses=errors, summary="movies for a user")
-    async def u2i(user_id: int = Path(ge=0, description="raw MovieLens user id"),
-                  k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many movies (1..1000)")):
+    async def u2i(user_id: Annotated[int, STRICT_ID, Path(ge=0, description="raw MovieLens user id")],
+                  k: Annotated[int, STRICT_K, Query(ge=1, le=MAX_K, description="how many movies (1..1000)")]
+                  = DEFAULT_K):
         """Top-k movies by the served multi-channel score (see ``/stats`` for the contract), excluding movies
         the user rated; popularity for a user without a vector."""
         return answer("u2i", user_id, k)
 
     @app.get("/i2i/{movie_id}", response_model=RecallAnswer, responses=errors, summary="similar movies")
-    async def i2i(movie_id: int = Path(ge=0, description="raw MovieLens movie id"),
-                  k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many movies (1..1000)")):
+    async def i2i(movie_id: Annotated[int, STRICT_ID, Path(ge=0, description="raw MovieLens movie id")],
+                  k: Annotated[int, STRICT_K, Query(ge=1, le=MAX_K, description="how many movies (1..1000)")]
+                  = DEFAULT_K):
         """Top-k movies by cosine similarity of the item vectors, excluding the movie itself."""
         return answer("i2i", movie_id, k)
 

@@ -145,6 +145,17 @@ def test_popularity_fallback_for_known_users_without_vector(world):
     ("/u2i/1?k=2.5", 422, "k"),
     ("/i2i/1?k=0", 422, "k"),
     ("/i2i/1?k=5000", 422, "k"),
+    # strict ids and k: plain ASCII digits only (int() would read "1_0" as 10, "+5" and " 5" as 5)
+    ("/u2i/1_0", 422, "user_id"),
+    ("/u2i/+5", 422, "user_id"),
+    ("/u2i/%205", 422, "user_id"),
+    ("/u2i/5.0", 422, "user_id"),
+    ("/u2i/1234567890123456789", 422, "user_id"),
+    ("/i2i/1_0", 422, "movie_id"),
+    ("/i2i/%2B1", 422, "movie_id"),
+    ("/u2i/1?k=1_0", 422, "k"),
+    ("/i2i/1?k=+5", 422, "k"),
+    ("/i2i/1?k=5.0", 422, "k"),
 ])
 def test_bad_input(world, path, status, needle):
     r = world["client"].get(path)
@@ -489,6 +500,9 @@ def test_protocol_fast_path_answers_like_the_fastapi_routes(world):
         # anything else still reaches FastAPI through the same protocol
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.get("/u2i/abc").status_code == 422 and client.head(f"/i2i/{m}").status_code == 405
+            for bad in ("/u2i/1_0", "/i2i/1_0", f"/u2i/{u}?k=1_0", "/u2i/+5"):
+                r = client.get(bad)
+                assert r.status_code == 422 and "decimal digits" in r.text, (bad, r.text)
             assert client.get(f"/u2i/{u}?k=7").json() == world["client"].get(f"/u2i/{u}?k=7").json()
 
 

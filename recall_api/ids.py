@@ -1,0 +1,38 @@
+"""Strict parsing of the numbers in request URLs: a movie or user id, and ``k``, are plain ASCII digits.
+
+Python's ``int()`` — and pydantic's lax integer parsing behind FastAPI's ``int`` parameters — also take
+``"1_0"`` (10), ``"+5"``, ``" 5"``, ``"5.0"`` and any number of digits, so ``/u2i/1_0`` would answer for user 10.
+The fast paths (:class:`recall_api.app.FastPath`, :mod:`recall_api.protocol`) only take ``[0-9]{1,18}`` ids and
+``k=[0-9]{1,4}``; the FastAPI routes take exactly the same language through :func:`digits` and answer 422 naming
+the parameter for anything else.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BeforeValidator
+
+ID_DIGITS = 18  # every 18-digit number fits an int64
+K_DIGITS = 4
+
+
+def digits(max_digits: int) -> BeforeValidator:
+    """A pydantic validator for an ``int`` URL parameter written as 1 to ``max_digits`` ASCII digits.
+
+    Values that are not strings (a parameter's default) pass through to the ``int`` validation.
+    """
+    pattern = re.compile(rf"[0-9]{{1,{max_digits}}}")
+
+    def check(value):
+        if not isinstance(value, str):
+            return value
+        if pattern.fullmatch(value) is None:
+            raise ValueError(f"must be 1 to {max_digits} decimal digits 0-9 (got {value!r})")
+        return int(value)
+
+    return BeforeValidator(check)
+
+
+STRICT_ID = digits(ID_DIGITS)
+STRICT_K = digits(K_DIGITS)
