@@ -11,9 +11,10 @@ The IVF search is approximate: it visits the ``nprobe`` of ``nlist`` lists whose
 (exact when ``nprobe == nlist``).  Measured on 1M isotropic random vectors (dim 32, nlist 1000; the worst
 case, real MF vectors cluster), overlap of the u2i top 50 with brute force / ms per query (one thread):
 nprobe 16: 0.33 / 0.23, 32: 0.47 / 0.38, 64: 0.67 / 1.2, 128: 0.82 / 2.1, 256: 0.95 / 5.0 (brute force ~10 ms),
-hence the default 128; ``bench/api.py --faiss yes`` reports the agreement on the served data.  Changed rows are replaced in place (``remove_ids`` through a hash-table
-direct map, then ``add_with_ids``) so the incremental refresh costs O(changed rows).  Excluded rows
-(a user's rated movies, the query movie) are removed by over-fetching ``k + len(exclude)`` candidates.
+hence the default 128; ``bench/api.py --faiss yes`` reports the agreement on the served data.  Changed rows are
+replaced in place (``remove_ids`` through a hash-table direct map, then ``add_with_ids``) so the incremental
+refresh costs O(changed rows).  Excluded rows (a user's rated movies, the query movie) are removed by
+over-fetching ``k + len(exclude)`` candidates.
 Faiss calls release the GIL; one lock serializes updates against searches.
 """
 

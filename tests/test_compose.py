@@ -135,3 +135,75 @@ def test_startup_order_and_volumes():
     assert SERVICES["learner"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert SERVICES["learner"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert SERVICES["recall_api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+# ----------------------------------------------------------------------------- images per role
+PYPROJECT = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())
+#: the Dockerfile target that runs each app service's entry point (a role = a pyproject extra)
+ROLE_OF_MODULE = {"producer.prepare": "producer", "producer.replay": "producer", "learner": "learner",
+                  "learner.__main__": "learner", "recall_api": "recall", "recall_api.__main__": "recall"}
+
+
+def _stages() -> dict[str, str]:
+    """Dockerfile stage name -> its text (up to the next FROM)."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^(?=FROM\s)", text, flags=re.M)
+    stages = {}
+    for part in parts:
+        m = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", part, re.I)
+        if m:
+            stages[m.group(1)] = part
+    return stages
+
+
+def _requirement_names(reqs: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower().replace("_", "-") for r in reqs}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_service_builds_the_target_of_its_role(name):
+    svc = SERVICES[name]
+    build = svc["build"]
+    assert isinstance(build, dict) and build.get("context") == ".", f"{name}: build {build!r}"
+    module, _ = _module_of(svc["command"])
+    role = ROLE_OF_MODULE[module]
+    assert build.get("target") == role, f"{name} runs {module}: target {role!r} expected, got {build.get('target')!r}"
+    assert role in _stages(), f"the Dockerfile has no stage {role!r}"
+    assert svc["image"].split(":")[0] == f"lfm-stream-{role}", f"{name}: image {svc['image']!r}"
+
+
+@pytest.mark.parametrize("role", ["producer", "learner", "recall"])
+def test_each_role_stage_installs_its_extra_then_the_sources(role):
+    stage = _stages()[role]
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert role in extras, f"pyproject has no extra {role!r}"
+    install = stage.index(f'pip install ".[{role}]"')
+    assert install < stage.index("COPY --from=sources"), f"{role}: the sources come after the dependency layer"
+    assert re.search(r"^USER\s+lfm\s*$", stage, re.M), f"{role}: runs as root"
+    # the base stage copies what setuptools needs to build the package, LICENSE included (license-files)
+    base = _stages()["base"]
+    assert re.search(r"^COPY\s+pyproject\.toml\s+README\.md\s+LICENSE\s", base, re.M)
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
+    sources = _stages()["sources"]
+    for pkg in ("lfm_stream", "producer", "learner", "ps_redis", "recall_api"):
+        assert re.search(rf"^COPY\s+{pkg}\s+/{pkg}\s*$", sources, re.M), f"the sources stage does not copy {pkg}"
+
+
+def test_recall_image_carries_no_tensorflow():
+    core = _requirement_names(PYPROJECT["project"]["dependencies"])
+    recall = _requirement_names(PYPROJECT["project"]["optional-dependencies"]["recall"])
+    assert not {n for n in core | recall if n.startswith("tensorflow")}, "TensorFlow in the recall install"
+    for role in ("learner", "producer"):
+        assert {"tensorflow-cpu", "tensorflow"} <= _requirement_names(
+            PYPROJECT["project"]["optional-dependencies"][role]), f"{role} needs TensorFlow"
+    assert "scikit-learn" not in core, "scikit-learn is a test dependency only"
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    patterns = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    for big in (".git", ".venv", ".ci-venv", "data", ".lfm", "datasets"):
+        assert big in patterns, f".dockerignore does not exclude {big}"
+    for needed in ("pyproject.toml", "README.md", "LICENSE", "lfm_stream", "producer", "learner", "ps_redis",
+                   "recall_api"):
+        assert needed not in patterns, f".dockerignore excludes {needed}, which the image needs"
