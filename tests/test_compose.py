@@ -207,3 +207,15 @@ def test_dockerignore_keeps_the_build_context_small():
     for needed in ("pyproject.toml", "README.md", "LICENSE", "lfm_stream", "producer", "learner", "ps_redis",
                    "recall_api"):
         assert needed not in patterns, f".dockerignore excludes {needed}, which the image needs"
+
+
+def test_recall_modules_import_without_tensorflow():
+    """What the recall image runs imports no TensorFlow (``import tensorflow`` fails in this child process)."""
+    code = ("import sys, importlib, pkgutil\n"
+            "sys.modules['tensorflow'] = None  # any import of it raises ImportError\n"
+            "import recall_api\n"
+            "for m in pkgutil.iter_modules(recall_api.__path__):\n"
+            "    importlib.import_module('recall_api.' + m.name)\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
