@@ -153,7 +153,13 @@ class ActivityLog:
         if k <= 0:
             return []
         res = self._call(("ZRANGE", self.keys.act_popular, 0, k - 1, "REV", "WITHSCORES"))[0]
-        return [(int(m), float(c)) for m, c in _pairs(res)]
+        out = []
+        for m, c in _pairs(res):
+            try:
+                out.append((int(m), float(c)))
+            except ValueError:  # a member that names no movie (not written by record()): skipped
+                continue
+        return out
 
     def clock(self) -> int | None:
         """Largest event timestamp recorded (unix seconds), None before the first batch."""

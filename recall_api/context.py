@@ -10,17 +10,22 @@ the PS's :class:`~ps_redis.keys.KeySpace`, rows are decoded by :func:`ps_redis.c
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from lfm_stream.hashing import user_hash
-from ps_redis.codec import decode
+from ps_redis.codec import CorruptRowError, decode
 from ps_redis.connection import run
 from recall_api.prior import USER_CTX_TABLE
+from recall_api.refresh import MAX_ABS
 from recall_api.resp import RespClient, pack
 from recall_api.resp import supported as resp_supported
 from recall_api.topk import parse_ids
 from recall_api.types import StoreConfig
 from recall_api.usercache import UserCache
+
+log = logging.getLogger("recall_api")
 
 
 class ContextReader:
@@ -37,6 +42,7 @@ class ContextReader:
         self.with_period = with_period
         self.user_cache = user_cache
         self.client = None  # asyncio Redis client of read_async (RespClient, or redis.asyncio for TLS URLs)
+        self._reported: set[str] = set()  # keys of unusable user rows already logged
 
     @property
     def tracking(self) -> bool:
@@ -60,10 +66,30 @@ class ContextReader:
             ctx, _ = decode([replies[2]], [keys[2].encode()], ps.dim)
             period = int(np.rint(ctx["bias"][0]))
         rated = parse_ids(members)
+        return self.user_vector(value, keys[0], ps.dim), rated, period
+
+    def user_vector(self, value: bytes | None, key: str, dim: int) -> np.ndarray | None:
+        """The vector of a stored user row, or None when there is none or it is unusable — the wrong length, not
+        finite or beyond ±MAX_ABS (logged once per key; the user is then answered like one without a vector)."""
         if value is None:
-            return None, rated, period
-        rows, _ = decode([value], [keys[0].encode()], ps.dim)
-        return rows["vec"][0], rated, period
+            return None
+        try:
+            rows, _ = decode([value], [key.encode()], dim)
+        except CorruptRowError as exc:
+            self._report(key, str(exc))
+            return None
+        vec = rows["vec"][0]
+        if not (np.abs(vec) <= MAX_ABS).all():  # (False for NaN too)
+            self._report(key, f"user row {key!r} has a vector that is not finite or beyond ±{MAX_ABS:g}")
+            return None
+        return vec
+
+    def _report(self, key: str, problem: str) -> None:
+        if key not in self._reported:
+            if len(self._reported) >= 10_000:  # bounded: a flood of bad rows is logged again after a while
+                self._reported.clear()
+            self._reported.add(key)
+            log.warning("%s; answered as a user without a vector", problem)
 
     def replies(self, ps, user_id: int) -> tuple[list[str], list]:
         """(keys, raw replies) of one pipelined read over the PS's connection (one round trip per node)."""

@@ -130,7 +130,7 @@ def lookup_rows(positions: dict[int, int], keys) -> np.ndarray:
 
 def parse_ids(members) -> np.ndarray:
     """int64 ids of Redis set members (``bytes`` such as ``b"318"``, or ints), in one C call for the usual
-    decimal members; a member that is not an integer is skipped (it names no movie)."""
+    decimal members; a member that is not an int64 is skipped (it names no movie)."""
     if not isinstance(members, (list, tuple)):
         members = list(members)
     try:
@@ -142,9 +142,11 @@ def parse_ids(members) -> np.ndarray:
     out = []
     for m in members:
         try:
-            out.append(int(m))
+            v = int(m)
         except ValueError:
-            pass
+            continue
+        if -(1 << 63) <= v < 1 << 63:
+            out.append(v)
     return np.array(out, dtype=np.int64)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from lfm_stream.hashing import movie_hash
+from lfm_stream.hashing import movie_hash, user_hash
 from ps_redis import ParameterServer
 from ps_redis.activity import ActivityLog
 from ps_redis.codec import row_dtype
@@ -108,3 +108,27 @@ def test_rows_that_turn_bad_leave_the_matrix_and_a_bad_change_entry_reloads(garb
         wait_for(lambda: np.allclose(store.matrix.snapshot().vec[store.matrix.row_of_raw(c)], 0.25))
         assert store.healthy and client.get(f"/i2i/{c}").status_code == 200
         assert client.get("/healthz").json()["vectors_loaded"] == len(GOOD) - 2
+
+
+def test_malformed_user_rows_seen_sets_and_popularity_are_skipped(garbage, caplog):
+    """A user row of the wrong length or with a NaN vector is answered like a user without a vector (logged once);
+    garbage members of a seen set or of the popularity ranking are skipped."""
+    ps, r = garbage["ps"], garbage["r"]
+    user_key = lambda u: ps.keys.row_key("user", user_hash(u))  # noqa: E731
+    r.set(user_key(3), b"\x00" * 5)
+    row = np.frombuffer(r.get(user_key(4)), row_dtype(DIM)).copy()
+    row["vec"][0, 0] = np.nan
+    r.set(user_key(4), row.tobytes())
+    r.sadd(f"{ps.keys.act_seen_prefix}5", b"abc", b"99999999999999999999999", b"-1")
+    r.zadd(ps.keys.act_popular, {b"not a movie": 10**9})
+    store = RecallStore(StoreConfig(garbage["url"], garbage["ns"], dim=DIM, refresh_interval=0.05),
+                        garbage["catalog"])
+    with caplog.at_level(logging.WARNING, logger="recall_api"), \
+            ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        for u in (3, 4, 5, 3, 4):
+            got = client.get(f"/u2i/{u}?k=20")
+            assert got.status_code == 200, got.text
+            assert {it["movie_id"] for it in got.json()["items"]} <= set(GOOD.tolist())
+        assert store.popularity(5).movies and set(store.popularity(5).movies) <= set(GOOD.tolist())
+    assert caplog.text.count("has 5 bytes, expected") == 1  # once per key, not once per request
+    assert caplog.text.count("has a vector that is not finite") == 1
