@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import socket
@@ -112,7 +113,7 @@ class Live:
 
     def close(self) -> None:
         """Last progress record, bar closed, dashboard records flushed (a few seconds at most), server stopped."""
-        snap = self.tracker.snapshot()
+        snap = dataclasses.replace(self.tracker.snapshot(), state="stopped")
         self.prom.progress(snap)
         self.publish(progress_record(snap))
         self.view.close()

@@ -40,6 +40,7 @@ STATES = {
     "running": "records flow; the lag is unknown",
     "caught up": "no record for over IDLE_AFTER_S and the lag is 0 (or unknown): waiting for records",
     "waiting for records": "no record for over IDLE_AFTER_S although the lag is > 0 (consumer or broker stalled)",
+    "stopped": "the learner finished (its last progress record)",
 }
 
 

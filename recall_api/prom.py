@@ -5,7 +5,7 @@
   ASGI app and by :mod:`recall_api.protocol` for the requests it answers itself;
 - read from the store at scrape time (:class:`StoreCollector`): vectors loaded, refreshes, the freshness (how far
   the applied changes trail the learner's newest, in seconds of stream time, and the age of the last refresh),
-  user-cache hits / misses / invalidations, errors.
+  user-cache hits / misses / invalidations, errors, the PS's rows per table and Redis memory.
 
 One :class:`RecallMetrics` per app (its own registry: tests run several apps in one process).
 """
@@ -105,6 +105,28 @@ class StoreCollector:
         yield _counter("lfm_recall_user_cache_invalidations", "Users dropped from the cache by Redis invalidations",
                        cache.get("invalidated"))
         yield _gauge("lfm_recall_user_cache_users", "Users in the cache", cache.get("users"))
+        yield from self._ps()
+
+    def _ps(self):
+        """Rows per PS table and Redis memory (skipped while Redis does not answer)."""
+        import redis
+
+        from ps_redis import PSError
+        from recall_api.dashboard import TABLES, redis_memory
+
+        ps = self.store.ps
+        if ps is None:
+            return
+        try:
+            rows = {t: ps.count(t) for t in TABLES}
+            memory = redis_memory(ps.redis)
+        except (redis.RedisError, PSError, OSError):
+            return
+        family = GaugeMetricFamily("lfm_ps_rows", "Rows of a PS table in the served namespace", labels=["table"])
+        for table, n in rows.items():
+            family.add_metric([table], float(n))
+        yield family
+        yield _gauge("lfm_redis_used_memory_bytes", "used_memory of the Redis server (all namespaces)", memory)
 
 
 def _gauge(name: str, doc: str, value):

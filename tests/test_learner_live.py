@@ -110,6 +110,7 @@ def test_live_appends_records_and_progress_to_the_namespace_stream(client):
     recs, _ = MetricsLog(client, ns).read()
     kinds = [r["event"] for r in recs]
     assert kinds[:3] == ["progress", "train", "progress"] and kinds[-1] == "progress"
+    assert recs[-1]["state"] == "stopped"
     progress = recs[2]
     assert progress["events"] == 640 and progress["lag"] == 360 and progress["state"] == "draining the backlog"
     assert all(r["source"] == live.source for r in recs)

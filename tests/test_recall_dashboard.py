@@ -98,3 +98,5 @@ def test_metrics_time_requests_per_route_and_read_the_store(served):
     assert metric(text, "lfm_recall_user_cache_hits_total") >= 2  # the same user twice more after the first
     assert metric(text, "lfm_recall_vectors_loaded") == 200
     assert metric(text, "lfm_recall_healthy") == 1.0
+    assert metric(text, "lfm_ps_rows", table="user") == 30 and metric(text, "lfm_ps_rows", table="item") == 200
+    assert metric(text, "lfm_redis_used_memory_bytes") > 0

@@ -94,7 +94,7 @@
   function draw(id, series, opts) {
     opts = opts || {};
     const el = document.getElementById(id);
-    const W = 560, H = 210, L = 52, R = 14, T = 10, B = 26;
+    const W = 460, H = 200, L = 46, R = 12, T = 10, B = 24;
     const all = series.flatMap((s) => s.pts);
     let body = "";
     if (!all.length) {
@@ -106,7 +106,7 @@
       if (x1 === x0) { x0 -= 1; x1 += 1; }
       if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
       const step = niceStep(y1 - y0, 4);  // the y axis runs from a tick to a tick
-      y0 = Math.floor(y0 / step + 1e-9) * step;
+      y0 = opts.zero && y0 > -0.01 * step ? 0 : Math.floor(y0 / step + 1e-9) * step;  // a -0.0001 stays on 0
       y1 = Math.ceil(y1 / step - 1e-9) * step;
       const yt = ticks(y0, y1, Math.round((y1 - y0) / step));
       const sx = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
@@ -115,8 +115,9 @@
         body += '<line class="grid-line" x1="' + L + '" x2="' + (W - R) + '" y1="' + sy(v) + '" y2="' + sy(v) + '"/>';
         body += '<text x="' + (L - 6) + '" y="' + (sy(v) + 4) + '" text-anchor="end">' + fmt(v) + "</text>";
       }
-      for (const v of ticks(x0, x1, 5)) {
-        body += '<text x="' + sx(v) + '" y="' + (H - 8) + '" text-anchor="middle">' + (opts.time ? clock(v) : fmt(v)) + "</text>";
+      for (const v of ticks(x0, x1, opts.time ? 4 : 5)) {
+        const x = sx(v), anchor = x > W - R - 30 ? "end" : x < L + 30 ? "start" : "middle";  // labels stay inside
+        body += '<text x="' + x + '" y="' + (H - 8) + '" text-anchor="' + anchor + '">' + (opts.time ? clock(v) : fmt(v)) + "</text>";
       }
       body += '<line class="axis" x1="' + L + '" x2="' + L + '" y1="' + T + '" y2="' + (H - B) + '"/>';
       body += '<line class="axis" x1="' + L + '" x2="' + (W - R) + '" y1="' + (H - B) + '" y2="' + (H - B) + '"/>';
@@ -165,7 +166,8 @@
     draw("chart-lag", perLearner((s) => [{ name: "lag", pts: pts(s.progress, "time", "lag") }]), { time: true, zero: true });
     draw("chart-fresh", [
       { name: "freshness lag (s)", pts: polled((p) => p.recall && p.recall.lag_s) },
-      { name: "refresh age (s)", pts: polled((p) => p.recall && p.recall.refresh_age_s) },
+      // an age read on another thread than the refresh's clock can come out a hair below 0
+      { name: "refresh age (s)", pts: polled((p) => p.recall && isNum(p.recall.refresh_age_s) ? Math.max(0, p.recall.refresh_age_s) : null) },
     ], { time: true, zero: true });
     draw("chart-rows", [
       { name: "user", pts: polled((p) => p.ps && p.ps.rows.user) },
