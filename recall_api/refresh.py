@@ -10,7 +10,9 @@ Whatever Redis holds, a load neither crashes nor allocates without bound: a stor
 vector or bias that is not finite or beyond ±:data:`MAX_ABS`, a raw id outside [0, 2**32) that the catalog cannot
 name, a key whose id is no int64 are skipped with a log line (and counted in ``stats.extra["rows_skipped"]``); a
 row that turns bad leaves the matrix; a malformed change-stream entry triggers a full reload (whose cursor is past
-it); the initial capacity does not trust the row counter beyond :data:`MAX_INITIAL_CAPACITY`.
+it); the initial capacity does not trust the row counter beyond :data:`MAX_INITIAL_CAPACITY`, and a namespace
+whose dimension exceeds :data:`MAX_DIM` is not loaded (a :class:`~ps_redis.PSError`: the store reports it and
+retries).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ps_redis import PSError
 from ps_redis.activity import CursorExpired
 from ps_redis.codec import CorruptRowError
 from ps_redis.connection import node_clients
@@ -35,6 +38,7 @@ logger = logging.getLogger("recall_api")
 MAX_ABS = 1e6  # a trained vector entry or bias is far below this; beyond, scores could overflow float32
 RAW_ID_LIMIT = 1 << 32  # raw movie ids the learner accepts: [0, 2**32)
 MAX_INITIAL_CAPACITY = 1 << 18  # rows preallocated at most (the matrix grows by doubling past it)
+MAX_DIM = 4096  # vector dimensions loaded at most
 _I64 = np.iinfo(np.int64)
 _FIELDS = ("ids", "vec", "bias", "accum", "count", "updated", "raw", "found")
 
@@ -92,6 +96,9 @@ def scan_items(ps, chunk: int, stats: RefreshStats) -> Iterator[Rows]:
 
 def full_load(ps, log, catalog: Catalog, config: StoreConfig, stats: RefreshStats):
     """Every item row into a new matrix (and a Faiss index with ``config.faiss``); returns (matrix, index, cursor)."""
+    if not 1 <= ps.dim <= MAX_DIM:  # a dim from a garbage @meta would size the matrix
+        raise PSError(f"namespace {ps.namespace!r} holds dim-{ps.dim} rows, more than the {MAX_DIM} this service "
+                      "loads; not loading")
     cursor = log.cursor()  # first, so changes made during the scan are re-pulled afterwards
     try:
         expected = ps.count("item")

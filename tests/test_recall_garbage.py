@@ -132,3 +132,19 @@ def test_malformed_user_rows_seen_sets_and_popularity_are_skipped(garbage, caplo
         assert store.popularity(5).movies and set(store.popularity(5).movies) <= set(GOOD.tolist())
     assert caplog.text.count("has 5 bytes, expected") == 1  # once per key, not once per request
     assert caplog.text.count("has a vector that is not finite") == 1
+
+
+def test_a_namespace_claiming_a_huge_dimension_is_reported_not_loaded(redis_url):
+    from ps_redis.keys import KeySpace
+
+    ns = f"gd{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(redis_url)
+    r.hset(KeySpace(ns).meta, mapping={"dim": 10**9})
+    store = RecallStore(StoreConfig(redis_url, ns, dim=None, refresh_interval=0.05))
+    try:
+        with ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            health = client.get("/healthz")
+            assert health.status_code == 503 and "dim-1000000000 rows, more than the 4096" in health.text
+            assert store.matrix is None and not store.healthy
+    finally:
+        r.close()
