@@ -3,20 +3,22 @@
 A rating event is a ``tf.train.Example`` with these features (all scalars):
 
 =================  =======  ==========================================================
-feature            dtype    meaning
+feature            dtype    meaning (and the range the learner accepts)
 =================  =======  ==========================================================
 ``schema_version`` int64    :data:`SCHEMA_VERSION`; consumers reject other versions
-``user_id``        int64    ``bkdr2hash64("UserID=<raw>")`` (60 bits)
-``movie_id``       int64    ``bkdr2hash64("MovieID=<raw>")`` (60 bits)
-``raw_user_id``    int64    MovieLens user id
-``raw_movie_id``   int64    MovieLens movie id
-``rating``         float32  0.5 .. 5 stars
-``label``          float32  1.0 if rating >= pos_threshold else 0.0
-``timestamp``      int64    seconds since the epoch
+``user_id``        int64    ``bkdr2hash64("UserID=<raw>")`` (60 bits: [0, 2**60))
+``movie_id``       int64    ``bkdr2hash64("MovieID=<raw>")`` (60 bits: [0, 2**60))
+``raw_user_id``    int64    MovieLens user id ([0, 2**32))
+``raw_movie_id``   int64    MovieLens movie id ([0, 2**32))
+``rating``         float32  0.5 .. 5 stars (finite, in the learner's rating range)
+``label``          float32  1.0 if rating >= pos_threshold else 0.0 (exactly 0 or 1)
+``timestamp``      int64    seconds since the epoch (default window [0, now + 1 day])
 =================  =======  ==========================================================
 
-The same serialized bytes are stored in the TFRecord shards and carried unchanged as Kafka message
-values, so the learner decodes files and stream with one feature spec (:func:`feature_spec`).
+Every feature holds exactly one value.  The same serialized bytes are stored in the TFRecord shards and
+carried unchanged as Kafka message values, so the learner decodes files and stream with one feature spec
+(:func:`feature_spec`); a stream record outside these ranges is dead-lettered by the learner
+(``learner.validate``), never trained.
 TensorFlow is imported lazily: the recall service uses this module without it.
 """
 
