@@ -31,7 +31,7 @@ from pathlib import Path
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
 from lfm_stream.quiet import quiet_tensorflow
-from lfm_stream.version import add_version_flag
+from lfm_stream.version import add_version_flag, version
 from producer.manifest import DataError, load_manifest, verify_shards
 from producer.progress import Progress, iso
 from producer.publish import Interrupted, PublishConfig, Publisher, PublishError
@@ -243,11 +243,16 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
     return summary
 
 
+def describe_pace(throttle: ThrottleConfig) -> str:
+    """The pace in words: ``1000 events/s``, ``speedup x60`` or ``as fast as possible``."""
+    return (f"{throttle.rate:g} events/s" if throttle.mode == "rate" else
+            f"speedup x{throttle.speedup:g}" if throttle.mode == "speedup" else "as fast as possible")
+
+
 def print_summary(cfg: ReplayConfig, s: Summary, out=None) -> None:
     """The final report: events, seconds, rate achieved, last timestamp, resume position."""
     out = out or sys.stdout
-    target = (f"{cfg.throttle.rate:g} events/s" if cfg.throttle.mode == "rate" else
-              f"speedup x{cfg.throttle.speedup:g}" if cfg.throttle.mode == "speedup" else "as fast as possible")
+    target = describe_pace(cfg.throttle)
     head = f"stopped by {s.stopped_by}: " if s.stopped_by else ""
     print(f"{head}replayed {s.events} events in {s.seconds:.1f} s ({s.rate:.0f} events/s; target {target}) "
           f"to topic {cfg.publish.topic!r} at {cfg.publish.bootstrap}", file=out)
@@ -367,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are reported by producer.publish
+    print(f"replay {version()}: {cfg.data_dir} to topic {cfg.publish.topic!r} at {cfg.publish.bootstrap}, "
+          f"{describe_pace(cfg.throttle)}", file=sys.stderr, flush=True)
     stop = Stop()
     previous = stop.install()
     try:

@@ -130,6 +130,8 @@ def test_demo_ctrl_c_stops_clients_before_servers(ml_small_ratings, tmp_path):
     assert not ALARMS.findall(out), f"alarming lines in the demo:\n{out[-6000:]}"
     assert re.search(r"^recall_api \S+: namespace 'lfm-demo' of redis://127\.0\.0\.1:\d+/0, serving http://", out, re.M)
     assert re.search(r"lfm-learner \S+: consuming 'ratings-demo-\d+' from 127\.0\.0\.1:\d+", out)
+    assert re.search(r"^replay \S+: \S+ to topic 'ratings-demo-\d+' at 127\.0\.0\.1:\d+, as fast as possible$", out,
+                     re.M)
     # the demo's servers are gone: nothing answers on the ports of its stack any more
     redis_port = int(re.search(r"Redis redis://127\.0\.0\.1:(\d+)/0", out).group(1))
     import socket
