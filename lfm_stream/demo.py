@@ -195,7 +195,9 @@ def run(cfg: DemoConfig) -> dict:
             argv = [PY, "-m", "learner", "--redis-url", stack.redis_url, "--bootstrap", stack.bootstrap,
                     "--topic", topic, "--group", f"demo-{name}-{stamp}", "--namespace", ns,
                     "--data-dir", str(prepared), "--metrics", str(metrics), "--max-events", str(events),
-                    "--idle-timeout", "60", "--checkpoint-dir", str(cfg.workdir / "checkpoints"), *extra]
+                    "--idle-timeout", "60", "--checkpoint-dir", str(cfg.workdir / "checkpoints"),
+                    "--progress-interval", "0",  # the replay's bar is the demo's progress: one bar per terminal
+                    *extra]
             log = None if name == "default" else open(cfg.workdir / f"learner-{name}.log", "w")
             _say(f"learner ({name}) -> namespace {ns}" + ("" if log is None else f", log {log.name}"))
             learners[name] = (subprocess.Popen(argv, env=env, stderr=log), metrics, ns)
@@ -239,7 +241,8 @@ def run(cfg: DemoConfig) -> dict:
         (cfg.workdir / "report.json").write_text(json.dumps(report, indent=2))
         _print_report(report)
         if not cfg.once:
-            _say(f"recall API running at {api_url} (docs: {api_url}/docs); Ctrl-C stops everything")
+            _say(f"recall API running at {api_url} (docs: {api_url}/docs, live dashboard: {api_url}/dashboard); "
+                 "Ctrl-C stops everything")
             try:
                 api.wait()
             except KeyboardInterrupt:
@@ -274,6 +277,7 @@ def _print_report(r: dict) -> None:
               f"  AUC plot:    {r['plot']}",
               f"  a vector:    {r['redis_cli']}",
               f"  recall API:  {r['api_url']}/u2i/{u2i.get('user_id')}?k=10   {r['api_url']}/docs",
+              f"  dashboard:   {r['api_url']}/dashboard",
               "=" * 72]
     print("\n".join(lines), flush=True)
 
