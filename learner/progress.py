@@ -260,9 +260,9 @@ class ProgressView:
                             desc="learner", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                                       "events{postfix}")
         total = snap.events + (snap.lag or 0)
-        self.bar.total = max(total, 1)
+        self.bar.total = total if total > 0 else None  # None: no bar until something is known
         self.bar.n = snap.events
-        rest = [f"{_num(snap.rate)} ev/s"] if snap.rate is not None else []
+        rest = [f"{_num(snap.rate)} ev/s"] if snap.rate is not None and not snap.idle else []
         rest.append("lag ?" if snap.lag is None else f"lag {_num(snap.lag)}")
         if snap.state == "draining the backlog" and snap.eta_s is not None:
             rest.append(f"ETA {_dur(snap.eta_s)}")
