@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lfm_stream.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before InputFn imports TensorFlow
     args = build_parser().parse_args(argv)
     try:
         cfg = LearnerConfig(redis_url=args.redis_url, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
