@@ -1,13 +1,18 @@
-"""Model quality through the whole stream path on MovieLens (JSON on stdout).
+"""Model and recall quality through the whole stream path (JSON on stdout).
 
-prepare (test split and, for choosing hyperparameters, the validation split) → replay into the broker →
-``python -m learner`` to end of stream → metrics against the PS with 95% bootstrap intervals over users:
+For each run: prepare the data → replay it into the broker → ``python -m learner`` and ``python -m learner.items``
+to the end of the stream → the learner's test metrics (AUC with 95% bootstrap intervals over users) and the
+served recall of ``bench/recall.py`` (the recall service's own code: served HR@10 / HR@50 / Recall@50, the channel
+ablations, popularity, i2i next-item), all against the run's held-out ratings:
 
-    python bench/quality.py                               # defaults + --preset seed on ml-latest-small
-    python bench/quality.py --runs default --set lr=0.05  # one variant (key=value model overrides)
+    python bench/quality.py --runs val,cut50,cut75,half0,half1    # validation folds (choose settings here)
+    python bench/quality.py --runs test,seed                      # the test split, read once at the end
+    python bench/quality.py --runs val --set lr=0.05              # a variant (key=value model overrides)
 
-Prints ``{"runs": {name: {test_auc, warm_auc, prequential_auc, prequential_hr_at_50, hr_at_10, hr_at_50,
-recall_at_50, popularity_hr_at_50, events, seconds, ...}}}``; intervals as ``<metric>_ci: [lo, hi]``.
+Runs: the folds of ``bench/folds.py`` (cut from the train split only), ``test`` (the seed protocol's test split)
+and ``seed`` (the test split with ``--preset seed``).  Prints ``{"runs": {name: {test_auc, test_auc_ci, warm_auc,
+prequential_auc, served_hr_at_10, served_hr_at_50, served_recall_at_50 (each with _ci), popularity_hr_at_50,
+ablations: {...}, i2i: {...}, ...}}, "spread": {...}}``.
 Starts its own redis-server + Tansu (``LocalStack(use_env=False)``) unless --redis-url / --bootstrap are given.
 """
 
@@ -15,78 +20,89 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-DEFAULT_RATINGS = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+import folds  # noqa: E402
+import recall  # noqa: E402
+
+DEFAULT_RATINGS = folds.DEFAULT_RATINGS
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    return subprocess.run(cmd, cwd=ROOT, env=env, check=True, text=True, **kw)
-
-
-def prepare(ratings: Path, out: Path, validation: bool) -> Path:
+def prepare(ratings: Path, out: Path) -> Path:
     if not (out / "manifest.json").exists():
-        cmd = [sys.executable, "-m", "producer.prepare", "--ratings", str(ratings), "--out", str(out), "--force"]
-        sh(cmd + (["--validation"] if validation else []), capture_output=True)
+        subprocess.run([sys.executable, "-m", "producer.prepare", "--ratings", str(ratings), "--out", str(out),
+                        "--force"], cwd=ROOT, env=recall.child_env(), check=True, capture_output=True)
     return out
 
 
-def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args: list[str], work: Path,
-            n_boot: int) -> dict:
-    """Replay ``data`` into a fresh topic, train one learner to the end, evaluate with intervals."""
+def data_for(run: str, ratings: Path, work: Path) -> Path:
+    """The prepared data of a run: a fold of the train split, or the test split itself."""
+    if run in ("test", "seed"):
+        return prepare(ratings, work / "test")
+    src = work / "folds" / run / "ratings.csv"
+    if not src.exists():
+        folds.write_ratings(folds.fold(folds.train_split(ratings), run), src)
+    return prepare(src, work / "folds" / run / "data")
+
+
+def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args: list[str], items_args: list[str],
+            work: Path, n_boot: int) -> dict:
+    """Train the learner and the item channel on ``data``'s stream, then evaluate both with intervals."""
     from learner.config import preset
     from learner.evaluate import evaluate
     from learner.input import InputFn, shard_paths
-    from learner.metrics import bootstrap_auc_ci, bootstrap_mean_ci
+    from learner.metrics import bootstrap_auc_ci
     from ps_redis import ParameterServer
-    from ps_redis.activity import ActivityLog
+    from recall_api import Catalog, RecallStore, StoreConfig
 
-    topic, ns = f"q-{name}-{uuid.uuid4().hex[:6]}", f"q{uuid.uuid4().hex[:8]}"
-    sh([sys.executable, "-m", "producer.replay", "--data-dir", str(data), "--bootstrap", bootstrap, "--topic", topic,
-        "--rate", "0", "--partitions", "1", "--state-file", str(work / f"{topic}.state")], capture_output=True)
-    metrics = work / f"{name}.jsonl"
+    run_dir = work / f"run-{name}-{int(time.time())}"
+    run_dir.mkdir(parents=True)
     t0 = time.time()
-    sh([sys.executable, "-m", "learner", "--redis-url", redis_url, "--bootstrap", bootstrap, "--topic", topic,
-        "--namespace", ns, "--group", f"g-{ns}", "--data-dir", str(data), "--metrics", str(metrics),
-        "--idle-timeout", "3", "--train-log-steps", "400",
-        # the topic is pre-filled: only the last micro-batch is partial.  The default 200 ms would also flush
-        # a partial micro-batch whenever the consumer stalls that long mid-stream, which changes the micro-batch
-        # boundaries (and so the figures) from run to run
-        "--flush-ms", "2000", *learner_args], stderr=subprocess.DEVNULL)
-    wall = time.time() - t0
-    recs = [json.loads(line) for line in metrics.read_text().splitlines()]
-    end = recs[-1]
+    trained = recall.train(data, redis_url, bootstrap, run_dir,
+                           # the topic is pre-filled: only the last micro-batch is partial.  The default 200 ms
+                           # would also flush one whenever the consumer stalls that long mid-stream, which moves
+                           # the micro-batch boundaries (and so the figures) from run to run
+                           ("--flush-ms", "2000", "--metrics", str(run_dir / "metrics.jsonl"), *learner_args),
+                           tuple(items_args))
+    end = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     overrides = _model_overrides(learner_args)
     cfg = preset(overrides.pop("preset", "default"), **overrides)
+    ns = trained["namespace"]
     ps = ParameterServer.get(redis_url, ns, cfg.dim)
     test = InputFn().read_all(shard_paths(data, "test"))
-    r = evaluate(ps, ActivityLog(ps), cfg, test, popularity=True)
-    out = {k: end.get(k) for k in ("prequential_auc", "prequential_hr_at_50", "hr_samples", "events", "poison")}
-    out["seconds"] = end["seconds"]
-    out["wall_seconds"] = round(wall, 1)
-    out["events_per_s"] = round(end["events"] / max(end["seconds"], 1e-9), 1)
+    r = evaluate(ps, None, cfg, test)
+    out = {k: end.get(k) for k in ("prequential_auc", "events", "poison")}
+    out["wall_seconds"] = round(time.time() - t0, 1)
     auc, lo, hi = bootstrap_auc_ci(r.users, r.labels, r.preds, n_boot=n_boot)
     out["test_auc"], out["test_auc_ci"] = round(auc, 4), [round(lo, 4), round(hi, 4)]
     w = r.warm
     auc, lo, hi = bootstrap_auc_ci(r.users[w], r.labels[w], r.preds[w], n_boot=n_boot)
     out["warm_auc"], out["warm_auc_ci"] = round(auc, 4), [round(lo, 4), round(hi, 4)]
     out["coverage"] = round(r.metrics["coverage"], 4)
-    for key, vals in r.per_user.items():
-        m, lo, hi = bootstrap_mean_ci(vals, n_boot=1000)
-        out[key], out[f"{key}_ci"] = round(m, 4), [round(lo, 4), round(hi, 4)]
-    out["ranked_users"] = r.metrics.get("ranked_users")
-    out["learner_end_line"] = {k: end.get(k) for k in ("test_auc", "warm_auc", "hr_at_10", "hr_at_50", "recall_at_50")}
+    store = RecallStore(StoreConfig(redis_url, ns), Catalog.load(data))
+    if not store.refresh_once():
+        raise RuntimeError(f"cannot load the model: {store.stats.last_error}")
+    served = recall.evaluate(store, test)
+    for key in ("hr_at_10", "hr_at_50", "recall_at_50"):
+        out[f"served_{key}"] = served["served"][key]["mean"]
+        out[f"served_{key}_ci"] = served["served"][key]["ci95"]
+        out[f"popularity_{key}"] = served["popularity"][key]["mean"]
+    out["ablations"] = {name: {k: v["mean"] for k, v in served[name].items()} for name in recall.ABLATIONS}
+    out["i2i"] = {name[4:]: served[name]["next_item_hr_at_50"] for name in served if name.startswith("i2i_")}
+    out["ranked_users"] = served["users"]
+    out["contract"] = served["contract"]
     out["learner_args"] = learner_args
+    out["items_args"] = items_args
     return out
 
 
@@ -94,20 +110,34 @@ def _model_overrides(learner_args: list[str]) -> dict:
     """``--preset`` and model flags of a learner command line, as ``preset()`` keyword arguments."""
     from learner.__main__ import build_parser
 
-    a = build_parser().parse_args(learner_args)
+    a, _ = build_parser().parse_known_args(learner_args)
     out = {k[2:]: v for k, v in vars(a).items() if k.startswith("m_") and v is not None}
     out["preset"] = a.preset
     return out
 
 
+def spread(runs: dict, keys=("test_auc", "served_hr_at_10", "served_hr_at_50", "served_recall_at_50",
+                             "popularity_hr_at_50")) -> dict:
+    """Mean, min and max of each metric over the validation folds among ``runs``."""
+    fold_runs = [r for name, r in runs.items() if name in folds.FOLDS]
+    out = {}
+    for key in keys:
+        vals = [r[key] for r in fold_runs if r.get(key) is not None]
+        if vals:
+            out[key] = {"mean": round(float(np.mean(vals)), 4), "min": round(min(vals), 4),
+                        "max": round(max(vals), 4), "folds": len(vals)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python bench/quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratings", type=Path, default=DEFAULT_RATINGS, help="MovieLens ratings file")
-    p.add_argument("--runs", default="validation,default,seed",
-                   help="comma list of: validation (defaults on the validation split), default, seed")
+    p.add_argument("--runs", default=",".join(folds.FOLDS),
+                   help=f"comma list of: {', '.join(folds.FOLDS)} (validation folds), test, seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model override for every run except seed (e.g. --set lr=0.05)")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")
+    p.add_argument("--items-arg", action="append", default=[], help="extra learner.items flag (repeatable)")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--work-dir", type=Path, default=None, help="prepared data + metrics (default: a temp dir)")
@@ -130,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"ratings": str(args.ratings), "runs": {}}
     try:
         for run in args.runs.split(","):
-            validation = run == "validation"
-            data = prepare(args.ratings, work / ("val" if validation else "test"), validation)
+            data = data_for(run, args.ratings, work)
             la = (["--preset", "seed"] if run == "seed" else extra) + args.learner_arg
             t = time.time()
-            result["runs"][run] = one_run(run, data, redis_url, bootstrap, la, work, args.bootstrap_samples)
+            result["runs"][run] = one_run(run, data, redis_url, bootstrap, la, args.items_arg, work,
+                                          args.bootstrap_samples)
             print(f"{run}: {json.dumps(result['runs'][run])} ({time.time() - t:.0f}s)", file=sys.stderr, flush=True)
+        result["spread"] = spread(result["runs"])
     finally:
         if stack is not None:
             stack.stop()

@@ -29,6 +29,7 @@ class ChunkIndex:
 
     n: int
     labels: np.ndarray
+    target: np.ndarray  # what the model is trained toward (labels, or graded by the rating)
     uu: np.ndarray
     uinv: np.ndarray
     ucnt: np.ndarray
@@ -54,6 +55,10 @@ def index_chunk(c: dict[str, np.ndarray], m: ModelConfig) -> ChunkIndex:
     """Index a chunk of decoded records (columns of the record schema) for the model ``m``."""
     n = len(c["label"])
     y = c["label"].astype(np.float32)
+    target = y
+    if m.rating_weight:  # the rating as a graded second target (ModelConfig.rating_weight)
+        graded = np.clip((c["rating"] - 0.5) / 4.5, 0.0, 1.0)
+        target = ((1.0 - m.rating_weight) * y + m.rating_weight * graded).astype(np.float32)
     uu, uinv, ucnt = _index(c["user_id"])
     ii, iinv, icnt = _index(c["movie_id"])
     raw_u = np.empty(len(uu), np.int64)
@@ -76,7 +81,7 @@ def index_chunk(c: dict[str, np.ndarray], m: ModelConfig) -> ChunkIndex:
         ulast = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
         np.maximum.at(ulast, uinv, kpop)
         wanted["user_ctx"] = (uu, None)
-    return ChunkIndex(n, y, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, ppop, ulast, wanted)
+    return ChunkIndex(n, y, target, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, ppop, ulast, wanted)
 
 
 def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

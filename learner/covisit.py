@@ -117,3 +117,67 @@ def chunk_update(users: np.ndarray, movies: np.ndarray, labels: np.ndarray, kept
     if n:
         last = bucket[order][ends - 1]
     return ChunkUpdate(pa, pb, pn, dm, dn, kb, km, kn, distinct, recent, last, n)
+
+
+def merge_neighbours(ids: np.ndarray, counts: np.ndarray, add_ids: np.ndarray, add_counts: np.ndarray,
+                     cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """One movie's neighbour list plus new pair counts, most counted first (ties: smaller id first).
+
+    The list holds at most ``2·cap`` neighbours: when a merge goes past that, only the ``cap`` most counted stay
+    (the rest start from zero if they come back).  Trimming rarely, in bulk, keeps the cost per event low and the
+    served top ``cap`` close to exact counts; the rule depends only on the counts, so a replay gives the same lists.
+    """
+    all_ids = np.r_[np.asarray(ids, np.int64), np.asarray(add_ids, np.int64)]
+    all_counts = np.r_[np.asarray(counts, np.int64), np.asarray(add_counts, np.int64)]
+    uniq, inv = np.unique(all_ids, return_inverse=True)
+    summed = np.zeros(len(uniq), np.int64)
+    np.add.at(summed, inv, all_counts)
+    order = np.lexsort((uniq, -summed))
+    if len(order) > 2 * cap:
+        order = order[:cap]
+    return uniq[order], summed[order]
+
+
+class NeighbourLists:
+    """The neighbour lists a worker holds: raw movie → (neighbour raw ids, counts), most counted first.
+
+    Args:
+        cap: neighbours served per movie (a list holds up to ``2·cap``, see :func:`merge_neighbours`).
+    """
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def missing(self, movies: np.ndarray) -> list[int]:
+        """The movies among ``movies`` whose list is not held."""
+        return [m for m in np.unique(movies).tolist() if m not in self.lists]
+
+    def merged(self, update: ChunkUpdate) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The new lists of every movie the update's pairs touch (held lists are not changed: :meth:`keep`
+        them once written)."""
+        out = {}
+        a = update.pair_a
+        if not len(a):
+            return out
+        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+        ends = np.r_[starts[1:], len(a)]
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        for lo, hi in zip(starts.tolist(), ends.tolist()):
+            movie = int(a[lo])
+            ids, counts = self.lists.get(movie, empty)
+            out[movie] = merge_neighbours(ids, counts, update.pair_b[lo:hi], update.pair_n[lo:hi], self.cap)
+        return out
+
+    def keep(self, lists: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.lists.update(lists)
+
+    def clear(self) -> None:
+        self.lists.clear()
+
+
+def encode_neighbours(ids: np.ndarray, counts: np.ndarray) -> str:
+    """``"<id> <count> <id> <count> …"``: the stored form (readable with ``redis-cli GET``)."""
+    flat = np.empty(2 * len(ids), np.int64)
+    flat[0::2], flat[1::2] = ids, counts
+    return " ".join(map(str, flat.tolist()))

@@ -27,7 +27,7 @@ import numpy as np
 
 from learner.backoff import retry
 from learner.config import LearnerConfig
-from learner.covisit import chunk_update
+from learner.covisit import NeighbourLists, chunk_update, encode_neighbours
 from learner.report import say as learner_say
 from lfm_stream.scoring import ScoreContract
 
@@ -55,11 +55,11 @@ class ItemChannel:
         from ps_redis.covisit import Covisit
 
         self.cfg, self.contract = cfg, contract
-        self.ps = ps or ParameterServer.get(cfg.redis_url, cfg.namespace, contract.dim)
+        self.ps = ps or self._namespace(ParameterServer)
         self.store = Covisit(self.ps)
         self.input = InputFn()
-        self.keep = max(contract.pair_window - 1, contract.recent_items)
-        self.kept: dict[int, np.ndarray] = {}
+        self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
+        self.lists = NeighbourLists(contract.neighbors)
         self.events = 0  # stream events applied (the PS's count, read on assignment)
         self.records = 0
         self.poison = 0
@@ -67,6 +67,23 @@ class ItemChannel:
         self.poll_records = poll_records
         self.fetcher = None
         self._stop = False
+
+    def _namespace(self, ParameterServer):
+        """The learner's namespace, once it exists (its dim is the learner's: the worker never sets it)."""
+        from ps_redis import PSError
+
+        cfg, delay, told = self.cfg, 0.1, False
+        while True:
+            try:
+                return ParameterServer.get(cfg.redis_url, cfg.namespace, dim=None)
+            except PSError as exc:
+                if "is empty" not in str(exc):
+                    raise
+                if not told:
+                    say(f"waiting for the learner to create namespace {cfg.namespace!r}")
+                    told = True
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     def _retry(self, what: str, fn, *args, **kwargs):
         import redis
@@ -76,17 +93,41 @@ class ItemChannel:
         return retry(what, fn, *args, errors=(PSConnectionError, redis.ConnectionError, redis.TimeoutError),
                      say=say, max_s=self.cfg.retry_max_s, **kwargs)
 
+    @property
+    def keep(self) -> int:
+        """Movies kept per user: enough for the pair window and the recall query."""
+        return max(self.contract.pair_window - 1, self.contract.recent_items)
+
+    def published_contract(self, fallback: ScoreContract) -> ScoreContract:
+        """The learner's contract from Redis (its channel parameters are the ones to count with); ``fallback``
+        when no learner has written one yet — then it is published (SET NX) so the recall service agrees."""
+        from lfm_stream.scoring import contract_key
+
+        key = contract_key(self.cfg.namespace)
+        raw, _ = self._retry("reading the score contract", self.ps.redis.get, key)
+        if raw is not None:
+            try:
+                return ScoreContract.from_json(raw)
+            except ValueError as exc:
+                say(f"the score contract at {key} is unusable ({exc}); counting with the flags' parameters")
+                return fallback
+        published = fallback.replace(dim=self.ps.dim)
+        self._retry("writing the score contract", self.ps.redis.set, key, published.to_json(), nx=True)
+        return published
+
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         """Resume from the PS offsets; the applied-event count and recent lists are re-read from Redis."""
         stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
         self.events, _ = self._retry("reading the item channel", self.store.events_applied)
         self.kept.clear()
+        self.lists.clear()
         seek = {p: stored[p] for p in partitions if p in stored}
         say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: from the start)'}")
         return seek
 
     def on_revoke(self, partitions: list[int]) -> None:
         self.kept.clear()
+        self.lists.clear()
 
     def process(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> bool:
         """Apply one poll's records; returns whether the write was applied (False: already applied before)."""
@@ -105,18 +146,25 @@ class ItemChannel:
         c = self.contract
         update = chunk_update(users, cols["raw_movie_id"], cols["label"], self.kept, self.events, c.pair_window,
                               self.keep, c.bucket_events)
+        need = self.lists.missing(update.pair_a)
+        if need:
+            got, _ = self._retry("reading neighbour lists", self.store.neighbours, need)
+            self.lists.keep(dict(zip(need, got)))
+        lists = self.lists.merged(update)
         fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
         fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets)
-        applied, _ = self._retry("item channel write", self.store.apply, update, c.neighbors,
+        encoded = {m: encode_neighbours(*v) for m, v in lists.items()}
+        applied, _ = self._retry("item channel write", self.store.apply, update, encoded,
                                  self.events + update.events, c.bucket_events, fence)
         if applied:
             self.events += update.events
-            for user, movies in zip(update.users.tolist(), update.recent):
-                self.kept[user] = movies
+            self.kept.update(zip(update.users.tolist(), update.recent))
+            self.lists.keep(lists)
         else:  # written before (a lost reply or a replay): Redis has it, re-read what depends on it
             self.skipped += 1
             self.events, _ = self._retry("reading the item channel", self.store.events_applied)
             self.kept.clear()
+            self.lists.clear()
         if self.fetcher is not None:
             self.fetcher.commit(fence_offsets)
         return applied
@@ -218,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.poll_records < 1:
         print(f"lfm-items: --poll-records must be >= 1 (got {args.poll_records})", file=sys.stderr)
         return 2
-    ItemChannel(cfg, contract, poll_records=args.poll_records).run()
+    worker = ItemChannel(cfg, contract, poll_records=args.poll_records)
+    worker.contract = worker.published_contract(contract)
+    worker.run()
     return 0
 
 

@@ -61,7 +61,7 @@ class ScoreContract:
     recent_items: int = 10
     recent_min_weight: float = 0.5
     pair_window: int = 10
-    neighbors: int = 200
+    neighbors: int = 100
     bucket_events: int = 1250
     popularity_window: int = 4
     formula: str = FORMULA
@@ -263,10 +263,17 @@ class ItemChannels:
         return uniq, sums / np.sqrt(self.degree[uniq] + 1.0)
 
     def scores(self, contract: ScoreContract, lfm: np.ndarray | None, recent_cols: np.ndarray,
-               bucket: int | None) -> np.ndarray:
+               bucket: int | None, popularity: np.ndarray | None = None) -> np.ndarray:
         """The served score (:func:`blend`) of every column for one user: ``lfm`` = q_u·v_i + b_i (None: the
-        user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event."""
+        user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event
+        (``popularity``: :meth:`popularity` of that bucket, if the caller keeps it).  Computed sparsely: the item
+        channel touches only the recent movies' neighbours."""
+        if popularity is None:
+            popularity = self.popularity(contract, bucket)
+        floor = np.log(contract.covisit_eps)
+        out = contract.covisit_weight * floor + contract.popularity_weight * popularity
         cols, sums = self.covisit(contract, recent_cols)
-        dense = np.zeros(self.n, np.float64)
-        dense[cols] = sums
-        return blend(contract, lfm, dense, self.popularity(contract, bucket))
+        out[cols] += contract.covisit_weight * (np.log(contract.covisit_eps + sums) - floor)
+        if lfm is not None and contract.lfm_weight:
+            out += contract.lfm_weight * np.asarray(lfm, np.float64)
+        return out

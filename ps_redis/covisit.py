@@ -4,14 +4,15 @@ Written by the item-channel worker (:mod:`learner.items`): one ``lfm_covisit`` c
 write of :meth:`ParameterServer.write_rows` (so each event counts once across crashes), read by the recall service.
 All keys share one hash tag (one node of a cluster)::
 
-    {<ns>:@co}:nb:<raw movie>       zset  raw movie → times rated within the pair window of it (top N kept)
+    {<ns>:@co}:nb:<raw movie>       string "<movie> <count> <movie> <count> …": movies rated within the pair
+                                    window of it, most counted first (up to 2N kept, N served)
     {<ns>:@co}:deg                  hash  raw movie → all its pair counts (D, exact)
     {<ns>:@co}:recent:<raw user>    string "<bucket of the user's last event> <movie> … <movie>" (oldest first)
     {<ns>:@co}:pop:<bucket>         hash  raw movie → positive events in that stream bucket
     {<ns>:@co}:pop:all              hash  raw movie → positive events of all time
     {<ns>:@co}:meta                 hash  events (stream events applied), bucket (latest bucket)
 
-Every one is readable with one redis-cli call, e.g. ``ZREVRANGE "{lfm:@co}:nb:318" 0 9 WITHSCORES``,
+Every one is readable with one redis-cli call, e.g. ``GET "{lfm:@co}:nb:318"``,
 ``GET "{lfm:@co}:recent:42"``, ``HGET "{lfm:@co}:deg" 318``.
 """
 
@@ -45,20 +46,11 @@ class Covisit:
         return f"{self.tag}:pop:{int(bucket)}"
 
     # ------------------------------------------------------------------------------- writes
-    def update_command(self, update, neighbours: int, events_after: int, bucket_events: int) -> tuple:
+    def update_command(self, update, neighbour_lists: dict[int, str], events_after: int,
+                       bucket_events: int) -> tuple:
         """The ``FCALL lfm_covisit`` that applies a :class:`learner.covisit.ChunkUpdate` (run inside the fenced
-        ``lfm_write`` of :meth:`apply`): pair counts (each zset trimmed to its ``neighbours`` most counted),
-        degrees, popularity, the users' recent movies and the applied-event count."""
-        zkeys, zargs = [], []
-        if len(update.pair_a):
-            starts = np.flatnonzero(np.r_[True, update.pair_a[1:] != update.pair_a[:-1]])
-            ends = np.r_[starts[1:], len(update.pair_a)]
-            b, n = _ints(update.pair_b), _ints(update.pair_n)
-            for lo, hi in zip(starts.tolist(), ends.tolist()):
-                zkeys.append(self.neighbours_key(update.pair_a[lo]))
-                zargs.append(hi - lo)
-                for j in range(lo, hi):
-                    zargs += [b[j], n[j]]
+        ``lfm_write`` of :meth:`apply`): the changed movies' neighbour lists (encoded, whole), degrees,
+        popularity, the users' recent movies and the applied-event count."""
         hargs = self._pairs(update.degree_movies, update.degree_n)
         hargs += self._pairs(*self._sum_by_movie(update.pop_movies, update.pop_n))
         bkeys = []
@@ -66,13 +58,14 @@ class Covisit:
             at = update.pop_buckets == bucket
             bkeys.append(self.pop_key(bucket))
             hargs += self._pairs(update.pop_movies[at], update.pop_n[at])
-        rkeys, rvals = [], []
+        skeys = [self.neighbours_key(m) for m in neighbour_lists]
+        svals = list(neighbour_lists.values())
         for user, bucket, movies in zip(_ints(update.users), _ints(update.last_bucket), update.recent):
-            rkeys.append(self.recent_key(user))
-            rvals.append(" ".join(map(str, [bucket, *_ints(movies)])))
+            skeys.append(self.recent_key(user))
+            svals.append(" ".join(map(str, [bucket, *_ints(movies)])))
         last = (events_after - 1) // bucket_events if events_after else 0
-        keys = [self.meta_key, self.degree_key, self.pop_total_key, *zkeys, *bkeys, *rkeys]
-        args = [neighbours, events_after, last, len(zkeys), len(bkeys), len(rkeys), *zargs, *hargs, *rvals]
+        keys = [self.meta_key, self.degree_key, self.pop_total_key, *bkeys, *skeys]
+        args = [events_after, last, len(bkeys), len(skeys), *hargs, *svals]
         return ("FCALL", "lfm_covisit", len(keys), *keys, *args)
 
     @staticmethod
@@ -90,9 +83,10 @@ class Covisit:
         np.add.at(out, inv, counts)
         return uniq, out
 
-    def apply(self, update, neighbours: int, events_after: int, bucket_events: int, fence: Fence) -> bool:
-        """Apply an update in one fenced transaction; False when ``fence``'s offsets were already applied."""
-        command = self.update_command(update, neighbours, events_after, bucket_events)
+    def apply(self, update, neighbour_lists: dict[int, str], events_after: int, bucket_events: int,
+              fence: Fence) -> bool:
+        """Apply an update in one fenced write; False when ``fence``'s offsets were already applied."""
+        command = self.update_command(update, neighbour_lists, events_after, bucket_events)
         return self.ps.write_rows({}, fence=fence, extra=[command])
 
     # -------------------------------------------------------------------------------- reads
@@ -120,14 +114,32 @@ class Covisit:
         return out
 
     def neighbours(self, raw_movies) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per movie: (neighbour raw ids, counts), most counted first, in one round trip."""
+        """Per movie: (neighbour raw ids, counts), most counted first (empty for a movie without), one MGET."""
         movies = _ints(raw_movies)
         if not movies:
             return []
-        pipe = self.ps.redis.pipeline(transaction=False)
-        for m in movies:
-            pipe.zrevrange(self.neighbours_key(m), 0, -1, withscores=True)
-        return [parse_neighbours(res) for res in pipe.execute()]
+        return [parse_neighbours(v) for v in self.ps.redis.mget([self.neighbours_key(m) for m in movies])]
+
+    def all_neighbours(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(owner raw ids, neighbour raw ids, counts) of every stored list (SCAN + MGET in batches); malformed
+        keys or values are skipped."""
+        keys = [k.decode() if isinstance(k, bytes) else k
+                for k in self.ps.redis.scan_iter(match=f"{self.tag}:nb:*", count=2000)]
+        owners, cols, counts = [], [], []
+        for lo in range(0, len(keys), 2000):
+            part = keys[lo:lo + 2000]
+            for key, value in zip(part, self.ps.redis.mget(part)):
+                tail = key.rsplit(":", 1)[1]
+                if not tail.isdigit():
+                    continue
+                ids, cnt = parse_neighbours(value)
+                owners.append(np.full(len(ids), int(tail), np.int64))
+                cols.append(ids)
+                counts.append(cnt)
+        if not owners:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        return np.concatenate(owners), np.concatenate(cols), np.concatenate(counts)
 
     def degrees(self) -> tuple[np.ndarray, np.ndarray]:
         """(raw movies, D) of every movie with pairs."""
@@ -176,16 +188,18 @@ def parse_recent(value) -> tuple[int, np.ndarray] | None:
     return parts[0], np.asarray(parts[1:], np.int64)
 
 
-def parse_neighbours(res) -> tuple[np.ndarray, np.ndarray]:
-    """A ``ZREVRANGE … WITHSCORES`` reply → (raw ids, counts); malformed members are skipped."""
-    ids, counts = [], []
-    for member, score in res or ():
-        try:
-            ids.append(int(member))
-            counts.append(float(score))
-        except (TypeError, ValueError):
-            continue
-    return np.asarray(ids, np.int64), np.asarray(counts, np.float64)
+def parse_neighbours(value) -> tuple[np.ndarray, np.ndarray]:
+    """A stored list ``"<id> <count> …"`` → (raw ids, counts); missing or malformed: empty."""
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if value is None:
+        return empty
+    try:
+        flat = np.array((value.decode() if isinstance(value, bytes) else value).split(), dtype=np.int64)
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        return empty
+    if len(flat) % 2 or (flat < 0).any():
+        return empty
+    return flat[0::2], flat[1::2]
 
 
 def _hash_arrays(res: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -405,35 +405,25 @@ local function lfm_activity(keys, args)
 end
 
 -- The item channel's additions of one window (see ps_redis.covisit), checked whole before anything is written.
--- KEYS: meta hash, degree hash, all-time popularity hash, A neighbour zsets, B bucket popularity hashes,
---       U recent-movie strings
--- ARGV: cap, events, bucket, A, B, U, then per zset: n, (member, increment) * n, then the degree hash, the
---       all-time hash and each bucket hash: n, (field, increment) * n, then one value per recent string.
--- Each zset keeps its `cap` most counted members.
+-- KEYS: meta hash, degree hash, all-time popularity hash, B bucket popularity hashes, S strings to set
+--       (neighbour lists and users' recent movies)
+-- ARGV: events, bucket, B, S, then the degree hash, the all-time hash and each bucket hash: n, (field, increment)
+--       * n, then one value per string.
 local function lfm_covisit(keys, args)
-  local cap, na, nb, nu = tonumber(args[1]), tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
-  if not (cap and na and nb and nu) or #keys ~= 3 + na + nb + nu then
+  local nb, ns = tonumber(args[3]), tonumber(args[4])
+  if not (nb and ns) or #keys ~= 3 + nb + ns then
     return redis.error_reply('lfm: lfm_covisit: ' .. #keys .. ' keys do not match the counts in its arguments')
   end
-  local a = 7
-  for _ = 1, na + 2 + nb do  -- check the layout before writing
+  local a = 5
+  for _ = 1, 2 + nb do  -- check the layout before writing
     local n = tonumber(args[a])
     if not n then return redis.error_reply('lfm: lfm_covisit: bad count at argument ' .. a) end
     a = a + 1 + 2 * n
   end
-  if a + nu ~= #args + 1 then
+  if a + ns ~= #args + 1 then
     return redis.error_reply('lfm: lfm_covisit: ' .. #args .. ' arguments do not match their counts')
   end
-  a = 7
-  for k = 1, na do
-    local key, n = keys[3 + k], tonumber(args[a])
-    a = a + 1
-    for _ = 1, n do
-      redis.call('ZINCRBY', key, args[a + 1], args[a])
-      a = a + 2
-    end
-    redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
-  end
+  a = 5
   local function hincr(key)
     local n = tonumber(args[a])
     a = a + 1
@@ -444,13 +434,13 @@ local function lfm_covisit(keys, args)
   end
   hincr(keys[2])
   hincr(keys[3])
-  for k = 1, nb do hincr(keys[3 + na + k]) end
-  for k = 1, nu do
-    redis.call('SET', keys[3 + na + nb + k], args[a])
+  for k = 1, nb do hincr(keys[3 + k]) end
+  for k = 1, ns do
+    redis.call('SET', keys[3 + nb + k], args[a])
     a = a + 1
   end
-  redis.call('HSET', keys[1], 'events', args[2], 'bucket', args[3])
-  return na
+  redis.call('HSET', keys[1], 'events', args[1], 'bucket', args[2])
+  return ns
 end
 
 -- the library's functions lfm_write runs as sub-calls (a Function cannot FCALL another)

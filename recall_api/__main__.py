@@ -43,13 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank with Faiss IVF indexes (approximate; for catalogues of >= 100k movies)")
     p.add_argument("--faiss-nprobe", type=int, default=128,
                    help="Faiss lists visited per query (default 128 of ~sqrt(n); more = slower, closer to exact)")
-    p.add_argument("--score-prior", action=argparse.BooleanOptionalAction, default=None,
-                   help="rank u2i with the learner's recall score: q·v + gamma·b + w·tau, tau = the time-aware "
-                        "popularity prior from tables ppop/user_ctx (default: on, unless --faiss; "
-                        "--no-score-prior ranks by plain q·v + b); brute force only")
-    p.add_argument("--prior-preset", default="default", help="learner preset of the prior's parameters")
-    p.add_argument("--prior-interval", type=float, default=5.0,
-                   help="seconds between rebuilds of the prior from the ppop table (default 5)")
+    p.add_argument("--channel-interval", type=float, default=5.0,
+                   help="seconds between rebuilds of the score contract, item channel and popularity from Redis "
+                        "(default 5)")
     p.add_argument("--user-cache", type=int, default=20_000,
                    help="users whose u2i context (row, rated movies) is kept in memory, invalidated by Redis key "
                         "tracking so answers stay exact (default 20000; 0 = read Redis on every request)")
@@ -79,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = StoreConfig(redis_url=args.redis_url, namespace=args.namespace, dim=args.dim,
                              refresh_interval=args.refresh_interval, faiss=args.faiss,
-                             faiss_nprobe=args.faiss_nprobe, score_prior=(not args.faiss) if args.score_prior is None else args.score_prior,
-                             prior_preset=args.prior_preset, prior_interval=args.prior_interval,
+                             faiss_nprobe=args.faiss_nprobe, channel_interval=args.channel_interval,
                              user_cache=args.user_cache)
         catalog = Catalog.load(args.data_dir)
     except (ValueError, FileNotFoundError) as exc:

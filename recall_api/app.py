@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import Response
@@ -45,6 +45,7 @@ from recall_api.docs import install_docs
 from recall_api.ids import STRICT_ID, STRICT_K
 from recall_api.prom import RecallMetrics, Timing
 from recall_api.store import Answer, NotFound, RecallStore, Unavailable
+from recall_api.types import I2I_DEFAULT
 
 try:
     import orjson
@@ -77,7 +78,8 @@ class RecallAnswer(BaseModel):
     query: str = Field(description="'u2i' or 'i2i'")
     id: int = Field(description="the raw user id (u2i) or movie id (i2i) asked about")
     k: int
-    source: str = Field(description="'model' or 'popularity' (fallback for a user without a vector)")
+    source: str = Field(description="u2i: 'model' (the served score) or 'popularity' (a user known to no channel); "
+                                    "i2i: 'covisit' (item channel) or 'lfm' (cosine of the item vectors)")
     items: list[RecallItem]
 
 
@@ -173,10 +175,10 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
-def respond(store: RecallStore, kind: str, id_: int, k: int) -> tuple[int, bytes]:
-    """(status, JSON body) of a u2i / i2i query: 200 answer, 404 not found, 503 unavailable."""
+def respond(store: RecallStore, kind: str, id_: int, k: int, source: str = I2I_DEFAULT) -> tuple[int, bytes]:
+    """(status, JSON body) of a u2i / i2i query (i2i from ``source``): 200 answer, 404 not found, 503 unavailable."""
     try:
-        ans = (store.u2i if kind == "u2i" else store.i2i)(id_, k)
+        ans = store.u2i(id_, k) if kind == "u2i" else store.i2i(id_, k, source)
     except NotFound as exc:
         return 404, _dumps({"detail": str(exc)})
     except Unavailable as exc:
@@ -241,8 +243,8 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
     app.state.metrics = metrics = RecallMetrics(store)
     errors = {404: {"model": Problem}, 422: {"description": "bad id or k"}, 503: {"model": Problem}}
 
-    def answer(query: str, id_: int, k: int) -> Response:
-        status, body = respond(store, query, id_, k)
+    def answer(query: str, id_: int, k: int, source: str = I2I_DEFAULT) -> Response:
+        status, body = respond(store, query, id_, k, source)
         return JSONBytes(body, status_code=status)
 
     @app.get("/u2i/{user_id}", response_model=RecallAnswer, responses=errors, summary="movies for a user")
@@ -256,9 +258,13 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
     @app.get("/i2i/{movie_id}", response_model=RecallAnswer, responses=errors, summary="similar movies")
     async def i2i(movie_id: Annotated[int, STRICT_ID, Path(ge=0, description="raw MovieLens movie id")],
                   k: Annotated[int, STRICT_K, Query(ge=1, le=MAX_K, description="how many movies (1..1000)")]
-                  = DEFAULT_K):
-        """Top-k movies by cosine similarity of the item vectors, excluding the movie itself."""
-        return answer("i2i", movie_id, k)
+                  = DEFAULT_K,
+                  source: Annotated[Literal["covisit", "lfm"], Query(
+                      description="'covisit': movies rated within 10 ratings of it, normalized by both degrees "
+                                  "(falls back to 'lfm' for a movie without co-occurrences); 'lfm': cosine of the "
+                                  "learner's item vectors")] = I2I_DEFAULT):
+        """Top-k movies most similar to a movie (item channel or item vectors), excluding the movie itself."""
+        return answer("i2i", movie_id, k, source)
 
     @app.get("/healthz", responses={503: {"model": Problem}}, summary="liveness and readiness")
     async def healthz():

@@ -1,7 +1,8 @@
-"""Reading a user's request context from Redis: vector, rated movies and (with the score prior) period.
+"""Reading a user's request context from Redis: vector, rated movies and recent movies.
 
-u2i needs the user row (GET), the user's rated movies (SMEMBERS of the activity log's seen set) and, with
-``--score-prior``, the ``user_ctx`` row (GET) — sent as one pipeline, so one round trip: synchronously over
+u2i needs the user row (GET), the user's rated movies (SMEMBERS of the activity log's seen set) and the item
+channel's recent movies of the user (GET, :class:`ps_redis.covisit.Covisit`: the bucket of the user's last event
+and their last rated movies) — sent as one pipeline, so one round trip: synchronously over
 the PS's own connection (``ps_redis.connection.run``), or on the event loop over
 :class:`recall_api.resp.RespClient` (whose tracked reads also fill the user cache of
 :mod:`recall_api.usercache`), or ``redis.asyncio`` for URLs that client does not serve (TLS).  Keys come from
@@ -17,7 +18,7 @@ import numpy as np
 from lfm_stream.hashing import user_hash
 from ps_redis.codec import CorruptRowError, decode
 from ps_redis.connection import run
-from recall_api.prior import USER_CTX_TABLE
+from ps_redis.covisit import Covisit, parse_recent
 from recall_api.refresh import MAX_ABS
 from recall_api.resp import RespClient, pack
 from recall_api.resp import supported as resp_supported
@@ -29,17 +30,16 @@ log = logging.getLogger("recall_api")
 
 
 class ContextReader:
-    """Reads (user vector or None, rated raw movie ids int64, period or None) for the request path.
+    """Reads (user vector or None, rated raw movie ids int64, recent or None) for the request path; recent is
+    (bucket of the user's last event, their last rated raw movie ids, oldest first).
 
     Args:
         config: the store configuration (Redis URL and socket timeout of the asyncio client).
-        with_period: also read the ``user_ctx`` row (the score prior is on).
         user_cache: filled from tracked asyncio reads (None: no cache).
     """
 
-    def __init__(self, config: StoreConfig, with_period: bool, user_cache: UserCache | None):
+    def __init__(self, config: StoreConfig, user_cache: UserCache | None):
         self.config = config
-        self.with_period = with_period
         self.user_cache = user_cache
         self.client = None  # asyncio Redis client of read_async (RespClient, or redis.asyncio for TLS URLs)
         self._reported: set[str] = set()  # keys of unusable user rows already logged
@@ -50,23 +50,18 @@ class ContextReader:
         return bool(self.client is not None and getattr(self.client, "tracking", False))
 
     def keys(self, ps, user_id: int) -> list[str]:
-        """The user row, seen-set [and ``user_ctx`` row] keys of ``user_id``."""
+        """The user row, seen-set and recent-movies keys of ``user_id``."""
         h = user_hash(user_id)
-        keys = [ps.keys.row_key("user", h), f"{ps.keys.act_seen_prefix}{int(user_id)}"]
-        if self.with_period:
-            keys.append(ps.keys.row_key(USER_CTX_TABLE, h))
-        return keys
+        return [ps.keys.row_key("user", h), f"{ps.keys.act_seen_prefix}{int(user_id)}",
+                Covisit(ps).recent_key(user_id)]
 
-    def decode_replies(self, ps, keys: list[str], replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
-        """(user vector or None, rated raw movie ids int64, period or None) of the replies to GET user row,
-        SMEMBERS seen[, GET user_ctx row]."""
+    def decode_replies(self, ps, keys: list[str], replies: list) -> tuple:
+        """(user vector or None, rated raw movie ids int64, recent or None) of the replies to GET user row,
+        SMEMBERS seen, GET recent movies."""
         value, members = replies[0], replies[1]
-        period = None
-        if self.with_period and replies[2] is not None:
-            ctx, _ = decode([replies[2]], [keys[2].encode()], ps.dim)
-            period = int(np.rint(ctx["bias"][0]))
+        recent = parse_recent(replies[2])
         rated = parse_ids(members)
-        return self.user_vector(value, keys[0], ps.dim), rated, period
+        return self.user_vector(value, keys[0], ps.dim), rated, recent
 
     def user_vector(self, value: bytes | None, key: str, dim: int) -> np.ndarray | None:
         """The vector of a stored user row, or None when there is none or it is unusable — the wrong length, not
@@ -94,39 +89,34 @@ class ContextReader:
     def replies(self, ps, user_id: int) -> tuple[list[str], list]:
         """(keys, raw replies) of one pipelined read over the PS's connection (one round trip per node)."""
         keys = self.keys(ps, user_id)
-        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1]))] + \
-            ([(keys[2], ("GET", keys[2]))] if len(keys) > 2 else [])
+        cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1])), (keys[2], ("GET", keys[2]))]
         with ps._io():
             return keys, run(ps.redis, ps.is_cluster, cmds)
 
-    def read(self, ps, user_id: int) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+    def read(self, ps, user_id: int) -> tuple:
         """The decoded context of ``user_id``, read synchronously in one round trip."""
         return self.decode_replies(ps, *self.replies(ps, user_id))
 
-    async def read_async(self, ps, user_id: int) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+    async def read_async(self, ps, user_id: int) -> tuple:
         """:meth:`read` over the asyncio connection (standalone Redis); tracked reads fill the user cache."""
         keys = self.keys(ps, user_id)
         client = self.client
         if client is None:
             client = self.client = self._async_client()
         if isinstance(client, RespClient):
-            payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1])
-            if len(keys) > 2:
-                payload += pack("GET", keys[2])
+            payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1]) + pack("GET", keys[2])
             return await client.execute(payload, len(keys), lambda replies: self._read(ps, user_id, keys, replies))
         async with client.pipeline(transaction=False) as pipe:
             pipe.get(keys[0])
             pipe.smembers(keys[1])
-            if len(keys) > 2:
-                pipe.get(keys[2])
+            pipe.get(keys[2])
             return self.decode_replies(ps, keys, await pipe.execute())
 
-    def _read(self, ps, user_id: int, keys: list[str],
-              replies: list) -> tuple[np.ndarray | None, np.ndarray, int | None]:
+    def _read(self, ps, user_id: int, keys: list[str], replies: list) -> tuple:
         """Decode a context as its replies come off the RespClient connection, and cache it if that
         connection tracks the keys (so every later change of them arrives as an invalidation after this)."""
         ctx = self.decode_replies(ps, keys, replies)
-        if ctx[0] is not None and self.user_cache is not None and self.client.tracking:  # (no vector: not served)
+        if self.user_cache is not None and self.client.tracking:
             self.user_cache.put(user_id, [k.encode() for k in keys], *ctx)
         return ctx
 

@@ -33,9 +33,10 @@ from recall_api import refresh
 from recall_api.catalog import Catalog
 from recall_api.context import ContextReader
 from recall_api.matrix import ItemMatrix, Snapshot
-from recall_api.prior import ScorePrior
-from recall_api.topk import NEG_INF, cosine_scores, lookup_ids, popularity_top_k, top_k, u2i_scores
-from recall_api.types import (SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
+from lfm_stream.scoring import blend
+from recall_api.channels import ChannelSource
+from recall_api.topk import NEG_INF, cosine_scores, lookup_ids, popularity_top_k, top_k
+from recall_api.types import (I2I_DEFAULT, I2I_SOURCES, SOURCE_COVISIT, SOURCE_LFM, SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
                               Unavailable, cursor_ms)
 from recall_api.usercache import UserCache
 
@@ -65,11 +66,10 @@ class RecallStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
-        self._base_cache: tuple = (None, None, {})  # (snapshot, prior version, {period: u2i base})
         self.user_cache = UserCache(config.user_cache) if config.user_cache else None
-        self.prior = ScorePrior(config.prior_preset) if config.score_prior else None
-        self._prior_at = 0.0  # monotonic time of the last prior rebuild
-        self.context = ContextReader(config, self.prior is not None, self.user_cache)  # request-path reads
+        self.channels = ChannelSource()  # the score contract, item channel and popularity (recall_api.channels)
+        self._channels_at = 0.0  # monotonic time of the last channel rebuild
+        self.context = ContextReader(config, self.user_cache)  # request-path reads
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> "RecallStore":
@@ -119,11 +119,11 @@ class RecallStore:
                     except CursorExpired as exc:
                         log.info("full reload: %s", exc)
                         self._full_load()
-                if self.prior is not None and (time.monotonic() - self._prior_at >= self.config.prior_interval
-                                               or self.prior.n_built == 0):
+                if (time.monotonic() - self._channels_at >= self.config.channel_interval
+                        or self.channels.n_built == 0):
                     snap = self.matrix.snapshot()
-                    self.prior.build(self.ps, snap.raw_pos, snap.n)
-                    self._prior_at = time.monotonic()
+                    self.channels.build(self.ps, snap.raw_pos, snap.n)
+                    self._channels_at = time.monotonic()
             except (PSError, redis.RedisError, OSError) as exc:
                 self._failed(exc)
                 return False
@@ -165,39 +165,33 @@ class RecallStore:
             raise Unavailable("item vectors are not loaded yet")
         return self.matrix
 
-    def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
-        """The user's vector (None without a row), rated raw movie ids and, with the score prior, the period
-        of their last event (``user_ctx``; None without) — in one Redis round trip.
-
-        Equivalent to ``ps.pull("user", [h], create=False)`` plus ``ActivityLog.seen(user_id)`` (plus
-        ``ps.pull("user_ctx", [h], create=False)``), sent as one pipeline (``ps_redis.connection.run``: one
-        round trip per node; keys from the PS's own :class:`~ps_redis.keys.KeySpace`, rows decoded by
-        :func:`ps_redis.codec.decode`).  Fewer round trips matter on a busy machine, where each one costs a
-        scheduler wake-up.
-        """
-        query, rated, period = self.context.read(self.ps, user_id)
-        return query, set(rated.tolist()), period
+    def user_context(self, user_id: int) -> tuple[np.ndarray | None, set[int], tuple | None]:
+        """The user's vector (None without a row), rated raw movie ids and recent movies ((bucket of the last
+        event, raw ids oldest first) or None) — in one Redis round trip (:mod:`recall_api.context`)."""
+        query, rated, recent = self.context.read(self.ps, user_id)
+        return query, set(rated.tolist()), recent
 
     def u2i(self, user_id: int, k: int) -> Answer:
-        """Top-k movies for a raw user id, movies the user rated excluded.
+        """Top-k movies for a raw user id by the served score, movies the user rated excluded.
 
-        ``s(u, i) = q_u · v_i + b_i`` for a user with a vector (source ``model``); a user without a
-        vector who is known (rated something, or is in the prepared data) gets the most popular movies
-        they have not rated (source ``popularity``, score = positive events).
+        The score is the learner's contract (:mod:`recall_api.channels`): LFM ``q_u·v_i + b_i`` (users with a
+        row), the item channel of the user's recent movies and the popularity around the user's last event,
+        blended with the contract's weights (source ``model``).  A user known only as having rated something,
+        or from the prepared data, gets the popularity of the latest stream bucket (source ``popularity``).
 
         Raises:
-            NotFound: the user has no vector, no activity and is not in the prepared data.
+            NotFound: the user has no vector, no recent movies, no activity and is not in the prepared data.
             Unavailable: Redis is down or nothing is loaded yet.
         """
         matrix = self._ready()
         with self._redis():
-            query, rated, period = self.context.read(self.ps, user_id)
-        return self._rank_user(matrix, user_id, k, query, rated, period)
+            query, rated, recent = self.context.read(self.ps, user_id)
+        return self._rank_user(matrix, user_id, k, query, rated, recent)
 
     def u2i_cached(self, user_id: int, k: int) -> Answer | None:
         """:meth:`u2i` from the user cache (:mod:`recall_api.usercache`) without touching Redis, or None when
-        the user is not cached (or has no vector: the popularity fallback reads Redis) — then await
-        :meth:`u2i_async`.  Same answer as a live read: entries are dropped as Redis reports changes."""
+        the user is not cached — then await :meth:`u2i_async`.  Same answer as a live read: entries are dropped
+        as Redis reports changes."""
         cache = self.user_cache
         if cache is None or not self.context.tracking:
             return None
@@ -213,66 +207,66 @@ class RecallStore:
         if self.ps.is_cluster:  # the async pipeline below addresses one node
             return self.u2i(user_id, k)
         with self._redis():
-            query, rated, period = await self.context.read_async(self.ps, user_id)
-        return self._rank_user(matrix, user_id, k, query, rated, period)
+            query, rated, recent = await self.context.read_async(self.ps, user_id)
+        return self._rank_user(matrix, user_id, k, query, rated, recent)
 
-    async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], int | None]:
-        """:meth:`user_context` over an asyncio connection (standalone Redis): the commands go through
-        :class:`recall_api.resp.RespClient` (pipelined with other requests' commands on one connection,
-        replies parsed by hiredis), or ``redis.asyncio`` for URLs that client does not serve (TLS)."""
-        query, rated, period = await self.context.read_async(self.ps, user_id)
-        return query, set(rated.tolist()), period
+    async def user_context_async(self, user_id: int) -> tuple[np.ndarray | None, set[int], tuple | None]:
+        """:meth:`user_context` over an asyncio connection (standalone Redis)."""
+        query, rated, recent = await self.context.read_async(self.ps, user_id)
+        return query, set(rated.tolist()), recent
 
     def _rank_user(self, matrix: ItemMatrix, user_id: int, k: int, query: np.ndarray | None, rated: np.ndarray,
-                   period: int | None = None) -> Answer:
-        """Rank for a user; ``rated``: the raw movie ids they rated (int64)."""
-        if query is not None:
-            snap = matrix.snapshot()
-            exclude = lookup_ids(snap.row_of_raw, snap.raw_pos, rated) if len(rated) else None
-            if self.index is not None and self.index.ready:
-                pos, scores = self.index.search_u2i(query, k, exclude)
-            else:
-                s = u2i_scores(query, snap.vec, self.u2i_base(snap, period))
-                pos, scores = top_k(s, k, exclude)
-            return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
-        if not len(rated) and not self.catalog.knows_user(user_id):
+                   recent: tuple | None = None) -> Answer:
+        """Rank for a user; ``rated``: the raw movie ids they rated (int64); ``recent``: (bucket, raw ids)."""
+        if query is None and recent is None and not len(rated) and not self.catalog.knows_user(user_id):
             raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
-        return self.popularity(k, set(rated.tolist()))
-
-    def u2i_base(self, snap: Snapshot, period: int | None = None) -> np.ndarray:
-        """The part of the u2i score that does not depend on the user vector, float32[snap.n] (read-only):
-        ``b_i`` (contract score) or ``gamma·b_i + pop_weight·τ(period, i)`` (``--score-prior``), ``-inf`` on
-        removed rows; u2i scores are ``vec @ q + base``.
-
-        Cached per (snapshot, prior build, period): every refresh that writes rows publishes a new snapshot
-        and every prior rebuild bumps its version, so a cached base is never older than the matrix a request
-        ranks with (in-place row writes happen just before the new snapshot is published).
-        """
-        prior = self.prior
-        version = None if prior is None else prior.version
-        key = None if prior is None else period
-        cached = self._base_cache
-        if cached[0] is snap and cached[1] == version:
-            base = cached[2].get(key)
-            if base is not None:
-                return base
-            table = cached[2]
-            if len(table) >= 256:  # many distinct periods: start over rather than grow without bound
-                table = {}
-                self._base_cache = (snap, version, table)
+        snap = matrix.snapshot()
+        exclude = lookup_ids(snap.row_of_raw, snap.raw_pos, rated) if len(rated) else None
+        if self.channels.channels is None:  # nothing built yet (first refresh failed): the LFM score alone
+            if query is None:
+                return self.popularity(k, set(rated.tolist()))
+            pos, scores = top_k(snap.vec @ query + snap.bias, k, exclude)
+            return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
+        bucket, movies = recent if recent is not None else (None, np.zeros(0, np.int64))
+        recent_rows = lookup_ids(snap.row_of_raw, snap.raw_pos, movies) if len(movies) else np.zeros(0, np.int64)
+        if self.index is not None and self.index.ready:
+            pos, scores = self._rank_candidates(snap, query, recent_rows, bucket, k, exclude)
         else:
-            table = {}
-            self._base_cache = (snap, version, table)
-        if prior is None:
-            base = snap.bias.copy()
-        else:  # learner recipe: q·v + gamma·b + pop_weight·τ_u (see recall_api.prior)
-            base = snap.bias * np.float32(prior.gamma)
-            base += np.float32(prior.weight) * prior.tau(period, snap.n)
-        if snap.invalid is not None:
-            base[snap.invalid] = NEG_INF
-        base.flags.writeable = False
-        table[key] = base
-        return base
+            lfm = None if query is None else snap.vec @ query + snap.bias
+            s = self.channels.scores(lfm, recent_rows, bucket, snap.n)
+            if snap.invalid is not None:
+                s[snap.invalid] = NEG_INF
+            pos, scores = top_k(s, k, exclude)
+        source = SOURCE_MODEL if query is not None or recent is not None else SOURCE_POPULARITY
+        return Answer(source, snap.raw[pos].tolist(), scores.tolist())
+
+    def _rank_candidates(self, snap: Snapshot, query: np.ndarray | None, recent_rows: np.ndarray,
+                         bucket: int | None, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """ANN path: candidates from each channel (the index's top LFM rows, the item channel's neighbours, the
+        bucket's most popular rows), then the exact served score (:func:`lfm_stream.scoring.blend`) on them."""
+        c, ch = self.channels.contract, self.channels.channels
+        n_skip = 0 if exclude is None else len(exclude)
+        parts = [self.channels.top_popular(bucket, max(4 * k, 200) + n_skip)]
+        if query is not None and c.lfm_weight:
+            pos, _ = self.index.search_u2i(query, max(4 * k, 200), exclude)
+            parts.append(np.asarray(pos, np.int64))
+        cov_cols, cov_sums = ch.covisit(c, recent_rows)
+        parts.append(cov_cols)
+        cand = np.unique(np.concatenate(parts))
+        drop = [a for a in (exclude, snap.invalid) if a is not None]
+        cand = cand[(cand < snap.n) & ~np.isin(cand, np.concatenate(drop) if drop else np.zeros(0, np.int64))]
+        cov = np.zeros(len(cand), np.float64)
+        at = np.searchsorted(cand, cov_cols)
+        hit = at < len(cand)
+        hit[hit] = cand[at[hit]] == cov_cols[hit]
+        cov[at[hit]] = cov_sums[hit]
+        pop = self.channels.popularity(bucket)
+        pop_c = np.full(len(cand), np.log(c.popularity_smooth))
+        inside = cand < len(pop)
+        pop_c[inside] = pop[cand[inside]]
+        lfm = None if query is None else snap.vec[cand] @ query + snap.bias[cand]
+        top, scores = top_k(blend(c, lfm, cov, pop_c), k)
+        return cand[top], scores
 
     def popularity(self, k: int, seen: set[int] = frozenset()) -> Answer:
         """The k movies with most positive events that are not in ``seen`` (source ``popularity``)."""
@@ -282,13 +276,20 @@ class RecallStore:
         top = popularity_top_k(popular, k, seen)
         return Answer(SOURCE_POPULARITY, [m for m, _ in top], [c for _, c in top])
 
-    def i2i(self, movie_id: int, k: int) -> Answer:
-        """Top-k movies by cosine similarity to a raw movie id, the movie itself excluded.
+    def i2i(self, movie_id: int, k: int, source: str = I2I_DEFAULT) -> Answer:
+        """Top-k movies similar to a raw movie id, the movie itself excluded.
+
+        ``source="covisit"`` (default): the item channel, ``C[j, i] / √((D_j + 1)(D_i + 1))`` over the movies
+        rated within the pair window of it (a movie without co-occurrences yet falls back to ``lfm``);
+        ``source="lfm"``: cosine similarity of the learner's item vectors.  The answer's ``source`` says which.
 
         Raises:
             NotFound: the movie has no vector (not in the catalog, or not trained yet).
             Unavailable: Redis is down or nothing is loaded yet.
+            ValueError: an unknown ``source``.
         """
+        if source not in I2I_SOURCES:
+            raise ValueError(f"source must be one of {I2I_SOURCES} (got {source!r})")
         matrix = self._ready()
         snap = matrix.snapshot()
         row = matrix.row_of_raw(movie_id)
@@ -297,6 +298,15 @@ class RecallStore:
                 raise NotFound(f"movie {movie_id} ({self.catalog.movies[movie_id].title}) has no vector yet")
             raise NotFound(f"unknown movie {movie_id}: not in the catalog and no vector")
         exclude = np.array([row], np.int64)
+        if source == "covisit" and self.channels.channels is not None:
+            cols, sums = self.channels.channels.covisit(self.channels.contract, exclude)
+            keep = (cols < snap.n) & (cols != row)
+            if snap.invalid is not None:
+                keep &= ~np.isin(cols, snap.invalid)
+            cols, sums = cols[keep], sums[keep]
+            if len(cols):
+                top, scores = top_k(sums, min(k, len(cols)))
+                return Answer(SOURCE_COVISIT, snap.raw[cols[top]].tolist(), scores.tolist())
         if self.index is not None and self.index.ready:
             pos, scores = self.index.search_i2i(snap.unit[row], k, exclude)
         else:
@@ -304,7 +314,7 @@ class RecallStore:
             if snap.invalid is not None:
                 s[snap.invalid] = NEG_INF
             pos, scores = top_k(s, k, exclude)
-        return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
+        return Answer(SOURCE_LFM, snap.raw[pos].tolist(), scores.tolist())
 
     # ---------------------------------------------------------------------------------- stats
     def describe(self) -> dict:
@@ -344,8 +354,8 @@ class RecallStore:
             "errors": st.errors,
             "last_error": st.last_error,
             "catalog": self.catalog.stats(),
-            "score": "contract: q·v + b" if self.prior is None else "learner prior: q·v + gamma·b + w·tau",
-            "score_prior": None if self.prior is None else self.prior.stats(),
+            "score": "contract: w_lfm·(q·v + b) + w_co·log(eps + item channel) + w_pop·popularity prior",
+            "channels": self.channels.stats(),
             "user_cache": None if self.user_cache is None else {
                 **self.user_cache.stats(), "tracking": self.context.tracking},
         }

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+SOURCE_COVISIT = "covisit"  # i2i from the item channel
+SOURCE_LFM = "lfm"  # i2i by cosine of the learner's item vectors
+I2I_SOURCES = (SOURCE_COVISIT, SOURCE_LFM)
+I2I_DEFAULT = SOURCE_COVISIT
 
 
 class Unavailable(RuntimeError):
@@ -29,10 +33,9 @@ class StoreConfig:
         faiss_nprobe: inverted lists visited per Faiss query.
         chunk: rows per MGET when loading or re-pulling items.
         socket_timeout, retries: Redis client settings of the PS this store creates.
-        score_prior: rank u2i with the learner's time-aware popularity prior (:mod:`recall_api.prior`)
-            instead of the contract score q·v + b; prior_preset: learner preset of its parameters;
-            prior_interval: seconds between rebuilds of the prior from the ``ppop`` table.
-        user_cache: users whose u2i context (row, rated movies, user_ctx) the async request path keeps in
+        channel_interval: seconds between rebuilds of the score contract, item channel and popularity from Redis
+            (:mod:`recall_api.channels`).
+        user_cache: users whose u2i context (row, rated movies, recent movies) the async request path keeps in
             memory, invalidated by Redis key tracking (:mod:`recall_api.usercache`); 0 = read Redis on
             every request.
     """
@@ -47,9 +50,7 @@ class StoreConfig:
     chunk: int = 8192
     socket_timeout: float = 2.0
     retries: int = 1
-    score_prior: bool = False
-    prior_preset: str = "default"
-    prior_interval: float = 5.0
+    channel_interval: float = 5.0
     user_cache: int = 20_000
 
     def __post_init__(self) -> None:
@@ -57,10 +58,8 @@ class StoreConfig:
             raise ValueError(f"refresh_interval must be > 0 seconds (got {self.refresh_interval!r})")
         if self.dim is not None and self.dim < 1:
             raise ValueError(f"dim must be >= 1 (got {self.dim!r})")
-        if self.score_prior and self.faiss:
-            raise ValueError("score_prior ranks by brute force only; drop faiss (or score_prior)")
-        if not self.prior_interval > 0:
-            raise ValueError(f"prior_interval must be > 0 seconds (got {self.prior_interval!r})")
+        if not self.channel_interval > 0:
+            raise ValueError(f"channel_interval must be > 0 seconds (got {self.channel_interval!r})")
         if self.user_cache < 0:
             raise ValueError(f"user_cache must be >= 0 users (got {self.user_cache})")
         if self.faiss_nprobe < 1 or self.chunk < 1:

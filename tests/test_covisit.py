@@ -119,3 +119,17 @@ def test_item_channels_score_a_user_by_hand():
     got = ch.scores(c, None, np.array([0]), 6)
     want = np.log(0.01 + np.r_[0.0, sums]) + 0.5 * np.log([0.1, 5.105, 0.103])
     assert got == pytest.approx(want)
+    lfm = np.array([0.3, -1.0, 2.0])
+    with_lfm = c.replace(lfm_weight=0.7)
+    assert ch.scores(with_lfm, lfm, np.array([0]), 6) == pytest.approx(
+        blend(with_lfm, lfm, np.r_[0.0, sums], ch.popularity(c, 6)))
+
+
+def test_neighbour_lists_merge_sort_and_trim():
+    from learner.covisit import encode_neighbours, merge_neighbours
+
+    ids, counts = merge_neighbours(np.array([5, 7]), np.array([3, 1]), np.array([7, 9, 7]), np.array([1, 4, 2]), cap=2)
+    assert ids.tolist() == [7, 9, 5] and counts.tolist() == [4, 4, 3]  # ties: smaller id first; 3 <= 2·cap kept
+    ids, counts = merge_neighbours(ids, counts, np.array([1, 2]), np.array([1, 1]), cap=2)
+    assert ids.tolist() == [7, 9] and counts.tolist() == [4, 4]  # 5 > 2·cap: the 2 most counted stay
+    assert encode_neighbours(ids, counts) == "7 4 9 4"

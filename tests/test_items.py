@@ -27,9 +27,9 @@ def expected_state(values: list[bytes]) -> dict:
     c = parse_batch(values)
     u = chunk_update(c["raw_user_id"], c["raw_movie_id"], c["label"], {}, 0, pair_window=10, keep=10,
                      bucket_events=1250)
-    nb: dict[int, dict[int, float]] = {}
+    nb: dict[int, dict[int, int]] = {}
     for a, b, n in zip(u.pair_a.tolist(), u.pair_b.tolist(), u.pair_n.tolist()):
-        nb.setdefault(a, {})[b] = float(n)
+        nb.setdefault(a, {})[b] = n
     pop: dict[int, int] = {}
     for m, n in zip(u.pop_movies.tolist(), u.pop_n.tolist()):
         pop[m] = pop.get(m, 0) + n
@@ -42,7 +42,8 @@ def stored_state(redis_url: str, namespace: str) -> dict:
     tag = "{" + f"{namespace}:@co" + "}"
     nb = {}
     for key in r.scan_iter(match=f"{tag}:nb:*"):
-        nb[int(key.rsplit(b":", 1)[1])] = {int(m): s for m, s in r.zrange(key, 0, -1, withscores=True)}
+        flat = [int(x) for x in r.get(key).split()]
+        nb[int(key.rsplit(b":", 1)[1])] = dict(zip(flat[0::2], flat[1::2]))
     recent = {}
     for key in r.scan_iter(match=f"{tag}:recent:*"):
         recent[int(key.rsplit(b":", 1)[1])] = [int(x) for x in r.get(key).split()[1:]]
@@ -65,7 +66,15 @@ def assert_one_pass(redis_url, namespace, values):
     assert got["pop_by_bucket"] == want["pop"]
 
 
+def make_namespace(redis_url: str, namespace: str) -> None:
+    """The learner creates the namespace the worker writes into (the worker waits for it)."""
+    from ps_redis import ParameterServer
+
+    ParameterServer.get(redis_url, namespace, 8)
+
+
 def test_item_channel_state_is_one_pass(redis_url, bootstrap, syn_topic, syn_values, namespace):
+    make_namespace(redis_url, namespace)
     r = subprocess.run(items_cmd(redis_url, bootstrap, syn_topic, namespace, "--idle-timeout", "2",
                                  "--poll-records", "500"),
                        env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -74,6 +83,7 @@ def test_item_channel_state_is_one_pass(redis_url, bootstrap, syn_topic, syn_val
 
 
 def test_item_channel_sigkill_applies_every_event_once(redis_url, bootstrap, syn_topic, syn_values, namespace):
+    make_namespace(redis_url, namespace)
     cmd = items_cmd(redis_url, bootstrap, syn_topic, namespace, "--poll-records", "100")
     r = redis.Redis.from_url(redis_url)
     meta = "{" + f"{namespace}:@co" + "}:meta"

@@ -1,0 +1,127 @@
+"""The served u2i score: the learner's score contract, the item channel and stream popularity over the item matrix.
+
+The learner writes its :class:`~lfm_stream.scoring.ScoreContract` to ``<ns>:@contract``; the item-channel worker
+(``python -m learner.items``) keeps co-occurrence neighbours, degrees and stream-bucket popularity under
+``{<ns>:@co}`` (:class:`ps_redis.covisit.Covisit`).  This module reads both and ranks with the contract's own
+math (:class:`lfm_stream.scoring.ItemChannels`), so the service serves what the learner's evaluation measured —
+it imports nothing from the learner.
+
+The channel arrays are rebuilt from Redis every ``channel_interval`` seconds by the refresh thread (neighbour
+lists, degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the user's row,
+rated movies and recent movies (one round trip, :mod:`recall_api.context`).  Any malformed entry in Redis is
+skipped (counted in ``skipped``), never trusted for an allocation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from lfm_stream.scoring import ItemChannels, ScoreContract, contract_key
+from ps_redis.covisit import Covisit
+from recall_api.topk import lookup_rows
+
+log = logging.getLogger("recall_api")
+
+POPULARITY_CACHE = 256  # popularity vectors kept per bucket
+
+
+class ChannelSource:
+    """The contract and the channel arrays of one namespace, rebuilt by :meth:`build`."""
+
+    def __init__(self):
+        self.contract: ScoreContract | None = None
+        self.contract_source = "none"
+        self.channels: ItemChannels | None = None
+        self.n_built = 0
+        self.version = 0
+        self.skipped = 0
+        self._popularity: dict = {}
+
+    def use_contract(self, contract: ScoreContract) -> None:
+        """Rank with ``contract`` until the next :meth:`build` (benchmarks re-rank one state with ablations)."""
+        self.contract = contract
+        self._popularity = {}
+
+    def read_contract(self, ps) -> ScoreContract:
+        """The learner's contract from Redis; without one (no learner has started yet), the defaults."""
+        raw = ps.redis.get(contract_key(ps.namespace))
+        if raw is None:
+            if self.contract_source != "default":
+                log.info("no score contract at %s yet: serving the default contract", contract_key(ps.namespace))
+            self.contract_source = "default"
+            return ScoreContract(dim=ps.dim)
+        try:
+            contract = ScoreContract.from_json(raw)
+        except ValueError as exc:
+            log.warning("score contract at %s is unusable (%s): keeping %s", contract_key(ps.namespace), exc,
+                        "the previous one" if self.contract is not None else "the defaults")
+            return self.contract or ScoreContract(dim=ps.dim)
+        self.contract_source = "redis"
+        return contract
+
+    def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
+        """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows."""
+        self.contract = self.read_contract(ps)
+        store = Covisit(ps)
+        deg_movies, deg = store.degrees()
+        buckets, pop_movies, pop_counts = store.popularity()
+        owners, cols, counts = store.all_neighbours()
+        # a stored list holds up to 2N neighbours, most counted first: serve the first N of each
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
+        rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
+        top = rank < self.contract.neighbors
+        self.channels = ItemChannels.build(
+            n_items, lookup_rows(raw_pos, deg_movies.tolist()), deg,
+            lookup_rows(raw_pos, owners[top].tolist()), lookup_rows(raw_pos, cols[top].tolist()), counts[top],
+            buckets, lookup_rows(raw_pos, pop_movies.tolist()), pop_counts, store.latest_bucket())
+        self.n_built = n_items
+        self.version += 1
+        self._popularity = {}
+
+    def top_popular(self, bucket: int | None, n: int) -> np.ndarray:
+        """Rows of the ``n`` highest popularity priors for ``bucket`` (candidates of the ANN path)."""
+        pop = self.popularity(bucket)
+        n = min(n, len(pop))
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        return np.argpartition(-pop, n - 1)[:n].astype(np.int64)
+
+    def popularity(self, bucket: int | None) -> np.ndarray:
+        """float64[n_built]: the popularity prior of a user whose last event is in ``bucket`` (cached per bucket)."""
+        got = self._popularity.get(bucket)
+        if got is None:
+            if len(self._popularity) >= POPULARITY_CACHE:
+                self._popularity = {}
+            got = self._popularity[bucket] = self.channels.popularity(self.contract, bucket)
+            got.flags.writeable = False
+        return got
+
+    def scores(self, lfm: np.ndarray | None, recent_rows: np.ndarray, bucket: int | None, n: int) -> np.ndarray:
+        """The served score over the matrix's first ``n`` rows; rows added after the last build rank as movies
+        with no co-occurrence and no popularity yet."""
+        c, built = self.contract, self.n_built
+        m = min(n, built)
+        if lfm is not None:
+            lfm = np.asarray(lfm, np.float64)
+            lfm_built = np.zeros(built, np.float64)
+            lfm_built[:m] = lfm[:m]
+        out = self.channels.scores(c, None if lfm is None else lfm_built, recent_rows, bucket,
+                                   self.popularity(bucket).copy())[:n]
+        if n > built:
+            tail = np.full(n - built, c.covisit_weight * np.log(c.covisit_eps)
+                           + c.popularity_weight * np.log(c.popularity_smooth))
+            if lfm is not None and c.lfm_weight:
+                tail += c.lfm_weight * lfm[built:n]
+            out = np.r_[out, tail]
+        return out
+
+    def stats(self) -> dict:
+        """Facts for /stats."""
+        ch = self.channels
+        return {"contract": None if self.contract is None else self.contract.__dict__,
+                "contract_source": self.contract_source, "version": self.version,
+                "items_with_neighbours": 0 if ch is None else int(np.count_nonzero(np.diff(ch.indptr))),
+                "popularity_buckets": 0 if ch is None else len(ch.bucket_ids),
+                "latest_bucket": None if ch is None else ch.latest_bucket, "skipped_entries": self.skipped}
