@@ -65,9 +65,10 @@ class Live:
         """A chunk of consumed records reached the loop (its end offsets, if the consumer sent them)."""
         self.tracker.arrived(chunk.parts, chunk.offsets, getattr(chunk, "ends", None))
 
-    def handled(self, chunk) -> None:
-        """A chunk's records were trained or dead-lettered."""
-        self.tracker.handled(chunk.parts, chunk.offsets)
+    def handled(self, next_offsets: dict[int, int]) -> None:
+        """Records were trained or dead-lettered up to ``next_offsets`` (partition -> next offset; the loop passes
+        the offsets its next sync covers, kept per chunk by :class:`learner.sync.WindowSync`)."""
+        self.tracker.advance(next_offsets)
 
     def tick(self, records: int, waiting: bool) -> None:
         """End of a loop iteration: ``records`` handled so far; ``waiting``: the iteration only waited."""

@@ -251,7 +251,7 @@ class Learner:
             self._first_batch_t = time.time()
         step = self.step
         self._process_batch(batch, t)
-        self.live.handled(batch)
+        self.live.handled(self.sync.offsets)  # this chunk's partitions' next offsets (and earlier ones since the sync)
         self._last_batch_t = time.time()
         T = self.cfg.test_log_steps
         if T and self.step > step and self.step % T == 0:

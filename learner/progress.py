@@ -103,15 +103,20 @@ class Tracker:
         records was handled yet."""
         if ends:
             self.ends.update(ends)
-        if len(parts):
-            for p in np.unique(parts).tolist():
-                if p not in self.next:
-                    self.next[p] = int(offsets[parts == p].min())
+            if all(p in self.next for p in ends):
+                return  # every partition of the consumer has a start already: nothing to scan
+        for p, lo, _ in _spans(parts, offsets):
+            if p not in self.next:
+                self.next[p] = lo
 
     def handled(self, parts: np.ndarray, offsets: np.ndarray) -> None:
         """Records trained or dead-lettered: their partitions' next offsets move past them."""
-        for p in np.unique(parts).tolist():
-            self.next[p] = max(self.next.get(p, 0), int(offsets[parts == p].max()) + 1)
+        self.advance({p: hi + 1 for p, _, hi in _spans(parts, offsets)})
+
+    def advance(self, next_offsets: dict[int, int]) -> None:
+        """Records up to ``next_offsets`` (partition -> next offset) were trained or dead-lettered."""
+        for p, o in next_offsets.items():
+            self.next[p] = max(self.next.get(p, 0), o)
 
     def observe(self, events: int, waiting: bool) -> None:
         """One loop iteration ended with ``events`` records handled in total; ``waiting``: the iteration only
@@ -177,6 +182,22 @@ class Tracker:
         else:
             state = "running" if lag is None else "draining the backlog" if lag else "following the stream"
         return Snapshot(self.events, self.rate(), lag, state, wait, self.active_s)
+
+
+def _spans(parts: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, int]]:
+    """(partition, lowest offset, highest offset) of each partition in a chunk (one pass for the usual chunk of a
+    single partition; a mask per partition otherwise: tens of µs for 8,192 records where np.unique's sort cost
+    ~0.5 ms)."""
+    if not len(parts):
+        return []
+    p0 = parts[0]
+    if p0 == parts[-1] and (parts == p0).all():
+        return [(int(p0), int(offsets.min()), int(offsets.max()))]
+    out = []
+    for p in np.flatnonzero(np.bincount(parts)).tolist():  # partitions are small ints: no sort
+        at = offsets[parts == p]
+        out.append((p, int(at.min()), int(at.max())))
+    return out
 
 
 def _num(n: float) -> str:
