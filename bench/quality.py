@@ -55,8 +55,21 @@ def data_for(run: str, ratings: Path, work: Path) -> Path:
     return prepare(src, work / "folds" / run / "data")
 
 
+def parse_grid(text: str) -> list[dict]:
+    """``"a=1,2;b=0.1,0.2"`` → every combination as a dict of contract changes (floats)."""
+    import itertools
+
+    if not text:
+        return []
+    axes = []
+    for part in text.split(";"):
+        key, _, values = part.partition("=")
+        axes.append([(key.strip(), float(v)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
 def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args: list[str], items_args: list[str],
-            work: Path, n_boot: int) -> dict:
+            work: Path, n_boot: int, grid: list[dict] = ()) -> dict:
     """Train the learner and the item channel on ``data``'s stream, then evaluate both with intervals."""
     from learner.config import preset
     from learner.evaluate import evaluate
@@ -99,6 +112,10 @@ def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args:
         out[f"popularity_{key}"] = served["popularity"][key]["mean"]
     out["ablations"] = {name: {k: v["mean"] for k, v in served[name].items()} for name in recall.ABLATIONS}
     out["i2i"] = {name[4:]: served[name]["next_item_hr_at_50"] for name in served if name.startswith("i2i_")}
+    if grid:
+        variants = {json.dumps(change, sort_keys=True): change for change in grid}
+        got = recall.evaluate(store, test, ablations=variants, n_boot=50, baselines=False)
+        out["grid"] = {key: {m: v["mean"] for m, v in got[key].items()} for key in variants}
     out["ranked_users"] = served["users"]
     out["contract"] = served["contract"]
     out["learner_args"] = learner_args
@@ -142,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--work-dir", type=Path, default=None, help="prepared data + metrics (default: a temp dir)")
     p.add_argument("--bootstrap-samples", type=int, default=300)
+    p.add_argument("--grid", default="", help="serving-time contract variants re-ranked on each run's state, e.g. "
+                                             "'covisit_eps=0.003,0.01;popularity_weight=0.1,0.2' (every combination)")
     args = p.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="lfm-quality-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             la = (["--preset", "seed"] if run == "seed" else extra) + args.learner_arg
             t = time.time()
             result["runs"][run] = one_run(run, data, redis_url, bootstrap, la, args.items_arg, work,
-                                          args.bootstrap_samples)
+                                          args.bootstrap_samples, parse_grid(args.grid))
             print(f"{run}: {json.dumps(result['runs'][run])} ({time.time() - t:.0f}s)", file=sys.stderr, flush=True)
         result["spread"] = spread(result["runs"])
     finally:

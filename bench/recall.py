@@ -81,8 +81,25 @@ def replay(data_dir: Path, bootstrap: str, topic: str, rate: float, state: Path,
            extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """``python -m producer.replay`` subprocess (rate 0 = as fast as possible)."""
     argv = [sys.executable, "-m", "producer.replay", "--data-dir", str(data_dir), "--bootstrap", bootstrap,
-            "--topic", topic, "--rate", str(rate), "--state-file", str(state), *extra]
+            "--topic", topic, "--rate", str(rate), "--state-file", str(state),
+            # one partition: the learner sees the stream in its global time order, so runs repeat exactly
+            "--partitions", "1", *extra]
     return subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` (kept if it exists)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
 
 
 def train(data_dir: Path, redis_url: str, bootstrap: str, run_dir: Path, learner_args: tuple[str, ...] = (),
@@ -92,6 +109,7 @@ def train(data_dir: Path, redis_url: str, bootstrap: str, run_dir: Path, learner
     namespace, topic = f"rb{uuid.uuid4().hex[:8]}", f"ratings-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     n = manifest["train_records"]
+    create_topic(bootstrap, topic, 1)  # before the consumers subscribe (a broker may auto-create it otherwise)
     learner = start_learner(data_dir, redis_url, bootstrap, namespace, topic, run_dir / "learner.log", n,
                             learner_args)
     items = start_items(redis_url, bootstrap, namespace, topic, run_dir / "items.log", n, items_args)
@@ -151,7 +169,7 @@ def _ci(values: list[float], n_boot: int) -> dict:
 
 
 def evaluate(store, test: dict[str, np.ndarray], ks: tuple[int, ...] = (10, 50), ablations: dict | None = None,
-             n_boot: int = 1000) -> dict:
+             n_boot: int = 1000, baselines: bool = True) -> dict:
     """Served u2i, its ablations, popularity (the activity log's positive counts) and i2i next-item, per user with
     intervals.  Contexts are read once per user; each variant re-ranks with ``store``'s own code."""
     from recall_api.store import SOURCE_POPULARITY, NotFound
@@ -188,7 +206,7 @@ def evaluate(store, test: dict[str, np.ndarray], ks: tuple[int, ...] = (10, 50),
             fallback += name == "served" and ans.source == SOURCE_POPULARITY
             score(name, want, ans.movies)
     store.channels.use_contract(served)
-    for u, want in positives.items():
+    for u, want in positives.items() if baselines else ():
         score("popularity", want, store.popularity(kmax, contexts[u][1]).movies)
         recent = contexts[u][2]
         last = int(recent[1][-1]) if recent is not None and len(recent[1]) else None

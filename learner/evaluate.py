@@ -7,8 +7,8 @@ The PS and the activity log are passed in; this module only reads them (``pull(c
   count as uninformed guesses; ``warm_auc`` keeps rows whose user *and* movie were trained
   (update count > 0); ``coverage`` is the share of warm rows.
 * HR@k: share of test users with a positive test item whose positive is in the top k of all trained
-  movies they have not rated, ranked by ``s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i)``
-  (τ: the time-aware popularity prior, :class:`PeriodPrior`; with pop_weight 0 this is the recall contract);
+  movies they have not rated, ranked by the served score: the namespace's score contract over the LFM rows,
+  the item channel and stream popularity (:mod:`lfm_stream.scoring`; what the recall service serves);
   Recall@k: share of the user's positive test items in that top k.  ``popularity_hr`` ranks by the
   activity log's positive counts with the same candidates and seen filter.
 """
@@ -23,7 +23,9 @@ import numpy as np
 from learner.config import ModelConfig
 from learner.idindex import IdIndex
 from learner.metrics import auc_exact, per_user_hits, top_k
-from learner.scores import predict, recall_scores
+from learner.scores import predict
+from lfm_stream.scoring import ItemChannels, ScoreContract, contract_key, lfm_channel
+from ps_redis.covisit import Covisit
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,24 @@ def user_periods(ps, user_ids: np.ndarray, default: int) -> np.ndarray:
     return np.where(rows.found, np.rint(rows.bias).astype(np.int64), default)
 
 
+def served_channels(ps, cfg: ModelConfig, table: "ItemTable"):
+    """(the score contract in ``ps``'s namespace — or the defaults —, the item channel over ``table``'s columns):
+    what the recall service ranks with (:mod:`recall_api.channels` builds the same from the same keys)."""
+    raw = ps.redis.get(contract_key(ps.namespace))
+    contract = ScoreContract.from_json(raw) if raw is not None else ScoreContract(dim=cfg.dim)
+    store = Covisit(ps)
+    deg_movies, deg = store.degrees()
+    buckets, pop_movies, pop_counts = store.popularity()
+    owners, cols, counts = store.all_neighbours()
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
+    rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
+    top = rank < contract.neighbors
+    col = table.raw_column_array
+    channels = ItemChannels.build(len(table.ids), col(deg_movies), deg, col(owners[top]), col(cols[top]),
+                                  counts[top], buckets, col(pop_movies), pop_counts, store.latest_bucket())
+    return contract, channels
+
+
 def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tuple[int, ...] = (10, 50),
              user_period: dict[int, int] | None = None, max_users: int = 0, popularity: bool = False,
              seed: int = 0) -> EvalResult:
@@ -236,16 +256,8 @@ def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tupl
     target = table.column(items[sel])
     raw_user = {int(u): int(r) for u, r in zip(users[sel], test["raw_user_id"][sel])}
     qrows = ps.pull("user", rank_users, create=False)
-    kq = None
-    if cfg.period_days > 0 and user_period is not None:
-        kq = np.array([user_period.get(int(u), -1) for u in rank_users], np.int64)
-    query = np.asarray(qrows.vec, np.float32).copy()
-    if kq is not None:
-        query += ps.pull("period", np.maximum(kq, 0), create=False).vec * (kq >= 0)[:, None]
-    prior, ku = None, None
-    if cfg.pop_period_days > 0 and cfg.pop_weight > 0:
-        prior = PeriodPrior.from_ps(ps, cfg, table)
-        ku = user_periods(ps, rank_users, prior.latest)
+    contract, channels = served_channels(ps, cfg, table)
+    recent = Covisit(ps).recent([raw_user[int(u)] for u in rank_users.tolist()])
     kmax = max(ks)
     pop_score = None
     if popularity:
@@ -253,22 +265,20 @@ def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tupl
         pop_score = np.array([pop.get(int(r), 0.0) for r in table.raw], np.float64)
     tops = np.zeros((rank_users.size, kmax), np.int64)
     pop_tops = np.zeros((rank_users.size, kmax), np.int64)
-    chunk = 512
-    for s in range(0, rank_users.size, chunk):
-        e = min(s + chunk, rank_users.size)
-        scores = recall_scores(cfg, query[s:e], table.vec, table.bias).astype(np.float64)
-        if prior is not None:
-            scores += cfg.pop_weight * prior.tau(ku[s:e])
-        seen_mask = np.zeros(scores.shape, bool)
-        for r in range(s, e):
-            cols = table.raw_columns(log.seen(raw_user[int(rank_users[r])]))
-            seen_mask[r - s, cols] = True
-        scores[seen_mask] = -np.inf
-        tops[s:e] = _pad_top(top_k(scores, kmax), kmax)
+    for r, user in enumerate(rank_users.tolist()):
+        bucket, movies = recent.get(raw_user[user], (None, np.zeros(0, np.int64)))
+        lfm = None
+        if qrows.found[r] and contract.lfm_weight:
+            logits = table.vec @ qrows.vec[r].astype(np.float64) + table.bias + qrows.bias[r] + mu
+            lfm = lfm_channel(logits, table.count)
+        scores = channels.scores(contract, lfm, table.raw_column_array(movies), bucket)
+        seen = table.raw_columns(log.seen(raw_user[user]))
+        scores[seen] = -np.inf
+        tops[r] = _pad_top(top_k(scores[None, :], kmax), kmax)[0]
         if pop_score is not None:
-            ps_ = np.broadcast_to(pop_score, scores.shape).copy()
-            ps_[seen_mask] = -np.inf
-            pop_tops[s:e] = _pad_top(top_k(ps_, kmax), kmax)
+            p = pop_score.copy()
+            p[seen] = -np.inf
+            pop_tops[r] = _pad_top(top_k(p[None, :], kmax), kmax)[0]
     for k in ks:
         hit, rec = per_user_hits(tops[:, :k], urow, target, rank_users.size)
         out[f"hr_at_{k}"] = float(hit.mean())

@@ -202,11 +202,21 @@ def run(cfg: DemoConfig) -> dict:
             _say(f"learner ({name}) -> namespace {ns}" + ("" if log is None else f", log {log.name}"))
             learners[name] = (subprocess.Popen(argv, env=env, stderr=log), metrics, ns)
             procs.append(learners[name][0])
+        # the item channel of the default model (co-occurrence, recent movies, stream popularity: its own group)
+        items_log = open(cfg.workdir / "items.log", "w")
+        items = subprocess.Popen([PY, "-m", "learner.items", "--redis-url", stack.redis_url, "--bootstrap",
+                                  stack.bootstrap, "--topic", topic, "--group", f"demo-items-{stamp}",
+                                  "--namespace", cfg.namespace, "--max-events", str(events), "--idle-timeout", "60"],
+                                 env=env, stderr=items_log)
+        _say(f"item channel -> namespace {cfg.namespace}, log {items_log.name}")
+        procs.append(items)
         if replay_proc.wait() != 0:
             raise RuntimeError(f"replay failed with exit code {replay_proc.returncode}")
         for name, (proc, _, _) in learners.items():
             if proc.wait() != 0:
                 raise RuntimeError(f"learner ({name}) failed with exit code {proc.returncode}")
+        if items.wait() != 0:
+            raise RuntimeError(f"item channel failed with exit code {items.returncode}; see {items_log.name}")
 
         plot = cfg.workdir / "auc.png"
         _run([PY, "-m", "learner.plot", *[str(m) for _, m, _ in learners.values()], "-o", str(plot)], "plot", env)

@@ -4,10 +4,13 @@ The learner writes a :class:`ScoreContract` into the parameter server (``<ns>:@c
 ``redis-cli GET lfm:@contract``) when it starts; the recall service reads it from Redis and ranks with
 :func:`blend`, so what is served is what the learner's evaluation measured.  The score of movie i for user u:
 
-    s(u, i) = w_lfm · (q_u·v_i + b_i)                                     LFM channel (learner rows)
+    s(u, i) = w_lfm · (log σ(ŷ_ui) + log(1 + n_i))                        LFM channel (learner rows)
             + w_co  · log(eps + Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1)))   item channel (co-occurrence)
             + w_pop · log(smooth + n_k(i) + total_w · n(i))               time-aware popularity
 
+* LFM channel: ``ŷ_ui = q_u·v_i + b_u + b_i + μ`` is the learner's logit that u likes i given u rates it, and
+  ``n_i`` the events its row was trained on: ``log P(u rates i and likes it) ≈ log σ(ŷ) + log(1 + n_i)`` up to
+  a constant (a user without a row has no LFM channel);
 * item channel: ``C[j, i]`` counts how often j and i were rated within ``pair_window`` consecutive ratings of a
   user (top ``neighbors`` kept per item), ``D_j`` all of j's pair counts; the sum runs over the user's last
   ``recent_items`` rated movies j, weighted ``r_j`` linearly from ``recent_min_weight`` (oldest) to 1 (newest);
@@ -146,6 +149,12 @@ def covisit_scores(neighbors: list[tuple[np.ndarray, np.ndarray]], query_degree:
     return out / np.sqrt(np.asarray(degree, np.float64) + 1.0)
 
 
+def lfm_channel(logits: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``log σ(ŷ) + log(1 + n)``: the LFM's like-probability of each item times how often it is rated."""
+    logits = np.asarray(logits, np.float64)
+    return -np.logaddexp(0.0, -logits) + np.log1p(np.maximum(np.asarray(counts, np.float64), 0.0))
+
+
 def popularity_prior(window_counts: np.ndarray, total_counts: np.ndarray, smooth: float,
                      total_weight: float) -> np.ndarray:
     """``log(smooth + n_k(i) + total_weight · n(i))``: positives near the user's time plus a share of all time."""
@@ -156,7 +165,7 @@ def blend(contract: ScoreContract, lfm: np.ndarray | None, covisit: np.ndarray |
           popularity: np.ndarray | None) -> np.ndarray:
     """The served score from the channels' raw parts (each float[n] or None when the channel is off or absent).
 
-    ``lfm`` is ``q_u·v_i + b_i``, ``covisit`` the sums of :func:`covisit_scores`, ``popularity`` the prior of
+    ``lfm`` is :func:`lfm_channel`, ``covisit`` the sums of :func:`covisit_scores`, ``popularity`` the prior of
     :func:`popularity_prior`.  A channel with weight 0 or None contributes nothing.
     """
     parts = [a for a in (lfm, covisit, popularity) if a is not None]
@@ -264,8 +273,8 @@ class ItemChannels:
 
     def scores(self, contract: ScoreContract, lfm: np.ndarray | None, recent_cols: np.ndarray,
                bucket: int | None, popularity: np.ndarray | None = None) -> np.ndarray:
-        """The served score (:func:`blend`) of every column for one user: ``lfm`` = q_u·v_i + b_i (None: the
-        user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event
+        """The served score (:func:`blend`) of every column for one user: ``lfm`` = :func:`lfm_channel` (None:
+        the user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event
         (``popularity``: :meth:`popularity` of that bucket, if the caller keeps it).  Computed sparsely: the item
         channel touches only the recent movies' neighbours."""
         if popularity is None:

@@ -37,6 +37,7 @@ class ChannelSource:
         self.n_built = 0
         self.version = 0
         self.skipped = 0
+        self.mu = 0.0  # the learner's global offset μ (its ``global`` row)
         self._popularity: dict = {}
 
     def use_contract(self, contract: ScoreContract) -> None:
@@ -64,6 +65,8 @@ class ChannelSource:
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
         """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows."""
         self.contract = self.read_contract(ps)
+        g = ps.pull("global", np.zeros(1, np.int64), create=False)
+        self.mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
         store = Covisit(ps)
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()

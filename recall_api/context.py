@@ -12,6 +12,7 @@ the PS's :class:`~ps_redis.keys.KeySpace`, rows are decoded by :func:`ps_redis.c
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,15 @@ from recall_api.usercache import UserCache
 log = logging.getLogger("recall_api")
 
 
+class UserRow(NamedTuple):
+    """The LFM part of a user's context: vector q_u and bias b_u."""
+
+    vec: np.ndarray
+    bias: float
+
+
 class ContextReader:
-    """Reads (user vector or None, rated raw movie ids int64, recent or None) for the request path; recent is
+    """Reads (user row or None, rated raw movie ids int64, recent or None) for the request path; recent is
     (bucket of the user's last event, their last rated raw movie ids, oldest first).
 
     Args:
@@ -56,16 +64,17 @@ class ContextReader:
                 Covisit(ps).recent_key(user_id)]
 
     def decode_replies(self, ps, keys: list[str], replies: list) -> tuple:
-        """(user vector or None, rated raw movie ids int64, recent or None) of the replies to GET user row,
+        """(:class:`UserRow` or None, rated raw movie ids int64, recent or None) of the replies to GET user row,
         SMEMBERS seen, GET recent movies."""
         value, members = replies[0], replies[1]
         recent = parse_recent(replies[2])
         rated = parse_ids(members)
         return self.user_vector(value, keys[0], ps.dim), rated, recent
 
-    def user_vector(self, value: bytes | None, key: str, dim: int) -> np.ndarray | None:
-        """The vector of a stored user row, or None when there is none or it is unusable — the wrong length, not
-        finite or beyond ±MAX_ABS (logged once per key; the user is then answered like one without a vector)."""
+    def user_vector(self, value: bytes | None, key: str, dim: int) -> UserRow | None:
+        """The vector and bias of a stored user row, or None when there is none or it is unusable — the wrong
+        length, not finite or beyond ±MAX_ABS (logged once per key; the user is then answered like one without a
+        vector)."""
         if value is None:
             return None
         try:
@@ -73,11 +82,11 @@ class ContextReader:
         except CorruptRowError as exc:
             self._report(key, str(exc))
             return None
-        vec = rows["vec"][0]
-        if not (np.abs(vec) <= MAX_ABS).all():  # (False for NaN too)
-            self._report(key, f"user row {key!r} has a vector that is not finite or beyond ±{MAX_ABS:g}")
+        vec, bias = rows["vec"][0], float(rows["bias"][0])
+        if not ((np.abs(vec) <= MAX_ABS).all() and abs(bias) <= MAX_ABS):  # (False for NaN too)
+            self._report(key, f"user row {key!r} has a vector or bias that is not finite or beyond ±{MAX_ABS:g}")
             return None
-        return vec
+        return UserRow(vec, bias)
 
     def _report(self, key: str, problem: str) -> None:
         if key not in self._reported:

@@ -35,6 +35,7 @@ class Snapshot:
     raw: np.ndarray  # int64[n] raw MovieLens movie ids
     vec: np.ndarray  # float32[n, d]
     bias: np.ndarray  # float32[n]
+    count: np.ndarray  # float32[n] events the learner trained each row on
     unit: np.ndarray  # float32[n, d], vec / ‖vec‖
     invalid: np.ndarray | None  # int64 row positions removed since the last full load (None = none)
     raw_pos: dict[int, int]  # raw movie id -> row (shared, only grows while this snapshot is in use)
@@ -56,6 +57,7 @@ class ItemMatrix:
         self._raw = np.zeros(cap, np.int64)
         self._vec = np.zeros((cap, self.dim), np.float32)
         self._bias = np.zeros(cap, np.float32)
+        self._count = np.zeros(cap, np.float32)
         self._unit = np.zeros((cap, self.dim), np.float32)
         self._valid = np.ones(cap, bool)
         self.pos: dict[int, int] = {}  # hashed id -> row
@@ -76,7 +78,8 @@ class ItemMatrix:
     def _make_snapshot(self) -> Snapshot:
         n = self.n
         invalid = np.flatnonzero(~self._valid[:n]) if self.n_invalid else None
-        return Snapshot(n, self._ids[:n], self._raw[:n], self._vec[:n], self._bias[:n], self._unit[:n],
+        return Snapshot(n, self._ids[:n], self._raw[:n], self._vec[:n], self._bias[:n], self._count[:n],
+                        self._unit[:n],
                         invalid, self.raw_pos, self._row_of_raw)
 
     def _grow(self, need: int) -> None:
@@ -85,20 +88,20 @@ class ItemMatrix:
             return
         while cap < need:
             cap *= 2
-        for name in ("_ids", "_raw", "_vec", "_bias", "_unit", "_valid"):
+        for name in ("_ids", "_raw", "_vec", "_bias", "_count", "_unit", "_valid"):
             old = getattr(self, name)
             new = np.zeros((cap,) + old.shape[1:], old.dtype) if name != "_valid" else np.ones(cap, bool)
             new[:self.n] = old[:self.n]
             setattr(self, name, new)
 
-    def upsert(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def upsert(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray,
+               count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Write rows (overwrite known hashed ids, append new ones) and publish a new snapshot.
 
         Args:
             ids: int64[m] hashed movie ids (distinct).
             raw: int64[m] raw movie ids (>= 0; the caller drops rows it cannot name).
-            vec: float32[m, d]; bias: float32[m].
+            vec: float32[m, d]; bias: float32[m]; count: events trained per row (None: 0).
 
         Returns:
             ``(updated rows, appended rows)``: row positions written, as int64 arrays.
@@ -121,6 +124,7 @@ class ItemMatrix:
         self._raw[rows] = raw
         self._vec[rows] = vec
         self._bias[rows] = bias
+        self._count[rows] = 0 if count is None else np.asarray(count, np.float32)
         self._unit[rows] = unit
         revived = ~new & ~self._valid[rows]
         if revived.any():

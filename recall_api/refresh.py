@@ -160,9 +160,10 @@ def apply_rows(matrix: ItemMatrix, rows, index, catalog: Catalog, stats: Refresh
     counted) and leaves the matrix if it was in it."""
     found = rows.found
     if not found.all():
-        rows_ids, raw, vec, bias = rows.ids[found], rows.raw[found], rows.vec[found], rows.bias[found]
+        rows_ids, raw, vec, bias, count = (rows.ids[found], rows.raw[found], rows.vec[found], rows.bias[found],
+                                           rows.count[found])
     else:
-        rows_ids, raw, vec, bias = rows.ids, rows.raw, rows.vec, rows.bias
+        rows_ids, raw, vec, bias, count = rows.ids, rows.raw, rows.vec, rows.bias, rows.count
     if len(rows_ids) == 0:
         return
     with np.errstate(invalid="ignore"):
@@ -175,7 +176,7 @@ def apply_rows(matrix: ItemMatrix, rows, index, catalog: Catalog, stats: Refresh
         removed = matrix.remove(bad)
         if index is not None and len(removed):
             index.remove(removed)
-        rows_ids, raw, vec, bias = rows_ids[sane], raw[sane], vec[sane], bias[sane]
+        rows_ids, raw, vec, bias, count = rows_ids[sane], raw[sane], vec[sane], bias[sane], count[sane]
     raw = raw.copy()
     unknown = (raw < 0) | (raw >= RAW_ID_LIMIT)
     if unknown.any():  # the learner did not store the raw id: name the row from the catalog
@@ -183,8 +184,8 @@ def apply_rows(matrix: ItemMatrix, rows, index, catalog: Catalog, stats: Refresh
         raw[unknown] = [names.get(h, -1) for h in rows_ids[unknown].tolist()]
         keep = raw >= 0
         stats.unmapped += int((~keep).sum())
-        rows_ids, raw, vec, bias = rows_ids[keep], raw[keep], vec[keep], bias[keep]
-    updated, appended = matrix.upsert(rows_ids, raw, vec, bias)
+        rows_ids, raw, vec, bias, count = rows_ids[keep], raw[keep], vec[keep], bias[keep], count[keep]
+    updated, appended = matrix.upsert(rows_ids, raw, vec, bias, count)
     stats.rows_applied += len(rows_ids)
     if index is not None and index.ready:
         written = np.concatenate([updated, appended])

@@ -27,17 +27,17 @@ import time
 import numpy as np
 import redis
 
-from ps_redis import ParameterServer, PSError
+from ps_redis import ParameterServer, PSError, mask_url
 from ps_redis.activity import ActivityLog, CursorExpired
 from recall_api import refresh
 from recall_api.catalog import Catalog
 from recall_api.context import ContextReader
 from recall_api.matrix import ItemMatrix, Snapshot
-from lfm_stream.scoring import blend
+from lfm_stream.scoring import blend, lfm_channel
 from recall_api.channels import ChannelSource
 from recall_api.topk import NEG_INF, cosine_scores, lookup_ids, popularity_top_k, top_k
-from recall_api.types import (I2I_DEFAULT, I2I_SOURCES, SOURCE_COVISIT, SOURCE_LFM, SOURCE_MODEL, SOURCE_POPULARITY, Answer, NotFound, RefreshStats, StoreConfig,
-                              Unavailable, cursor_ms)
+from recall_api.types import (I2I_DEFAULT, I2I_SOURCES, SOURCE_COVISIT, SOURCE_LFM, SOURCE_MODEL, SOURCE_POPULARITY,
+                              Answer, NotFound, RefreshStats, StoreConfig, Unavailable, cursor_ms)
 from recall_api.usercache import UserCache
 
 __all__ = ["RecallStore", "StoreConfig", "Answer", "NotFound", "Unavailable", "SOURCE_MODEL", "SOURCE_POPULARITY"]
@@ -156,7 +156,7 @@ class RecallStore:
             yield
         except (PSError, redis.RedisError, OSError) as exc:
             self._failed(exc)
-            raise Unavailable(f"Redis unavailable at {self.config.redis_url}: {exc}") from exc
+            raise Unavailable(f"Redis unavailable at {mask_url(self.config.redis_url)}: {exc}") from exc
 
     def _ready(self) -> ItemMatrix:
         if not self.healthy or self.ps is None:
@@ -225,14 +225,14 @@ class RecallStore:
         if self.channels.channels is None:  # nothing built yet (first refresh failed): the LFM score alone
             if query is None:
                 return self.popularity(k, set(rated.tolist()))
-            pos, scores = top_k(snap.vec @ query + snap.bias, k, exclude)
+            pos, scores = top_k(self._lfm(snap, query), k, exclude)
             return Answer(SOURCE_MODEL, snap.raw[pos].tolist(), scores.tolist())
         bucket, movies = recent if recent is not None else (None, np.zeros(0, np.int64))
         recent_rows = lookup_ids(snap.row_of_raw, snap.raw_pos, movies) if len(movies) else np.zeros(0, np.int64)
         if self.index is not None and self.index.ready:
             pos, scores = self._rank_candidates(snap, query, recent_rows, bucket, k, exclude)
         else:
-            lfm = None if query is None else snap.vec @ query + snap.bias
+            lfm = None if query is None or not self.channels.contract.lfm_weight else self._lfm(snap, query)
             s = self.channels.scores(lfm, recent_rows, bucket, snap.n)
             if snap.invalid is not None:
                 s[snap.invalid] = NEG_INF
@@ -248,7 +248,7 @@ class RecallStore:
         n_skip = 0 if exclude is None else len(exclude)
         parts = [self.channels.top_popular(bucket, max(4 * k, 200) + n_skip)]
         if query is not None and c.lfm_weight:
-            pos, _ = self.index.search_u2i(query, max(4 * k, 200), exclude)
+            pos, _ = self.index.search_u2i(query.vec, max(4 * k, 200), exclude)
             parts.append(np.asarray(pos, np.int64))
         cov_cols, cov_sums = ch.covisit(c, recent_rows)
         parts.append(cov_cols)
@@ -264,9 +264,15 @@ class RecallStore:
         pop_c = np.full(len(cand), np.log(c.popularity_smooth))
         inside = cand < len(pop)
         pop_c[inside] = pop[cand[inside]]
-        lfm = None if query is None else snap.vec[cand] @ query + snap.bias[cand]
+        lfm = None if query is None or not c.lfm_weight else self._lfm(snap, query, cand)
         top, scores = top_k(blend(c, lfm, cov, pop_c), k)
         return cand[top], scores
+
+    def _lfm(self, snap: Snapshot, query, rows: np.ndarray | None = None) -> np.ndarray:
+        """The LFM channel (:func:`lfm_stream.scoring.lfm_channel`) of a user row over ``rows`` (default: all)."""
+        vec, bias, count = (snap.vec, snap.bias, snap.count) if rows is None else \
+            (snap.vec[rows], snap.bias[rows], snap.count[rows])
+        return lfm_channel(vec @ query.vec + bias + (query.bias + self.channels.mu), count)
 
     def popularity(self, k: int, seen: set[int] = frozenset()) -> Answer:
         """The k movies with most positive events that are not in ``seen`` (source ``popularity``)."""
