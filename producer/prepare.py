@@ -14,8 +14,8 @@ Output (docs/design.md, "Prepared data directory")::
     OUT/manifest.json  OUT/train/part-00000.tfrecord ...  OUT/test/part-00000.tfrecord ...  OUT/movies.csv
 
 Everything is written to a temporary directory next to OUT and renamed at the end; an error, SIGINT, SIGTERM
-or SIGHUP removes the temporary directories and leaves OUT as it was.  A preparation that leaves no train
-record (e.g. a file with one rating per user) is an error.
+or SIGHUP removes the temporary directories and leaves OUT as it was (a signal exits ``128 + signal``).  A
+preparation that leaves no train record (e.g. a file with one rating per user) is an error.
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
             f"last {cfg.test_per_user} of each user held out{' twice (--validation)' if cfg.validation else ''}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with signals_deferred():  # no stop signal between creating tmp and the try that removes it
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = None
     try:
+        tmp = STOP.temp_dir(f".{out.name}.tmp-", out.parent)
         shards = {}
         labels = {}
         for name in ("train", "test"):
@@ -220,7 +220,8 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
         os.chmod(tmp, 0o755)
         replace_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     return manifest
@@ -229,7 +230,7 @@ def prepare(cfg: PrepareConfig, log=print, raw_dir: Path | None = None, extra: d
 def replace_dir(new: Path, out: Path) -> None:
     """Rename ``new`` to ``out``, replacing an existing ``out`` (moved aside, then deleted); signals wait until the
     swap is done, so OUT is always either the old or the new directory."""
-    with signals_deferred():
+    with STOP.deferred():
         if not out.exists():
             os.rename(new, out)
             return
@@ -248,45 +249,76 @@ def replace_dir(new: Path, out: Path) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGINT / SIGTERM / SIGHUP until the block ends (then they are delivered)."""
-    on_main = threading.current_thread() is threading.main_thread()
-    if on_main:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        if on_main:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+class StopSignals:
+    """What SIGINT / SIGTERM / SIGHUP do while :meth:`installed`: remove the temporary directories made with
+    :meth:`temp_dir` (those still there), say so and exit ``128 + signal`` at once.
 
+    The handler ends the process (``os._exit``) rather than raising: an exception raised by a signal handler lands
+    wherever the main thread is, e.g. inside an import (numpy imports lazily), and can corrupt the import system's
+    locks instead of unwinding cleanly.  Inside :meth:`deferred` blocks (the swap of OUT) a signal waits for the
+    block's end.  Outside :meth:`installed` (``prepare`` called as a library) nothing changes: errors still remove
+    the directories through ``except`` / ``finally``.
+    """
 
-class Interrupted(BaseException):
-    """A stop signal arrived (raised where the main thread runs, so every ``finally`` cleans up)."""
+    def __init__(self) -> None:
+        self.depth = 0  # deferred blocks entered
+        self.pending: int | None = None  # a signal held back
+        self.dirs: list[Path] = []  # temporary directories to remove (recorded while installed)
+        self.active = False
 
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
+    def temp_dir(self, prefix: str, parent: Path) -> Path:
+        """``tempfile.mkdtemp(prefix=prefix, dir=parent)``, removed by a stop signal while it exists (the caller
+        removes or renames it otherwise)."""
+        with self.deferred():  # no signal between creating it and recording it
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            if self.active:
+                self.dirs.append(path)
+        return path
 
+    def _handle(self, signum, frame) -> None:
+        if self.depth:
+            self.pending = self.pending or signum
+            return
+        self._stop(signum)
 
-@contextlib.contextmanager
-def signals_raise():
-    """Turn the first SIGINT / SIGTERM / SIGHUP into :class:`Interrupted` (later ones are ignored while the
-    cleanup runs); the previous handlers come back at the end."""
-    def stop(signum, frame):
+    def _stop(self, signum: int) -> None:
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"error: interrupted by {signal.Signals(signum).name}; temporary files removed", file=sys.stderr,
+              flush=True)
+        os._exit(128 + signum)
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold stop signals until the block ends (one that arrived meanwhile acts then)."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            self._stop(self.pending)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle stop signals as the class says (main thread only; the previous handlers come back at the end)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        self.active = True
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.active = False
+            self.dirs.clear()
+
+
+STOP = StopSignals()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,49 +359,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_missing and (Path(args.out) / "manifest.json").is_file():
         print(f"{args.out} already prepared (manifest.json present); nothing to do")
         return 0
-    with signals_raise():
-        try:
-            return _run(args)
-        except Interrupted as exc:
-            print(f"error: {exc}; temporary files removed", file=sys.stderr)
-            return 128 + exc.signum
-
-
-def _run(args: argparse.Namespace) -> int:
-    """``main`` after the flags are parsed (stop signals raise :class:`Interrupted` in here)."""
     from producer import download, synthetic
 
     raw_dir, extra = None, None
-    try:
-        check_out(Path(args.out), args.force)  # before any download or generation
-        if args.ratings and (args.download or args.synthetic is not None):
-            print(f"note: using --ratings {args.ratings} (given or from ${RATINGS_ENV}); "
-                  "--download / --synthetic ignored", file=sys.stderr)
-        if args.synthetic is not None and not args.ratings:
-            syn = synthetic.config_from_args(args)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with signals_deferred():
-                raw_dir = Path(tempfile.mkdtemp(prefix=f".{Path(args.out).name}.synthetic-",
-                                                dir=Path(args.out).parent))
-            args.ratings = str(synthetic.write(syn, raw_dir))
-            extra = {"synthetic": asdict(syn)}
-        elif not args.ratings and args.download:
-            args.ratings = str(download.fetch_ratings(args))
-            extra = {"download": {"name": args.download, "base_url": args.base_url}}
-        if not args.ratings:
-            print("error: give --ratings FILE, --download NAME or --synthetic N", file=sys.stderr)
-            return 2
-        cfg = PrepareConfig(ratings=args.ratings, out=args.out, format=args.format, movies=args.movies,
-                            max_user_ratings=args.max_user_ratings, test_per_user=args.test_per_user,
-                            pos_threshold=args.pos_threshold, shard_size=args.shard_size,
-                            validation=args.validation, skip_bad_lines=args.skip_bad_lines, force=args.force)
-        m = prepare(cfg, raw_dir=raw_dir, extra=extra)
-    except (DataError, FileExistsError, ValueError, download.DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if raw_dir is not None and raw_dir.exists():
-            shutil.rmtree(raw_dir, ignore_errors=True)
+    with contextlib.ExitStack() as signals:  # stop signals remove the temp dirs, except during a download
+        try:
+            check_out(Path(args.out), args.force)  # before any download or generation
+            if args.ratings and (args.download or args.synthetic is not None):
+                print(f"note: using --ratings {args.ratings} (given or from ${RATINGS_ENV}); "
+                      "--download / --synthetic ignored", file=sys.stderr)
+            if args.synthetic is not None and not args.ratings:
+                syn = synthetic.config_from_args(args)
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                signals.enter_context(STOP.installed())
+                raw_dir = STOP.temp_dir(f".{Path(args.out).name}.synthetic-", Path(args.out).parent)
+                args.ratings = str(synthetic.write(syn, raw_dir))
+                extra = {"synthetic": asdict(syn)}
+            elif not args.ratings and args.download:
+                args.ratings = str(download.fetch_ratings(args))  # (Ctrl-C: its own cleanup runs)
+                extra = {"download": {"name": args.download, "base_url": args.base_url}}
+            if not args.ratings:
+                print("error: give --ratings FILE, --download NAME or --synthetic N", file=sys.stderr)
+                return 2
+            cfg = PrepareConfig(ratings=args.ratings, out=args.out, format=args.format, movies=args.movies,
+                                max_user_ratings=args.max_user_ratings, test_per_user=args.test_per_user,
+                                pos_threshold=args.pos_threshold, shard_size=args.shard_size,
+                                validation=args.validation, skip_bad_lines=args.skip_bad_lines, force=args.force)
+            if raw_dir is None:
+                signals.enter_context(STOP.installed())
+            m = prepare(cfg, raw_dir=raw_dir, extra=extra)
+        except (DataError, FileExistsError, ValueError, download.DownloadError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if raw_dir is not None and raw_dir.exists():
+                shutil.rmtree(raw_dir, ignore_errors=True)
     print(f"prepared {args.out}: {m['train_records']} train + {m['test_records']} "
           f"{'validation' if cfg.validation else 'test'} records, {m['users']} users, {m['movies']} movies; "
           f"dropped {m['users_dropped']} users ({m['ratings_dropped']} ratings), {m['bad_lines']} bad lines; "
