@@ -27,11 +27,12 @@ import numpy as np
 
 from learner.backoff import retry
 from learner.config import LearnerConfig
-from learner.covisit import NeighbourLists, chunk_update, encode_neighbours
+from learner.covisit import NeighbourLists, chunk_update, encode_many
 from learner.report import say as learner_say
 from lfm_stream.scoring import ScoreContract
 
 GROUP_ENV = "LFM_ITEMS_GROUP"
+WINDOW_SECONDS = 1.0  # longest a polled record waits for its window's write
 DEFAULT_GROUP = "lfm-items"
 
 
@@ -46,10 +47,14 @@ class ItemChannel:
         cfg: servers, topic, group (use a group of its own, not the learner's), backend and timeouts.
         contract: the channel's parameters (``pair_window``, ``recent_items``, ``neighbors``, ``bucket_events``).
         ps: a ParameterServer (default: from ``cfg``).
-        poll_records: most records per poll (one fenced write each).
+        poll_records: most records per poll.
+        window_events: most records per fenced write while a backlog drains (a caught-up worker writes after
+            every poll, and at least every WINDOW_SECONDS): each write rewrites every neighbour list the window
+            touched, so larger windows cost less per event.
     """
 
-    def __init__(self, cfg: LearnerConfig, contract: ScoreContract, ps=None, poll_records: int = 10000):
+    def __init__(self, cfg: LearnerConfig, contract: ScoreContract, ps=None, poll_records: int = 10000,
+                 window_events: int = 50000):
         from learner.input import InputFn
         from ps_redis import ParameterServer
         from ps_redis.covisit import Covisit
@@ -65,6 +70,10 @@ class ItemChannel:
         self.poison = 0
         self.skipped = 0
         self.poll_records = poll_records
+        self.window_events = window_events
+        self._buffer: list[tuple] = []  # polled records not applied yet (one window)
+        self._buffered = 0
+        self._buffer_t = 0.0
         self.fetcher = None
         self._stop = False
 
@@ -126,8 +135,23 @@ class ItemChannel:
         return seek
 
     def on_revoke(self, partitions: list[int]) -> None:
+        self._flush()  # the window consumed so far is written (fenced) before another worker takes over
         self.kept.clear()
         self.lists.clear()
+
+    def _hold(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> None:
+        if not self._buffered:
+            self._buffer_t = time.monotonic()
+        self._buffer.append((values, parts, offsets))
+        self._buffered += len(values)
+
+    def _flush(self) -> None:
+        """Apply the records held since the last write, as one window."""
+        if not self._buffer:
+            return
+        held, self._buffer, self._buffered = self._buffer, [], 0
+        self.process([v for values, _, _ in held for v in values], np.concatenate([p for _, p, _ in held]),
+                     np.concatenate([o for _, _, o in held]))
 
     def process(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> bool:
         """Apply one poll's records; returns whether the write was applied (False: already applied before)."""
@@ -153,7 +177,7 @@ class ItemChannel:
         lists = self.lists.merged(update)
         fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
         fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets)
-        encoded = {m: encode_neighbours(*v) for m, v in lists.items()}
+        encoded = encode_many(lists)
         applied, _ = self._retry("item channel write", self.store.apply, update, encoded,
                                  self.events + update.events, c.bucket_events, fence)
         if applied:
@@ -176,8 +200,8 @@ class ItemChannel:
         cfg = self.cfg
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
-        self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, self.poll_records), prefetch=False,
-                               log=say)
+        self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, self.poll_records),
+                               prefetch=False, log=say)
         say(f"consuming {cfg.topic!r} as group {cfg.group!r}: pairs within {self.contract.pair_window} ratings, "
             f"{self.contract.neighbors} neighbours per movie, popularity buckets of {self.contract.bucket_events} "
             f"events")
@@ -190,13 +214,20 @@ class ItemChannel:
                 if chunk is not None and len(chunk):
                     take = len(chunk)
                     if cfg.max_events:
-                        take = min(take, cfg.max_events - self.records)
-                    self.process(chunk.values[:take], chunk.parts[:take], chunk.offsets[:take])
+                        take = min(take, cfg.max_events - self.records - self._buffered)
+                    self._hold(chunk.values[:take], chunk.parts[:take], chunk.offsets[:take])
                     last = time.monotonic()
-                if cfg.max_events and self.records >= cfg.max_events:
+                # a window is written once it is large, old, or the consumer has caught up (a short poll)
+                if self._buffered and (chunk is None or len(chunk) < self.poll_records
+                                       or self._buffered >= self.window_events
+                                       or now - self._buffer_t >= WINDOW_SECONDS):
+                    self._flush()
+                if cfg.max_events and self.records + self._buffered >= cfg.max_events:
+                    self._flush()
                     reason = "max_events"
                     break
                 if self._stop:
+                    self._flush()
                     reason = "signal"
                     break
                 if cfg.idle_timeout and now - last >= cfg.idle_timeout + 2 * cfg.session_timeout_ms / 1000 * \
@@ -240,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=int, default=0, help="stop after this many records (0 = no limit)")
     p.add_argument("--idle-timeout", type=float, default=0.0,
                    help="stop after this many seconds without a record (0 = never)")
-    p.add_argument("--poll-records", type=int, default=10000, help="most records per poll (one fenced write each)")
+    p.add_argument("--poll-records", type=int, default=10000, help="most records per poll")
+    p.add_argument("--window-events", type=int, default=50000,
+                   help="most records per fenced write while a backlog drains (caught up: every poll)")
     defaults = ScoreContract()
     for name in ("pair_window", "recent_items", "neighbors", "bucket_events"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
@@ -263,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"lfm-items: {exc}", file=sys.stderr)
         return 2
-    if args.poll_records < 1:
-        print(f"lfm-items: --poll-records must be >= 1 (got {args.poll_records})", file=sys.stderr)
-        return 2
-    worker = ItemChannel(cfg, contract, poll_records=args.poll_records)
+    for name in ("poll_records", "window_events"):
+        if getattr(args, name) < 1:
+            print(f"lfm-items: --{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})", file=sys.stderr)
+            return 2
+    worker = ItemChannel(cfg, contract, poll_records=args.poll_records, window_events=args.window_events)
     worker.contract = worker.published_contract(contract)
     worker.run()
     return 0

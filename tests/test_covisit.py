@@ -133,3 +133,29 @@ def test_neighbour_lists_merge_sort_and_trim():
     ids, counts = merge_neighbours(ids, counts, np.array([1, 2]), np.array([1, 1]), cap=2)
     assert ids.tolist() == [7, 9] and counts.tolist() == [4, 4]  # 5 > 2·cap: the 2 most counted stay
     assert encode_neighbours(ids, counts) == "7 4 9 4"
+
+
+def test_held_lists_merge_like_one_list_at_a_time():
+    from learner.covisit import NeighbourLists, encode_many, encode_neighbours, merge_neighbours
+
+    rng = np.random.default_rng(7)
+    lists = NeighbourLists(cap=3)
+    one_by_one: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    kept: dict[int, np.ndarray] = {}
+    done = 0
+    for _ in range(6):
+        users, movies = rng.integers(0, 6, 80), rng.integers(0, 25, 80)
+        update = chunk_update(users, movies, np.zeros(80), kept, done, pair_window=4, keep=3, bucket_events=10)
+        kept.update(zip(update.users.tolist(), update.recent))
+        done += update.events
+        got = lists.merged(update)
+        for a in np.unique(update.pair_a).tolist():
+            at = update.pair_a == a
+            old = one_by_one.get(a, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            one_by_one[a] = merge_neighbours(*old, update.pair_b[at], update.pair_n[at], cap=3)
+            assert got[a][0].tolist() == one_by_one[a][0].tolist() and got[a][1].tolist() == one_by_one[a][1].tolist()
+        lists.keep(got)
+        text = encode_many(got)
+        assert all(text[m] == encode_neighbours(*got[m]) for m in got)
+    assert encode_many({5: (np.array([10, 7]), np.array([120, 3])), 6: (np.zeros(0), np.zeros(0))}) == {
+        5: "10 120 7 3", 6: ""}

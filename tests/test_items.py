@@ -84,7 +84,7 @@ def test_item_channel_state_is_one_pass(redis_url, bootstrap, syn_topic, syn_val
 
 def test_item_channel_sigkill_applies_every_event_once(redis_url, bootstrap, syn_topic, syn_values, namespace):
     make_namespace(redis_url, namespace)
-    cmd = items_cmd(redis_url, bootstrap, syn_topic, namespace, "--poll-records", "100")
+    cmd = items_cmd(redis_url, bootstrap, syn_topic, namespace, "--poll-records", "100", "--window-events", "300")
     r = redis.Redis.from_url(redis_url)
     meta = "{" + f"{namespace}:@co" + "}:meta"
     rng = np.random.default_rng()
