@@ -11,8 +11,9 @@ ablations, popularity, i2i next-item), all against the run's held-out ratings:
 
 Runs: the folds of ``bench/folds.py`` (cut from the train split only), ``test`` (the seed protocol's test split)
 and ``seed`` (the test split with ``--preset seed``).  Prints ``{"runs": {name: {test_auc, test_auc_ci, warm_auc,
-prequential_auc, served_hr_at_10, served_hr_at_50, served_recall_at_50 (each with _ci), popularity_hr_at_50,
-ablations: {...}, i2i: {...}, ...}}, "spread": {...}}``.
+prequential_auc, served_hr_at_10, served_hr_at_50, served_recall_at_50 (each with _ci), served_ann_* (the same
+through the Faiss path: each channel's candidates re-ranked exactly), popularity_hr_at_50, ablations: {...},
+i2i: {...}, ...}}, "spread": {...}}``.
 Starts its own redis-server + Tansu (``LocalStack(use_env=False)``) unless --redis-url / --bootstrap are given.
 """
 
@@ -112,6 +113,12 @@ def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args:
         out[f"popularity_{key}"] = served["popularity"][key]["mean"]
     out["ablations"] = {name: {k: v["mean"] for k, v in served[name].items()} for name in recall.ABLATIONS}
     out["i2i"] = {name[4:]: served[name]["next_item_hr_at_50"] for name in served if name.startswith("i2i_")}
+    ann = RecallStore(StoreConfig(redis_url, ns, faiss=True), Catalog.load(data))
+    if not ann.refresh_once():
+        raise RuntimeError(f"cannot load the model: {ann.stats.last_error}")
+    got = recall.evaluate(ann, test, ablations={"served": {}}, baselines=False)["served"]
+    for key in ("hr_at_10", "hr_at_50", "recall_at_50"):
+        out[f"served_ann_{key}"] = got[key]["mean"]
     if grid:
         variants = {json.dumps(change, sort_keys=True): change for change in grid}
         got = recall.evaluate(store, test, ablations=variants, n_boot=50, baselines=False)

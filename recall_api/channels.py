@@ -39,11 +39,12 @@ class ChannelSource:
         self.skipped = 0
         self.mu = 0.0  # the learner's global offset μ (its ``global`` row)
         self._popularity: dict = {}
+        self._top: dict = {}
 
     def use_contract(self, contract: ScoreContract) -> None:
         """Rank with ``contract`` until the next :meth:`build` (benchmarks re-rank one state with ablations)."""
         self.contract = contract
-        self._popularity = {}
+        self._popularity, self._top = {}, {}
 
     def read_contract(self, ps) -> ScoreContract:
         """The learner's contract from Redis; without one (no learner has started yet), the defaults."""
@@ -81,15 +82,21 @@ class ChannelSource:
             buckets, lookup_rows(raw_pos, pop_movies.tolist()), pop_counts, store.latest_bucket())
         self.n_built = n_items
         self.version += 1
-        self._popularity = {}
+        self._popularity, self._top = {}, {}
 
     def top_popular(self, bucket: int | None, n: int) -> np.ndarray:
-        """Rows of the ``n`` highest popularity priors for ``bucket`` (candidates of the ANN path)."""
-        pop = self.popularity(bucket)
-        n = min(n, len(pop))
-        if n <= 0:
-            return np.zeros(0, np.int64)
-        return np.argpartition(-pop, n - 1)[:n].astype(np.int64)
+        """Rows of the ``n`` highest popularity priors for ``bucket`` (candidates of the ANN path; cached per
+        bucket, so a request does not scan the catalogue)."""
+        cached = self._top.get(bucket)
+        if cached is None or len(cached) < n:
+            pop = self.popularity(bucket)
+            m = min(max(n, 1000), len(pop))
+            cached = np.argpartition(-pop, m - 1)[:m].astype(np.int64) if m > 0 else np.zeros(0, np.int64)
+            cached = cached[np.argsort(-pop[cached], kind="stable")]  # best first: a prefix is a top-n
+            if len(self._top) >= POPULARITY_CACHE:
+                self._top = {}
+            self._top[bucket] = cached
+        return cached[:n] if n < len(cached) else cached
 
     def popularity(self, bucket: int | None) -> np.ndarray:
         """float64[n_built]: the popularity prior of a user whose last event is in ``bucket`` (cached per bucket)."""
