@@ -18,10 +18,11 @@ from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, K
                                REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
 from lfm_stream.quiet import quiet_tensorflow
 from lfm_stream.version import add_version_flag
-from learner.config import BACKENDS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
+from learner.config import BACKENDS, ON_PS_LOSS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
 from learner.validate import RecordLimits
 
 GROUP_ENV = "LFM_GROUP"
+ON_PS_LOSS_ENV = "LFM_ON_PS_LOSS"
 METRICS_PORT_ENV, METRICS_HOST_ENV, PROGRESS_ENV = "LFM_LEARNER_METRICS_PORT", "LFM_METRICS_HOST", "LFM_PROGRESS_INTERVAL"
 DEFAULT_GROUP = "lfm-learner"
 _MODEL_TYPES = typing.get_type_hints(ModelConfig)
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consume in a child process, off the training loop's GIL (default: on with --prefetch)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
+    io.add_argument("--on-ps-loss", choices=ON_PS_LOSS, default=env_default(ON_PS_LOSS_ENV, "fail"),
+                    help=env_help("when a PS write finds the PS lost what this learner wrote (Redis restarted "
+                                  "without persistence, a flush): fail = stop with an error (exit 3), rebuild = "
+                                  "replay from the PS offsets (the earliest where none)", ON_PS_LOSS_ENV, "fail"))
     chk = p.add_argument_group("record checks (a record outside these goes to <topic>.dlq with its reason)")
     chk.add_argument("--min-timestamp", type=int, default=0, help="earliest event time accepted (epoch seconds)")
     chk.add_argument("--max-timestamp", type=int, default=None,
@@ -124,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         push_mode=args.push_mode, prefetch=args.prefetch, consumer_process=args.consumer_process,
         train_log_steps=args.train_log_steps,
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
+        on_ps_loss=args.on_ps_loss,
         limits=RecordLimits(min_timestamp=args.min_timestamp, max_timestamp=args.max_timestamp,
                             min_rating=args.min_rating, max_rating=args.max_rating, pos_threshold=args.pos_threshold),
         xla=args.xla, progress_s=args.progress_interval, metrics_port=args.metrics_port,
@@ -146,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"lfm-learner: error: {exc}", file=sys.stderr)
         return 2
-    learner.run()
-    return 0
+    summary = learner.run()
+    return 3 if summary.get("reason") == "ps_state_lost" else 0
 
 
 if __name__ == "__main__":

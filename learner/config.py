@@ -27,6 +27,7 @@ OPTIMIZERS = ("sgd", "adagrad", "adagrad_ev")
 REDUCTIONS = ("sum", "mean")
 PUSH_MODES = ("auto", "assign", "gradient")
 BACKENDS = ("kafka-python", "confluent")
+ON_PS_LOSS = ("fail", "rebuild")  # what the learner does when a write finds the PS lost what it had stored
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,10 @@ class LearnerConfig:
         limits: the field ranges a stream record must be in to be trained (timestamp window, rating range,
             label rule; :class:`learner.validate.RecordLimits`); other records are poison.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
+        on_ps_loss: when a PS write finds stored offsets gone or behind what this learner wrote (Redis restarted
+            without persistence, the last second of its append-only file, a flush, an older snapshot loaded):
+            ``fail`` (default) stops with an error naming the offsets, writing and committing nothing more;
+            ``rebuild`` drops what it holds and replays from the PS offsets (the earliest where none).
         xla: compile the TF loop over a chunk's micro-batches with XLA (see :class:`learner.model.MFModel`).
         progress_s: seconds between progress lines when stderr is not a TTY (a TTY gets a bar; 0 = neither).
         metrics_port, metrics_host: serve Prometheus ``/metrics`` there (0 = not served).
@@ -249,6 +254,7 @@ class LearnerConfig:
     dlq: bool = True
     limits: RecordLimits = field(default_factory=RecordLimits)
     retry_max_s: float = 10.0
+    on_ps_loss: str = "fail"
     xla: bool = True
     progress_s: float = 5.0
     metrics_port: int = 0
@@ -275,6 +281,8 @@ class LearnerConfig:
         for name in ("idle_timeout", "flush_ms", "sync_ms", "progress_s", "metrics_port"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if self.on_ps_loss not in ON_PS_LOSS:
+            bad("on_ps_loss", f"must be one of {ON_PS_LOSS}")
         if not self.topic:
             bad("topic", "must not be empty")
 

@@ -78,6 +78,7 @@ class Learner:
         self.ret_loss = 0.0
         self.user_period: dict[int, int] = {}
         self._stop = False
+        self.rebuilds = 0  # times the PS lost state and the learner replayed (--on-ps-loss rebuild)
         self._closing = False  # leaving the group at the end: its revocation is no news
         self._metrics = MetricsFile(cfg.metrics_path)
         self.live = Live(cfg, self.say, getattr(self.ps, "redis", None))  # progress, /metrics, dashboard records
@@ -131,11 +132,14 @@ class Learner:
 
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
-        seek = {p: stored[p] for p in partitions if p in stored}
+        # the PS offsets are the truth: a partition without any was never applied to this namespace (or the PS lost
+        # it), so it replays from the earliest offset, not from the group's Kafka commit
+        seek = {p: stored.get(p, 0) for p in partitions}
+        self.sync.resume({p: stored[p] for p in partitions if p in stored})
         self._assigned_at = time.monotonic()
         self._assigned = list(partitions)
         self.live.assign(partitions)
-        self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: committed/earliest)'}")
+        self.say(f"assigned partitions {partitions}; resuming from PS offsets {seek} (0: the earliest)")
         self.emit("assign", partitions=partitions, resume=seek)
         return seek
 
@@ -162,12 +166,7 @@ class Learner:
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
         poll_records = max(4 * B, 10000)
-        if cfg.in_child:
-            self.fetcher = ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say,
-                                          decode=self.input.decode)
-        else:
-            self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records),
-                                   cfg.prefetch, log=self.say, decode=self.input.decode)
+        self.fetcher = self._open_fetcher(poll_records)
         self.say(f"lfm-learner {version()}: consuming {cfg.topic!r} from {cfg.bootstrap} as group {cfg.group!r}, "
                  f"PS {mask_url(cfg.redis_url)} namespace {cfg.namespace!r} ({cfg.backend}"
                  f"{' in a child process' if cfg.in_child else ''}, {self.mode} pushes, batch {B}, dim {cfg.model.dim})")
@@ -204,6 +203,12 @@ class Learner:
                 if self._stop:
                     reason = "signal"
                     break
+                if self.sync.lost is not None:  # a write found the PS lost what it had stored
+                    if cfg.on_ps_loss != "rebuild":
+                        reason = "ps_state_lost"
+                        break
+                    self._rebuild(poll_records)
+                    last_rec = time.monotonic()
                 # idle counts from the last record or the last assignment; before the first assignment the
                 # group join (about half the session timeout on Tansu, longer after a crash) is allowed too
                 idle = now - max(last_rec, self._assigned_at)
@@ -216,6 +221,29 @@ class Learner:
             for s, h in prev.items():
                 signal.signal(s, h)
         return summary
+
+    def _open_fetcher(self, poll_records: int):
+        """The consumer (in a child process or on a prefetch thread); it joins the group."""
+        cfg = self.cfg
+        if cfg.in_child:
+            return ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say,
+                                  decode=self.input.decode)
+        return Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records),
+                       cfg.prefetch, log=self.say, decode=self.input.decode)
+
+    def _rebuild(self, poll_records: int) -> None:
+        """``--on-ps-loss rebuild``: drop what is held and consumed, leave the group and join again, so every
+        partition resumes from the PS offsets (the earliest where the PS has none) and the lost events are
+        trained again."""
+        lost = self.sync.lost
+        self.rebuilds += 1
+        self.say(f"the PS lost state ({lost}); rebuilding: replaying from the PS offsets (the earliest where none)")
+        self.emit("rebuild", error=str(lost))
+        self.fetcher.close()
+        with self.lock:
+            self.pending.clear()
+            self.sync.reset()
+        self.fetcher = self._open_fetcher(poll_records)
 
     def _on_signal(self, signum, frame) -> None:
         self.say(f"signal {signum}: finishing the batch, then push, commit, checkpoint, exit")
@@ -409,7 +437,13 @@ class Learner:
         if self.fetcher is not None:
             self._closing = True
             self.fetcher.close()
-        test = self._test_and_checkpoint() if self.step or self.test is not None else {}
+        lost = self.sync.lost
+        if lost is not None:  # nothing was written or committed after the loss: no evaluation, no checkpoint
+            self.say(f"error: {lost}. The PS lost events this learner had written (a Redis restart without "
+                     "persistence, a flush, an older snapshot); nothing more was written or committed. Restarting "
+                     "the learner resumes from the PS offsets (partitions without any replay from the earliest); "
+                     "--on-ps-loss rebuild does that without stopping.")
+        test = self._test_and_checkpoint() if (self.step or self.test is not None) and lost is None else {}
         self.poison.close()
         if self.probe is not None:
             self.probe.close()
@@ -423,7 +457,8 @@ class Learner:
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
                             poison=self.poison.count, poison_by_reason=dict(self.poison.by_reason),
-                            skipped_pushes=self.sync.skipped, **test)
+                            skipped_pushes=self.sync.skipped, rebuilds=self.rebuilds,
+                            ps_state_lost=None if lost is None else str(lost), **test)
         active, mean = self.live.tracker.active_s, self.live.mean_rate()
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s ({active:.1f} s active"
                  + (f", {mean:,.0f} ev/s" if mean else "") + f"), prequential AUC "

@@ -4,7 +4,7 @@ Each micro-batch pulls (one MGET over every table) only the rows it touches that
 them in place in a :class:`~learner.window.RowWindow` per table, and records the Kafka offsets and events
 it covers.  A sync writes the rows changed since the previous sync:
 
-- assign mode (one writer per row): on a standalone Redis one MULTI/EXEC with the changed rows, the new-row
+- assign mode (one writer per row): on a standalone Redis one Function call with the changed rows, the new-row
   counters, the activity log of the window's events, the window's positives per (period, movie) added to the
   ``ppop`` counter set (:class:`~ps_redis.counters.Counters`) and the fence offsets
   (:meth:`ParameterServer.write_rows`), on a background thread while the next window trains (writes land in
@@ -18,6 +18,14 @@ it covers.  A sync writes the rows changed since the previous sync:
   workers change them).  A Redis Cluster in assign mode writes the same way, with assigned values.
 
 After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).
+
+Lost PS state: every fenced write carries, per fence key, the offsets this learner knows the PS holds there
+(:attr:`ps_redis.Fence.stored`: what it resumed from, :meth:`WindowSync.resume`, and what its own writes
+stored).  A write that finds them gone or behind (a Redis restart without persistence, the last second of an
+append-only file, a flush, an older snapshot loaded) fails before writing anything; the sync keeps the error in
+:attr:`WindowSync.lost`, writes and commits nothing more, and the loop stops with that error or rebuilds
+(:meth:`WindowSync.reset`, then a replay from the PS offsets).  Writing on would claim events the PS no longer
+holds.
 """
 
 from __future__ import annotations
@@ -71,7 +79,41 @@ class WindowSync:
         self._epoch = self._epoch_seen = _UNSEEN  # PS epoch after the last write (delete / load / flush move it)
         self._job = None
         self._inflight_events = None  # the activity-log events of the write in flight
+        self.stored: dict[str, dict[int, int]] = {}  # per fence key: offsets this learner knows the PS holds
+        self.lost = None  # the PSStateLost of a write that found the PS had lost what it stored
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lfm-sync")
+
+    # ---------------------------------------------------------------------------- PS state
+    def resume(self, stored: dict[int, int]) -> None:
+        """The PS offsets the learner resumes from (read on a partition assignment): later writes must find the
+        PS holding at least these."""
+        fence = self._fence({})
+        bounds = self.stored.setdefault(self.ps.keys.fence(fence.group, fence.topic), {})
+        for p, o in stored.items():
+            bounds[p] = max(bounds.get(p, -1), int(o))
+
+    def reset(self) -> None:
+        """Forget everything held, pending and known of the PS (after a lost PS state, before replaying from the
+        PS offsets)."""
+        self.wait()
+        for w in self.held.values():
+            w.clear()
+        self.offsets, self.events, self.batches = {}, [], 0
+        self.stored.clear()
+        self.lost = None
+        self._epoch = self._epoch_seen = _UNSEEN
+
+    def _bounded(self, fence, key: str):
+        """``fence`` carrying the offsets this learner knows the PS holds at fence ``key``."""
+        from ps_redis import Fence
+
+        return Fence(fence.group, fence.topic, fence.offsets, stored=dict(self.stored.get(key, {})))
+
+    def _landed(self, key: str, offsets: dict[int, int]) -> None:
+        """A write raised the offsets at fence ``key`` to at least ``offsets``."""
+        bounds = self.stored.setdefault(key, {})
+        for p, o in offsets.items():
+            bounds[p] = max(bounds.get(p, -1), int(o))
 
     # ---------------------------------------------------------------------------- one batch
     def add_batch(self, parts: np.ndarray, offsets: np.ndarray) -> None:
@@ -154,6 +196,11 @@ class WindowSync:
         """Write the rows changed since the last sync (see the module docstring); ``wait`` returns after every
         write landed.  Returns whether the held rows were dropped (see :meth:`forget`)."""
         dropped = False
+        if self.lost is None and self.background:
+            self.wait()  # the previous window's fence must land first (and may find the PS state lost)
+        if self.lost is not None:  # nothing more is written or committed: the loop stops or rebuilds
+            self.offsets, self.events, self.batches = {}, [], 0
+            return False
         if self.batches:
             offsets = dict(self.offsets)
             events = tuple(np.concatenate(col) for col in zip(*self.events)) if self.events else None
@@ -161,11 +208,12 @@ class WindowSync:
             dirty = {table: d for table, d in dirty.items() if len(d[0])}
             self.offsets, self.events, self.batches = {}, [], 0
             if self.background:
-                self.wait()  # the previous window's fence must land first
                 self._job = self._pool.submit(self._write, dirty, offsets, events)
                 self._inflight_events = events
             else:
                 self._push(dirty, offsets, events)
+                if self.lost is not None:
+                    return False
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
                 self.forget()
                 dropped = True
@@ -188,12 +236,13 @@ class WindowSync:
         uniq, total = np.unique(ppop[pos], return_counts=True)
         return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total.astype(np.int64)
 
-    def _unrecorded(self, keys: list[str], events) -> list[np.ndarray]:
-        """Per side write fenced at one of ``keys``, which of the window's events it has not recorded yet: an
-        event is recorded when its offset is below the stored next offset of its partition.  A learner restarted
-        after a crash between the side writes and the rows replays a window whose bounds differ from the crashed
-        one's, so the side writes filter by event instead of skipping or applying a whole window."""
-        fences, _ = self._retry("side fence offsets", self.ps.fence_offsets, keys)
+    @staticmethod
+    def _unrecorded(fences: list[dict[int, int]], events) -> list[np.ndarray]:
+        """Per side write (its stored ``{partition: next offset}`` in ``fences``), which of the window's events it
+        has not recorded yet: an event is recorded when its offset is below the stored next offset of its
+        partition.  A learner restarted after a crash between the side writes and the rows replays a window whose
+        bounds differ from the crashed one's, so the side writes filter by event instead of skipping or applying a
+        whole window."""
         parts, offs = events[5], events[6]
         out = []
         for stored in fences:
@@ -217,10 +266,17 @@ class WindowSync:
             w.clear()
 
     def wait(self) -> None:
-        """Block until the write in flight landed."""
+        """Block until the write in flight landed (or failed on a lost PS state: see :attr:`lost`)."""
+        from ps_redis import PSStateLost
+
         t = time.perf_counter()
         if self._job is not None:
-            applied, offsets = self._job.result()
+            try:
+                applied, offsets = self._job.result()
+            except PSStateLost as exc:
+                self._job, self._inflight_events, self.lost = None, None, exc
+                self._tick("push", t)
+                return
             self._job, self._inflight_events = None, None
             if not applied:
                 self.skipped += 1
@@ -233,13 +289,17 @@ class WindowSync:
         self._pool.shutdown()
 
     def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> tuple[bool, dict]:
-        """Background thread: one MULTI/EXEC (rows, counters, activity log, offsets), then the Kafka commit."""
+        """Background thread: one Function call (rows, counters, activity log, offsets, checked against what the PS
+        is known to hold), then the Kafka commit."""
         counts = self._counts(events)
         extra = [self.activity.record_command(*events[:5]) if events else None,
                  self.pop.add_command(*counts) if counts is not None else None]
+        fence = self._fence(offsets)
+        key = self.ps.keys.fence(fence.group, fence.topic)
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
-                                        fence=self._fence(offsets), extra=[c for c in extra if c])
+                                        fence=self._bounded(fence, key), extra=[c for c in extra if c])
+        self._landed(key, offsets)
         self._epoch_seen, _ = self._retry("PS epoch", self.ps.epoch)
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
@@ -261,18 +321,33 @@ class WindowSync:
                                     accum=np.ascontiguousarray(cur["accum"]), count=count)
         # before the rows raise the namespace's offsets (which Counters.add and ActivityLog.record also check),
         # each fenced on its own and sent for the events it has not recorded: a replay after a crash adds exactly
-        # what the crashed sync did not
+        # what the crashed sync did not.  The three fences are read first, in one round trip: if the namespace's
+        # offsets lost what this learner stored, nothing is written.
+        from ps_redis import Fence, PSStateLost
+
         fence = self._fence(offsets)
-        if events is not None:
-            new_counts, keep = self._unrecorded([self.pop.fence_key(fence.group, fence.topic),
-                                                 self.activity.fence_key(fence.group, fence.topic)], events)
-            counts = self._counts(events, new_counts)
-            if counts is not None:
-                self._retry("fenced counter push", self.pop.add, *counts, fence=fence)
-            if keep.any():
-                self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
-                            fence=fence)
-        applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode, fence=fence)
+        keys = [self.ps.keys.fence(fence.group, fence.topic), self.pop.fence_key(fence.group, fence.topic),
+                self.activity.fence_key(fence.group, fence.topic)]
+        try:
+            stored, _ = self._retry("fence offsets", self.ps.fence_offsets, keys)
+            self.ps.check_stored(keys[0], stored[0], self.stored.get(keys[0], {}))
+            if events is not None:
+                new_counts, keep = self._unrecorded(stored[1:], events)
+                counts = self._counts(events, new_counts)
+                # the side fences must still hold what was just read (checked in the same Function call)
+                if counts is not None:
+                    self._retry("fenced counter push", self.pop.add, *counts,
+                                fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[1]))
+                if keep.any():
+                    self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
+                                fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[2]))
+            applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode,
+                                            fence=self._bounded(fence, keys[0]))
+        except PSStateLost as exc:
+            self.lost = exc
+            self._tick("push", t)
+            return
+        self._landed(keys[0], offsets)
         if not (applied or attempts > 0):
             self.skipped += 1
             self._say(f"fenced push for {offsets} skipped: the PS already holds it")

@@ -258,7 +258,7 @@ class ParameterServer:
         return ("FCALL", "lfm_push", len(keys), *keys, mode, repr(now), self.dim, *block, len(packed), *segs)
 
     def write_rows(self, tables: dict[str, tuple], fence: Fence | None = None, extra: list[tuple] = ()) -> bool:
-        """Overwrite whole rows of several tables in one MULTI/EXEC (standalone server only).
+        """Overwrite whole rows of several tables in one Function call, ``lfm_write`` (standalone server only).
 
         ``tables`` maps a table to ``(ids, rows, new)``: structured rows of :func:`ps_redis.codec.row_dtype`
         (``updated`` is set to now) and a bool mask of rows that do not exist yet (added to the table's
@@ -269,6 +269,8 @@ class ParameterServer:
 
         Raises:
             ValueError: on a cluster (use :meth:`push`), a bad table name or rows of another dim.
+            PSStateLost: the stored offsets are below ``fence.stored`` (nothing written).
+            redis.ResponseError: an ``extra`` command failed (no row or offset written).
         """
         if self.keys.shards:
             raise ValueError("write_rows needs a standalone server; on a cluster use push()")
