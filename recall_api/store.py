@@ -246,26 +246,45 @@ class RecallStore:
         bucket's most popular rows), then the exact served score (:func:`lfm_stream.scoring.blend`) on them."""
         c, ch = self.channels.contract, self.channels.channels
         n_skip = 0 if exclude is None else len(exclude)
-        parts = [self.channels.top_popular(bucket, max(4 * k, 200) + n_skip)]
+        popular = self.channels.top_popular(bucket, max(4 * k, 200) + n_skip)
+        parts = [popular]
+        x_last = None  # the index returned every row whose q·v + b_i is above this (None: every row)
         if query is not None and c.lfm_weight:
-            pos, _ = self.index.search_u2i(query.vec, max(4 * k, 200), exclude)
+            pos, x = self.index.search_u2i(query.vec, max(4 * k, 200), exclude)
             parts.append(np.asarray(pos, np.int64))
+            x_last = float(x.min()) if len(pos) == max(4 * k, 200) else None
         cov_cols, cov_sums = ch.covisit(c, recent_rows)
         parts.append(cov_cols)
-        cand = np.unique(np.concatenate(parts))
         drop = [a for a in (exclude, snap.invalid) if a is not None]
-        cand = cand[(cand < snap.n) & ~np.isin(cand, np.concatenate(drop) if drop else np.zeros(0, np.int64))]
-        cov = np.zeros(len(cand), np.float64)
-        at = np.searchsorted(cand, cov_cols)
-        hit = at < len(cand)
-        hit[hit] = cand[at[hit]] == cov_cols[hit]
-        cov[at[hit]] = cov_sums[hit]
+        drop = np.concatenate(drop) if drop else np.zeros(0, np.int64)
         pop = self.channels.popularity(bucket)
-        pop_c = np.full(len(cand), np.log(c.popularity_smooth))
-        inside = cand < len(pop)
-        pop_c[inside] = pop[cand[inside]]
-        lfm = None if query is None or not c.lfm_weight else self._lfm(snap, query, cand)
-        top, scores = top_k(blend(c, lfm, cov, pop_c), k)
+
+        def served(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            cand = cand[(cand < snap.n) & ~np.isin(cand, drop)]
+            cov = np.zeros(len(cand), np.float64)
+            at = np.searchsorted(cand, cov_cols)
+            hit = at < len(cand)
+            hit[hit] = cand[at[hit]] == cov_cols[hit]
+            cov[at[hit]] = cov_sums[hit]
+            pop_c = np.full(len(cand), np.log(c.popularity_smooth))
+            inside = cand < len(pop)
+            pop_c[inside] = pop[cand[inside]]
+            lfm = None if query is None or not c.lfm_weight else self._lfm(snap, query, cand)
+            return cand, blend(c, lfm, cov, pop_c)
+
+        cand, s = served(np.unique(np.concatenate(parts)))
+        if x_last is not None and len(s) >= k:
+            # the LFM channel adds log(1 + n_i), which the index does not rank by: a row outside the candidates
+            # scores at most w_lfm·(log σ(x_last + b_u + μ) + log(1 + n_i)) + w_co·log eps + w_pop·(the least
+            # popularity among the popular rows), so the rows rated often enough to reach the k-th score join
+            kth = np.partition(s, len(s) - k)[len(s) - k]
+            p_max = pop[popular].min() if len(popular) else np.log(c.popularity_smooth)
+            need = float((kth - c.covisit_weight * np.log(c.covisit_eps) - c.popularity_weight * p_max) / c.lfm_weight
+                         - lfm_channel(x_last + query.bias + self.channels.mu, 0.0) - 1e-6)
+            more = np.flatnonzero(snap.count >= np.expm1(min(need, 700.0)))
+            if len(more):
+                cand, s = served(np.union1d(cand, more))
+        top, scores = top_k(s, k)
         return cand[top], scores
 
     def _lfm(self, snap: Snapshot, query, rows: np.ndarray | None = None) -> np.ndarray:
