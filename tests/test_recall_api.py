@@ -1,7 +1,10 @@
 """The recall service over real HTTP (uvicorn on a free port) and a real Redis PS.
 
-Vectors and ratings are written through the PS API (assign pushes, ``ActivityLog.record``); answers
-are checked against a float64 brute-force computation over the rows read back from the PS.
+Vectors and ratings are written through the PS API (assign pushes, ``ActivityLog.record``); the namespace holds an
+LFM-only score contract (``lfm_weight`` 1, the other channels off) and no item channel, so u2i answers are checked
+against a float64 brute force of ``log σ(q·v + b_u + b_i + μ) + log(1 + n_i)`` over the rows read back from the PS,
+and i2i (``?source=lfm``, and the default ``covisit`` falling back to it) against cosine.  The blended score with
+the item channel is tested in tests/test_recall_blend.py.
 """
 
 from __future__ import annotations
@@ -21,35 +24,11 @@ from ps_redis import ParameterServer
 from ps_redis.activity import ActivityLog
 from recall_api import Catalog, RecallStore, StoreConfig
 from recall_api.app import create_app
-from tests._recall_util import (ServerThread, brute_i2i, brute_u2i, populate, push_items, push_users, record,
-                                wait_for)
+from tests._recall_util import (ServerThread, brute_i2i, brute_served, brute_u2i, check_ranking, check_tied_ranking,
+                                lfm_only, populate, ps_items, push_items, push_users, read_mu, record, user_row,
+                                wait_for, write_contract)
 
 DIM = 8
-
-
-def ps_items(ps: ParameterServer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw movie ids, vectors, biases) of every item row in the PS, sorted by raw id."""
-    raw, vec, bias = [], [], []
-    for rows in ps.scan("item"):
-        raw.append(rows.raw), vec.append(rows.vec), bias.append(rows.bias)
-    raw, vec, bias = np.concatenate(raw), np.concatenate(vec), np.concatenate(bias)
-    order = np.argsort(raw)
-    return raw[order], vec[order], bias[order]
-
-
-def check_ranking(items: list[dict], expected_ids: list[int], all_scores: np.ndarray, movies: np.ndarray,
-                  tol: float = 1e-4) -> None:
-    """Returned scores equal the reference scores of the returned movies and the reference top-k scores.
-
-    (Ids are compared through scores so a float32/float64 near-tie may swap places without failing.)
-    """
-    got_ids = [it["movie_id"] for it in items]
-    got_scores = np.array([it["score"] for it in items])
-    index = {m: i for i, m in enumerate(movies.tolist())}
-    np.testing.assert_allclose(got_scores, all_scores[[index[m] for m in got_ids]], rtol=tol, atol=tol)
-    np.testing.assert_allclose(got_scores, all_scores[[index[m] for m in expected_ids]], rtol=tol, atol=tol)
-    assert len(set(got_ids)) == len(got_ids)
-    assert sum(a != b for a, b in zip(got_ids, expected_ids)) <= 2  # at most one adjacent near-tie swap
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +48,7 @@ def world(redis_url, prepared):
     ps = ParameterServer.get(redis_url, ns, dim=DIM)
     with_vec = users[:-10]
     P = populate(ps, movies[:-5], with_vec, seed=1, ratings_per_user=40)  # last 5 movies: no vector
+    write_contract(ps, lfm_only(DIM))
     log = ActivityLog(ps)
     record(log, [int(users[-1])] * 3, movies[:3], labels=[1, 1, 0])  # rated, but no vector yet
     store = RecallStore(StoreConfig(redis_url, ns, dim=DIM, refresh_interval=0.05), catalog)
@@ -79,11 +59,16 @@ def world(redis_url, prepared):
 
 def test_u2i_matches_brute_force_and_excludes_seen(world):
     ps, P, client = world["ps"], world["P"], world["client"]
-    raw, vec, bias = ps_items(ps)
+    items = ps_items(ps)
+    raw = items.raw
     assert raw.tolist() == sorted(P.movies.tolist())
+    mu = read_mu(ps)
+    assert mu == P.mu != 0 and len(set(items.count.tolist())) > 50  # μ and n_i are part of the score
+    assert client.get("/stats").json()["channels"]["contract"]["lfm_weight"] == 1.0  # the contract in Redis
     for u in P.users[:12].tolist():
-        q = ps.pull("user", np.array([user_hash(u)]), create=False).vec[0]
-        expected, scores = brute_u2i(q, raw, vec, bias, P.seen[u], 25)
+        q, b_u = user_row(ps, u)
+        assert b_u != 0
+        expected, scores = brute_u2i(q, b_u, mu, items, P.seen[u], 25)
         r = client.get(f"/u2i/{u}", params={"k": 25})
         assert r.status_code == 200, r.text
         body = r.json()
@@ -106,29 +91,33 @@ def test_seen_movies_never_come_back(world):
 
 def test_i2i_cosine_matches_brute_force(world):
     ps, client = world["ps"], world["client"]
-    raw, vec, _ = ps_items(ps)
+    raw, vec, _, _ = ps_items(ps)
     for m in raw[::97][:10].tolist():
         expected, scores = brute_i2i(m, raw, vec, 30)
-        body = client.get(f"/i2i/{m}?k=30").json()
-        assert body["source"] == "model" and len(body["items"]) == 30
+        body = client.get(f"/i2i/{m}?k=30&source=lfm").json()
+        assert body["source"] == "lfm" and len(body["items"]) == 30
         assert m not in [it["movie_id"] for it in body["items"]]
         check_ranking(body["items"], expected, scores, raw)
         assert all(-1.0001 <= it["score"] <= 1.0001 for it in body["items"])
+        # the default source is the item channel; a movie without co-occurrences falls back to the vectors
+        assert client.get(f"/i2i/{m}?k=30").json() == body
 
 
 def test_popularity_fallback_for_known_users_without_vector(world):
-    client, log, users, movies = world["client"], world["log"], world["users"], world["movies"]
-    popular = log.popular(60)
-    assert popular
+    """Users with no row and no recent movies get the contract's score without the LFM term (source popularity):
+    under this namespace's LFM-only contract, the same score for every movie they did not rate (the popularity
+    ranking itself is checked with the item channel in tests/test_recall_blend.py)."""
+    ps, client, users, movies = world["ps"], world["client"], world["users"], world["movies"]
+    items = ps_items(ps)
     plain = int(users[-5])  # in the prepared data, no vector, nothing rated
-    body = client.get(f"/u2i/{plain}?k=20").json()
-    assert body["source"] == "popularity"
-    assert [(it["movie_id"], it["score"]) for it in body["items"]] == [(m, c) for m, c in popular[:20]]
     rated = int(users[-1])  # rated movies[:3] (recorded), no vector: fallback without its rated movies
-    body = client.get(f"/u2i/{rated}?k=20").json()
-    assert body["source"] == "popularity"
-    want = [(m, c) for m, c in popular if m not in set(movies[:3].tolist())][:20]
-    assert [(it["movie_id"], it["score"]) for it in body["items"]] == want
+    for u in (plain, rated):
+        body = client.get(f"/u2i/{u}?k=1000").json()
+        reference, source = brute_served(ps, u, items)
+        assert body["source"] == source == "popularity"
+        check_tied_ranking(body["items"], reference, 1000)
+        assert {it["score"] for it in body["items"]} == {0.0}
+    assert not {it["movie_id"] for it in body["items"]} & set(movies[:3].tolist())  # the rated ones are left out
 
 
 @pytest.mark.parametrize("path, status, needle", [
@@ -186,17 +175,19 @@ def test_health_stats_and_openapi(world):
 def test_incremental_refresh_picks_up_changed_and_new_vectors(world):
     ps, log, client, store = world["ps"], world["log"], world["client"], world["store"]
     before = client.get("/stats").json()
-    raw, vec, bias = ps_items(ps)
+    raw, vec, bias, _ = ps_items(ps)
     target, anchor = int(raw[10]), int(raw[20])
     # move `target` onto `anchor`: it must become anchor's nearest neighbour once the change is seen
     push_items(ps, np.array([target]), vec[20:21] * 2.0, np.zeros(1, np.float32), store_raw=False)
     record(log, [int(world["P"].users[0])], [target])
-    wait_for(lambda: client.get(f"/i2i/{anchor}?k=1").json()["items"][0]["movie_id"] == target, timeout=10)
+    wait_for(lambda: client.get(f"/i2i/{anchor}?k=1&source=lfm").json()["items"][0]["movie_id"] == target,
+             timeout=10)
     # a movie never seen before appears (named through the catalog: the row's raw id is unknown)
     new_movie = int(world["movies"][-2])
     push_items(ps, np.array([new_movie]), vec[20:21] * 3.0, np.ones(1, np.float32), store_raw=False)
     record(log, [int(world["P"].users[0])], [new_movie])
-    body = wait_for(lambda: (r := client.get(f"/i2i/{new_movie}?k=2")).status_code == 200 and r.json(), timeout=10)
+    body = wait_for(lambda: (r := client.get(f"/i2i/{new_movie}?k=2&source=lfm")).status_code == 200 and r.json(),
+                    timeout=10)
     assert {it["movie_id"] for it in body["items"]} == {target, anchor}
     after = client.get("/stats").json()
     assert after["full_reloads"] == before["full_reloads"]  # incremental, not a reload
@@ -289,11 +280,12 @@ def test_user_context_equals_pull_and_seen(world):
 
     for u, (ctx, answer) in zip(users, asyncio.run(async_reads())):
         rows = ps.pull("user", np.array([user_hash(u)]), create=False)
-        for vec, seen, period in (store.user_context(u), ctx):
-            assert period is None  # no score prior
-            assert (vec is not None) == bool(rows.found[0])
-            if vec is not None:
-                np.testing.assert_array_equal(vec, rows.vec[0])
+        for row, seen, recent in (store.user_context(u), ctx):
+            assert recent is None  # no item channel in this namespace (read with one: tests/test_recall_blend.py)
+            assert (row is not None) == bool(rows.found[0])
+            if row is not None:
+                np.testing.assert_array_equal(row.vec, rows.vec[0])
+                assert row.bias == rows.bias[0] != 0
             assert seen == log.seen(u)
         if answer is not None:
             expected = store.u2i(u, 20)
@@ -314,10 +306,13 @@ def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
     bad = subprocess.run([sys.executable, "-m", "recall_api", "--refresh-interval", "0"], cwd=root, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "refresh_interval must be > 0" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "recall_api", "--channel-interval", "0"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "channel_interval must be > 0" in bad.stderr
     port = free_port()
-    # the in-process client below serves the plain score; the CLI default adds the learner's prior
-    proc = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port), "--no-score-prior"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # both serve the namespace's contract (LFM only) from Redis
+    proc = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port), "--channel-interval", "0.5"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -328,8 +323,9 @@ def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
                 return proc.poll() is not None  # exited: fail below with its output
         wait_for(ready, timeout=30, interval=0.1)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        u = int(world["P"].users[1])
+        u, m = int(world["P"].users[1]), int(world["P"].movies[3])
         assert httpx.get(f"{url}/u2i/{u}?k=7").json() == world["client"].get(f"/u2i/{u}?k=7").json()
+        assert httpx.get(f"{url}/i2i/{m}?source=lfm").json() == world["client"].get(f"/i2i/{m}?source=lfm").json()
     finally:
         proc.terminate()
         proc.wait(15)
@@ -411,28 +407,30 @@ def test_user_cache_serves_repeat_users_and_sees_every_change(world):
     cache = client.get("/stats").json()["user_cache"]
     assert cache["tracking"] and cache["hits"] == hits + 1 and cache["users"] >= 1
 
-    raw, vec, bias = ps_items(ps)
+    items = ps_items(ps)
+    raw, mu = items.raw, read_mu(ps)
     h = np.array([user_hash(u)])
-    old_vec = ps.pull("user", h, create=False).vec[0].copy()
+    old_vec, b_u = user_row(ps, u)
+    old_vec = old_vec.copy()
     # a newly rated movie (lfm_activity's SADD): the former top movie leaves the answer
     top = _ids(first)[0]
     t0 = time.monotonic()
     record(log, [u], [top])
     wait_for(lambda: top not in _ids(client.get(url)), timeout=1.0, interval=0.002)
     seen = P.seen[u] | {top}
-    expected, scores = brute_u2i(old_vec, raw, vec, bias, seen, 10)
+    expected, scores = brute_u2i(old_vec, b_u, mu, items, seen, 10)
     check_ranking(client.get(url).json()["items"], expected, scores, raw)
     # a changed user vector (the learner's push): the answer is the brute force of the new vector
     new_vec = -old_vec
-    push_users(ps, np.array([u]), new_vec[None, :])
-    expected, scores = brute_u2i(new_vec, raw, vec, bias, seen, 10)
+    push_users(ps, np.array([u]), new_vec[None, :], [b_u])
+    expected, scores = brute_u2i(new_vec, b_u, mu, items, seen, 10)
     wait_for(lambda: _ids(client.get(url))[:3] == expected[:3], timeout=1.0, interval=0.002)
     check_ranking(client.get(url).json()["items"], expected, scores, raw)
     # the row deleted: the popularity fallback (the user is known: they rated movies)
     ps.delete("user", h)
     wait_for(lambda: client.get(url).json()["source"] == "popularity", timeout=1.0, interval=0.002)
     assert time.monotonic() - t0 < 10
-    push_users(ps, np.array([u]), old_vec[None, :])  # leave the world as it was (plus one rated movie)
+    push_users(ps, np.array([u]), old_vec[None, :], [b_u])  # leave the world as it was (plus one rated movie)
     wait_for(lambda: client.get(url).json()["source"] == "model", timeout=1.0, interval=0.002)
     cache = client.get("/stats").json()["user_cache"]
     assert cache["invalidated"] >= 3
@@ -446,13 +444,15 @@ def test_u2i_of_a_cached_user_follows_item_changes(world):
     url = f"/u2i/{u}?k=5"
     before = _ids(client.get(url))
     assert _ids(client.get(url)) == before  # cached
-    raw, vec, bias = ps_items(ps)
+    raw, vec, bias, _ = ps_items(ps)
     last = [m for m in raw.tolist() if m not in P.seen[u] and m not in before][-1]
     i = int(np.flatnonzero(raw == last)[0])
-    push_items(ps, np.array([last]), vec[i:i + 1], np.array([1000.0], np.float32), store_raw=False)
+    # log σ(·) → 0 and log(1 + n) ≈ 13.8: above every other movie (n_i < 300, log σ < 0)
+    push_items(ps, np.array([last]), vec[i:i + 1], np.array([1000.0], np.float32), store_raw=False,
+               count=[10**6])
     record(log, [int(P.users[0])], [last])  # the change stream names the item
     wait_for(lambda: _ids(client.get(url))[0] == last, timeout=10)
-    push_items(ps, np.array([last]), vec[i:i + 1], bias[i:i + 1], store_raw=False)
+    push_items(ps, np.array([last]), vec[i:i + 1], bias[i:i + 1], store_raw=False, count=[-10**6])
     record(log, [int(P.users[0])], [last])
     wait_for(lambda: _ids(client.get(url)) == before, timeout=10)
 

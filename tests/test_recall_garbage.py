@@ -131,7 +131,7 @@ def test_malformed_user_rows_seen_sets_and_popularity_are_skipped(garbage, caplo
             assert {it["movie_id"] for it in got.json()["items"]} <= set(GOOD.tolist())
         assert store.popularity(5).movies and set(store.popularity(5).movies) <= set(GOOD.tolist())
     assert caplog.text.count("has 5 bytes, expected") == 1  # once per key, not once per request
-    assert caplog.text.count("has a vector that is not finite") == 1
+    assert caplog.text.count("has a vector or bias that is not finite") == 1
 
 
 def test_a_namespace_claiming_a_huge_dimension_is_reported_not_loaded(redis_url):

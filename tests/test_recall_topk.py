@@ -194,19 +194,16 @@ def test_item_matrix_dense_raw_map_mirrors_raw_pos():
     assert m.raw_pos[5] == 4 and int(m.snapshot().row_of_raw[5]) == 4
 
 
-def test_u2i_base_is_cached_per_snapshot():
-    """The user-independent part of the u2i score (bias, -inf on removed rows) is computed once per snapshot."""
-    from recall_api import RecallStore, StoreConfig
-
+def test_matrix_keeps_each_rows_count():
+    """The LFM channel's log(1 + n_i) reads the rows' event counts from the snapshot: written with the row,
+    overwritten with it, 0 when the writer has none; removed rows keep theirs (their score is -inf anyway)."""
     m = ItemMatrix(2)
     raw = np.array([1, 2, 3], np.int64)
     ids = hash_movie_ids(raw)
-    m.upsert(ids, raw, np.ones((3, 2), np.float32), np.array([0.5, -1.0, 2.0], np.float32))
-    store = RecallStore(StoreConfig("redis://127.0.0.1:1/0"))  # no I/O in this test
-    snap = m.snapshot()
-    base = store.u2i_base(snap)
-    assert base.tolist() == [0.5, -1.0, 2.0] and store.u2i_base(snap) is base and not base.flags.writeable
-    m.upsert(ids[1:2], raw[1:2], np.ones((1, 2), np.float32), np.array([7.0], np.float32))
+    m.upsert(ids, raw, np.ones((3, 2), np.float32), np.zeros(3, np.float32), np.array([4, 0, 9]))
+    assert m.snapshot().count.tolist() == [4.0, 0.0, 9.0]
+    m.upsert(ids[1:2], raw[1:2], np.ones((1, 2), np.float32), np.zeros(1, np.float32), np.array([12]))
+    m.upsert(np.array([77], np.int64), np.array([7]), np.ones((1, 2), np.float32), np.zeros(1, np.float32))
     m.remove(ids[:1])
-    base2 = store.u2i_base(m.snapshot())
-    assert base2 is not base and base2.tolist() == [-np.inf, 7.0, 2.0]
+    snap = m.snapshot()
+    assert snap.count.tolist() == [4.0, 12.0, 9.0, 0.0] and snap.invalid.tolist() == [0]
