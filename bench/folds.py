@@ -7,7 +7,8 @@ become the fold's held-out set), exactly as it does to the full data:
 * ``cut50`` / ``cut75``: the train split up to its 50% / 75% time quantile (earlier, shorter logs);
 * ``half0`` / ``half1``: a seeded random half of the users and the other half (sparser logs, other users);
 * ``synthetic``: ``producer.synthetic`` data with planted sessions (users rate runs of related movies) and
-  popularity that drifts over time — structure of the kind the channels look for, in data we generated.
+  popularity that drifts over time — structure of the kind the channels look for, in data we generated (the size
+  of ml-latest-small; not cut from the train split, and not in the default ``FOLDS``).
 
     python bench/folds.py OUT_DIR [--ratings PATH] [--folds val,cut50,...]   # writes OUT_DIR/<fold>/ratings.csv
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from producer.movielens import read_ratings  # noqa: E402
 from producer.prepare import holdout_last  # noqa: E402
+from producer.synthetic import SyntheticConfig, generate  # noqa: E402
 
 DEFAULT_RATINGS = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
 FOLDS = ("val", "cut50", "cut75", "half0", "half1")
+ALL_FOLDS = FOLDS + ("synthetic",)
+SYNTHETIC = SyntheticConfig(n=100_836, users=610, movies=9_742, planted=True)  # ml-latest-small's counts
 
 
 def train_split(ratings: Path, max_user_ratings: int = 2000, test_per_user: int = 2) -> dict[str, np.ndarray]:
@@ -40,8 +45,11 @@ def train_split(ratings: Path, max_user_ratings: int = 2000, test_per_user: int 
     return {"user": users[train], "movie": movies[train], "rating": stars[train], "timestamp": ts[train]}
 
 
-def fold(train: dict[str, np.ndarray], name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """The ratings of one fold (see the module docstring)."""
+def fold(train: dict[str, np.ndarray] | None, name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """The ratings of one fold (see the module docstring); ``synthetic`` generates them (``train`` unused)."""
+    if name == "synthetic":
+        d = generate(replace(SYNTHETIC, seed=seed))
+        return {"user": d["userId"], "movie": d["movieId"], "rating": d["rating"], "timestamp": d["timestamp"]}
     if name == "val":
         keep = np.ones(len(train["user"]), bool)
     elif name.startswith("cut"):
@@ -51,7 +59,7 @@ def fold(train: dict[str, np.ndarray], name: str, seed: int = 0) -> dict[str, np
         half = np.random.default_rng(seed).permutation(users)[: len(users) // 2]
         keep = np.isin(train["user"], half) == (name == "half0")
     else:
-        raise ValueError(f"unknown fold {name!r}; choose from {FOLDS}")
+        raise ValueError(f"unknown fold {name!r}; choose from {ALL_FOLDS}")
     return {k: v[keep] for k, v in train.items()}
 
 
@@ -72,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratings", type=Path, default=DEFAULT_RATINGS)
     p.add_argument("--folds", default=",".join(FOLDS))
     args = p.parse_args(argv)
-    train = train_split(args.ratings)
-    for name in args.folds.split(","):
+    names = args.folds.split(",")
+    train = train_split(args.ratings) if set(names) - {"synthetic"} else None
+    for name in names:
         path = write_ratings(fold(train, name), args.out / name / "ratings.csv")
         print(path)
     return 0

@@ -52,7 +52,7 @@ def data_for(run: str, ratings: Path, work: Path) -> Path:
         return prepare(ratings, work / "test")
     src = work / "folds" / run / "ratings.csv"
     if not src.exists():
-        folds.write_ratings(folds.fold(folds.train_split(ratings), run), src)
+        folds.write_ratings(folds.fold(None if run == "synthetic" else folds.train_split(ratings), run), src)
     return prepare(src, work / "folds" / run / "data")
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratings", type=Path, default=DEFAULT_RATINGS, help="MovieLens ratings file")
     p.add_argument("--runs", default=",".join(folds.FOLDS),
-                   help=f"comma list of: {', '.join(folds.FOLDS)} (validation folds), test, seed")
+                   help=f"comma list of: {', '.join(folds.ALL_FOLDS)} (validation folds), test, seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model override for every run except seed (e.g. --set lr=0.05)")
     p.add_argument("--learner-arg", action="append", default=[], help="extra learner flag (repeatable)")

@@ -11,7 +11,11 @@ The model, for ``U`` users and ``M`` movies (``U ≈ N / 150``, ``M ≈ 12 √N`
 - time: user ``u`` is active from a uniform start over ``years`` years for an exponential duration; its
   ratings are spread uniformly in that window; the file is written in increasing timestamp order.
 
-Same ``(N, seed)`` → byte-identical files.  ``python -m producer.synthetic N DIR`` writes the two files;
+With ``planted=True`` (``--planted``) users rate in sessions of related movies and popularity drifts with time
+(``producer.planted``): structure for the co-occurrence, time-popularity and latent-factor channels to find; the
+stars come from the same model.
+
+Same ``(N, seed, options)`` → byte-identical files.  ``python -m producer.synthetic N DIR`` writes the two files;
 ``python -m producer.prepare --synthetic N --out OUT`` also prepares them (raw files in ``OUT/raw``).
 """
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lfm_stream.version import add_version_flag
+from producer import planted as planted_structure
 
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -47,10 +53,18 @@ class SyntheticConfig:
     activity_alpha: float = 1.4
     popularity_s: float = 1.0
     years: float = 20.0
+    planted: bool = False  # sessions over clusters + popularity drift (producer.planted); the rest below too
+    clusters: int = 20
+    session_mean: float = 5.0  # mean ratings per session (geometric)
+    half_life: float = 1.0  # years for a movie's choice weight to halve after its release
+    focus: float = 1.5  # how strongly a user's sessions favour the clusters it likes
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= 10**9:
             raise ValueError(f"synthetic n must be in [1, 1e9] (got {self.n})")
+        if self.planted and (self.clusters < 1 or self.session_mean < 1 or self.half_life <= 0):
+            raise ValueError(f"planted structure needs clusters >= 1, session_mean >= 1 and half_life > 0 (got "
+                             f"{self.clusters}, {self.session_mean}, {self.half_life})")
 
     @property
     def n_users(self) -> int:
@@ -134,22 +148,17 @@ def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
     """Generate the ratings as columns ``userId, movieId, rating, timestamp`` (time order).
 
     Also returns the ground truth: ``user_factors`` / ``user_bias`` (row ``userId - 1``), ``movie_factors`` /
-    ``movie_bias`` (row ``k`` is movie ``movie_ids[k]``).
+    ``movie_bias`` (row ``k`` is movie ``movie_ids[k]``); with ``planted`` also ``movie_cluster``, ``movie_release``
+    (unix seconds) and ``filled`` (see :func:`producer.planted.events`).
     """
     rng = np.random.default_rng(cfg.seed)
-    u, m = cfg.n_users, cfg.n_movies
     counts = _counts(cfg, rng)
+    if cfg.planted:
+        return _generate_planted(cfg, counts, rng)
     users, movies = _movies_for_users(counts, cfg, rng)
-    p_u = rng.normal(0, 1 / np.sqrt(cfg.dim), (u, cfg.dim)).astype(np.float32)
-    q_i = rng.normal(0, 1 / np.sqrt(cfg.dim), (m, cfg.dim)).astype(np.float32)
-    b_u = rng.normal(0, 0.35, u).astype(np.float32)
-    b_i = rng.normal(0, 0.5, m).astype(np.float32)
-    stars = np.empty(len(users), dtype=np.float32)
-    for s in range(0, len(users), CHUNK):
-        uu, mm = users[s:s + CHUNK], movies[s:s + CHUNK]
-        score = (cfg.mu + b_u[uu] + b_i[mm] + cfg.scale * np.einsum("ij,ij->i", p_u[uu], q_i[mm])
-                 + rng.normal(0, cfg.noise, len(uu)).astype(np.float32))
-        stars[s:s + CHUNK] = np.clip(np.round(score * 2) / 2, 0.5, 5.0)
+    truth = _ground_truth(cfg, rng)
+    stars = _stars(users, movies, truth, cfg, rng)
+    u, m = cfg.n_users, cfg.n_movies
     span = cfg.years * 365.25 * 86400
     start = rng.uniform(0, span * 0.95, u)
     duration = np.minimum(span - start, rng.exponential(span / 10, u) + 3600)
@@ -157,8 +166,45 @@ def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
     order = np.argsort(ts, kind="stable")
     movie_ids = rng.permutation(np.arange(1, m + 1) * 2 - 1)  # odd, shuffled raw ids: not 0..m-1
     return {"userId": users[order] + 1, "movieId": movie_ids[movies[order]], "rating": stars[order],
-            "timestamp": ts[order], "movie_ids": movie_ids, "movie_factors": q_i, "user_factors": p_u,
-            "movie_bias": b_i, "user_bias": b_u}
+            "timestamp": ts[order], "movie_ids": movie_ids, **truth}
+
+
+def _generate_planted(cfg: SyntheticConfig, counts: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """:func:`generate` with sessions and popularity drift; adds the truth ``movie_cluster``, ``movie_release``
+    (unix seconds) and ``filled`` (ratings outside the planted structure)."""
+    truth = _ground_truth(cfg, rng)
+    ev = planted_structure.events(counts, truth["user_factors"], truth["movie_factors"], cfg, rng)
+    users, movies = ev["user"], ev["movie"]
+    stars = _stars(users, movies, truth, cfg, rng)
+    ts = (T0 + ev["seconds"]).astype(np.int64)
+    order = np.argsort(ts, kind="stable")  # ties keep each user's time order
+    movie_ids = rng.permutation(np.arange(1, cfg.n_movies + 1) * 2 - 1)
+    return {"userId": users[order] + 1, "movieId": movie_ids[movies[order]], "rating": stars[order],
+            "timestamp": ts[order], "movie_ids": movie_ids, **truth, "movie_cluster": ev["cluster"],
+            "movie_release": (T0 + ev["release"]).astype(np.int64), "filled": ev["filled"]}
+
+
+def _ground_truth(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Factors and biases of the star model: ``p_u, q_i ~ N(0, I/dim)``, ``b_u``, ``b_i``."""
+    u, m = cfg.n_users, cfg.n_movies
+    p_u = rng.normal(0, 1 / np.sqrt(cfg.dim), (u, cfg.dim)).astype(np.float32)
+    q_i = rng.normal(0, 1 / np.sqrt(cfg.dim), (m, cfg.dim)).astype(np.float32)
+    b_u = rng.normal(0, 0.35, u).astype(np.float32)
+    b_i = rng.normal(0, 0.5, m).astype(np.float32)
+    return {"movie_factors": q_i, "user_factors": p_u, "movie_bias": b_i, "user_bias": b_u}
+
+
+def _stars(users: np.ndarray, movies: np.ndarray, truth: dict[str, np.ndarray], cfg: SyntheticConfig,
+           rng: np.random.Generator) -> np.ndarray:
+    """``clip(round₀.₅(μ + b_u + b_i + s · p_u·q_i + ε), 0.5, 5)`` per (user, movie) pair."""
+    p_u, q_i, b_u, b_i = (truth[k] for k in ("user_factors", "movie_factors", "user_bias", "movie_bias"))
+    stars = np.empty(len(users), dtype=np.float32)
+    for s in range(0, len(users), CHUNK):
+        uu, mm = users[s:s + CHUNK], movies[s:s + CHUNK]
+        score = (cfg.mu + b_u[uu] + b_i[mm] + cfg.scale * np.einsum("ij,ij->i", p_u[uu], q_i[mm])
+                 + rng.normal(0, cfg.noise, len(uu)).astype(np.float32))
+        stars[s:s + CHUNK] = np.clip(np.round(score * 2) / 2, 0.5, 5.0)
+    return stars
 
 
 def _digits(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,8 +256,9 @@ def write(cfg: SyntheticConfig, directory: Path) -> Path:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["movieId", "title", "genres"])
         order = np.argsort(data["movie_ids"])
+        release = data.get("movie_release")
         for i in order:
-            year = 1920 + int(i) % 100
+            year = 1920 + int(i) % 100 if release is None else time.gmtime(int(release[i])).tm_year
             genres = f"{GENRES[genre_of[i]]}|{GENRES[second[i] % len(GENRES)]}"
             w.writerow([int(data["movie_ids"][i]), f"Synthetic Movie {int(data['movie_ids'][i])}, The ({year})", genres])
     return path
@@ -223,11 +270,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--synthetic-users", type=int, help="number of users (default N // 150, at least 10)")
     g.add_argument("--synthetic-movies", type=int, help="number of movies (default 12 * sqrt(N), at least 40)")
+    g.add_argument("--synthetic-planted", "--planted", action="store_true", dest="synthetic_planted",
+                   help="planted structure: users rate in sessions of related movies, popularity drifts over time")
 
 
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
     return SyntheticConfig(n=args.synthetic, seed=args.seed, users=args.synthetic_users,
-                           movies=args.synthetic_movies)
+                           movies=args.synthetic_movies, planted=args.synthetic_planted)
 
 
 def main(argv: list[str] | None = None) -> int:
