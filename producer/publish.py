@@ -1,6 +1,8 @@
 """The only code that writes to Kafka: topic creation, sending, acknowledgement tracking, recovery.
 
-Delivery is at-least-once, kept here rather than in kafka-python's own retries (``retries=0``):
+Every record carries its event sequence number, header ``lfm-seq`` = its global stream index
+(:mod:`lfm_stream.event_seq`): the same number whenever it is sent, so a re-sent record can be told from a new
+one downstream.  Delivery is at-least-once, kept here rather than in kafka-python's own retries:
 
 - Records are sent in chunks tagged with their global stream indices; a chunk stays buffered until
   every record in it is acknowledged. :attr:`Publisher.acked` is the watermark: every record before
@@ -11,9 +13,16 @@ Delivery is at-least-once, kept here rather than in kafka-python's own retries (
   with capped exponential backoff (``retry_budget_s`` in total), recreate the topic if it is missing,
   and re-send every buffered chunk from the watermark on, in order. Records after the watermark that
   had already reached the broker are sent twice (at-least-once, not exactly-once).
-- kafka-python's internal retries are off because Tansu (memory storage) accepts writes to a topic
-  that no longer exists after a restart and an idempotent producer cannot re-initialise there; a
-  fresh producer after an explicit topic check is the reliable path.
+- A restart is handled by a fresh producer after an explicit topic check, never by kafka-python's own
+  retries: Tansu (memory storage) accepts writes to a topic that no longer exists after a restart, and an
+  idempotent producer's id is unknown to a restarted broker.
+- With ``acks=all`` the producer is idempotent where the broker supports it (``idempotent``, the default): its
+  own retries of a request whose answer was lost (a dropped connection, a timeout) are then deduplicated by the
+  broker, which needs kafka-python's retries on (bounded by ``delivery_timeout_ms``).  Where the client or the
+  broker refuses it, the publisher falls back to a plain producer with ``retries=0`` and says so once.  Records
+  re-sent by a recovery are new sends for the broker either way: ``lfm-seq`` is what identifies them.
+- Waiting follows :mod:`lfm_stream.backoff` (capped exponential backoff); one outage (from the first failure
+  to the next acknowledgement) may last ``retry_budget_s``, then :class:`PublishError` names what failed.
 
 What at-least-once means with a memory broker: the replay guarantees every record from its resume
 position on reaches the broker it is connected to at least once. Records that a broker acknowledged
@@ -31,9 +40,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lfm_stream.backoff import ExponentialBackoff, Outage, RetryBudgetExceeded
+from lfm_stream.event_seq import SEQ_HEADER
+from lfm_stream.kafka_probe import probe_broker
+from lfm_stream.kafka_security import KafkaSecurity
+
 log = logging.getLogger("producer.publish")
 
 ACKS = {"0": 0, "1": 1, "all": "all", "-1": "all"}
+# delivery errors that mean the broker does not take the idempotent producer (its id or sequence numbers)
+_IDEMPOTENCE_REFUSED = ("ClusterAuthorizationFailedError", "UnsupportedVersionError", "UnsupportedForMessageFormatError")
 
 
 class PublishError(RuntimeError):
@@ -58,6 +74,8 @@ class PublishConfig:
         linger_ms / batch_size / max_in_flight / request_timeout_ms: kafka-python producer tuning.
         stall_s: no acknowledgement for this long with records pending -> check the broker and topic.
         max_pending: records sent but not yet acknowledged before :meth:`Publisher.send` waits.
+        idempotent: use the idempotent producer when ``acks`` is ``all`` and the broker supports it.
+        security: TLS / SASL settings of the clients.
     """
 
     bootstrap: str
@@ -72,6 +90,8 @@ class PublishConfig:
     request_timeout_ms: int = 10_000
     stall_s: float = 2.0
     max_pending: int = 200_000
+    idempotent: bool = True
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         if self.acks not in ACKS:
@@ -113,6 +133,7 @@ class Publisher:
         self.recoveries = 0
         self.resent = 0
         self.n_partitions = 0
+        self._partitions_used: int | None = None  # the partition count the keys were spread over so far
         self._chunks: deque[_Chunk] = deque()
         self._producer = None
         self._admin = None
@@ -120,8 +141,10 @@ class Publisher:
         self._max_offset: dict[int, int] = {}
         self._last_progress = time.monotonic()
         self._stall_reported = False
-        self._trouble_since: float | None = None  # first recovery since the last acknowledgement
-        self._fails_in_row = 0
+        # the current outage, from its first failure to the next acknowledgement (or successful connect)
+        self._outage = Outage(f"Kafka broker {config.bootstrap}", ExponentialBackoff(0.1, 2.0), config.retry_budget_s)
+        self.idempotent: bool | None = None  # whether the current producer is idempotent (None: none yet)
+        self._idempotence_said = False
         self.last_acked_ts_ms: int | None = None
 
     # -- connection ---------------------------------------------------------------------------
@@ -133,28 +156,32 @@ class Publisher:
         """
         self.acked = self.sent_to = start_index
         self._open_with_retries("connecting")
+        self._outage.ok()
 
     def _open_with_retries(self, why: str) -> None:
+        """Open the clients, backing off between attempts within the current outage's budget."""
         cfg = self.config
-        deadline = time.monotonic() + cfg.retry_budget_s
-        delay, attempt = 0.1, 0
         while True:
-            attempt += 1
             try:
                 self._open()
                 return
+            except PublishError:
+                raise
             except Exception as exc:  # kafka-python raises many types (NoBrokersAvailable, KafkaError, OSError)
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if type(exc).__name__ == "KafkaConfigurationError":  # a bad setting: retrying cannot help
+                    raise PublishError(f"Kafka client settings refused ({cfg.security.describe()}): {exc}") from exc
+                try:
+                    delay = self._outage.failed(exc)
+                except RetryBudgetExceeded:
                     raise PublishError(
                         f"Kafka broker {cfg.bootstrap} unreachable for {cfg.retry_budget_s:g} s (retry budget, "
-                        f"{attempt} attempts, {why}): {type(exc).__name__}: {exc}. Is it running? "
+                        f"{self._outage.failures} attempts, {why}): {type(exc).__name__}: {exc}. Is it running, and "
+                        f"does it take these settings ({cfg.security.describe()}; KAFKA_SECURITY_PROTOCOL ...)? "
                         "(`python -m lfm_stream.stack up` starts a local one)") from exc
-                if attempt == 1 or attempt % 5 == 0:
+                if self._outage.failures == 1 or self._outage.failures % 5 == 0:
                     self.notify(f"waiting for Kafka broker {cfg.bootstrap} ({why}; {type(exc).__name__}: "
-                                f"{str(exc)[:120]}); {left:.0f} s of retry budget left")
-                self._sleep(min(delay, left))
-                delay = min(delay * 2, 2.0)
+                                f"{str(exc)[:120]}); {self._outage.left:.0f} s of retry budget left")
+                self._sleep(delay)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -167,29 +194,91 @@ class Publisher:
             time.sleep(min(left, 0.05))
 
     def _open(self) -> None:
-        from kafka import KafkaAdminClient, KafkaProducer
+        from kafka import KafkaAdminClient
 
         cfg = self.config
         self._close_clients()
+        # asked first: kafka-python may wait without end for a broker that cannot answer its settings
+        unanswered = probe_broker(cfg.bootstrap, cfg.security)
+        if unanswered is not None:
+            raise ConnectionError(unanswered)
         timeout = int(max(1000, min(cfg.request_timeout_ms, cfg.retry_budget_s * 1000)))
         self._admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap, request_timeout_ms=timeout,
-                                       bootstrap_timeout_ms=timeout, client_id="lfm-replay-admin")
+                                       bootstrap_timeout_ms=timeout, client_id="lfm-replay-admin",
+                                       **cfg.security.kafka_python())
         self.n_partitions = self._ensure_topic()
-        acks = ACKS[cfg.acks]
-        self._producer = KafkaProducer(
-            bootstrap_servers=cfg.bootstrap, client_id="lfm-replay", acks=acks, retries=0,
-            enable_idempotence=False, linger_ms=cfg.linger_ms, batch_size=cfg.batch_size,
-            max_in_flight_requests_per_connection=cfg.max_in_flight, request_timeout_ms=cfg.request_timeout_ms,
-            delivery_timeout_ms=cfg.request_timeout_ms + cfg.linger_ms + 1000, max_block_ms=timeout,
-            allow_auto_create_topics=False, bootstrap_timeout_ms=timeout)
+        self._producer = self._new_producer(timeout)
         # fetch metadata now so that a missing topic fails here, not in the first send
         parts = self._producer.partitions_for(cfg.topic)
         if not parts:
-            raise PublishError(f"topic {cfg.topic!r} has no partitions on {cfg.bootstrap}")
-        self.n_partitions = len(parts)
+            raise ConnectionError(f"topic {cfg.topic!r} has no partitions on {cfg.bootstrap} yet")
+        self.n_partitions = self._keyed_partitions(len(parts))
         self._keys.clear()
         self._last_progress = time.monotonic()
         self._stall_reported = False
+
+    def _keyed_partitions(self, n: int) -> int:
+        """How many partitions the keys spread over: the topic's count, except after a broker restart, where a key
+        keeps the partition it had.  A broker that lost the topic recreates it on the first write that reaches it
+        (Tansu does, with its default partition count, even for a producer that does not ask for it)."""
+        used = self._partitions_used
+        if used is None or n == used:
+            self._partitions_used = n
+            return n
+        topic = self.config.topic
+        if n < used:
+            raise PublishError(f"topic {topic!r} has {n} partition(s) since the broker came back, fewer than the {used} "
+                               "this replay writes to: a user's records would change partition and lose their order. "
+                               f"Recreate the topic with {used} partitions and continue with --resume")
+        self.notify(f"topic {topic!r} has {n} partitions since the broker came back (recreated by the broker on a "
+                    f"write?); records keep going to the first {used}, so a user's events stay in one partition, "
+                    "in order")
+        return used
+
+    def _new_producer(self, timeout_ms: int):
+        """An idempotent producer where it applies and the client and broker take it, else a plain one."""
+        from kafka import KafkaProducer
+
+        cfg = self.config
+        common = dict(
+            bootstrap_servers=cfg.bootstrap, client_id="lfm-replay", acks=ACKS[cfg.acks], linger_ms=cfg.linger_ms,
+            batch_size=cfg.batch_size, max_in_flight_requests_per_connection=cfg.max_in_flight,
+            request_timeout_ms=cfg.request_timeout_ms, delivery_timeout_ms=cfg.request_timeout_ms + cfg.linger_ms + 1000,
+            max_block_ms=timeout_ms, allow_auto_create_topics=False, bootstrap_timeout_ms=timeout_ms,
+            **cfg.security.kafka_python())
+        why_not = None
+        if not cfg.idempotent:
+            why_not = "turned off"
+        elif cfg.acks != "all":
+            why_not = f"it needs acks=all (--acks {cfg.acks})"
+        elif self.idempotent is False:
+            why_not = self._idempotence_refused
+        else:
+            try:
+                producer = KafkaProducer(enable_idempotence=True, retries=3, **common)
+            except (TypeError, AssertionError) as exc:  # a kafka-python without enable_idempotence
+                why_not = f"this kafka-python does not offer it ({exc})"
+            except Exception as exc:
+                if type(exc).__name__ not in ("KafkaConfigurationError", "UnsupportedVersionError"):
+                    raise  # the broker is away: the caller retries
+                why_not = f"the broker does not support it ({exc})"
+            else:
+                self._say_idempotence(True, "the broker deduplicates the producer's own retries")
+                return producer
+        self._refuse_idempotence(why_not)
+        return KafkaProducer(enable_idempotence=False, retries=0, **common)
+
+    def _refuse_idempotence(self, why: str) -> None:
+        self._idempotence_refused = why
+        self._say_idempotence(False, why)
+
+    def _say_idempotence(self, on: bool, why: str) -> None:
+        """One log line per run on whether the producer is idempotent (and again if that changes)."""
+        if self.idempotent is not on or not self._idempotence_said:
+            self._idempotence_said = True
+            self.notify(f"idempotent producer {'on' if on else 'off'}: {why}"
+                        + ("" if on else "; every record still carries its lfm-seq header"))
+        self.idempotent = on
 
     def _ensure_topic(self) -> int:
         """Create the topic when missing; return its partition count."""
@@ -268,8 +357,9 @@ class Publisher:
 
     def _send_chunk(self, chunk: _Chunk) -> None:
         send, topic = self._producer.send, self.config.topic
-        chunk.futures = [send(topic, v, k, None, p, t)
-                         for v, k, p, t in zip(chunk.values, chunk.keys, chunk.parts, chunk.ts_ms)]
+        chunk.futures = [send(topic, v, k, [(SEQ_HEADER, b"%d" % seq)], p, t)
+                         for seq, v, k, p, t in zip(range(chunk.start, chunk.start + len(chunk.values)), chunk.values,
+                                                    chunk.keys, chunk.parts, chunk.ts_ms)]
 
     # -- acknowledgements ---------------------------------------------------------------------
     def poll(self) -> bool:
@@ -282,7 +372,10 @@ class Publisher:
                 break
             failed = next((f for f in futs if f.failed()), None)
             if failed is not None:
-                self._recover(f"delivery failed: {type(failed.exception).__name__}: {failed.exception}")
+                error = failed.exception
+                if self.idempotent and type(error).__name__ in _IDEMPOTENCE_REFUSED:
+                    self._refuse_idempotence(f"the broker refused it ({type(error).__name__}: {error})")
+                self._recover(f"delivery failed: {type(error).__name__}: {error}")
                 return progressed
             lost = self._check_offsets(chunk)
             if lost:
@@ -292,7 +385,7 @@ class Publisher:
             self.acked = chunk.start + len(chunk.values)
             self.last_acked_ts_ms = chunk.ts_ms[-1]
             progressed = True
-            self._trouble_since, self._fails_in_row = None, 0
+            self._outage.ok()
         now = time.monotonic()
         if progressed or not self._chunks:
             if self._stall_reported:
@@ -349,15 +442,14 @@ class Publisher:
         self.recoveries += 1
         if cfg.retries is not None and self.recoveries > cfg.retries:
             raise PublishError(f"giving up after {cfg.retries} recoveries (--retries): {reason}")
-        now = time.monotonic()
-        if self._trouble_since is None:
-            self._trouble_since = now
-        elif now - self._trouble_since > cfg.retry_budget_s:
-            raise PublishError(f"no acknowledgement from {cfg.bootstrap} for {now - self._trouble_since:.0f} s "
-                               f"(retry budget {cfg.retry_budget_s:g} s): {reason}")
-        self._fails_in_row += 1
-        if self._fails_in_row > 1:  # failing again right after a recovery (e.g. a topic still settling)
-            self._sleep(min(0.1 * 2 ** (self._fails_in_row - 2), 2.0))
+        failing_again = self._outage.active  # right after a recovery (e.g. a topic still settling): back off
+        try:
+            delay = self._outage.failed(reason)
+        except RetryBudgetExceeded:
+            raise PublishError(f"no acknowledgement from {cfg.bootstrap} for {self._outage.seconds:.0f} s "
+                               f"(retry budget {cfg.retry_budget_s:g} s): {reason}") from None
+        if failing_again:
+            self._sleep(delay)
         pending = self.sent_to - self.acked
         self.notify(f"broker trouble: {reason}. Waiting for {cfg.bootstrap} (retry budget {cfg.retry_budget_s:g} s); "
                     f"will re-send {pending} records from #{self.acked} (at-least-once: some may arrive twice)")
@@ -371,10 +463,12 @@ class Publisher:
                     self._send_chunk(chunk)
                 break
             except Exception as exc:
-                if time.monotonic() - started > cfg.retry_budget_s:
-                    raise PublishError(f"re-sending to {cfg.bootstrap} kept failing for {cfg.retry_budget_s:g} s: "
-                                       f"{type(exc).__name__}: {exc}") from exc
-                self._sleep(0.2)
+                try:
+                    delay = self._outage.failed(exc)
+                except RetryBudgetExceeded:
+                    raise PublishError(f"re-sending to {cfg.bootstrap} kept failing for {self._outage.seconds:.0f} s "
+                                       f"(retry budget {cfg.retry_budget_s:g} s): {type(exc).__name__}: {exc}") from exc
+                self._sleep(delay)
         self.resent += pending
         self.notify(f"broker {cfg.bootstrap} back after {time.monotonic() - started:.1f} s; resumed from record "
                     f"#{self.acked} ({pending} records re-sent)")

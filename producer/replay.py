@@ -3,9 +3,11 @@
     python producer/replay.py --rate 1000          # or: python -m producer.replay, lfm-replay
 
 Each train record goes to the topic unchanged (value = serialized ``tf.train.Example``), keyed by the
-hashed user id (ASCII decimal) and stamped with the event time (ms), in global timestamp order
+hashed user id (ASCII decimal), stamped with the event time (ms) and numbered by header ``lfm-seq`` (its
+global index: the same number in a resumed replay and when re-sent), in global timestamp order
 (:mod:`producer.stream`), paced by :mod:`producer.throttle`, published at-least-once by
-:mod:`producer.publish`.  The test shards are never streamed.
+:mod:`producer.publish` (with the idempotent producer where the broker supports it).  The test shards are
+never streamed.  TLS / SASL: the ``--kafka-*`` flags or the ``KAFKA_*`` variables (:mod:`lfm_stream.kafka_security`).
 
 Resume position: the global index (0-based) of the next record of the time-ordered stream that has
 not been acknowledged by the broker.  It is printed in the summary (also on Ctrl-C / SIGTERM, after
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lfm_stream import kafka_security
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
 from lfm_stream.quiet import quiet_tensorflow
@@ -258,7 +261,8 @@ def print_summary(cfg: ReplayConfig, s: Summary, out=None) -> None:
           f"to topic {cfg.publish.topic!r} at {cfg.publish.bootstrap}", file=out)
     print(f"last event time: {iso(s.last_ts)} ({s.last_ts})", file=out)
     if s.recoveries:
-        print(f"broker recoveries: {s.recoveries} ({s.resent} records re-sent, at-least-once)", file=out)
+        print(f"broker recoveries: {s.recoveries} ({s.resent} records re-sent, at-least-once: a record may be on the "
+              "topic twice, each copy with its lfm-seq)", file=out)
     end = " (end of stream)" if s.resume >= s.total else "; `--resume` continues there"
     print(f"resume position: {s.resume} of {s.total} (index of the next record in time order){end}", file=out)
     if cfg.json_summary:
@@ -303,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=env_help("broker acknowledgements (0 = none: no delivery guarantee)", "LFM_KAFKA_ACKS", "all"))
     p.add_argument("--retry-budget", type=float, default=float(e("LFM_RETRY_BUDGET", "60")),
                    help=env_help("seconds the broker may be unreachable before giving up", "LFM_RETRY_BUDGET", 60))
+    p.add_argument("--idempotent", action=argparse.BooleanOptionalAction,
+                   default=e("LFM_KAFKA_IDEMPOTENT", "1") not in ("0", "false", "no", "off"),
+                   help=env_help("use the idempotent producer with --acks all where the broker supports it (its own "
+                                 "retries are then deduplicated by the broker)", "LFM_KAFKA_IDEMPOTENT=0 turns it off",
+                                 "on"))
     p.add_argument("--retries", type=int, default=_num(e("LFM_REPLAY_RETRIES"), int),
                    help=env_help("recoveries (reconnect + re-send) allowed per run", "LFM_REPLAY_RETRIES", "unlimited"))
     p.add_argument("--linger-ms", type=int, default=int(e("LFM_KAFKA_LINGER_MS", "20")),
@@ -319,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=e("LFM_METRICS_HOST", "127.0.0.1"),
                    help=env_help("interface of /metrics", "LFM_METRICS_HOST", "127.0.0.1"))
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    kafka_security.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show kafka-python's own log messages")
     return p
 
@@ -353,7 +363,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     throttle = ThrottleConfig(rate=rate, speedup=args.speedup)
     publish = PublishConfig(bootstrap=args.bootstrap, topic=args.topic, partitions=args.partitions, acks=args.acks,
                             retry_budget_s=args.retry_budget, retries=args.retries, linger_ms=args.linger_ms,
-                            batch_size=args.batch_bytes)
+                            batch_size=args.batch_bytes, idempotent=args.idempotent,
+                            security=kafka_security.from_args(args))
     return ReplayConfig(data_dir=args.data_dir, publish=publish, throttle=throttle, max_events=args.max_events,
                         start_ts=args.start_ts, resume=args.resume, state_file=args.state_file,
                         verify=not args.no_verify, progress_s=args.progress_interval, json_summary=args.json,

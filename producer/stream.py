@@ -3,7 +3,9 @@
 The stream is the train records sorted by ``(timestamp, shard number, position in shard)``: a k-way
 merge of the shards listed in ``manifest.json`` (``train_shards``, in that order; read by
 :mod:`producer.manifest`).  A record's **global index** is its position in that order, 0-based; the
-replay's resume position is the global index of the next record to send.
+replay's resume position is the global index of the next record to send, and every record is published with
+its global index as its event sequence number (header ``lfm-seq``, :mod:`lfm_stream.event_seq`): a resumed
+replay, or a record sent again, carries the same number.
 
 The merge works on batches (numpy, no per-record Python): every open shard holds a buffered batch; the
 records up to ``B``, the smallest last timestamp among the open shards' buffers, are taken from every

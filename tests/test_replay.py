@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from kafka.partitioner.default import murmur2
 
+from lfm_stream.event_seq import seq_of
 from lfm_stream.stack import TansuBroker, free_port
 from producer.publish import Publisher, PublishConfig, _Chunk
 from producer.replay import main
@@ -50,6 +51,8 @@ def test_replays_train_stream_in_time_order_with_keys_and_timestamps(data, expec
     assert [m.value for m in got] == values  # the stream equals the train shards in timestamp order
     assert [m.key for m in got] == [str(u).encode("ascii") for u in users]
     assert [m.timestamp for m in got] == [int(t) * 1000 for t in ts]
+    # every record carries its global index in the time-ordered stream as header lfm-seq
+    assert [m.headers for m in got] == [[("lfm-seq", b"%d" % i)] for i in range(len(values))]
 
 
 def test_partitions_keep_each_partition_in_time_order(data, expected, bootstrap, topic, capsys):
@@ -95,12 +98,16 @@ def test_sigterm_prints_resume_position_and_resume_continues_without_gaps(data, 
     assert s2["start"] == s["resume"] and s2["resume"] == len(values)
     got = consume(bootstrap, topic, expect=len(values))[0]
     assert [m.value for m in got] == values  # flushed on SIGTERM: no gap and no duplicate
+    # the resumed run continued the numbering where the first one stopped
+    assert [seq_of(m.headers) for m in got] == list(range(len(values)))
 
 
 def test_broker_restart_mid_replay_loses_nothing_from_the_resume_point(data, expected, tmp_path):
     """Tansu keeps topics in memory: a restart loses what it held. The replay must notice, recreate the
-    topic and re-send from the first record the old broker did not acknowledge. The producer is paused
-    (SIGSTOP) around the restart so the old broker's content can be read completely first."""
+    topic and re-send from the first record the old broker did not acknowledge, each record with its lfm-seq.
+    The producer is paused (SIGSTOP) around the restart so the old broker's content can be read completely
+    first.  Its requests still in flight reach the new broker first, and Tansu recreates the topic for them
+    with its default 4 partitions: the replay keeps every key in the partition it had (partition 0)."""
     values = expected[0]
     port = free_port()
     broker = TansuBroker(tmp_path / "run", port)
@@ -112,7 +119,9 @@ def test_broker_restart_mid_replay_loses_nothing_from_the_resume_point(data, exp
                        "--partitions", "1", "--state-file", str(tmp_path / "st.json"), "--json",
                        "--progress-interval", "0.3", "--retry-budget", "30"),
             cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        head = []
         for line in proc.stderr:
+            head.append(line)
             if re.search(r"replay: \d+/\d+ events", line):
                 break
         time.sleep(0.5)
@@ -125,15 +134,23 @@ def test_broker_restart_mid_replay_loses_nothing_from_the_resume_point(data, exp
         broker.start()
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=90)
+        err = "".join(head) + err
         assert proc.returncode == 0, err
         m = re.search(r"resumed from record #(\d+)", err)
         assert m, err
         k = int(m.group(1))
         assert k <= len(held)  # nothing the old broker lacked was skipped
         assert summary_of(out)["resume"] == len(values)
-        new = [x.value for x in consume(broker.bootstrap, topic, expect=len(values) - k)[0]]
+        parts = consume(broker.bootstrap, topic, expect=len(values) - k)
+        assert not any(parts[p] for p in parts if p), {p: len(m) for p, m in parts.items()}
+        got = parts[0]
+        new = [x.value for x in got]
         assert set(values[k:]) <= set(new)  # every record from the resume point is on the new broker
         assert set(new) <= set(values[k:])  # and nothing from before it
+        seqs = [seq_of(x.headers) for x in got]
+        assert all(values[q] == v for q, v in zip(seqs, new))  # a re-sent record kept its number
+        assert set(seqs) == set(range(k, len(values)))
+        assert "idempotent producer on" in err  # Tansu takes the idempotent producer
     finally:
         broker.stop()
 
