@@ -15,7 +15,8 @@ import sys
 import typing
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV,
-                               REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
+                               PREPARED_DEFAULT_HELP, REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url,
+                               env_default, env_help, prepared_data_dir)
 from lfm_stream.quiet import quiet_tensorflow
 from lfm_stream.version import add_version_flag
 from learner.config import BACKENDS, ON_PS_LOSS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
@@ -54,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--group", default=env_default(GROUP_ENV, DEFAULT_GROUP), help=env_help("consumer group", GROUP_ENV))
     io.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
                     help=env_help("PS namespace", NAMESPACE_ENV))
-    io.add_argument("--data-dir", default=env_default(DATA_DIR_ENV),
-                    help=env_help("prepared data directory (test shards for the test AUC)", DATA_DIR_ENV))
+    io.add_argument("--data-dir", default=prepared_data_dir(),
+                    help=env_help(f"prepared data directory (test shards for the test AUC; {PREPARED_DEFAULT_HELP})",
+                                  DATA_DIR_ENV))
     io.add_argument("--backend", choices=BACKENDS, default="kafka-python", help="Kafka client")
     io.add_argument("--session-timeout-ms", type=int, default=6000,
                     help="consumer-group session timeout (Tansu joins take about half of it)")

@@ -43,6 +43,22 @@ def default_data_dir() -> Path:
     return Path(env_default(DATA_DIR_ENV, DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR)
 
 
+def prepared_data_dir() -> str | None:
+    """The prepared data directory a reader uses unless told otherwise (learner, recall service, query tool).
+
+    ``$LFM_DATA_DIR`` when set (a missing one is then the reader's error), else ``data/prepared`` when it exists
+    (where ``producer.prepare`` writes by default), else None: the reader runs without it (no test AUC, no titles).
+    """
+    env = env_default(DATA_DIR_ENV)
+    if env:
+        return env
+    return DEFAULT_DATA_DIR if Path(DEFAULT_DATA_DIR).is_dir() else None
+
+
+#: ``--help`` text of the readers' ``--data-dir`` default.
+PREPARED_DEFAULT_HELP = f"{DEFAULT_DATA_DIR} when it exists"
+
+
 def default_cache_dir() -> Path:
     """Download cache for MovieLens zips (``$LFM_CACHE_DIR``, else ``~/.cache/lfm-stream``)."""
     env = env_default(CACHE_DIR_ENV)

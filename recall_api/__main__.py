@@ -13,8 +13,8 @@ import importlib
 import logging
 import sys
 
-from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
-                               env_default, env_help)
+from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, PREPARED_DEFAULT_HELP, REDIS_URL_ENV,
+                               default_redis_url, env_default, env_help, prepared_data_dir)
 from lfm_stream.version import add_version_flag, version
 
 HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=env_help("Redis URL of the parameter server", REDIS_URL_ENV, default_redis_url()))
     p.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
                    help=env_help("PS namespace (model) to serve", NAMESPACE_ENV, DEFAULT_NAMESPACE))
-    p.add_argument("--data-dir", default=env_default(DATA_DIR_ENV),
+    p.add_argument("--data-dir", default=prepared_data_dir(),
                    help=env_help("prepared data directory (movies.csv for titles, manifest.json + shards "
-                                 "for the known users); optional", DATA_DIR_ENV))
+                                 "for the known users); optional", DATA_DIR_ENV, PREPARED_DEFAULT_HELP))
     p.add_argument("--dim", type=int, default=None,
                    help="vector dimension (default: read from the namespace; the service waits for the learner)")
     p.add_argument("--refresh-interval", type=float, default=0.1,

@@ -15,8 +15,8 @@ import argparse
 import json
 import sys
 
-from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, REDIS_URL_ENV, default_redis_url,
-                               env_default, env_help)
+from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, PREPARED_DEFAULT_HELP, REDIS_URL_ENV,
+                               default_redis_url, env_default, env_help, prepared_data_dir)
 from lfm_stream.version import add_version_flag
 
 RECALL_URL_ENV = "RECALL_URL"
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=env_help("Redis URL of the PS", REDIS_URL_ENV, default_redis_url()))
     p.add_argument("--namespace", default=env_default(NAMESPACE_ENV, DEFAULT_NAMESPACE),
                    help=env_help("PS namespace", NAMESPACE_ENV, DEFAULT_NAMESPACE))
-    p.add_argument("--data-dir", default=env_default(DATA_DIR_ENV),
-                   help=env_help("prepared data directory (titles, known users)", DATA_DIR_ENV))
+    p.add_argument("--data-dir", default=prepared_data_dir(),
+                   help=env_help("prepared data directory (titles, known users)", DATA_DIR_ENV, PREPARED_DEFAULT_HELP))
     p.add_argument("--dim", type=int, default=None, help="vector dimension (default: read from the namespace)")
     p.add_argument("--json", action="store_true", help="print the JSON answer instead of a table")
     return p
