@@ -8,7 +8,7 @@ become the fold's held-out set), exactly as it does to the full data:
 * ``half0`` / ``half1``: a seeded random half of the users and the other half (sparser logs, other users);
 * ``synthetic``: ``producer.synthetic`` data with planted sessions (users rate runs of related movies) and
   popularity that drifts over time — structure of the kind the channels look for, in data we generated (the size
-  of ml-latest-small; not cut from the train split, and not in the default ``FOLDS``).
+  of ml-latest-small; not cut from the train split).
 
     python bench/folds.py OUT_DIR [--ratings PATH] [--folds val,cut50,...]   # writes OUT_DIR/<fold>/ratings.csv
 """
@@ -30,8 +30,8 @@ from producer.prepare import holdout_last  # noqa: E402
 from producer.synthetic import SyntheticConfig, generate  # noqa: E402
 
 DEFAULT_RATINGS = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
-FOLDS = ("val", "cut50", "cut75", "half0", "half1")
-ALL_FOLDS = FOLDS + ("synthetic",)
+ML_FOLDS = ("val", "cut50", "cut75", "half0", "half1")
+FOLDS = ALL_FOLDS = ML_FOLDS + ("synthetic",)
 SYNTHETIC = SyntheticConfig(n=100_836, users=610, movies=9_742, planted=True)  # ml-latest-small's counts
 
 

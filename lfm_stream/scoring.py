@@ -43,6 +43,8 @@ def contract_key(namespace: str) -> str:
 class ScoreContract:
     """Every parameter of the served u2i score (see the module docstring for the formula).
 
+    The defaults were chosen on the validation folds of ``bench/folds.py`` (docs/decisions.md).
+
     Attributes:
         dim: latent dimension of the learner's rows.
         lfm_weight, covisit_weight, popularity_weight: channel weights (0 switches a channel off).
@@ -55,10 +57,10 @@ class ScoreContract:
     """
 
     dim: int = 32
-    lfm_weight: float = 0.0
+    lfm_weight: float = 0.03
     covisit_weight: float = 1.0
-    covisit_eps: float = 0.01
-    popularity_weight: float = 0.2
+    covisit_eps: float = 0.03
+    popularity_weight: float = 0.1
     popularity_smooth: float = 0.1
     popularity_total_weight: float = 0.001
     recent_items: int = 10
