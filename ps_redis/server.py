@@ -25,7 +25,7 @@ from ps_redis.codec import CorruptRowError, row_size
 from ps_redis.connection import PSError, PSStateLost, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
-from ps_redis.types import NO_FENCE, Fence, Rows, Update, as_ids, pack_update
+from ps_redis.types import NO_FENCE, SEQ_FIELD, Fence, Rows, Update, as_ids, pack_update
 
 DEFAULT_SHARDS = 32  # shard groups per table on a cluster
 DEFAULT_INIT_SCALE = 0.1
@@ -312,15 +312,30 @@ class ParameterServer:
         """Stored ``{partition: next offset}`` of (group, topic): where a restarted learner resumes."""
         return self.fence_offsets([self.keys.fence(group, topic)])[0]
 
+    def fence_state(self, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+        """Stored ``({partition: next offset}, {partition: highest event seq applied})`` of (group, topic), in one
+        round trip: where a restarted learner resumes, and which re-sent events it has applied already."""
+        return self._fence_hashes([self.keys.fence(group, topic)])[0]
+
     def fence_offsets(self, keys: list[str]) -> list[dict[int, int]]:
         """``{partition: next offset}`` stored at each fence key (this namespace's, a counter set's, the activity
         log's), read in one round trip (one per node on a cluster)."""
+        return [offsets for offsets, _ in self._fence_hashes(keys)]
+
+    def _fence_hashes(self, keys: list[str]) -> list[tuple[dict[int, int], dict[int, int]]]:
+        """(offsets, event seqs) stored at each fence key, one round trip."""
         with self._io():
             pipe = self.redis.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
             replies = pipe.execute()
-        return [{int(p): int(o) for p, o in stored.items()} for stored in replies]
+        out = []
+        seq_field = SEQ_FIELD.encode()
+        for stored in replies:
+            offsets = {int(f): int(v) for f, v in stored.items() if not f.startswith(seq_field)}
+            seqs = {int(f[len(seq_field):]): int(v) for f, v in stored.items() if f.startswith(seq_field)}
+            out.append((offsets, seqs))
+        return out
 
     # ------------------------------------------------------------------------------ maintenance
     def delete(self, table: str, ids) -> int:

@@ -10,6 +10,7 @@ Arrays in the file (``z = np.load(path)``)::
     <table>.count / .updated              int64[n] / float64[n] (unix seconds)
     offsets.group / .topic                str[m]
     offsets.partition / .next_offset      int64[m]
+    offsets.seq                           int64[m]  highest event seq applied (-1: none)
     seen.user / seen.movie                int64[k]  activity log: raw user rated raw movie
     popular.movie / popular.count         int64[p] / float64[p]
     counters                              str[C]  counter set names (ps_redis.counters)
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ps_redis.codec import row_dtype
+from ps_redis.types import SEQ_FIELD
 
 if TYPE_CHECKING:
     from ps_redis.server import ParameterServer
@@ -58,14 +60,17 @@ def save(ps: "ParameterServer", path: str | Path) -> Path:
             col = np.concatenate(arrs) if arrs else np.zeros((0,) + row_dtype(ps.dim)[f].shape,
                                                             row_dtype(ps.dim)[f].base)
             out[f"{table}.{f}"] = col[order]
-    groups, topics, parts_, nexts = [], [], [], []
+    groups, topics, parts_, nexts, seqs = [], [], [], [], []
     for group, topic in fence_names(ps):
-        for p, o in sorted(ps.offsets(group, topic).items()):
+        offsets, marks = ps.fence_state(group, topic)
+        for p, o in sorted(offsets.items()):
             groups.append(group), topics.append(topic), parts_.append(p), nexts.append(o)
+            seqs.append(marks.get(p, -1))
     out["offsets.group"] = np.array(groups, dtype=str)
     out["offsets.topic"] = np.array(topics, dtype=str)
     out["offsets.partition"] = np.array(parts_, dtype=np.int64)
     out["offsets.next_offset"] = np.array(nexts, dtype=np.int64)
+    out["offsets.seq"] = np.array(seqs, dtype=np.int64)
     users, movies, pop_m, pop_c = ActivityLog(ps).export()
     out["seen.user"], out["seen.movie"] = users, movies
     out["popular.movie"], out["popular.count"] = pop_m, pop_c
@@ -108,10 +113,13 @@ def load(ps: "ParameterServer", path: str | Path) -> None:
             rows[f] = data[f"{table}.{f}"]
         for i in range(0, len(ids), 4096):
             ps.put_rows(table, ids[i:i + 4096], rows[i:i + 4096])
-    fences: dict[tuple[str, str], dict[int, int]] = {}
-    for g, t, p, o in zip(data["offsets.group"].tolist(), data["offsets.topic"].tolist(),
-                          data["offsets.partition"].tolist(), data["offsets.next_offset"].tolist()):
-        fences.setdefault((g, t), {})[int(p)] = int(o)
+    fences: dict[tuple[str, str], dict[str, int]] = {}
+    seqs = data["offsets.seq"].tolist() if "offsets.seq" in data else [-1] * len(data["offsets.partition"])
+    for g, t, p, o, q in zip(data["offsets.group"].tolist(), data["offsets.topic"].tolist(),
+                             data["offsets.partition"].tolist(), data["offsets.next_offset"].tolist(), seqs):
+        fences.setdefault((g, t), {})[str(int(p))] = int(o)
+        if q >= 0:
+            fences[(g, t)][f"{SEQ_FIELD}{int(p)}"] = int(q)
     with ps._io():
         for (g, t), offs in fences.items():
             ps.redis.hset(ps.keys.fence(g, t), mapping=offs)

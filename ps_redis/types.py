@@ -31,6 +31,10 @@ class Update:
 class Fence:
     """The Kafka position a push covers: consumer ``group``, ``topic``, ``{partition: next offset}``.
 
+    ``seqs`` holds ``{partition: highest event sequence number applied}`` (the producer's ``lfm-seq`` header),
+    raised to at least these in the same atomic step as the offsets (fields ``s<partition>`` of the fence hash):
+    a reader that resumes from the offsets knows which re-sent events it applied already.
+
     ``stored`` holds lower bounds of what the writer knows the server stored at this fence key
     (``{partition: next offset}``: what it resumed from and its own earlier writes): a fenced write that finds
     an offset below its bound fails with :class:`~ps_redis.connection.PSStateLost` before writing anything,
@@ -42,6 +46,7 @@ class Fence:
     topic: str
     offsets: dict[int, int] = field(default_factory=dict)
     stored: dict[int, int] = field(default_factory=dict)
+    seqs: dict[int, int] = field(default_factory=dict)
 
     def args(self) -> list[str]:
         """``[partition, next offset] * n`` as strings, partitions sorted."""
@@ -51,14 +56,20 @@ class Fence:
         return out
 
     def block(self) -> list:
-        """The fence block the Lua functions take: ``np, (partition, next offset) * np, ne,
-        (partition, stored at least) * ne`` (see :mod:`ps_redis.functions`)."""
+        """The fence block the Lua functions take: ``np, (field, value) * np, ne, (partition, stored at least) * ne``
+        (see :mod:`ps_redis.functions`); the fields are the partitions (next offsets), then ``s<partition>``
+        (event seqs)."""
         bounds: list[str] = []
         for p in sorted(self.stored):
             bounds += [str(int(p)), str(int(self.stored[p]))]
         pairs = self.args()
+        for p in sorted(self.seqs):
+            pairs += [f"{SEQ_FIELD}{int(p)}", str(int(self.seqs[p]))]
         return [len(pairs) // 2, *pairs, len(bounds) // 2, *bounds]
 
+
+#: prefix of a fence hash's event-seq fields (``s<partition>``); the offsets' fields are bare partitions
+SEQ_FIELD = "s"
 
 #: the fence block of an unfenced call
 NO_FENCE = [0, 0]

@@ -194,6 +194,34 @@ def test_fenced_push_is_idempotent(ps, mode, fast):
     assert ps.offsets("learner", "other-topic") == {}
 
 
+@pytest.mark.parametrize("path", ["write_rows", "fast assign", "lua assign", "gradient"])
+def test_fence_stores_event_seqs_with_the_offsets(ps, tmp_path, path):
+    """The highest event seq applied per partition lives next to the offsets (fields s<partition>), raised in the
+    same atomic write, never lowered, and read back with them (and kept by save / load)."""
+    ids = ids_of(1, 2)
+
+    def write(fence: Fence) -> bool:
+        if path == "write_rows":
+            rows = np.zeros(2, row_dtype(DIM))
+            return ps.write_rows({"item": (ids, rows, np.ones(2, bool))}, fence=fence)
+        ps.pull("item", ids)
+        if path == "lua assign":
+            ps._rows.forget()
+        return ps.push({"item": full_update(ids, 0.5)}, mode="gradient" if path == "gradient" else "assign",
+                       fence=fence)
+
+    assert write(Fence("g", "t", {0: 10, 1: 5}, seqs={0: 41, 1: 17}))
+    assert ps.fence_state("g", "t") == ({0: 10, 1: 5}, {0: 41, 1: 17})
+    assert ps.offsets("g", "t") == {0: 10, 1: 5}  # the seqs are not offsets
+    assert not write(Fence("g", "t", {0: 10, 1: 5}, seqs={0: 41, 1: 17}))  # a replay: covered, nothing written
+    assert write(Fence("g", "t", {0: 12}, seqs={0: 30}))  # only re-sent records in this window: the mark stays
+    assert ps.fence_state("g", "t") == ({0: 12, 1: 5}, {0: 41, 1: 17})
+    assert write(Fence("g", "t", {1: 9}, seqs={1: 60}))
+    path_ = ps.save(tmp_path / "s.npz")
+    ps.load(path_)
+    assert ps.fence_state("g", "t") == ({0: 12, 1: 9}, {0: 41, 1: 60})
+
+
 def test_functions_are_reloaded_after_a_server_lost_them(ps):
     ps.pull("item", ids_of(1))
     r = redis.Redis.from_url(ps.url)

@@ -129,3 +129,10 @@ def test_cluster_push_below_the_writers_bounds_fails_before_any_shard_group_writ
     with pytest.raises(PSStateLost, match=r"partition 0 at none < 10"):
         cps.push({"item": step}, mode="gradient", fence=Fence("g", "t", {0: 20}, stored={0: 10}))
     assert (cps.pull("item", ids, create=False).bias == -1).all() and cps.offsets("g", "t") == {}
+
+
+def test_cluster_push_stores_event_seqs_with_the_namespaces_offsets(cps):
+    ids = np.arange(40, dtype=np.int64)
+    assert cps.push({"item": Update(ids, bias=np.ones(40, np.float32))}, mode="gradient",
+                    fence=Fence("g", "t", {0: 7}, seqs={0: 99}))
+    assert cps.fence_state("g", "t") == ({0: 7}, {0: 99})
