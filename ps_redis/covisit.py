@@ -22,8 +22,20 @@ import numpy as np
 
 from ps_redis.types import Fence
 
+INT64_MAX = (1 << 63) - 1
+
+
 def _ints(values) -> list[int]:
     return np.asarray(values, np.int64).tolist()
+
+
+def _id_of(text: str) -> int | None:
+    """The id (an int64 >= 0 in ASCII digits) that the last part of a key names, None for anything else."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) <= INT64_MAX else None
+
+
+def _key_text(key) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else key
 
 
 class Covisit:
@@ -98,7 +110,7 @@ class Covisit:
     def latest_bucket(self) -> int | None:
         """The bucket of the newest applied event (None before any)."""
         value = self.ps.redis.hget(self.meta_key, "bucket")
-        return int(value) if value is not None else None
+        return _id_of(_key_text(value)) if value is not None else None  # (None for a malformed value too)
 
     def recent(self, raw_users) -> dict[int, tuple[int, np.ndarray]]:
         """raw user → (bucket of the last event, recent movies oldest first), for the users that have some."""
@@ -123,17 +135,16 @@ class Covisit:
     def all_neighbours(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(owner raw ids, neighbour raw ids, counts) of every stored list (SCAN + MGET in batches); malformed
         keys or values are skipped."""
-        keys = [k.decode() if isinstance(k, bytes) else k
-                for k in self.ps.redis.scan_iter(match=f"{self.tag}:nb:*", count=2000)]
+        keys = [_key_text(k) for k in self.ps.redis.scan_iter(match=f"{self.tag}:nb:*", count=2000)]
         owners, cols, counts = [], [], []
         for lo in range(0, len(keys), 2000):
             part = keys[lo:lo + 2000]
             for key, value in zip(part, self.ps.redis.mget(part)):
-                tail = key.rsplit(":", 1)[1]
-                if not tail.isdigit():
+                owner = _id_of(key.rsplit(":", 1)[1])
+                if owner is None:
                     continue
                 ids, cnt = parse_neighbours(value)
-                owners.append(np.full(len(ids), int(tail), np.int64))
+                owners.append(np.full(len(ids), owner, np.int64))
                 cols.append(ids)
                 counts.append(cnt)
         if not owners:
@@ -156,11 +167,11 @@ class Covisit:
         pattern = f"{self.tag}:pop:*"
         while True:
             cursor, found = self.ps.redis.scan(cursor, match=pattern, count=1000)
-            keys += [k.decode() if isinstance(k, bytes) else k for k in found]
+            keys += [_key_text(k) for k in found]
             if not cursor:
                 break
         buckets, movies, counts = [], [], []
-        keys = [k for k in keys if k.rsplit(":", 1)[1].isdigit()]
+        keys = [k for k in keys if _id_of(k.rsplit(":", 1)[1]) is not None]
         pipe = self.ps.redis.pipeline(transaction=False)
         for k in keys:
             pipe.hgetall(k)
@@ -183,7 +194,7 @@ def parse_recent(value) -> tuple[int, np.ndarray] | None:
         parts = [int(p) for p in (value.decode() if isinstance(value, bytes) else value).split()]
     except (ValueError, UnicodeDecodeError):
         return None
-    if not parts or any(p < 0 for p in parts):
+    if not parts or any(p < 0 or p > INT64_MAX for p in parts):
         return None
     return parts[0], np.asarray(parts[1:], np.int64)
 
@@ -206,8 +217,10 @@ def _hash_arrays(res: dict) -> tuple[np.ndarray, np.ndarray]:
     fields, values = [], []
     for f, v in (res or {}).items():
         try:
-            fields.append(int(f))
-            values.append(int(v))
+            field, value = int(f), int(v)
         except (TypeError, ValueError):
             continue
+        if -INT64_MAX - 1 <= field <= INT64_MAX and -INT64_MAX - 1 <= value <= INT64_MAX:  # else no int64: skipped
+            fields.append(field)
+            values.append(value)
     return np.asarray(fields, np.int64), np.asarray(values, np.int64)

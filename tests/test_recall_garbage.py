@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from lfm_stream.hashing import movie_hash, user_hash
+from lfm_stream.scoring import contract_key
 from ps_redis import ParameterServer
 from ps_redis.activity import ActivityLog
 from ps_redis.codec import row_dtype
@@ -148,3 +149,40 @@ def test_a_namespace_claiming_a_huge_dimension_is_reported_not_loaded(redis_url)
             assert store.matrix is None and not store.healthy
     finally:
         r.close()
+
+
+def test_malformed_item_channel_entries_are_skipped(garbage, caplog):
+    """Garbage under ``{<ns>:@co}`` (values or ids that are no int64, odd neighbour strings, a bad latest bucket, a
+    contract that is no contract): the service starts and answers from the well-formed entries."""
+    ps, r = garbage["ps"], garbage["r"]
+    tag = "{" + f"{ps.namespace}:@co" + "}"
+    good = [int(m) for m in GOOD[:4]]
+    r.set(f"{tag}:nb:{good[0]}", f"{good[1]} 3 {good[2]} 1")  # the one well-formed list
+    r.hset(f"{tag}:deg", mapping={good[0]: 4, good[1]: 3, good[2]: 1})
+    r.hset(f"{tag}:pop:all", mapping={good[1]: 2})
+    r.hset(f"{tag}:pop:0", mapping={good[1]: 2})
+    r.hset(f"{tag}:meta", mapping={"events": 10, "bucket": 0})
+    for key, value in {"nb:" + "9" * 25: f"{good[1]} 1", f"nb:{good[1]}": "1 2 3", f"nb:{good[2]}": "x y",
+                       f"nb:{good[3]}": f"{good[0]} -1", "nb:abc": "1 1", f"nb:{good[0] + 1}": "9" * 25 + " 1",
+                       "recent:3": "0 " + "9" * 25, "recent:4": "9" * 25 + f" {good[0]}", "recent:5": "zz",
+                       "recent:6": f"{2**63 - 1} {good[0]}"}.items():
+        r.set(f"{tag}:{key}", value)
+    r.set(tag.encode() + b":nb:\xff\xfe", b"1 1")  # a key that is no UTF-8
+    r.hset(f"{tag}:deg", mapping={"9" * 25: 1, "abc": 2, good[3]: "9" * 25})
+    r.hset(f"{tag}:pop:" + "9" * 25, mapping={good[0]: 1})
+    r.hset(f"{tag}:pop:1", mapping={"9" * 25: 1, good[2]: "x"})
+    store = RecallStore(StoreConfig(garbage["url"], garbage["ns"], dim=DIM, refresh_interval=0.05,
+                                    channel_interval=0.1), garbage["catalog"])
+    with ServerThread(create_app(store)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/healthz").status_code == 200
+        body = client.get(f"/i2i/{good[0]}?k=10").json()
+        assert body["source"] == "covisit" and [it["movie_id"] for it in body["items"]] == [good[1], good[2]]
+        for u in (1, 2, 3, 4, 5, 6):
+            got = client.get(f"/u2i/{u}?k=20")
+            assert got.status_code == 200, got.text
+            assert {it["movie_id"] for it in got.json()["items"]} <= set(GOOD.tolist())
+        r.hset(f"{tag}:meta", "bucket", "not a bucket")
+        r.set(contract_key(ps.namespace), "{not json")
+        version = client.get("/stats").json()["channels"]["version"]
+        wait_for(lambda: client.get("/stats").json()["channels"]["version"] >= version + 2)
+        assert store.healthy and client.get("/u2i/1?k=5").status_code == 200
