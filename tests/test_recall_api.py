@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lfm_stream.hashing import hash_movie_ids, user_hash
+from lfm_stream.scoring import ScoreContract
 from lfm_stream.stack import RedisServer
 from producer.prepare import main as prepare_main
 from ps_redis import ParameterServer
@@ -212,6 +213,15 @@ def test_faiss_store_agrees_with_brute_force(world):
         assert a.movies == b.movies and np.allclose(a.scores, b.scores, atol=1e-4)
     for m in P.movies[:5].tolist():
         a, b = store.i2i(m, 20), brute.i2i(m, 20)
+        assert a.movies == b.movies and np.allclose(a.scores, b.scores, atol=1e-4)
+    # the candidates hold every row whose log(1 + n_i) can lift it into the top k, also with other channels on
+    plain = RecallStore(StoreConfig(world["url"], world["ns"], dim=DIM), world["catalog"])
+    plain.refresh_once()
+    blended = ScoreContract(dim=DIM, lfm_weight=0.5, covisit_weight=1.0, popularity_weight=0.2)
+    for s in (store, plain):
+        s.channels.use_contract(blended)
+    for u in P.users[5:15].tolist():
+        a, b = store.u2i(u, 20), plain.u2i(u, 20)
         assert a.movies == b.movies and np.allclose(a.scores, b.scores, atol=1e-4)
 
 
