@@ -98,7 +98,7 @@ def world(redis_url):
     writer = ChannelWriter(ps, WRITER)
     for lo in range(0, len(users), 97):  # chunks, as the worker's polls
         writer.apply(users[lo:lo + 97], rated[lo:lo + 97], labels[lo:lo + 97])
-    write_contract(ps, WRITER)  # the default weights (lfm 0, covisit 1, popularity 0.2) with the writer's parameters
+    write_contract(ps, WRITER)  # the default weights with the writer's parameters
     catalog = Catalog.from_movies({int(m): Movie(int(m), f"movie {m}", ()) for m in movies}, users=CATALOG_USERS)
     store = RecallStore(StoreConfig(redis_url, ns, dim=DIM, refresh_interval=0.05, channel_interval=0.2), catalog)
     with ServerThread(create_app(store), http=fast_protocol(store)) as server, \
