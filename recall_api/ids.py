@@ -17,19 +17,26 @@ ID_DIGITS = 18  # every 18-digit number fits an int64
 K_DIGITS = 4
 
 
+def parse_digits(value: str, max_digits: int) -> int:
+    """``value`` as an int when it is 1 to ``max_digits`` ASCII digits (nothing else: no sign, ``_``, space).
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if re.fullmatch(rf"[0-9]{{1,{max_digits}}}", value) is None:
+        raise ValueError(f"must be 1 to {max_digits} decimal digits 0-9 (got {value!r})")
+    return int(value)
+
+
 def digits(max_digits: int) -> BeforeValidator:
-    """A pydantic validator for an ``int`` URL parameter written as 1 to ``max_digits`` ASCII digits.
+    """A pydantic validator for an ``int`` URL parameter written as 1 to ``max_digits`` ASCII digits
+    (:func:`parse_digits`).
 
     Values that are not strings (a parameter's default) pass through to the ``int`` validation.
     """
-    pattern = re.compile(rf"[0-9]{{1,{max_digits}}}")
 
     def check(value):
-        if not isinstance(value, str):
-            return value
-        if pattern.fullmatch(value) is None:
-            raise ValueError(f"must be 1 to {max_digits} decimal digits 0-9 (got {value!r})")
-        return int(value)
+        return parse_digits(value, max_digits) if isinstance(value, str) else value
 
     return BeforeValidator(check)
 

@@ -4,9 +4,11 @@ Two ways to answer, same output (rank, movie id, score, title, genres):
 
 * default — straight from the PS: loads the item matrix once from Redis (``--redis-url``, ``--namespace``)
   and ranks it with the same code the service runs (:class:`recall_api.store.RecallStore`); no server needed;
-* ``--url http://127.0.0.1:8000`` — asks a running service over HTTP (what clients see).
+* ``--url http://127.0.0.1:8000`` — asks a running service over HTTP (what clients see; stdlib ``urllib``).
 
-Exit status: 0 answered, 1 not found (404), 2 bad input, 3 unavailable (Redis / service down).
+Ids and ``-k`` follow the API's rule (:mod:`recall_api.ids`): plain ASCII digits, so ``1_0`` or ``+5`` is refused
+rather than read as 10 or 5.  Exit status: 0 answered, 1 not found (404), 2 bad input, 3 unavailable (Redis /
+service down).
 """
 
 from __future__ import annotations
@@ -14,12 +16,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, PREPARED_DEFAULT_HELP, REDIS_URL_ENV,
                                default_redis_url, env_default, env_help, prepared_data_dir)
 from lfm_stream.version import add_version_flag
+from recall_api.ids import ID_DIGITS, K_DIGITS, parse_digits
 
 RECALL_URL_ENV = "RECALL_URL"
+
+
+def _strict(max_digits: int):
+    """An argparse ``type`` taking 1 to ``max_digits`` ASCII digits (:func:`recall_api.ids.parse_digits`)."""
+
+    def parse(value: str) -> int:
+        try:
+            return parse_digits(value, max_digits)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recall_api.query", description=__doc__.split("\n\n")[0])
     add_version_flag(p)
     p.add_argument("kind", choices=["u2i", "i2i"], help="u2i: movies for a user; i2i: movies like a movie")
-    p.add_argument("id", type=int, help="raw MovieLens user id (u2i) or movie id (i2i)")
-    p.add_argument("-k", type=int, default=10, help="how many movies (1..1000, default 10)")
+    p.add_argument("id", type=_strict(ID_DIGITS), help="raw MovieLens user id (u2i) or movie id (i2i): digits 0-9")
+    p.add_argument("-k", type=_strict(K_DIGITS), default=10, help="how many movies (1..1000, default 10)")
     p.add_argument("--url", default=env_default(RECALL_URL_ENV),
                    help=env_help("ask a running recall service at this URL instead of reading the PS",
                                  RECALL_URL_ENV))
@@ -44,13 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _via_http(args: argparse.Namespace) -> tuple[int, dict]:
-    import httpx
-
+    url = f"{args.url.rstrip('/')}/{args.kind}/{args.id}?{urllib.parse.urlencode({'k': args.k})}"
     try:
-        r = httpx.get(f"{args.url.rstrip('/')}/{args.kind}/{args.id}", params={"k": args.k}, timeout=30)
-    except httpx.HTTPError as exc:
-        return 503, {"detail": f"cannot reach {args.url}: {exc}"}
-    return r.status_code, r.json()
+        with urllib.request.urlopen(url, timeout=30) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:  # 4xx / 5xx: the service's JSON problem
+        with exc:
+            status, body = exc.code, exc.read()
+    except OSError as exc:  # URLError (refused, DNS), timeouts
+        return 503, {"detail": f"cannot reach {args.url}: {getattr(exc, 'reason', exc)}"}
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return 503 if status == 200 else status, {"detail": f"{url} answered {status} with no JSON: {body[:200]!r}"}
 
 
 def _via_ps(args: argparse.Namespace) -> tuple[int, dict]:
@@ -85,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.k <= 1000:
         print(f"error: -k must be in 1..1000 (got {args.k})", file=sys.stderr)
         return 2
-    if args.id < 0:
-        print(f"error: id must be >= 0 (got {args.id})", file=sys.stderr)
+    if args.url and urllib.parse.urlsplit(args.url).scheme not in ("http", "https"):
+        print(f"error: --url must be an http:// or https:// URL (got {args.url!r})", file=sys.stderr)
         return 2
     status, body = _via_http(args) if args.url else _via_ps(args)
     if status != 200:
