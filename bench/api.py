@@ -4,6 +4,7 @@
     python bench/api.py --movies 1000000 --faiss both    # 1M synthetic movies, brute force and Faiss
     python bench/api.py --redis-url URL --namespace lfm --data-dir DIR   # a trained model
     python bench/api.py --freshness --data-dir DIR       # + event -> answer freshness (needs Kafka)
+    python bench/api.py --variant nocache=--user-cache=0 --variant cache= --rounds 3   # paired A/B in one run
 
 What runs: the service as its own process (``python -m recall_api``, uvicorn, one worker) on a free
 loopback port, and a load generator in this process (``bench/loadgen.py``): ``--concurrency`` keep-alive
@@ -16,7 +17,9 @@ by Redis key tracking; its hit/miss counters are in the output); ``--service-arg
 a Redis read per request.  Per endpoint: ``unloaded`` (one connection, closed loop: pure latency),
 ``loaded`` (``--concurrency`` connections, closed loop: saturation throughput, latency includes queueing)
 and ``paced`` (open loop at ``--paced-qps`` requests/s: the latency at that rate, charged from the
-scheduled send time).
+scheduled send time).  ``--variant`` runs several service configurations against the same data within one
+run, alternating (A B, B A, ...) for ``--rounds`` rounds, so that a shared machine's load falls on all of them;
+each pass records the 1-minute load average before and after.
 
 Synthetic mode fills a fresh namespace of a redis-server started here (``bench/synthetic_ps.py``:
 ``put_rows``, whole rows with raw ids) with ``--movies`` item and ``--users`` user vectors (dim --dim) and
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -93,6 +97,14 @@ class Service:
 
         return httpx.get(self.base + "/stats", timeout=10).json()
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the service process used so far, from /proc (None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -104,6 +116,17 @@ class Service:
 
 
 # ---------------------------------------------------------------------------------------- passes
+def timed(svc: Service, run, *args) -> dict:
+    """``run(*args)`` (a load pass) plus the service's CPU time per answered request, in µs: unlike latency and
+    throughput, barely moved by other processes on a shared machine."""
+    cpu0 = svc.cpu_seconds()
+    out = run(*args)
+    cpu1 = svc.cpu_seconds()
+    if cpu0 is not None and cpu1 is not None and out["requests"]:
+        out["service_cpu_us_per_request"] = round((cpu1 - cpu0) / out["requests"] * 1e6, 1)
+    return out
+
+
 def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: argparse.Namespace,
                   redis_url: str = "", namespace: str = "") -> dict:
     """Warm up, then a concurrency-1 pass and a loaded pass per endpoint (with ``--churn``: while another
@@ -112,6 +135,8 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
 
     out: dict = {}
     for kind, ids in (("u2i", users), ("i2i", movies)):
+        if kind not in args.endpoints:
+            continue
         paths = query_paths(kind, ids, args.k, 20_000, args.seed)
         load(svc.port, paths, 2, min(500, args.requests), 10)  # warm-up
         churn = None
@@ -123,12 +148,12 @@ def bench_service(svc: Service, users: np.ndarray, movies: np.ndarray, args: arg
             time.sleep(1.0)
         try:
             out[kind] = {
-                "unloaded": load(svc.port, paths, 1, min(args.requests, 2000), args.seconds / 2),
-                "loaded": load(svc.port, paths, args.concurrency, args.requests, args.seconds),
+                "unloaded": timed(svc, load, svc.port, paths, 1, min(args.requests, 2000), args.seconds / 2),
+                "loaded": timed(svc, load, svc.port, paths, args.concurrency, args.requests, args.seconds),
             }
             if args.paced_qps:
-                out[kind]["paced"] = load(svc.port, paths, args.concurrency, args.requests, args.seconds,
-                                          args.paced_qps)
+                out[kind]["paced"] = timed(svc, load, svc.port, paths, args.concurrency, args.requests, args.seconds,
+                                           args.paced_qps)
         finally:
             if churn is not None:
                 churn.terminate()
@@ -262,8 +287,57 @@ def measure_freshness(args: argparse.Namespace, run_dir: Path) -> dict:
         stack.stop()
 
 
+def run_service(args: argparse.Namespace, redis_url: str, namespace: str, users: np.ndarray, movies: np.ndarray,
+                run_dir: Path, faiss: bool, extra: list[str]) -> dict:
+    """Start the service with ``extra`` flags, run :func:`bench_service` against it, stop it; the machine's load
+    average (1 min) is taken before and after."""
+    load_before = os.getloadavg()[0]
+    svc = Service(redis_url, namespace, args.data_dir, faiss, args.nprobe, run_dir / "recall.log", extra)
+    try:
+        ready = svc.wait_ready()
+        entry = {"startup_s": round(ready, 2), "service_args": extra,
+                 **bench_service(svc, users, movies, args, redis_url, namespace)}
+        st = svc.stats()
+        entry["vectors_loaded"] = st["vectors_loaded"]
+        entry["user_cache"] = st.get("user_cache")
+        entry["index"] = st["index"] if not faiss else {"faiss": st["faiss"]}
+    finally:
+        svc.stop()
+    entry["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return entry
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """``NAME=FLAGS`` specs of ``--variant`` -> {name: service flags}."""
+    variants: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name or name in variants:
+            raise SystemExit(f"--variant must be NAME=FLAGS with a new NAME (got {spec!r})")
+        variants[name] = shlex.split(flags)
+    return variants
+
+
+def ab_summary(rounds: list[dict[str, dict]]) -> dict:
+    """Per variant, endpoint and pass: the rounds' QPS, p50, p99 and service CPU per request with their medians."""
+    out: dict = {}
+    for name in rounds[0]:
+        for kind in ("u2i", "i2i"):
+            for pass_ in ("unloaded", "loaded", "paced"):
+                got = [r[name][kind][pass_] for r in rounds if pass_ in r[name].get(kind, {})]
+                if not got:
+                    continue
+                row = out.setdefault(name, {}).setdefault(kind, {})[pass_] = {}
+                for field in ("qps", "p50_ms", "p99_ms", "service_cpu_us_per_request"):
+                    values = [g[field] for g in got if field in g]
+                    row[field] = values
+                    row[f"median_{field}"] = round(float(np.median(values)), 3)
+    return out
+
+
 def bench_http(args: argparse.Namespace, result: dict, run_dir: Path, redis_url: str) -> None:
-    """Latency / throughput passes of the service (brute force and / or Faiss) over the PS at ``redis_url``."""
+    """Latency / throughput passes of the service (brute force and / or Faiss) over the PS at ``redis_url``;
+    with ``--variant``: every variant once per round, alternating order, on the same data (paired A/B)."""
     namespace = args.namespace
     if namespace is None:
         namespace = f"bench{uuid.uuid4().hex[:6]}"
@@ -278,20 +352,19 @@ def bench_http(args: argparse.Namespace, result: dict, run_dir: Path, redis_url:
     users, movies = users[users >= 0], movies[movies >= 0]
     result["model"] = {"namespace": namespace, "dim": ps.dim, "movies": int(len(movies)), "users": int(len(users))}
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.faiss]
+    variants = parse_variants(args.variant)
     for faiss in modes:
-        svc = Service(redis_url, namespace, args.data_dir, faiss, args.nprobe, run_dir / "recall.log",
-                      args.service_arg)
-        try:
-            ready = svc.wait_ready()
-            entry = {"startup_s": round(ready, 2), "service_args": args.service_arg,
-                     **bench_service(svc, users, movies, args, redis_url, namespace)}
-            st = svc.stats()
-            entry["vectors_loaded"] = st["vectors_loaded"]
-            entry["user_cache"] = st.get("user_cache")
-            entry["index"] = st["index"] if not faiss else {"faiss": st["faiss"]}
-        finally:
-            svc.stop()
-        result["faiss" if faiss else "brute_force"] = entry
+        if not variants:
+            result["faiss" if faiss else "brute_force"] = run_service(args, redis_url, namespace, users, movies,
+                                                                      run_dir, faiss, args.service_arg)
+            continue
+        rounds: list[dict[str, dict]] = []
+        for r in range(args.rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            rounds.append({name: run_service(args, redis_url, namespace, users, movies, run_dir, faiss,
+                                             [*args.service_arg, *variants[name]]) for name in order})
+        result["faiss" if faiss else "brute_force"] = {"variants": {n: args.service_arg + f for n, f in variants.items()},
+                                                       "summary": ab_summary(rounds), "rounds": rounds}
     if True in modes:
         result["faiss"]["agreement_with_brute_force"] = faiss_agreement(redis_url, namespace, args, users, movies)
 
@@ -307,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=32, help="synthetic vector dimension (default 32)")
     p.add_argument("--faiss", choices=["no", "yes", "both"], default="no", help="rank with Faiss (default no)")
     p.add_argument("--nprobe", type=int, default=128, help="Faiss lists probed (default 128)")
+    p.add_argument("--endpoints", type=lambda v: v.split(","), default=["u2i", "i2i"],
+                   help="endpoints to load, comma-separated (default u2i,i2i)")
     p.add_argument("--k", type=int, default=50, help="k of every query (default 50)")
     p.add_argument("--concurrency", type=int, default=8, help="connections of the loaded pass (default 8)")
     p.add_argument("--requests", type=int, default=20_000, help="max requests per pass (default 20000)")
@@ -315,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="open-loop pass at this total rate, latency from the scheduled send (0 = skip; default 2000)")
     p.add_argument("--service-arg", action="append", default=[],
                    help="extra flag of the service, e.g. --service-arg=--user-cache=0 (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="paired A/B: a service variant, e.g. --variant 'nocache=--user-cache=0' --variant base= "
+                        "(repeatable); each round runs every variant once on the same data, the order reversed "
+                        "every other round, the --service-arg flags added to each")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of the --variant A/B (default 1)")
     p.add_argument("--churn", type=float, default=0,
                    help="during the u2i passes, another process rewrites this many random user rows per second "
                         "(as a learner's pushes would; exercises the user cache's invalidation; default 0)")
@@ -330,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     result: dict = {"bench": "recall_api", "cpus": os.cpu_count(), "k": args.k,
-                    "note": "measured on a shared 2-core machine unless stated otherwise"}
+                    "note": "measured on a shared 2-core machine unless stated otherwise",
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     run_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     stack = None
     try:
@@ -343,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if stack is not None:
             stack.stop()
+    result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
