@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-cache", type=int, default=20_000,
                    help="users whose u2i context (row, rated movies) is kept in memory, invalidated by Redis key "
                         "tracking so answers stay exact (default 20000; 0 = read Redis on every request)")
+    p.add_argument("--fast-protocol", action=argparse.BooleanOptionalAction, default=True,
+                   help="answer well-formed u2i / i2i inside uvicorn's HTTP protocol (recall_api.protocol; default on, "
+                        "used with the uvicorn releases it is tested with); --no-fast-protocol: FastAPI routes only")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the service and uvicorn (default warning)")
     return p
@@ -83,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = RecallStore(config, catalog)
     app = create_app(store)
-    # u2i / i2i answered at the protocol level when httptools is installed (recall_api.protocol), else by the
-    # ASGI fast path; uvloop is picked by uvicorn's loop="auto" when installed
-    http = fast_protocol(store, app.state.metrics) or "auto"
+    # u2i / i2i answered at the protocol level (recall_api.protocol) unless turned off or uvicorn is not a tested
+    # release; uvloop is picked by uvicorn's loop="auto" when installed
+    http = (fast_protocol(store, app.state.metrics) if args.fast_protocol else None) or "auto"
     with contextlib.suppress(ImportError):  # imported now so that the freeze below covers it
         importlib.import_module("uvloop")
     # what is loaded now (modules, catalog) lives as long as the process: keep it out of the cyclic GC, whose

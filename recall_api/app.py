@@ -17,12 +17,12 @@ a vector; 422 a non-integer or negative id, or ``k`` outside 1..1000 or not an i
 unreachable (recovers by itself) or nothing loaded yet.  A known user without a vector gets the
 popularity fallback with ``"source": "popularity"``.
 
-Hot path: well-formed ``GET /u2i/<id>[?k=N]`` and ``/i2i/<id>[?k=N]`` are answered in uvicorn's HTTP protocol
-by ``python -m recall_api`` (:mod:`recall_api.protocol`), or by :class:`FastPath`, a pure-ASGI shortcut in front
-of FastAPI, under any other server (same bytes either way, without FastAPI's routing and validation cost).  i2i
-and u2i of a cached user (:mod:`recall_api.usercache`) need no I/O; any other u2i awaits its one Redis round
-trip (:mod:`recall_api.resp`) so the event loop ranks other requests meanwhile.  Everything else goes through
-the FastAPI routes, which define the API and its OpenAPI docs.
+Hot path: ``python -m recall_api`` answers well-formed ``GET /u2i/<id>[?k=N]`` and ``/i2i/<id>[?k=N]`` inside
+uvicorn's HTTP protocol (:mod:`recall_api.protocol`, ``--no-fast-protocol`` turns it off); every other request,
+and every request under another server, goes through the FastAPI routes below, which define the API and its
+OpenAPI docs.  Both answer through :func:`respond` (same bytes either way): i2i and u2i of a cached user
+(:mod:`recall_api.usercache`) need no I/O; any other u2i awaits its one Redis round trip (:mod:`recall_api.resp`)
+so the event loop ranks other requests meanwhile.
 A Redis outage is detected once and then answered with an immediate 503 (see :mod:`recall_api.store`).
 Answers are serialized with orjson from cached per-movie pieces (:func:`render`; the pydantic models below
 document the schema; they are not used to validate each response).
@@ -31,10 +31,10 @@ document the schema; they are not used to validate each response).
 from __future__ import annotations
 
 import contextlib
-import json
-import re
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -46,17 +46,6 @@ from recall_api.ids import STRICT_ID, STRICT_K
 from recall_api.prom import RecallMetrics, Timing
 from recall_api.store import Answer, NotFound, RecallStore, Unavailable
 from recall_api.types import I2I_DEFAULT
-
-try:
-    import orjson
-
-    def _dumps(obj) -> bytes:
-        return orjson.dumps(obj)
-except ImportError:  # pragma: no cover - orjson is a dependency; plain json keeps the service working without it
-    orjson = None
-
-    def _dumps(obj) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
 
 MAX_K = 1000
 DEFAULT_K = 50
@@ -96,18 +85,17 @@ class JSONBytes(Response):
 
 
 def _error(status: int, detail: str) -> Response:
-    return JSONBytes(_dumps({"detail": detail}), status_code=status)
+    return JSONBytes(orjson.dumps({"detail": detail}), status_code=status)
 
 
 def render(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> bytes:
-    """JSON bytes of an answer with titles and genres.
+    """JSON bytes of an answer with titles and genres: exactly ``orjson.dumps`` of
+    ``{"query", "id", "k", "source", "items": [{"movie_id", "title", "genres", "score"}, ...]}`` (title null and
+    genres ``[]`` for a movie the catalog lacks), at a third of its cost.
 
-    With orjson the bytes are assembled from pieces orjson encoded — a cached ``{"movie_id":..,"title":..,
-    "genres":..,"score":`` prefix per catalog movie and every score from one ``orjson.dumps(scores)`` —
-    which is exactly ``orjson.dumps`` of the whole answer (:func:`render_plain`) at a third of the cost.
+    The bytes are assembled from pieces orjson encoded: a cached ``{"movie_id":..,"title":..,"genres":..,"score":``
+    prefix per catalog movie and every score from one ``orjson.dumps(scores)``.
     """
-    if orjson is None:
-        return render_plain(query, id_, k, answer, catalog)
     cache, movies = catalog.render_cache, catalog.movies
     scores = orjson.dumps(answer.scores)[1:-1].split(b",")
     if movies:
@@ -117,17 +105,6 @@ def render(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> by
         items = b",".join([_UNNAMED % (m, s) for m, s in zip(answer.movies, scores)])
     head = orjson.dumps({"query": query, "id": id_, "k": k, "source": answer.source, "items": None})
     return b"".join((head[:-5], b"[", items, b"]}"))  # head ends with b'null}'
-
-
-def render_plain(query: str, id_: int, k: int, answer: Answer, catalog: Catalog) -> bytes:
-    """JSON bytes of an answer, built as one dict and serialized at once (the definition of the format)."""
-    movies = catalog.movies
-    items = []
-    for m, s in zip(answer.movies, answer.scores):
-        entry = movies.get(m)
-        items.append({"movie_id": m, "title": entry.title if entry else None,
-                      "genres": entry.genres if entry else (), "score": s})
-    return _dumps({"query": query, "id": id_, "k": k, "source": answer.source, "items": items})
 
 
 _UNNAMED = b'{"movie_id":%d,"title":null,"genres":[],"score":%s}'
@@ -142,85 +119,44 @@ def _item_prefix(cache: dict[int, bytes], movies: dict, m: int) -> bytes:
     return p  # orjson's bytes up to the b'0}' of the placeholder score
 
 
-_FAST_PATH = re.compile(rb"/(u2i|i2i)/([0-9]{1,18})")
-_FAST_QUERY = re.compile(rb"(?:k=([0-9]{1,4}))?")
-_JSON_TYPE = (b"content-type", b"application/json")
+def respond(store: RecallStore, kind: str, id_: int, k: int,
+            source: str = I2I_DEFAULT) -> tuple[int, bytes] | Awaitable[tuple[int, bytes]]:
+    """(status, JSON body) of a u2i / i2i query (i2i from ``source``): 200 answer, 404 not found, 503 unavailable.
 
-
-class FastPath:
-    """Pure-ASGI shortcut for well-formed ``GET /u2i/<digits>[?k=<1..1000>]`` and ``/i2i/...``.
-
-    Those requests are answered straight from the store, skipping FastAPI's routing and parameter
-    validation (about a fifth of a request's CPU); the bytes are exactly what the FastAPI routes return.
-    Anything else — other paths, other parameters, out-of-range or malformed values — goes to FastAPI,
-    which stays the definition of the API (validation messages, OpenAPI docs).
+    Returned at once when the answer needs no I/O — i2i, and u2i of a user in the user cache; a u2i that must
+    read Redis returns an awaitable of it instead, so the caller's event loop serves others during the read.
     """
-
-    def __init__(self, app, store: RecallStore):
-        self.app, self.store = app, store
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET":
-            m = _FAST_PATH.fullmatch(scope["raw_path"] if scope.get("raw_path") else scope["path"].encode())
-            q = _FAST_QUERY.fullmatch(scope["query_string"]) if m else None
-            if q is not None:
-                k = int(q.group(1)) if q.group(1) is not None else DEFAULT_K
-                if 1 <= k <= MAX_K:
-                    kind, id_ = m.group(1).decode(), int(m.group(2))
-                    status, body = await respond_async(self.store, kind, id_, k)
-                    await send({"type": "http.response.start", "status": status,  # Starlette's header order
-                                "headers": [(b"content-length", b"%d" % len(body)), _JSON_TYPE]})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
-
-
-def respond(store: RecallStore, kind: str, id_: int, k: int, source: str = I2I_DEFAULT) -> tuple[int, bytes]:
-    """(status, JSON body) of a u2i / i2i query (i2i from ``source``): 200 answer, 404 not found, 503 unavailable."""
     try:
-        ans = store.u2i(id_, k) if kind == "u2i" else store.i2i(id_, k, source)
-    except NotFound as exc:
-        return 404, _dumps({"detail": str(exc)})
-    except Unavailable as exc:
-        return 503, _dumps({"detail": str(exc)})
-    return 200, render(kind, id_, k, ans, store.catalog)
+        if kind == "i2i":
+            answer = store.i2i(id_, k, source)
+        else:
+            answer = store.u2i_cached(id_, k)
+            if answer is None:
+                return _respond_after_read(store, id_, k)
+    except (NotFound, Unavailable) as exc:
+        return _problem(exc)
+    return 200, render(kind, id_, k, answer, store.catalog)
 
 
-def respond_now(store: RecallStore, kind: str, id_: int, k: int) -> tuple[int, bytes] | None:
-    """:func:`respond` when the answer needs no I/O — i2i, and u2i of a user in the user cache — else None."""
+async def _respond_after_read(store: RecallStore, id_: int, k: int) -> tuple[int, bytes]:
+    """:func:`respond` of a u2i whose user context is read from Redis (awaited)."""
     try:
-        ans = store.i2i(id_, k) if kind == "i2i" else store.u2i_cached(id_, k)
-    except NotFound as exc:
-        return 404, _dumps({"detail": str(exc)})
-    except Unavailable as exc:
-        return 503, _dumps({"detail": str(exc)})
-    return None if ans is None else (200, render(kind, id_, k, ans, store.catalog))
+        answer = await store.u2i_async(id_, k)
+    except (NotFound, Unavailable) as exc:
+        return _problem(exc)
+    return 200, render("u2i", id_, k, answer, store.catalog)
 
 
-async def respond_async(store: RecallStore, kind: str, id_: int, k: int) -> tuple[int, bytes]:
-    """:func:`respond` with u2i's Redis read awaited (none for a cached user)."""
-    done = respond_now(store, kind, id_, k)
-    return done if done is not None else await respond_read(store, id_, k)
+def _problem(exc: NotFound | Unavailable) -> tuple[int, bytes]:
+    return 404 if isinstance(exc, NotFound) else 503, orjson.dumps({"detail": str(exc)})
 
 
-async def respond_read(store: RecallStore, id_: int, k: int) -> tuple[int, bytes]:
-    """(status, JSON body) of u2i with the user's context read from Redis (awaited)."""
-    try:
-        ans = await store.u2i_async(id_, k)
-    except NotFound as exc:
-        return 404, _dumps({"detail": str(exc)})
-    except Unavailable as exc:
-        return 503, _dumps({"detail": str(exc)})
-    return 200, render("u2i", id_, k, ans, store.catalog)
-
-
-def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = True) -> FastAPI:
+def create_app(store: RecallStore, manage_store: bool = True) -> FastAPI:
     """The FastAPI application over ``store``.
 
     Args:
         store: the recall store (its catalog names the movies).
         manage_store: start the store's refresh thread when the app starts and stop it at shutdown.
-        fast_path: answer well-formed u2i / i2i requests through :class:`FastPath`.
     """
 
     @contextlib.asynccontextmanager
@@ -243,8 +179,9 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
     app.state.metrics = metrics = RecallMetrics(store)
     errors = {404: {"model": Problem}, 422: {"description": "bad id or k"}, 503: {"model": Problem}}
 
-    def answer(query: str, id_: int, k: int, source: str = I2I_DEFAULT) -> Response:
-        status, body = respond(store, query, id_, k, source)
+    async def answer(query: str, id_: int, k: int, source: str = I2I_DEFAULT) -> Response:
+        done = respond(store, query, id_, k, source)
+        status, body = done if isinstance(done, tuple) else await done
         return JSONBytes(body, status_code=status)
 
     @app.get("/u2i/{user_id}", response_model=RecallAnswer, responses=errors, summary="movies for a user")
@@ -253,7 +190,7 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
                   = DEFAULT_K):
         """Top-k movies by the served multi-channel score (see ``/stats`` for the contract), excluding movies
         the user rated; popularity for a user without a vector."""
-        return answer("u2i", user_id, k)
+        return await answer("u2i", user_id, k)
 
     @app.get("/i2i/{movie_id}", response_model=RecallAnswer, responses=errors, summary="similar movies")
     async def i2i(movie_id: Annotated[int, STRICT_ID, Path(ge=0, description="raw MovieLens movie id")],
@@ -264,7 +201,7 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
                                   "(falls back to 'lfm' for a movie without co-occurrences); 'lfm': cosine of the "
                                   "learner's item vectors")] = I2I_DEFAULT):
         """Top-k movies most similar to a movie (item channel or item vectors), excluding the movie itself."""
-        return answer("i2i", movie_id, k, source)
+        return await answer("i2i", movie_id, k, source)
 
     @app.get("/healthz", responses={503: {"model": Problem}}, summary="liveness and readiness")
     async def healthz():
@@ -273,19 +210,17 @@ def create_app(store: RecallStore, manage_store: bool = True, fast_path: bool = 
             return _error(503, f"Redis unavailable: {store.stats.last_error or 'not connected yet'}")
         if store.matrix is None:
             return _error(503, "item vectors are not loaded yet")
-        return JSONBytes(_dumps({"status": "ok", "vectors_loaded": len(store.matrix)}))
+        return JSONBytes(orjson.dumps({"status": "ok", "vectors_loaded": len(store.matrix)}))
 
     @app.get("/stats", summary="vectors loaded, refresh state, lag behind the learner")
     async def stats():
         """Refresh counters, the time of the last refresh and the lag behind the learner's newest change."""
-        return JSONBytes(_dumps(store.describe()))
+        return JSONBytes(orjson.dumps(store.describe()))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics():
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    if fast_path:
-        app.add_middleware(FastPath, store=store)
-    app.add_middleware(Timing, metrics=metrics)  # outermost: times every request, the fast path's too
+    app.add_middleware(Timing, metrics=metrics)  # times every request (the protocol times the ones it answers)
     return app

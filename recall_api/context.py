@@ -18,10 +18,10 @@ import numpy as np
 
 from lfm_stream.hashing import user_hash
 from ps_redis.codec import CorruptRowError, decode
-from ps_redis.connection import run
+from ps_redis.connection import pack, run
 from ps_redis.covisit import Covisit, parse_recent
 from recall_api.refresh import MAX_ABS
-from recall_api.resp import RespClient, pack
+from recall_api.resp import RespClient
 from recall_api.resp import supported as resp_supported
 from recall_api.topk import parse_ids
 from recall_api.types import StoreConfig
@@ -113,7 +113,7 @@ class ContextReader:
         if client is None:
             client = self.client = self._async_client()
         if isinstance(client, RespClient):
-            payload = pack("GET", keys[0]) + pack("SMEMBERS", keys[1]) + pack("GET", keys[2])
+            payload = pack(("GET", keys[0])) + pack(("SMEMBERS", keys[1])) + pack(("GET", keys[2]))
             return await client.execute(payload, len(keys), lambda replies: self._read(ps, user_id, keys, replies))
         async with client.pipeline(transaction=False) as pipe:
             pipe.get(keys[0])

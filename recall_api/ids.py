@@ -2,9 +2,9 @@
 
 Python's ``int()`` — and pydantic's lax integer parsing behind FastAPI's ``int`` parameters — also take
 ``"1_0"`` (10), ``"+5"``, ``" 5"``, ``"5.0"`` and any number of digits, so ``/u2i/1_0`` would answer for user 10.
-The fast paths (:class:`recall_api.app.FastPath`, :mod:`recall_api.protocol`) only take ``[0-9]{1,18}`` ids and
-``k=[0-9]{1,4}``; the FastAPI routes take exactly the same language through :func:`digits` and answer 422 naming
-the parameter for anything else.
+The fast path (:mod:`recall_api.protocol`) only takes ``[0-9]{1,18}`` ids and ``k=[0-9]{1,4}``; the FastAPI
+routes take exactly the same language through :func:`digits` and answer 422 naming the parameter for anything
+else, and ``python -m recall_api.query`` refuses the rest through :func:`parse_digits`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,25 @@
 """uvicorn's httptools HTTP protocol with the u2i / i2i fast path answered at the protocol level.
 
 ``python -m recall_api`` serves with :func:`fast_protocol` (uvicorn's documented ``http=<protocol class>``
-option).  For a well-formed ``GET /u2i/<id>[?k=N]`` / ``/i2i/<id>[?k=N]`` — the same requests the ASGI
-:class:`recall_api.app.FastPath` takes — the protocol answers straight from the store: no ASGI scope,
-request cycle, middleware chain or per-message ``send`` calls, and the status line, headers and body leave
-in **one** socket write (uvicorn writes headers and body separately: two syscalls and, on a loaded
-machine, two wake-ups of the client).  The bytes are those of the FastAPI routes (uvicorn's default
-``server`` / ``date`` headers, then ``content-length`` and ``content-type`` as Starlette's ``Response`` sends
-them).  Everything else — other paths, methods or parameters, requests with a body or ``Expect``, HTTP/1.0
-or ``Connection: close``, pipelined requests while one is in flight, ``--limit-concurrency`` — goes through
-uvicorn and FastAPI unchanged, in order.
+option; ``--no-fast-protocol`` serves with uvicorn's own protocol and the FastAPI routes alone).  For a
+well-formed ``GET /u2i/<id>[?k=N]`` / ``/i2i/<id>[?k=N]`` the protocol answers straight from the store through
+:func:`recall_api.app.respond`: no ASGI scope, request cycle, middleware chain or per-message ``send`` calls,
+and the status line, headers and body leave in **one** socket write (uvicorn writes headers and body
+separately: two syscalls and, on a loaded machine, two wake-ups of the client).  The bytes are those of the
+FastAPI routes (uvicorn's default ``server`` / ``date`` headers, then ``content-length`` and ``content-type``
+as Starlette's ``Response`` sends them).  Everything else — other paths, methods or parameters, requests with a
+body or ``Expect``, HTTP/1.0 or ``Connection: close``, pipelined requests while one is in flight,
+``--limit-concurrency`` — goes through uvicorn and FastAPI unchanged, in order.
 
 i2i and u2i of a cached user (:mod:`recall_api.usercache`) need no I/O and are answered inside
 ``data_received``; any other u2i awaits its Redis round trip in a task (tracked like uvicorn's own request
 tasks, so a graceful shutdown waits for it).
+
+The subclass uses uvicorn internals (``HttpToolsProtocol``'s parser callbacks and attributes, the request
+cycle's fields), which change between releases: it is used only with the releases in :data:`TESTED_UVICORN`
+(the range ``pyproject.toml`` pins; tests/test_recall_protocol.py fails when either disagrees with the installed
+uvicorn), and any other uvicorn is served without it, with a warning.  Why it exists: docs/decisions.md
+("Recall hot path").
 """
 
 from __future__ import annotations
@@ -22,14 +28,18 @@ import logging
 import re
 import time
 
-from recall_api.app import DEFAULT_K, MAX_K, respond_now, respond_read
+import uvicorn
+
+from recall_api.app import DEFAULT_K, MAX_K, respond
 from recall_api.prom import I2I_ROUTE, U2I_ROUTE
 from recall_api.store import RecallStore
 
 try:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-except ImportError:  # pragma: no cover - httptools missing: uvicorn's own protocol with the ASGI fast path
+except ImportError:  # pragma: no cover - httptools missing: uvicorn's own protocol and the FastAPI routes
     HttpToolsProtocol = None
+
+TESTED_UVICORN = ((0, 29), (0, 56))  # [first, end) of the uvicorn releases the protocol is tested with
 
 log = logging.getLogger("recall_api")
 
@@ -69,11 +79,32 @@ class _InFlight:
         self.message_event = _NO_EVENT
 
 
-def fast_protocol(store: RecallStore, metrics=None):
-    """An ``asyncio.Protocol`` class for ``uvicorn.Config(http=...)`` that answers fast requests from ``store``
-    (None when httptools is not installed: then use uvicorn's default protocol and the ASGI fast path);
-    ``metrics`` (:class:`recall_api.prom.RecallMetrics`, the app's ``app.state.metrics``) times its answers."""
+def unsupported_uvicorn(version: str = uvicorn.__version__) -> str | None:
+    """Why uvicorn ``version`` (default: the installed one) cannot take the fast protocol — not a release in
+    :data:`TESTED_UVICORN`, or httptools missing — or None."""
     if HttpToolsProtocol is None:
+        return "httptools is not installed"
+    release = tuple(int(part) for part in re.findall(r"[0-9]+", version)[:2])
+    first, end = TESTED_UVICORN
+    if not first <= release < end:
+        return f"uvicorn {version} is not in the tested range {uvicorn_pin()}"
+    return None
+
+
+def uvicorn_pin() -> str:
+    """:data:`TESTED_UVICORN` as a requirement specifier (``>=0.29,<0.56``), as pyproject.toml pins uvicorn."""
+    (a, b), (c, d) = TESTED_UVICORN
+    return f">={a}.{b},<{c}.{d}"
+
+
+def fast_protocol(store: RecallStore, metrics=None):
+    """An ``asyncio.Protocol`` class for ``uvicorn.Config(http=...)`` that answers fast requests from ``store``,
+    or None (logged) when the installed uvicorn is not supported (:func:`unsupported_uvicorn`): then serve with
+    uvicorn's own protocol.  ``metrics`` (:class:`recall_api.prom.RecallMetrics`, the app's
+    ``app.state.metrics``) times its answers."""
+    problem = unsupported_uvicorn()
+    if problem is not None:
+        log.warning("serving u2i / i2i through the FastAPI routes (no fast protocol): %s", problem)
         return None
 
     class FastHttpToolsProtocol(HttpToolsProtocol):
@@ -114,23 +145,24 @@ def fast_protocol(store: RecallStore, metrics=None):
                 return
             self._fast = None
             kind, id_, k = fast
+            cycle = self.cycle
             try:  # i2i, and u2i of a cached user: no I/O, answered right here
-                done = respond_now(self._store, kind, id_, k)
+                done = respond(self._store, kind, id_, k)
             except Exception:
-                self._fail(self.cycle, "/%s/%s?k=%s" % (kind, id_, k))
+                self._fail(cycle, "/%s/%s?k=%s" % (kind, id_, k))
                 return
-            if done is not None:
-                self._answer(self.cycle, *done)
-            else:
-                task = self.loop.create_task(self._u2i(self.cycle, id_, k))
+            if isinstance(done, tuple):
+                self._answer(cycle, *done)
+            else:  # a u2i reading Redis
+                task = self.loop.create_task(self._answer_later(cycle, done, "/u2i/%s?k=%s" % (id_, k)))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
-        async def _u2i(self, cycle: _InFlight, id_: int, k: int) -> None:
+        async def _answer_later(self, cycle: _InFlight, pending, what: str) -> None:
             try:
-                status, body = await respond_read(self._store, id_, k)
+                status, body = await pending
             except Exception:
-                self._fail(cycle, "/u2i/%s?k=%s" % (id_, k))
+                self._fail(cycle, what)
                 return
             self._answer(cycle, status, body)
 

@@ -1,8 +1,11 @@
 """A minimal asyncio Redis client for the u2i request path: one connection, every request pipelined.
 
 ``redis.asyncio``'s pipeline costs ~100 µs of Python per request (connection pool, retry and timeout
-wrappers, response callbacks) — as much as ranking 9k movies.  The request path only needs "send these
-few commands, give me their raw replies", so this client does just that:
+wrappers, response callbacks) — as much as ranking 9k movies — and its asyncio client has no client-side
+caching (redis-py 8.1: ``cache_config`` is the synchronous client's only), which the user cache needs.  In a
+paired run of ``bench/api.py`` the service's u2i over ``redis.asyncio`` reached a third of the saturation
+throughput it reaches over this client (docs/decisions.md, "u2i Redis client").  The request path only needs
+"send these few commands, give me their raw replies", so this client does just that:
 
 * one TCP (or unix-socket) connection per event loop; callers' commands are appended to one write buffer
   that is flushed once per event-loop iteration (many concurrent requests → one ``send``), and replies are
@@ -30,24 +33,14 @@ from collections import deque
 
 import redis.exceptions as rex
 
+from ps_redis.connection import pack
+
 try:
     import hiredis
 
     _ERROR, _PUSH = hiredis.ReplyError, getattr(hiredis, "PushNotification", None)
 except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis] (a project dependency)
     hiredis = _ERROR = _PUSH = None
-
-
-def pack(*args: bytes | str | int) -> bytes:
-    """One command in RESP (array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, str):
-            a = a.encode()
-        elif isinstance(a, int):
-            a = b"%d" % a
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
 
 
 def connection_kwargs(url: str) -> dict | None:
@@ -197,8 +190,8 @@ class RespClient:
         self._connecting: asyncio.Future | None = None
 
     async def execute(self, payload: bytes, n_replies: int, parse=None):
-        """Send ``payload`` (``n_replies`` packed commands, see :func:`pack`) and return their replies, or
-        ``parse(replies)`` when given: it runs as the replies come off the connection, before any push that
+        """Send ``payload`` (``n_replies`` commands packed by :func:`ps_redis.connection.pack`) and return their
+        replies, or ``parse(replies)`` when given: it runs as the replies come off the connection, before any push that
         follows them (with tracking: before the invalidation of anything it read).
 
         Raises:
@@ -279,15 +272,15 @@ class RespClient:
         auth = ([kw.get("username") or "default", kw["password"]] if kw.get("password") is not None else [])
         if track:
             try:
-                await proto.request(pack("HELLO", 3, *(["AUTH", *auth] if auth else [])), 1)
+                await proto.request(pack(("HELLO", 3, *(["AUTH", *auth] if auth else []))), 1)
             except rex.ResponseError:  # Redis < 6: no RESP3, so no tracking
                 track = False
                 proto.on_push = None
         setup = []
         if auth and not track:
-            setup.append(pack("AUTH", *auth) if kw.get("username") else pack("AUTH", auth[1]))
+            setup.append(pack(("AUTH", *auth)) if kw.get("username") else pack(("AUTH", auth[1])))
         if kw.get("db"):
-            setup.append(pack("SELECT", int(kw["db"])))
+            setup.append(pack(("SELECT", int(kw["db"]))))
         if setup:
             try:
                 await proto.request(b"".join(setup), len(setup))
@@ -295,7 +288,7 @@ class RespClient:
                 raise rex.ConnectionError(f"Redis refused the connection setup: {exc}") from None
         if track:
             try:
-                await proto.request(pack("CLIENT", "TRACKING", "ON"), 1)
+                await proto.request(pack(("CLIENT", "TRACKING", "ON")), 1)
             except rex.ResponseError:  # not allowed (ACL) or not supported: serve without a cache
                 track = False
         self.tracking = track

@@ -147,9 +147,17 @@ def test_faiss_exact_when_probing_every_list():
 def test_render_is_orjson_of_the_whole_answer():
     """The pre-encoded render (cached item prefixes, scores from one orjson call) gives exactly the bytes of
     serializing the answer as one dict."""
-    from recall_api.app import render, render_plain
+    import orjson
+
+    from recall_api.app import render
     from recall_api.catalog import Movie
     from recall_api.types import Answer
+
+    def whole(query: str, id_: int, k: int, ans: Answer, cat: Catalog) -> bytes:
+        items = [{"movie_id": m, "title": cat.movies[m].title if m in cat.movies else None,
+                  "genres": cat.movies[m].genres if m in cat.movies else (), "score": s}
+                 for m, s in zip(ans.movies, ans.scores)]
+        return orjson.dumps({"query": query, "id": id_, "k": k, "source": ans.source, "items": items})
 
     rng = np.random.default_rng(3)
     catalog = Catalog.from_movies({1: Movie(1, 'Toy "Story" (1995) — é ✓', ("Adventure", "Children")),
@@ -160,7 +168,7 @@ def test_render_is_orjson_of_the_whole_answer():
         for ans in (Answer("model", movies, scores), Answer("popularity", [3, 1], [12.0, 5.0]),
                     Answer("model", [], [])):
             for _ in range(2):  # second round: from the prefix cache
-                assert render("u2i", 42, 10, ans, cat) == render_plain("u2i", 42, 10, ans, cat)
+                assert render("u2i", 42, 10, ans, cat) == whole("u2i", 42, 10, ans, cat)
         json.loads(render("i2i", 2**60, 1000, Answer("model", movies, scores), cat))
     assert set(catalog.render_cache) == {1, 2, 3}  # only catalog movies are cached
 
