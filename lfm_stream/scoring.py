@@ -254,12 +254,14 @@ class ItemChannels:
 
     def covisit(self, contract: ScoreContract, recent_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(columns, item-channel sums) touched by a user's recent movies (columns, oldest first; the last
-        ``recent_items`` count, columns outside the table are skipped)."""
-        recent_cols = np.asarray(recent_cols, np.int64)
-        recent_cols = recent_cols[(recent_cols >= 0) & (recent_cols < self.n)][-contract.recent_items:]
+        ``recent_items`` count and are weighted by position; a movie outside the table (-1: no row yet)
+        contributes nothing)."""
+        recent_cols = np.asarray(recent_cols, np.int64)[-contract.recent_items:]
+        weights = recent_weights(len(recent_cols), contract.recent_min_weight)
+        inside = (recent_cols >= 0) & (recent_cols < self.n)  # a movie outside the table keeps its weight slot
+        recent_cols, weights = recent_cols[inside], weights[inside]
         if not len(recent_cols):
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        weights = recent_weights(len(recent_cols), contract.recent_min_weight)
         parts_c, parts_v = [], []
         for j, r in zip(recent_cols.tolist(), weights.tolist()):
             lo, hi = self.indptr[j], self.indptr[j + 1]

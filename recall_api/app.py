@@ -4,7 +4,7 @@
 route                                  answer
 =====================================  =========================================================
 ``GET /u2i/{user_id}?k=50``            movies for a raw MovieLens user id, rated movies excluded
-``GET /i2i/{movie_id}?k=50``           movies most similar (cosine) to a raw movie id, itself excluded
+``GET /i2i/{movie_id}?k=50``           movies most similar to a raw movie id (``source=covisit|lfm``), itself excluded
 ``GET /healthz``                       200 when Redis answers and vectors are loaded, else 503
 ``GET /stats``                         vectors loaded, last refresh, lag behind the learner, errors
 ``GET /docs``, ``GET /openapi.json``   OpenAPI documentation (Swagger UI served from the package: works offline)
@@ -58,7 +58,7 @@ class RecallItem(BaseModel):
     title: str | None = Field(description="title from movies.csv (null when the catalog lacks it)")
     genres: list[str] = Field(description="genres from movies.csv")
     score: float = Field(description="u2i: the served multi-channel score (see /stats for the contract); "
-                                     "i2i: cosine; popularity fallback: positive events")
+                                     "i2i: item channel (covisit) or cosine (lfm); popularity fallback: the prior")
 
 
 class RecallAnswer(BaseModel):

@@ -9,7 +9,7 @@ it imports nothing from the learner.
 The channel arrays are rebuilt from Redis every ``channel_interval`` seconds by the refresh thread (neighbour
 lists, degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the user's row,
 rated movies and recent movies (one round trip, :mod:`recall_api.context`).  Any malformed entry in Redis is
-skipped (counted in ``skipped``), never trusted for an allocation.
+skipped by the readers of :mod:`ps_redis.covisit`, never trusted for an allocation.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class ChannelSource:
         self.channels: ItemChannels | None = None
         self.n_built = 0
         self.version = 0
-        self.skipped = 0
         self.mu = 0.0  # the learner's global offset μ (its ``global`` row)
         self._popularity: dict = {}
         self._top: dict = {}
@@ -134,4 +133,4 @@ class ChannelSource:
                 "contract_source": self.contract_source, "version": self.version,
                 "items_with_neighbours": 0 if ch is None else int(np.count_nonzero(np.diff(ch.indptr))),
                 "popularity_buckets": 0 if ch is None else len(ch.bucket_ids),
-                "latest_bucket": None if ch is None else ch.latest_bucket, "skipped_entries": self.skipped}
+                "latest_bucket": None if ch is None else ch.latest_bucket}

@@ -4,7 +4,7 @@ Two inverted-file indexes (``IndexIVFFlat``, inner-product metric) over the rows
 with the row position as the Faiss id:
 
 * u2i: rows ``[v_i, b_i]`` searched with ``[q_u, 1]``, so the inner product is ``q_u · v_i + b_i``
-  (the same score as :func:`recall_api.topk.u2i_scores`);
+  (the ANN path's LFM candidates, re-ranked with the contract score: :meth:`recall_api.store.RecallStore._rank_candidates`);
 * i2i: unit rows ``v_i / ‖v_i‖`` searched with the unit query, so the inner product is the cosine.
 
 The IVF search is approximate: it visits the ``nprobe`` of ``nlist`` lists whose centroids score highest

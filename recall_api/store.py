@@ -122,7 +122,13 @@ class RecallStore:
                 if (time.monotonic() - self._channels_at >= self.config.channel_interval
                         or self.channels.n_built == 0):
                     snap = self.matrix.snapshot()
-                    self.channels.build(self.ps, snap.raw_pos, snap.n)
+                    try:
+                        self.channels.build(self.ps, snap.raw_pos, snap.n)
+                    except (PSError, redis.RedisError, OSError):
+                        raise
+                    except Exception:  # a bug or content no reader foresaw: keep serving the previous channels
+                        log.exception("rebuilding the item channel failed; serving the previous one")
+                        self.stats.errors += 1
                     self._channels_at = time.monotonic()
             except (PSError, redis.RedisError, OSError) as exc:
                 self._failed(exc)
@@ -174,7 +180,7 @@ class RecallStore:
     def u2i(self, user_id: int, k: int) -> Answer:
         """Top-k movies for a raw user id by the served score, movies the user rated excluded.
 
-        The score is the learner's contract (:mod:`recall_api.channels`): LFM ``q_u·v_i + b_i`` (users with a
+        The score is the learner's contract (:mod:`recall_api.channels`): LFM ``log σ(ŷ_ui) + log(1 + n_i)`` (users with a
         row), the item channel of the user's recent movies and the popularity around the user's last event,
         blended with the contract's weights (source ``model``).  A user known only as having rated something,
         or from the prepared data, gets the popularity of the latest stream bucket (source ``popularity``).
@@ -379,7 +385,8 @@ class RecallStore:
             "errors": st.errors,
             "last_error": st.last_error,
             "catalog": self.catalog.stats(),
-            "score": "contract: w_lfm·(q·v + b) + w_co·log(eps + item channel) + w_pop·popularity prior",
+            "score": "contract: w_lfm·(log σ(q·v + b_u + b_i + μ) + log(1 + n_i)) + w_co·log(eps + item channel) "
+                     "+ w_pop·popularity prior (lfm_stream.scoring)",
             "channels": self.channels.stats(),
             "user_cache": None if self.user_cache is None else {
                 **self.user_cache.stats(), "tracking": self.context.tracking},

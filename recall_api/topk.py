@@ -1,8 +1,8 @@
 """Brute-force top-k over an in-memory item matrix (pure numpy, no I/O).
 
-Scores (see docs/design.md "Recall scoring"):
+The served u2i score is the learner's contract (:mod:`lfm_stream.scoring`, :mod:`recall_api.channels`); this module
+selects from score vectors and holds the LFM-only i2i score (``source=lfm``):
 
-    u2i:  s(u, i) = q_u · v_i + b_i                over all item rows, minus the user's rated movies
     i2i:  s(j, i) = v_j · v_i / (‖v_j‖ ‖v_i‖)      cosine, minus the query movie itself
 
 Selection is ``np.argpartition`` (O(n)) followed by a sort of the k survivors, so a query over n
@@ -18,26 +18,6 @@ from itertools import repeat
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
-
-
-def u2i_scores(query: np.ndarray, vec: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """Scores ``s_i = q · v_i + b_i`` of every item row.
-
-    Args:
-        query: float32[d], the user vector q_u.
-        vec: float32[n, d], item vectors v_i.
-        bias: float32[n], item biases b_i (None = no bias term).
-
-    Returns:
-        float32[n], a fresh array the caller may modify.
-    """
-    q = np.asarray(query, dtype=np.float32)
-    if vec.shape[1] != q.shape[0]:
-        raise ValueError(f"query has dim {q.shape[0]} but item vectors have dim {vec.shape[1]}")
-    s = vec @ q
-    if bias is not None:
-        s += bias
-    return s
 
 
 def normalize_rows(vec: np.ndarray, eps: float = 1e-12) -> np.ndarray:

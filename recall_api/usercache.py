@@ -1,6 +1,6 @@
-"""Per-user request context (vector, rated movies, period) cached in process and kept exact by Redis.
+"""Per-user request context (LFM row, rated movies, recent movies) cached in process and kept exact by Redis.
 
-A u2i request needs the user's row, rated-movie set and (with the score prior) ``user_ctx`` row.  Reading
+A u2i request needs the user's row, rated-movie set and recent movies (the item channel).  Reading
 them costs a Redis round trip per request — on a 2-core machine shared with Redis, the learner and the
 clients, that round trip (two socket writes that each wake another process, a task switch) is the largest
 single cost of a u2i answer.  This cache serves repeated users without it, and stays exactly as fresh as a
@@ -8,7 +8,7 @@ live read:
 
 * the reads go over a connection with ``CLIENT TRACKING ON`` (:class:`recall_api.resp.RespClient`), so
   Redis pushes an invalidation on that same connection whenever one of the keys is modified (the learner's
-  push of a user row, ``lfm_activity``'s ``SADD`` of a rated movie, a ``user_ctx`` write, a flush, an
+  push of a user row, ``lfm_activity``'s ``SADD`` of a rated movie, the item channel's write of the user's recent movies, a flush, an
   eviction);
 * an entry is stored as its reply comes off that connection, and pushes are read in order after it, so an
   invalidation for a later change can never be missed or overtaken: an entry lives from its read until the
@@ -28,7 +28,7 @@ import numpy as np
 
 
 class UserCache:
-    """user id -> (vector or None, rated raw movie ids, period or None), invalidated by tracked keys.
+    """user id -> (user row or None, rated raw movie ids, recent movies or None), invalidated by tracked keys.
 
     Args:
         capacity: most users kept (each entry ~1.5 KB at d = 32 and 150 rated movies).
@@ -38,7 +38,7 @@ class UserCache:
         if capacity < 1:
             raise ValueError(f"user cache capacity must be >= 1 (got {capacity})")
         self.capacity = int(capacity)
-        self._entries: dict[int, tuple] = {}  # user -> (query, rated ids, period, keys)
+        self._entries: dict[int, tuple] = {}  # user -> (query, rated ids, recent, keys)
         self._owner: dict[bytes, int] = {}  # tracked key -> user whose entry it backs
         self.hits = self.misses = self.invalidated = self.flushes = 0
 
@@ -56,7 +56,7 @@ class UserCache:
         return entry[0], entry[1], entry[2]
 
     def put(self, user_id: int, keys: list[bytes], query: np.ndarray | None, rated: np.ndarray,
-            period: int | None) -> None:
+            recent) -> None:
         """Store what was just read from ``keys`` (call as the reply comes off the tracking connection)."""
         old = self._entries.pop(user_id, None)
         if old is not None:
@@ -64,7 +64,7 @@ class UserCache:
         elif len(self._entries) >= self.capacity:
             for u in list(self._entries)[:max(1, self.capacity // 8)]:
                 self._forget_keys(self._entries.pop(u)[3])
-        self._entries[user_id] = (query, rated, period, keys)
+        self._entries[user_id] = (query, rated, recent, keys)
         for k in keys:
             self._owner[k] = user_id
 

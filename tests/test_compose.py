@@ -140,7 +140,7 @@ def test_startup_order_and_volumes():
 # ----------------------------------------------------------------------------- images per role
 PYPROJECT = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())
 #: the Dockerfile target that runs each app service's entry point (a role = a pyproject extra)
-ROLE_OF_MODULE = {"producer.prepare": "producer", "producer.replay": "producer", "learner": "learner",
+ROLE_OF_MODULE = {"producer.prepare": "producer", "producer.replay": "producer", "learner": "learner", "learner.items": "learner",
                   "learner.__main__": "learner", "recall_api": "recall", "recall_api.__main__": "recall"}
 
 

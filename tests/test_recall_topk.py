@@ -12,7 +12,7 @@ from lfm_stream.schema import encode_examples
 from recall_api.catalog import Catalog, decode_varint, read_movies, scan_raw_user_ids
 from recall_api.index import FaissIndex
 from recall_api.matrix import ItemMatrix
-from recall_api.topk import cosine_scores, lookup_rows, normalize_rows, popularity_top_k, top_k, u2i_scores
+from recall_api.topk import cosine_scores, lookup_rows, normalize_rows, popularity_top_k, top_k
 
 
 def reference_top_k(scores: np.ndarray, k: int, exclude=()) -> list[int]:
@@ -51,14 +51,9 @@ def test_top_k_drops_nan():
 
 
 def test_scores():
-    q = np.array([1.0, 2.0], np.float32)
     vec = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]], np.float32)
-    bias = np.array([0.5, -1.0, 0.0], np.float32)
-    np.testing.assert_allclose(u2i_scores(q, vec, bias), [1.5, 1.0, 11.0])
     unit = normalize_rows(np.vstack([vec, np.zeros((1, 2), np.float32)]))
     np.testing.assert_allclose(cosine_scores(unit, unit[2]), [0.6, 0.8, 1.0, 0.0], rtol=1e-6)
-    with pytest.raises(ValueError, match="dim 3"):
-        u2i_scores(np.zeros(3, np.float32), vec, bias)
 
 
 def test_lookup_and_popularity():
@@ -133,7 +128,7 @@ def test_faiss_exact_when_probing_every_list():
     q = rng.normal(size=8).astype(np.float32)
     ex = np.array([int(np.argmax(vec @ q + bias)), 5])
     pos, sc = index.search_u2i(q, 20, ex)
-    assert pos.tolist() == reference_top_k(u2i_scores(q, vec, bias), 20, ex)
+    assert pos.tolist() == reference_top_k(vec @ q + bias, 20, ex)
     unit = normalize_rows(vec)
     pos, _ = index.search_i2i(unit[3], 10, np.array([3]))
     assert pos.tolist() == reference_top_k(cosine_scores(unit, unit[3]), 10, [3])
