@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from lfm_stream.event_seq import NO_SEQ
 from learner.config import LearnerConfig
 
 OnAssign = Callable[[list[int]], dict[int, int]]
@@ -37,6 +38,11 @@ class Chunk:
     gen: int = 0
     decoded: object = None  # what the Fetcher's ``decode`` made of the values (e.g. learner.input.Decoded)
     ends: dict[int, int] | None = None  # partition -> end offset (high watermark) the consumer knew at the poll
+    seqs: np.ndarray | None = None  # int64 event sequence numbers (header lfm-seq), -1 = none
+
+    def __post_init__(self) -> None:
+        if self.seqs is None:
+            self.seqs = np.full(len(self.values), NO_SEQ, np.int64)
 
     def __len__(self) -> int:
         return len(self.values)

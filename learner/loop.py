@@ -36,6 +36,7 @@ from learner.batch import gather_run, index_chunk, run_index, scatter_run
 from learner.evaluate import evaluate
 from learner.input import InputFn, shard_paths
 from learner.consumer_process import ProcessFetcher
+from learner.dedup import SeqFilter, select
 from learner.kafka_io import Chunk, Fetcher, make_source
 from learner.metrics import AUCUtils, StreamAUC
 from learner import runtime
@@ -79,6 +80,7 @@ class Learner:
         self.user_period: dict[int, int] = {}
         self._stop = False
         self.rebuilds = 0  # times the PS lost state and the learner replayed (--on-ps-loss rebuild)
+        self.seqs = SeqFilter()  # drops re-sent records already applied (learner.dedup)
         self._closing = False  # leaving the group at the end: its revocation is no news
         self._metrics = MetricsFile(cfg.metrics_path)
         self.live = Live(cfg, self.say, getattr(self.ps, "redis", None))  # progress, /metrics, dashboard records
@@ -131,7 +133,8 @@ class Learner:
             self.fetcher.commit(offsets)
 
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
-        stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
+        (stored, marks), _ = self._retry("reading PS offsets", self.ps.fence_state, self.cfg.group, self.cfg.topic)
+        self.seqs.resume(marks, partitions)  # the event seqs applied with those offsets: re-sends are dropped
         # the PS offsets are the truth: a partition without any was never applied to this namespace (or the PS lost
         # it), so it replays from the earliest offset, not from the group's Kafka commit
         seek = {p: stored.get(p, 0) for p in partitions}
@@ -243,6 +246,7 @@ class Learner:
         with self.lock:
             self.pending.clear()
             self.sync.reset()
+            self.seqs.reset()
         self.fetcher = self._open_fetcher(poll_records)
 
     def _on_signal(self, signum, frame) -> None:
@@ -290,14 +294,16 @@ class Learner:
         hold its rows (one pull of those not held), add its counters, then train its micro-batches in runs
         (one TF call each, :meth:`_run`)."""
         m = self.cfg.model
+        # re-sent records already applied are not trained again; the offsets of the whole chunk move on
+        whole, batch = batch, select(batch, self.seqs.keep(batch.parts, batch.seqs))
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
             self.poison.handle(batch, parsed.bad)
         t = self._tick("parse", t)
         if len(parsed) == 0:
             self._sync_due()
-            self.sync.add_batch(batch.parts, batch.offsets)  # the offsets move with the next sync
-            self.records += len(batch)
+            self.sync.add_batch(whole.parts, whole.offsets, whole.seqs)  # the offsets move with the next sync
+            self.records += len(whole)
             return
         c = parsed.columns
         ci = index_chunk(c, m)
@@ -315,8 +321,8 @@ class Learner:
         t = time.perf_counter()
         if dropped or slots is None:
             slots = self.sync.hold(ci.wanted)
-        self.sync.add_batch(batch.parts, batch.offsets)
-        self.records += len(batch)
+        self.sync.add_batch(whole.parts, whole.offsets, whole.seqs)
+        self.records += len(whole)
         self.sync.count(ci, slots)
         # each event's row slot per table, and the packed row views of this chunk
         ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}
@@ -457,12 +463,13 @@ class Learner:
                             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
                             **{f"prequential_hr_at_{self.cfg.hr_k}": hr}, hr_samples=hr_n,
                             poison=self.poison.count, poison_by_reason=dict(self.poison.by_reason),
-                            skipped_pushes=self.sync.skipped, rebuilds=self.rebuilds,
+                            skipped_pushes=self.sync.skipped, rebuilds=self.rebuilds, duplicates=self.seqs.duplicates,
                             ps_state_lost=None if lost is None else str(lost), **test)
         active, mean = self.live.tracker.active_s, self.live.mean_rate()
         self.say(f"done ({reason}): {self.events} events in {secs:.1f}s ({active:.1f} s active"
                  + (f", {mean:,.0f} ev/s" if mean else "") + f"), prequential AUC "
-                 f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}")
+                 f"{summary['prequential_auc']:.4f}, poison {self.poison.count}, skipped pushes {self.sync.skipped}"
+                 f", duplicates {self.seqs.duplicates}")
         self.live.close()
         self._metrics.close()
         return summary

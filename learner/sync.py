@@ -17,7 +17,9 @@ it covers.  A sync writes the rows changed since the previous sync:
   its own), then ``ps.push`` of the steps ``pulled − trained``; the held rows are dropped after each sync (other
   workers change them).  A Redis Cluster in assign mode writes the same way, with assigned values.
 
-After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).
+After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).  The window's
+highest event seq per partition (:mod:`learner.dedup`) is raised in the same fenced write as its offsets
+(``Fence.seqs``).
 
 Lost PS state: every fenced write carries, per fence key, the offsets this learner knows the PS holds there
 (:attr:`ps_redis.Fence.stored`: what it resumed from, :meth:`WindowSync.resume`, and what its own writes
@@ -67,6 +69,7 @@ class WindowSync:
         self._fence, self._commit, self._retry, self._say, self._tick = fence, commit, retry, say, tick
         self.held: dict[str, RowWindow] = {}
         self.offsets: dict[int, int] = {}
+        self.marks: dict[int, int] = {}  # per partition: highest event seq taken in the window (written with offsets)
         self.events: list[tuple] = []
         self.batches = 0
         self.since = 0.0
@@ -98,16 +101,18 @@ class WindowSync:
         self.wait()
         for w in self.held.values():
             w.clear()
-        self.offsets, self.events, self.batches = {}, [], 0
+        self.offsets, self.marks, self.events, self.batches = {}, {}, [], 0
         self.stored.clear()
         self.lost = None
         self._epoch = self._epoch_seen = _UNSEEN
 
-    def _bounded(self, fence, key: str):
-        """``fence`` carrying the offsets this learner knows the PS holds at fence ``key``."""
+    def _bounded(self, fence, key: str, marks: dict[int, int] | None = None):
+        """``fence`` carrying the offsets this learner knows the PS holds at fence ``key`` (and the window's event
+        seq marks, raised with the offsets)."""
         from ps_redis import Fence
 
-        return Fence(fence.group, fence.topic, fence.offsets, stored=dict(self.stored.get(key, {})))
+        return Fence(fence.group, fence.topic, fence.offsets, stored=dict(self.stored.get(key, {})),
+                     seqs=dict(marks or {}))
 
     def _landed(self, key: str, offsets: dict[int, int]) -> None:
         """A write raised the offsets at fence ``key`` to at least ``offsets``."""
@@ -116,10 +121,14 @@ class WindowSync:
             bounds[p] = max(bounds.get(p, -1), int(o))
 
     # ---------------------------------------------------------------------------- one batch
-    def add_batch(self, parts: np.ndarray, offsets: np.ndarray) -> None:
-        """Cover a consumed batch's records (the offsets move with the next sync)."""
+    def add_batch(self, parts: np.ndarray, offsets: np.ndarray, seqs: np.ndarray | None = None) -> None:
+        """Cover a consumed batch's records (the offsets, and the highest event seq of each partition's records
+        taken, move with the next sync)."""
         for p in np.unique(parts).tolist():
             self.offsets[p] = max(self.offsets.get(p, 0), int(offsets[parts == p].max()) + 1)
+        if seqs is not None and len(seqs) and seqs.max() >= 0:
+            for p in np.unique(parts[seqs >= 0]).tolist():
+                self.marks[p] = max(self.marks.get(p, -1), int(seqs[parts == p].max()))
         if not self.batches:
             self.since = time.monotonic()
         self.batches += 1
@@ -199,19 +208,19 @@ class WindowSync:
         if self.lost is None and self.background:
             self.wait()  # the previous window's fence must land first (and may find the PS state lost)
         if self.lost is not None:  # nothing more is written or committed: the loop stops or rebuilds
-            self.offsets, self.events, self.batches = {}, [], 0
+            self.offsets, self.marks, self.events, self.batches = {}, {}, [], 0
             return False
         if self.batches:
-            offsets = dict(self.offsets)
+            offsets, marks = dict(self.offsets), dict(self.marks)
             events = tuple(np.concatenate(col) for col in zip(*self.events)) if self.events else None
             dirty = {table: w.take_dirty() for table, w in self.held.items() if len(w)}
             dirty = {table: d for table, d in dirty.items() if len(d[0])}
-            self.offsets, self.events, self.batches = {}, [], 0
+            self.offsets, self.marks, self.events, self.batches = {}, {}, [], 0
             if self.background:
-                self._job = self._pool.submit(self._write, dirty, offsets, events)
+                self._job = self._pool.submit(self._write, dirty, offsets, marks, events)
                 self._inflight_events = events
             else:
-                self._push(dirty, offsets, events)
+                self._push(dirty, offsets, marks, events)
                 if self.lost is not None:
                     return False
             if self.mode == "gradient" or self._stale() or sum(map(len, self.held.values())) > self.max_held:
@@ -288,7 +297,8 @@ class WindowSync:
         self.sync(wait=True)
         self._pool.shutdown()
 
-    def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> tuple[bool, dict]:
+    def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], marks: dict[int, int],
+               events) -> tuple[bool, dict]:
         """Background thread: one Function call (rows, counters, activity log, offsets, checked against what the PS
         is known to hold), then the Kafka commit."""
         counts = self._counts(events)
@@ -298,13 +308,13 @@ class WindowSync:
         key = self.ps.keys.fence(fence.group, fence.topic)
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
-                                        fence=self._bounded(fence, key), extra=[c for c in extra if c])
+                                        fence=self._bounded(fence, key, marks), extra=[c for c in extra if c])
         self._landed(key, offsets)
         self._epoch_seen, _ = self._retry("PS epoch", self.ps.epoch)
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
-    def _push(self, dirty: dict[str, tuple], offsets: dict[int, int], events) -> None:
+    def _push(self, dirty: dict[str, tuple], offsets: dict[int, int], marks: dict[int, int], events) -> None:
         """Gradient mode or a cluster: the ``ppop`` additions and the activity log, each fenced on its own, then
         ``ps.push`` of the rows (server-side Lua, fenced)."""
         from ps_redis import Update
@@ -342,7 +352,7 @@ class WindowSync:
                     self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
                                 fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[2]))
             applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode,
-                                            fence=self._bounded(fence, keys[0]))
+                                            fence=self._bounded(fence, keys[0], marks))
         except PSStateLost as exc:
             self.lost = exc
             self._tick("push", t)
