@@ -64,7 +64,7 @@ class ItemChannel:
         self.store = Covisit(self.ps)
         self.input = InputFn()
         self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
-        self.lists = NeighbourLists(contract.neighbors)
+        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
         self.events = 0  # stream events applied (the PS's count, read on assignment)
         self.records = 0
         self.poison = 0
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-events", type=int, default=50000,
                    help="most records per fenced write while a backlog drains (caught up: every poll)")
     defaults = ScoreContract()
-    for name in ("pair_window", "recent_items", "neighbors", "bucket_events"):
+    for name in ("pair_window", "recent_items", "neighbors", "neighbor_hold", "bucket_events"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                        help=f"score contract: {name}")
     return p
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                             session_timeout_ms=args.session_timeout_ms, max_events=args.max_events,
                             idle_timeout=args.idle_timeout)
         contract = ScoreContract(pair_window=args.pair_window, recent_items=args.recent_items,
-                                 neighbors=args.neighbors, bucket_events=args.bucket_events)
+                                 neighbors=args.neighbors, neighbor_hold=max(args.neighbor_hold, args.neighbors),
+                                 bucket_events=args.bucket_events)
     except ValueError as exc:
         print(f"lfm-items: {exc}", file=sys.stderr)
         return 2

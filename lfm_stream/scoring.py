@@ -52,7 +52,8 @@ class ScoreContract:
         popularity_smooth, popularity_total_weight: smoothing and all-time share of the popularity prior.
         recent_items: rated movies in the user's item-channel query; recent_min_weight: weight of the oldest.
         pair_window: two ratings of a user at most this many positions apart form a pair (10: 9 neighbours).
-        neighbors: co-occurring movies kept per movie (the least counted are evicted).
+        neighbors: co-occurring movies served per movie (the most counted).
+        neighbor_hold: co-occurring movies a list may hold before it is cut to the ``neighbors`` most counted.
         bucket_events: stream events per popularity bucket; popularity_window: buckets on each side.
     """
 
@@ -67,6 +68,7 @@ class ScoreContract:
     recent_min_weight: float = 0.5
     pair_window: int = 10
     neighbors: int = 100
+    neighbor_hold: int = 800
     bucket_events: int = 1250
     popularity_window: int = 4
     formula: str = FORMULA
@@ -85,6 +87,8 @@ class ScoreContract:
                 bad(name, "must be >= 1")
         if self.pair_window < 2:
             bad("pair_window", "must be >= 2")
+        if self.neighbor_hold < self.neighbors:
+            bad("neighbor_hold", f"must be >= neighbors ({self.neighbors})")
         for name in ("lfm_weight", "covisit_weight", "popularity_weight", "popularity_total_weight",
                      "popularity_window"):
             if getattr(self, name) < 0:

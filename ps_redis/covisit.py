@@ -5,7 +5,7 @@ write of :meth:`ParameterServer.write_rows` (so each event counts once across cr
 All keys share one hash tag (one node of a cluster)::
 
     {<ns>:@co}:nb:<raw movie>       string "<movie> <count> <movie> <count> …": movies rated within the pair
-                                    window of it, most counted first (up to 2N kept, N served)
+                                    window of it, most counted first (up to `neighbor_hold` kept, `neighbors` served)
     {<ns>:@co}:deg                  hash  raw movie → all its pair counts (D, exact)
     {<ns>:@co}:recent:<raw user>    string "<bucket of the user's last event> <movie> … <movie>" (oldest first)
     {<ns>:@co}:pop:<bucket>         hash  raw movie → positive events in that stream bucket

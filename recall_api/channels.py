@@ -71,7 +71,7 @@ class ChannelSource:
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()
         owners, cols, counts = store.all_neighbours()
-        # a stored list holds up to 2N neighbours, most counted first: serve the first N of each
+        # a stored list holds up to neighbor_hold neighbours, most counted first: serve the first `neighbors` of each
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
         rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
         top = rank < self.contract.neighbors

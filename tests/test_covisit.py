@@ -128,10 +128,11 @@ def test_item_channels_score_a_user_by_hand():
 def test_neighbour_lists_merge_sort_and_trim():
     from learner.covisit import encode_neighbours, merge_neighbours
 
-    ids, counts = merge_neighbours(np.array([5, 7]), np.array([3, 1]), np.array([7, 9, 7]), np.array([1, 4, 2]), cap=2)
-    assert ids.tolist() == [7, 9, 5] and counts.tolist() == [4, 4, 3]  # ties: smaller id first; 3 <= 2·cap kept
-    ids, counts = merge_neighbours(ids, counts, np.array([1, 2]), np.array([1, 1]), cap=2)
-    assert ids.tolist() == [7, 9] and counts.tolist() == [4, 4]  # 5 > 2·cap: the 2 most counted stay
+    ids, counts = merge_neighbours(np.array([5, 7]), np.array([3, 1]), np.array([7, 9, 7]), np.array([1, 4, 2]), cap=2,
+                                   hold=4)
+    assert ids.tolist() == [7, 9, 5] and counts.tolist() == [4, 4, 3]  # ties: smaller id first; 3 <= hold kept
+    ids, counts = merge_neighbours(ids, counts, np.array([1, 2]), np.array([1, 1]), cap=2, hold=4)
+    assert ids.tolist() == [7, 9] and counts.tolist() == [4, 4]  # 5 > hold: the cap = 2 most counted stay
     assert encode_neighbours(ids, counts) == "7 4 9 4"
 
 
@@ -139,7 +140,7 @@ def test_held_lists_merge_like_one_list_at_a_time():
     from learner.covisit import NeighbourLists, encode_many, encode_neighbours, merge_neighbours
 
     rng = np.random.default_rng(7)
-    lists = NeighbourLists(cap=3)
+    lists = NeighbourLists(cap=3, hold=6)
     one_by_one: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     kept: dict[int, np.ndarray] = {}
     done = 0
@@ -152,7 +153,7 @@ def test_held_lists_merge_like_one_list_at_a_time():
         for a in np.unique(update.pair_a).tolist():
             at = update.pair_a == a
             old = one_by_one.get(a, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-            one_by_one[a] = merge_neighbours(*old, update.pair_b[at], update.pair_n[at], cap=3)
+            one_by_one[a] = merge_neighbours(*old, update.pair_b[at], update.pair_n[at], cap=3, hold=6)
             assert got[a][0].tolist() == one_by_one[a][0].tolist() and got[a][1].tolist() == one_by_one[a][1].tolist()
         lists.keep(got)
         text = encode_many(got)

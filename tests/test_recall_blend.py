@@ -47,7 +47,7 @@ class ChannelWriter:
         self.ps, self.c = ps, contract
         self.store = Covisit(ps)
         self.kept: dict[int, np.ndarray] = {}
-        self.lists = NeighbourLists(contract.neighbors)
+        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
         self.events = 0
 
     def apply(self, users, movies, labels) -> None:
@@ -129,7 +129,7 @@ def test_the_item_channel_state_is_there(world):
     state = ChannelState.read(ps)
     lists = [state.neighbours(ps, m) for m in RATED.tolist()]
     stored = [ps.redis.get(f"{co_tag(ps.namespace)}:nb:{m}") for m in RATED.tolist()]
-    assert max(len(v.split()) // 2 for v in stored if v) > WRITER.neighbors  # up to 2N kept, N served
+    assert max(len(v.split()) // 2 for v in stored if v) > WRITER.neighbors  # up to neighbor_hold kept, neighbors served
     assert sum(len(nb) == WRITER.neighbors for nb in lists) > 20
     assert state.latest_bucket == (len(world["stream"][0]) - 1) // WRITER.bucket_events >= 8
     assert sum(state.total.values()) == int(world["stream"][2].sum())
