@@ -17,12 +17,14 @@ import typing
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV,
                                PREPARED_DEFAULT_HELP, REDIS_URL_ENV, TOPIC_ENV, default_bootstrap, default_redis_url,
                                env_default, env_help, prepared_data_dir)
+from lfm_stream import kafka_security
 from lfm_stream.quiet import quiet_tensorflow
 from lfm_stream.version import add_version_flag
 from learner.config import BACKENDS, ON_PS_LOSS, PRESETS, PUSH_MODES, LearnerConfig, ModelConfig, preset
 from learner.validate import RecordLimits
 
 GROUP_ENV = "LFM_GROUP"
+RETRY_BUDGET_ENV = "LFM_RETRY_BUDGET"
 ON_PS_LOSS_ENV = "LFM_ON_PS_LOSS"
 METRICS_PORT_ENV, METRICS_HOST_ENV, PROGRESS_ENV = "LFM_LEARNER_METRICS_PORT", "LFM_METRICS_HOST", "LFM_PROGRESS_INTERVAL"
 DEFAULT_GROUP = "lfm-learner"
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consume in a child process, off the training loop's GIL (default: on with --prefetch)")
     io.add_argument("--dlq", action=argparse.BooleanOptionalAction, default=True,
                     help="copy poison records to <topic>.dlq")
+    io.add_argument("--retry-budget", type=float, default=float(env_default(RETRY_BUDGET_ENV, "60")),
+                    help=env_help("seconds the Kafka broker may stay away before the learner stops with an error "
+                                  "(exit 3; 0 = wait forever)", RETRY_BUDGET_ENV))
     io.add_argument("--on-ps-loss", choices=ON_PS_LOSS, default=env_default(ON_PS_LOSS_ENV, "fail"),
                     help=env_help("when a PS write finds the PS lost what this learner wrote (Redis restarted "
                                   "without persistence, a flush): fail = stop with an error (exit 3), rebuild = "
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    METRICS_PORT_ENV))
     run.add_argument("--metrics-host", default=env_default(METRICS_HOST_ENV, "127.0.0.1"),
                      help=env_help("interface of /metrics", METRICS_HOST_ENV))
+    kafka_security.add_arguments(p)
     mod = p.add_argument_group("model (override the preset)")
     mod.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model preset")
     for f in dataclasses.fields(ModelConfig):
@@ -131,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
         push_mode=args.push_mode, prefetch=args.prefetch, consumer_process=args.consumer_process,
         train_log_steps=args.train_log_steps,
         test_log_steps=args.test_log_steps, hr_sample=args.hr_sample, hr_k=args.hr_k, dlq=args.dlq,
-        on_ps_loss=args.on_ps_loss,
+        on_ps_loss=args.on_ps_loss, retry_budget_s=args.retry_budget, kafka_security=kafka_security.from_args(args),
         limits=RecordLimits(min_timestamp=args.min_timestamp, max_timestamp=args.max_timestamp,
                             min_rating=args.min_rating, max_rating=args.max_rating, pos_threshold=args.pos_threshold),
         xla=args.xla, progress_s=args.progress_interval, metrics_port=args.metrics_port,
@@ -154,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"lfm-learner: error: {exc}", file=sys.stderr)
         return 2
-    summary = learner.run()
+    from learner.kafka_guard import KafkaFailure
+
+    try:
+        summary = learner.run()
+    except KafkaFailure as exc:  # the broker stayed away past --retry-budget, or no longer holds the PS offsets
+        print(f"lfm-learner: error: {exc}", file=sys.stderr)
+        return 3
     return 3 if summary.get("reason") == "ps_state_lost" else 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from lfm_stream.kafka_security import KafkaSecurity
 from learner.validate import RecordLimits
 
 LOSSES = ("mse", "logloss")
@@ -218,6 +219,9 @@ class LearnerConfig:
         limits: the field ranges a stream record must be in to be trained (timestamp window, rating range,
             label rule; :class:`learner.validate.RecordLimits`); other records are poison.
         retry_max_s: cap of the exponential backoff on Redis/broker errors.
+        retry_budget_s: how long the Kafka broker may stay away (unreachable, or failing every poll) before the
+            learner stops with an error (exit 3); 0 = wait forever.
+        kafka_security: TLS / SASL settings of the consumer and the dead-letter producer.
         on_ps_loss: when a PS write finds stored offsets gone or behind what this learner wrote (Redis restarted
             without persistence, the last second of its append-only file, a flush, an older snapshot loaded):
             ``fail`` (default) stops with an error naming the offsets, writing and committing nothing more;
@@ -254,6 +258,8 @@ class LearnerConfig:
     dlq: bool = True
     limits: RecordLimits = field(default_factory=RecordLimits)
     retry_max_s: float = 10.0
+    retry_budget_s: float = 60.0
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     on_ps_loss: str = "fail"
     xla: bool = True
     progress_s: float = 5.0
@@ -278,7 +284,7 @@ class LearnerConfig:
             bad("heartbeat_interval_ms", f"must be < session_timeout_ms ({self.session_timeout_ms})")
         if not 0.0 <= self.hr_sample <= 1.0:
             bad("hr_sample", "must be in [0, 1]")
-        for name in ("idle_timeout", "flush_ms", "sync_ms", "progress_s", "metrics_port"):
+        for name in ("idle_timeout", "flush_ms", "sync_ms", "progress_s", "metrics_port", "retry_budget_s"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.on_ps_loss not in ON_PS_LOSS:

@@ -15,6 +15,11 @@ them between polls.  Chunks are stamped with the loop's assignment generation wh
 ordered, so a chunk polled before a revocation is dropped like the in-process one.  The child exits when the
 learner closes it or when the pipe breaks (the learner died); a child that dies makes :meth:`ProcessFetcher.get`
 raise.
+
+Broker outages are handled in the child (:class:`learner.kafka_guard.GuardedSource`): its log lines come through
+the pipe, and a :class:`learner.kafka_guard.KafkaFailure` (the retry budget ran out) reaches the loop from
+:meth:`ProcessFetcher.get` as the same exception, message intact.  Chunks keep every field through the pipe,
+the event sequence numbers (``Chunk.seqs``) too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from typing import Callable
 
 from learner.config import LearnerConfig
+from learner.kafka_guard import KafkaFailure
 from learner.kafka_io import Chunk, OnAssign, OnRevoke, drain_queue, make_source
 
 
@@ -34,8 +40,11 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
     """The consumer process: poll, send; answer to the loop's commits and close (``data``: child → loop,
     ``control``: loop → child)."""
     later: list[tuple] = []
+    failed = False  # the loop no longer answers after a failure report
 
     def ask(kind: str, partitions: list[int]):
+        if failed:  # e.g. the revocation kafka-python announces while closing
+            return {} if kind == "assign" else None
         data.send((kind, partitions))
         while True:
             msg = control.recv()
@@ -43,8 +52,10 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
                 return msg[1]
             later.append(msg)  # a commit or close sent while the loop was answering
 
+    source = None
     try:
-        source = make_source(cfg, lambda p: ask("assign", p), lambda p: ask("revoke", p), max_records)
+        source = make_source(cfg, lambda p: ask("assign", p), lambda p: ask("revoke", p), max_records,
+                             say=lambda text: data.send(("log", text)))
         data.send(("ready", None))
         last = 0
         while True:
@@ -66,6 +77,17 @@ def child_main(data, control, cfg: LearnerConfig, max_records: int, poll_timeout
                 last = 0
     except (EOFError, BrokenPipeError, OSError):
         return  # the learner is gone: its group session expires
+    except KafkaFailure as exc:
+        failed = True
+        try:
+            data.send(("failure", str(exc)))
+        except Exception:
+            pass
+        if source is not None:
+            try:
+                source.close()
+            except Exception:  # the broker is away: leaving the group is best effort
+                pass
     except BaseException as exc:
         try:
             data.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -95,12 +117,28 @@ class ProcessFetcher:
         self._proc.start()
         child_data.close()
         child_control.close()
-        kind, value = self._data.recv() if self._data.poll(120) else ("error", "the consumer process did not start")
+        kind, value = self._wait_ready()
+        if kind == "failure":
+            raise KafkaFailure(value)
         if kind != "ready":
             raise RuntimeError(f"consumer process failed: {value}")
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, name="lfm-consumer-pipe", daemon=True)
         self._reader.start()
+
+    def _wait_ready(self) -> tuple[str, object]:
+        """The child's first answer (its log lines meanwhile: reaching the broker may take the retry budget)."""
+        while True:
+            if self._data.poll(1.0):
+                try:
+                    kind, value = self._data.recv()
+                except (EOFError, OSError):
+                    return "error", "the consumer process exited while starting"
+                if kind != "log":
+                    return kind, value
+                self._log(value)
+            elif not self._proc.is_alive():
+                return "error", f"the consumer process exited with code {self._proc.exitcode} while starting"
 
     def _send(self, msg: tuple) -> None:
         with self._send_lock:
@@ -123,6 +161,11 @@ class ProcessFetcher:
                 elif kind == "revoke":
                     self._on_revoke(value)
                     self._send(("reply", None))
+                elif kind == "log":
+                    self._log(value)
+                elif kind == "failure":
+                    self.error = KafkaFailure(value)
+                    return
                 elif kind == "error":
                     self.error = RuntimeError(f"consumer process failed: {value}")
                     return

@@ -231,7 +231,7 @@ class Learner:
         if cfg.in_child:
             return ProcessFetcher(cfg, poll_records, self.on_assign, self.on_revoke, log=self.say,
                                   decode=self.input.decode)
-        return Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records),
+        return Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, poll_records, say=self.say),
                        cfg.prefetch, log=self.say, decode=self.input.decode)
 
     def _rebuild(self, poll_records: int) -> None:

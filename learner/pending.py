@@ -43,12 +43,13 @@ class Pending:
 
     def take(self, n: int) -> Chunk:
         """The first ``n`` pending records (n ≤ ``self.n``) as one chunk; a chunk cut in two keeps its tail."""
-        parts, offs, vals, keys, decs, got = [], [], [], [], [], 0
+        parts, offs, seqs, vals, keys, decs, got = [], [], [], [], [], [], 0
         while got < n:
             c = self.chunks[0]
             k = min(len(c), n - got)
             parts.append(c.parts[:k])
             offs.append(c.offsets[:k])
+            seqs.append(c.seqs[:k])
             vals.extend(c.values[:k])
             keys.extend(c.keys[:k] if c.keys else [None] * k)
             decs.append(c.decoded.cut(0, k) if c.decoded is not None else None)
@@ -57,7 +58,9 @@ class Pending:
                 self.chunks.pop(0)
             else:
                 self.chunks[0] = Chunk(c.parts[k:], c.offsets[k:], c.values[k:], c.keys[k:] if c.keys else [], c.gen,
-                                       c.decoded.cut(k, len(c)) if c.decoded is not None else None)
+                                       c.decoded.cut(k, len(c)) if c.decoded is not None else None,
+                                       seqs=c.seqs[k:])
         self.n -= got
         decoded = Decoded.join(decs) if decs and all(d is not None for d in decs) else None
-        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys, decoded=decoded)
+        return Chunk(np.concatenate(parts), np.concatenate(offs), vals, keys, decoded=decoded,
+                     seqs=np.concatenate(seqs))

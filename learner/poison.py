@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lfm_stream.kafka_security import KafkaSecurity
 from learner.backoff import retry
 from learner.config import LearnerConfig
 from learner.kafka_io import Chunk
@@ -31,7 +32,7 @@ class PoisonRecords:
         self.say, self.emit = say, emit
         self.count = 0
         self.by_reason: dict[str, int] = {}
-        self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic) if cfg.dlq else None
+        self.dlq = DeadLetters(cfg.bootstrap, cfg.dlq_topic, security=cfg.kafka_security) if cfg.dlq else None
 
     def handle(self, batch: Chunk, bad: list[tuple[int, Poison]]) -> None:
         """The poison records of ``batch``: ``(index in the batch, reason)``."""
@@ -59,8 +60,9 @@ class PoisonRecords:
 class DeadLetters:
     """Copies poison records to ``<topic>.dlq`` with headers naming partition, offset and reason."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = 1):
+    def __init__(self, bootstrap: str, topic: str, partitions: int = 1, security: KafkaSecurity = KafkaSecurity()):
         self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self.security = security
         self._producer = None
 
     def _ensure(self):
@@ -69,7 +71,8 @@ class DeadLetters:
             from kafka.admin import NewTopic
             from kafka.errors import TopicAlreadyExistsError
 
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=10000)
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=10000,
+                                     **self.security.kafka_python())
             try:
                 if self.topic not in admin.list_topics():
                     admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
@@ -77,7 +80,8 @@ class DeadLetters:
                 pass
             finally:
                 admin.close()
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap.split(","), acks=1, retries=10)
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap.split(","), acks=1, retries=10,
+                                           **self.security.kafka_python())
         return self._producer
 
     def send(self, value: bytes | None, key: bytes | None, source_topic: str, partition: int, offset: int,

@@ -9,6 +9,8 @@ that is not 1 to 18 ASCII digits, has no sequence number: :func:`seq_of` returns
 
 from __future__ import annotations
 
+import numpy as np
+
 SEQ_HEADER = "lfm-seq"
 NO_SEQ = -1
 
@@ -23,7 +25,17 @@ def seq_of(headers) -> int:
     confluent-kafka give them; None = no headers), or :data:`NO_SEQ`."""
     for key, value in headers or ():
         if key == SEQ_HEADER:
-            if isinstance(value, bytes) and 0 < len(value) <= 18 and value.isdigit():
+            if type(value) is bytes and 0 < len(value) <= 18 and value.isdigit():
                 return int(value)
             return NO_SEQ
     return NO_SEQ
+
+
+def seqs_of(headers: list) -> np.ndarray:
+    """:func:`seq_of` of every record of a consumer's batch, as int64.
+
+    The usual case, ``lfm-seq`` as a record's first header, is checked inline (~0.3 µs a record; a call of
+    :func:`seq_of` per record costs three times that), every other record goes through :func:`seq_of`.
+    """
+    return np.array([int(v) if h and h[0][0] == SEQ_HEADER and type(v := h[0][1]) is bytes and 0 < len(v) <= 18
+                     and v.isdigit() else seq_of(h) for h in headers], np.int64)

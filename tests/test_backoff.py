@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lfm_stream.backoff import ExponentialBackoff, Outage, RetryBudgetExceeded, retry
-from lfm_stream.event_seq import NO_SEQ, SEQ_HEADER, seq_header, seq_of
+from lfm_stream.event_seq import NO_SEQ, SEQ_HEADER, seq_header, seq_of, seqs_of
 
 
 class Clock:
@@ -113,3 +114,5 @@ def test_seq_header_is_the_ascii_decimal_index():
 ])
 def test_seq_of_reads_only_a_well_formed_header(headers, seq):
     assert seq_of(headers) == seq
+    both = seqs_of([headers, [("lfm-seq", b"3")]])  # the batch form gives the same, as int64
+    assert both.dtype == np.int64 and both.tolist() == [seq, 3]
