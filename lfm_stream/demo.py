@@ -7,6 +7,12 @@ recall API and prints a report: final test AUC / HR@50 of both models, a u2i and
 titles, the plot path, the redis-cli one-liner and the API URL.  ``--once`` exits after the report
 (tests and CI); otherwise the API keeps serving until Ctrl-C.
 
+The data comes first, before any server starts: ``--ratings PATH`` (or ``$LFM_RATINGS``), else
+``$LFM_DATA/ml-latest-small/``, else a verified download of ml-latest-small (cached, so only the first run needs
+the network).  When that download fails the demo says how to point it at a file and goes on with synthetic data
+(``producer.prepare --synthetic N --planted``), labelled as such in the report, so it always completes;
+``--synthetic [N]`` asks for that data directly.  An explicit ``--ratings`` or ``--download`` that fails is an error.
+
 Every stage is the real entry point run as a subprocess (``python -m producer.prepare``,
 ``producer.replay``, ``learner``, ``learner.plot``, ``recall_api``), so the demo exercises exactly
 what a user runs by hand.
@@ -26,11 +32,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lfm_stream.config import DATASET_DIR_ENV, env_default, env_help
+from lfm_stream.config import DATASET_DIR_ENV, default_cache_dir, env_default, env_help
 from lfm_stream.stack import LocalStack, StackError, free_port
 from lfm_stream.version import add_version_flag
 
 PY = sys.executable
+RATINGS_ENV = "LFM_RATINGS"  # producer.prepare's fallback for --ratings: the demo passes its choice explicitly
+DEFAULT_SYNTHETIC = 100_000  # ratings, about the size of ml-latest-small
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class DemoConfig:
     workdir: Path
     ratings: Path | None
     download: str | None
+    synthetic: int | None
     rate: float
     max_events: int | None
     once: bool
@@ -59,18 +68,92 @@ def _run(argv: list[str], what: str, env: dict[str, str]) -> None:
         raise RuntimeError(f"{what} failed with exit code {proc.returncode}")
 
 
-def _ratings_source(cfg: DemoConfig) -> list[str]:
+@dataclass(frozen=True)
+class DataSource:
+    """Where the demo's events come from: ``producer.prepare`` input flags, its output and a label for the report."""
+
+    flags: list[str]
+    prepared: Path
+    label: str
+    synthetic: bool = False
+
+
+def _synthetic_source(workdir: Path, n: int) -> DataSource:
+    return DataSource(["--synthetic", str(n), "--planted"], workdir / f"prepared-synthetic-{n}",
+                      f"SYNTHETIC data ({n:,} generated ratings with planted structure; not MovieLens)", synthetic=True)
+
+
+def _data_source(cfg: DemoConfig) -> DataSource:
+    """The source the flags and the environment ask for (checked, not prepared yet)."""
+    prepared = cfg.workdir / "prepared"
+    if cfg.synthetic is not None:
+        return _synthetic_source(cfg.workdir, cfg.synthetic)
     if cfg.ratings is not None:
-        if not cfg.ratings.exists():
-            raise FileNotFoundError(f"--ratings {cfg.ratings}: no such file")
-        return ["--ratings", str(cfg.ratings)]
+        if not cfg.ratings.is_file():
+            raise FileNotFoundError(f"--ratings {cfg.ratings}: no such file (give a MovieLens ratings.csv / "
+                                    "ratings.dat / u.data, with movies.csv beside it for titles)")
+        return DataSource(["--ratings", str(cfg.ratings)], prepared, f"{cfg.ratings}")
     data = env_default(DATASET_DIR_ENV)
     if data and cfg.download is None:
         path = Path(data) / "ml-latest-small" / "ratings.csv"
         if path.exists():
-            return ["--ratings", str(path)]
+            return DataSource(["--ratings", str(path)], prepared, f"MovieLens ml-latest-small ({path})")
         _say(f"{DATASET_DIR_ENV}={data} has no ml-latest-small/ratings.csv; downloading instead")
-    return ["--download", cfg.download or "ml-latest-small"]
+    name = cfg.download or "ml-latest-small"
+    return DataSource(["--download", name], prepared, f"MovieLens {name} (download cache {default_cache_dir()})")
+
+
+def _offline_hint(name: str) -> list[str]:
+    return [f"could not download MovieLens {name} (offline? see the error above). To use MovieLens data:",
+            "  ./lfm demo --ratings PATH/ratings.csv   a ratings file you have (movies.csv beside it gives titles)",
+            f"  {DATASET_DIR_ENV}=DIR ./lfm demo            DIR holds ml-latest-small/ratings.csv",
+            f"  or run once with network access: the verified download is cached in {default_cache_dir()}"]
+
+
+def _prepare_argv(source: DataSource) -> list[str]:
+    """``producer.prepare`` for ``source``: reuses its output unless that was prepared from other data."""
+    reuse = "--if-missing"
+    try:
+        manifest = json.loads((source.prepared / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if manifest is not None and source.flags[0] == "--ratings":
+        if Path(manifest.get("source", {}).get("path", "")).resolve() != Path(source.flags[1]).resolve():
+            reuse = "--force"
+    elif manifest is not None and source.flags[0] == "--download":
+        if manifest.get("download", {}).get("name") != source.flags[1]:
+            reuse = "--force"
+    return [PY, "-m", "producer.prepare", *source.flags, "--out", str(source.prepared), reuse]
+
+
+def prepare_data(cfg: DemoConfig, env: dict[str, str]) -> DataSource:
+    """Prepare the demo's data (reused when already prepared); runs before any server starts.
+
+    A failed default download falls back to synthetic data after saying how to give MovieLens data.
+
+    Raises:
+        FileNotFoundError: ``--ratings`` names no file.
+        RuntimeError: the preparation failed (an explicit ``--download`` included).
+    """
+    source = _data_source(cfg)
+    env = {k: v for k, v in env.items() if k != RATINGS_ENV}  # the source is in the flags: nothing may override it
+    argv = _prepare_argv(source)
+    _say(f"data: {source.label}")
+    _say(f"prepare: {' '.join(argv[1:])}")
+    code = subprocess.run(argv, env=env).returncode
+    if code == 0:
+        return source
+    if source.flags[0] != "--download":
+        raise RuntimeError(f"prepare failed with exit code {code}")
+    for line in _offline_hint(source.flags[1]):
+        _say(line)
+    if cfg.download is not None:  # asked for by name: no substitute
+        raise RuntimeError(f"the download of {cfg.download} failed (exit code {code})")
+    source = _synthetic_source(cfg.workdir, DEFAULT_SYNTHETIC)
+    _say(f"continuing with {source.label} so that the demo completes: its figures are not MovieLens figures "
+         "(--synthetic asks for this data directly)")
+    _run(_prepare_argv(source), "prepare", env)
+    return source
 
 
 def _wait_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> None:
@@ -161,7 +244,9 @@ def _fmt_items(answer: dict) -> list[str]:
 def run(cfg: DemoConfig) -> dict:
     """Run the pipeline; returns the report (also written to ``<workdir>/report.json``)."""
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    prepared = cfg.workdir / "prepared"
+    # the data first: a missing file or a failed download is reported before any server starts
+    data = prepare_data(cfg, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    prepared = data.prepared
     stamp = time.strftime("%Y%m%d%H%M%S")
     topic = f"ratings-demo-{stamp}"
     procs: list[subprocess.Popen] = []
@@ -172,8 +257,6 @@ def run(cfg: DemoConfig) -> dict:
         stack.start(detach=True)
         _say(f"Redis {stack.redis_url}   Kafka {stack.bootstrap}")
         env = {**os.environ, **stack.env(), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        _run([PY, "-m", "producer.prepare", *_ratings_source(cfg), "--out", str(prepared), "--if-missing"],
-             "prepare", env)
         manifest = json.loads((prepared / "manifest.json").read_text())
         events = manifest["train_records"] if cfg.max_events is None else min(cfg.max_events, manifest["train_records"])
 
@@ -237,6 +320,7 @@ def run(cfg: DemoConfig) -> dict:
         keys = ("test_auc", "warm_auc", "hr_at_10", "hr_at_50", "recall_at_50", "prequential_auc", "events")
         report = {
             "events": events,
+            "data": {"label": data.label, "synthetic": data.synthetic, "prepared": str(prepared)},
             "models": {name: {k: r.get(k) for k in keys} for name, r in results.items()},
             "popularity_hr_at_50": results["default"].get("popularity_hr_at_50"),
             "u2i": {"user_id": user, **u2i},
@@ -273,7 +357,7 @@ def _print_report(r: dict) -> None:
     def f(v):
         return "  n/a" if v is None else f"{v:.3f}"
 
-    lines = ["", "=" * 72, f"LFM Stream demo — {r['events']} events", "",
+    lines = ["", "=" * 72, f"LFM Stream demo — {r['events']} events of {r['data']['label']}", "",
              f"  {'model':<10}{'test AUC':>10}{'warm AUC':>10}{'HR@10':>8}{'HR@50':>8}{'preq AUC':>10}"]
     for name, m in r["models"].items():
         lines.append(f"  {name:<10}{f(m['test_auc']):>10}{f(m['warm_auc']):>10}{f(m['hr_at_10']):>8}"
@@ -296,10 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     """``lfm demo``: prepare → replay → train (default and seed preset) → report → serve recall."""
     p = argparse.ArgumentParser(prog="lfm demo", description=__doc__.split("\n\n")[0])
     add_version_flag(p)
-    p.add_argument("--ratings", type=Path, default=None,
-                   help=f"MovieLens ratings file (default: ${DATASET_DIR_ENV}/ml-latest-small/ratings.csv, else a download)")
-    p.add_argument("--download", default=None, metavar="NAME",
-                   help="download this MovieLens release (e.g. ml-latest-small, ml-1m) instead")
+    src = p.add_mutually_exclusive_group()
+    ratings_env = env_default(RATINGS_ENV)
+    src.add_argument("--ratings", type=Path, default=Path(ratings_env) if ratings_env else None,
+                     help=env_help(f"MovieLens ratings file (default: ${DATASET_DIR_ENV}/ml-latest-small/ratings.csv, "
+                                   "else a download, else synthetic data)", RATINGS_ENV))
+    src.add_argument("--download", default=None, metavar="NAME",
+                     help="download this MovieLens release (e.g. ml-latest-small, ml-1m) instead")
+    src.add_argument("--synthetic", type=int, nargs="?", const=DEFAULT_SYNTHETIC, default=None, metavar="N",
+                     help=f"generated data instead of MovieLens: N ratings (default {DEFAULT_SYNTHETIC:,}) with "
+                          "planted structure, labelled as such in the report")
     p.add_argument("--rate", type=float, default=0.0, help="replay rate in events/s (0 = as fast as possible; default 0)")
     p.add_argument("--max-events", type=int, default=None, help="replay and train only the first N events (a slice)")
     p.add_argument("--once", action="store_true", help="exit after the report instead of serving the recall API")
@@ -314,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--rate must be >= 0 (got {a.rate})")
     if a.max_events is not None and a.max_events <= 0:
         p.error(f"--max-events must be > 0 (got {a.max_events})")
-    cfg = DemoConfig(workdir=a.workdir, ratings=a.ratings, download=a.download, rate=a.rate, max_events=a.max_events,
-                     once=a.once, port=a.port, seed_preset=a.seed_preset, namespace=a.namespace)
+    if a.synthetic is not None and a.synthetic < 100:
+        p.error(f"--synthetic must be >= 100 ratings (got {a.synthetic})")
+    ratings = None if a.download is not None or a.synthetic is not None else a.ratings  # $LFM_RATINGS yields
+    cfg = DemoConfig(workdir=a.workdir, ratings=ratings, download=a.download, synthetic=a.synthetic, rate=a.rate,
+                     max_events=a.max_events, once=a.once, port=a.port, seed_preset=a.seed_preset,
+                     namespace=a.namespace)
     try:
         run(cfg)
     except (RuntimeError, FileNotFoundError, StackError) as exc:

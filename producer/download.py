@@ -50,6 +50,10 @@ class DownloadError(RuntimeError):
     """The dataset could not be fetched or failed verification (message says which and why)."""
 
 
+class HTTPStatusError(DownloadError):
+    """The server answered with an HTTP error status (e.g. 404: the file is not there)."""
+
+
 def _get(url: str, timeout: float = 60.0):
     host = urllib.parse.urlsplit(url).hostname or ""
     # a loopback server (tests, a local mirror) is never reached through an HTTP proxy from the environment
@@ -57,17 +61,22 @@ def _get(url: str, timeout: float = 60.0):
     try:
         return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
+        raise HTTPStatusError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"GET {url} failed: {getattr(exc, 'reason', exc)}") from None
 
 
 def published_md5(base_url: str, name: str) -> str | None:
-    """The MD5 in ``<base>/<name>.zip.md5`` (GroupLens format ``MD5 (x.zip) = <hex>`` or ``<hex>  x.zip``)."""
+    """The MD5 in ``<base>/<name>.zip.md5`` (GroupLens format ``MD5 (x.zip) = <hex>`` or ``<hex>  x.zip``); None
+    when the server has no such file.
+
+    Raises:
+        DownloadError: the server cannot be reached (offline, wrong host): said as such, not as a missing checksum.
+    """
     try:
         with _get(f"{base_url}/{name}.zip.md5", timeout=30) as r:
             text = r.read(4096).decode("ascii", errors="replace")
-    except DownloadError:
+    except HTTPStatusError:
         return None
     match = _HEX32.search(text)
     return match.group(1).lower() if match else None

@@ -106,3 +106,29 @@ def test_no_checksum_unknown_name_and_http_errors(served, tmp_path, capsys):
     assert main(["--download", "ml-2m", "--base-url", base, "--cache-dir", str(tmp_path / "c"),
                  "--out", str(tmp_path / "o")]) == 1
     assert "unknown dataset 'ml-2m'" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_said_as_such(tmp_path):
+    """Offline (nothing listens): the error names the connection failure, not a missing checksum."""
+    from lfm_stream.stack import free_port
+
+    base = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(download.DownloadError, match=r"GET .*/ml-latest-small\.zip\.md5 failed: .*Connection refused"):
+        download.fetch("ml-latest-small", tmp_path / "cache", base)
+
+
+def test_tests_find_the_dataset_in_the_download_cache(served, tmp_path, monkeypatch):
+    """tests/conftest.py: with no dataset under $LFM_DATA, the verified download cache holds ml-latest-small/."""
+    from conftest import shared_data_dir
+
+    base, root = served
+    _publish(root)
+    monkeypatch.setenv("LFM_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("LFM_CACHE_DIR", str(tmp_path / "cache"))
+    assert shared_data_dir() == tmp_path / "none"  # nothing anywhere: the fixture's message names $LFM_DATA's path
+    download.fetch("ml-latest-small", base_url=base)  # into $LFM_CACHE_DIR
+    assert shared_data_dir() == tmp_path / "cache" / "ml-latest-small"
+    assert (shared_data_dir() / "ml-latest-small" / "ratings.csv").read_text() == RATINGS
+    (tmp_path / "none" / "ml-latest-small").mkdir(parents=True)  # $LFM_DATA with the dataset comes first
+    (tmp_path / "none" / "ml-latest-small" / "ratings.csv").write_text(RATINGS)
+    assert shared_data_dir() == tmp_path / "none"
