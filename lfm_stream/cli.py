@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepare": "producer.prepare",
         "replay": "producer.replay",
         "learn": "learner.__main__",
+        "items": "learner.items",
         "ps": "ps_redis.__main__",
         "recall": "recall_api.__main__",
         "demo": "lfm_stream.demo",
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
               "  prepare  MovieLens -> time-ordered TFRecord shards\n"
               "  replay   replay the shards as a Kafka rating stream\n"
               "  learn    online LFM learner (Kafka -> TensorFlow -> Redis PS)\n"
+              "  items    item channel (Kafka -> co-occurrence, recent movies, popularity in Redis)\n"
               "  ps       inspect / save / load the Redis parameter server\n"
               "  recall   u2i / i2i recall API\n"
               "  demo     the whole pipeline on local servers", file=sys.stderr)
