@@ -28,6 +28,7 @@ import numpy as np
 from learner.backoff import retry
 from learner.config import LearnerConfig
 from learner.covisit import NeighbourLists, chunk_update, encode_many
+from learner.dedup import SeqFilter
 from learner.report import say as learner_say
 from lfm_stream.scoring import ScoreContract
 
@@ -64,6 +65,7 @@ class ItemChannel:
         self.store = Covisit(self.ps)
         self.input = InputFn()
         self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
+        self.seq = SeqFilter()  # re-sent records (same lfm-seq) are dropped, as the learner drops them
         self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
         self.events = 0  # stream events applied (the PS's count, read on assignment)
         self.records = 0
@@ -126,7 +128,8 @@ class ItemChannel:
 
     def on_assign(self, partitions: list[int]) -> dict[int, int]:
         """Resume from the PS offsets; the applied-event count and recent lists are re-read from Redis."""
-        stored, _ = self._retry("reading PS offsets", self.ps.offsets, self.cfg.group, self.cfg.topic)
+        (stored, marks), _ = self._retry("reading PS offsets", self.ps.fence_state, self.cfg.group, self.cfg.topic)
+        self.seq.resume(marks, partitions)
         self.events, _ = self._retry("reading the item channel", self.store.events_applied)
         self.kept.clear()
         self.lists.clear()
@@ -139,10 +142,10 @@ class ItemChannel:
         self.kept.clear()
         self.lists.clear()
 
-    def _hold(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> None:
+    def _hold(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray, seqs: np.ndarray) -> None:
         if not self._buffered:
             self._buffer_t = time.monotonic()
-        self._buffer.append((values, parts, offsets))
+        self._buffer.append((values, parts, offsets, seqs))
         self._buffered += len(values)
 
     def _flush(self) -> None:
@@ -150,16 +153,23 @@ class ItemChannel:
         if not self._buffer:
             return
         held, self._buffer, self._buffered = self._buffer, [], 0
-        self.process([v for values, _, _ in held for v in values], np.concatenate([p for _, p, _ in held]),
-                     np.concatenate([o for _, _, o in held]))
+        self.process([v for values, *_ in held for v in values], np.concatenate([h[1] for h in held]),
+                     np.concatenate([h[2] for h in held]), np.concatenate([h[3] for h in held]))
 
-    def process(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray) -> bool:
-        """Apply one poll's records; returns whether the write was applied (False: already applied before)."""
+    def process(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray,
+                seqs: np.ndarray | None = None) -> bool:
+        """Apply one window's records; returns whether the write was applied (False: already applied before).
+        Records whose event seq (``lfm-seq``) was applied already are skipped; their offsets still move."""
         from ps_redis import Fence
 
+        fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
+        self.records += len(values)
+        if seqs is not None:
+            keep = self.seq.keep(parts, seqs)
+            if not keep.all():
+                values = [v for v, k in zip(values, keep.tolist()) if k]
         parsed = self.input.parse(values)
         self.poison += len(parsed.bad)
-        self.records += len(values)
         cols = parsed.columns
         users = np.asarray(cols["raw_user_id"], np.int64)
         missing = [u for u in np.unique(users).tolist() if u not in self.kept]
@@ -175,8 +185,8 @@ class ItemChannel:
             got, _ = self._retry("reading neighbour lists", self.store.neighbours, need)
             self.lists.keep(dict(zip(need, got)))
         lists = self.lists.merged(update)
-        fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
-        fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets)
+        fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets,
+                      seqs={p: m for p, m in self.seq.marks.items() if p in fence_offsets and m >= 0})
         encoded = encode_many(lists)
         applied, _ = self._retry("item channel write", self.store.apply, update, encoded,
                                  self.events + update.events, c.bucket_events, fence)
@@ -187,6 +197,8 @@ class ItemChannel:
         else:  # written before (a lost reply or a replay): Redis has it, re-read what depends on it
             self.skipped += 1
             self.events, _ = self._retry("reading the item channel", self.store.events_applied)
+            (_, marks), _ = self._retry("reading PS offsets", self.ps.fence_state, self.cfg.group, self.cfg.topic)
+            self.seq.resume(marks, list(fence_offsets))
             self.kept.clear()
             self.lists.clear()
         if self.fetcher is not None:
@@ -215,7 +227,7 @@ class ItemChannel:
                     take = len(chunk)
                     if cfg.max_events:
                         take = min(take, cfg.max_events - self.records - self._buffered)
-                    self._hold(chunk.values[:take], chunk.parts[:take], chunk.offsets[:take])
+                    self._hold(chunk.values[:take], chunk.parts[:take], chunk.offsets[:take], chunk.seqs[:take])
                     last = time.monotonic()
                 # a window is written once it is large, old, or the consumer has caught up (a short poll)
                 if self._buffered and (chunk is None or len(chunk) < self.poll_records
@@ -240,6 +252,7 @@ class ItemChannel:
                 signal.signal(s, h)
         secs = time.monotonic() - t0
         summary = {"reason": reason, "records": self.records, "events": self.events, "poison": self.poison,
+                   "duplicates": self.seq.duplicates,
                    "skipped_writes": self.skipped, "seconds": round(secs, 3)}
         say(f"done ({reason}): {self.records} records, {self.events} events applied in all, poison {self.poison}")
         return summary

@@ -105,3 +105,28 @@ def test_item_channel_sigkill_applies_every_event_once(redis_url, bootstrap, syn
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_one_pass(redis_url, namespace, syn_values)
+
+
+def test_item_channel_drops_re_sent_records(redis_url, bootstrap, syn_values, namespace):
+    """10% of the stream re-sent later with the same lfm-seq: the item channel counts each event once, like the
+    learner (learner.dedup), and stores each partition's mark with its offsets."""
+    import uuid
+
+    from test_learner_dedup import produce_numbered, resent
+
+    topic = f"items-dedup-{uuid.uuid4().hex[:8]}"
+    n = len(syn_values)
+    again = resent(n, 10, 0, n)
+    order = list(range(n // 2)) + [i for i in again if i < n // 2] + list(range(n // 2, n)) + \
+        [i for i in again if i >= n // 2]
+    produce_numbered(bootstrap, topic, [syn_values[i] for i in order], order)
+    make_namespace(redis_url, namespace)
+    r = subprocess.run(items_cmd(redis_url, bootstrap, topic, namespace, "--idle-timeout", "2",
+                                 "--poll-records", "500", "--window-events", "700"),
+                       env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_one_pass(redis_url, namespace, syn_values)
+    from ps_redis import ParameterServer
+
+    offsets, marks = ParameterServer.get(redis_url, namespace, 8).fence_state(f"items-{namespace}", topic)
+    assert sum(offsets.values()) == len(order) and max(marks.values()) == n - 1
