@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lfm-learner: error: {exc}", file=sys.stderr)
         return 2
     from learner.loop import Learner
+    from ps_redis import PSConnectionError, PSError
 
     try:
         learner = Learner(cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PSError) as exc:  # a PSError: Redis refused the password, or is away
         print(f"lfm-learner: error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, PSConnectionError) else 2
     from learner.kafka_guard import KafkaFailure
 
     try:

@@ -31,6 +31,11 @@ class PSConnectionError(PSError):
     """Redis could not be reached (after retries); the message names the URL, password masked."""
 
 
+class PSAuthError(PSError):
+    """Redis refused the credentials of the URL (a wrong or missing password or user): not an outage, so not
+    retried; the message says "authentication failed" and names the URL, password masked."""
+
+
 class PSStateLost(PSError):
     """A fenced write found stored offsets below what its writer knows was stored (``Fence.stored``): the server
     lost writes (a restart without persistence, a flush, an older snapshot loaded) and nothing was written.
@@ -38,7 +43,9 @@ class PSStateLost(PSError):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (``redis://u:***@host:6379/0``)."""
+    """``url`` with any password replaced by ``***`` (``redis://u:***@host:6379/0``, ``redis://:***@host``,
+    ``...?password=***``)."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", re.sub(r"(://)([^:/@]+)@", r"\1***@", url))
 
 
@@ -67,9 +74,13 @@ def connect(url: str, retries: int = 4, backoff_base: float = 0.05, backoff_cap:
 
 @contextlib.contextmanager
 def translate_errors(url: str, retries: int) -> Iterator[None]:
-    """Turn redis-py connection errors (raised after its retries) into :class:`PSConnectionError`."""
+    """Turn redis-py connection errors (raised after its retries) into :class:`PSConnectionError`, and refused
+    credentials into :class:`PSAuthError`."""
     try:
         yield
+    except redis.AuthenticationError as exc:  # a ConnectionError subclass in redis-py: caught first
+        raise PSAuthError(f"Redis at {mask_url(url)}: authentication failed ({exc}); check the password in the URL "
+                          "(redis://:PASSWORD@host:port/db; docker compose passes REDIS_PASSWORD)") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise PSConnectionError(
             f"cannot reach Redis at {mask_url(url)} after {retries} retries: {exc}") from exc

@@ -1,7 +1,8 @@
 """``python -m recall_api`` / ``lfm-recall``: run the recall service with uvicorn (one worker).
 
 Every flag falls back to an environment variable (shown in ``--help``), so docker compose configures the
-service with ``REDIS_URL``, ``LFM_NAMESPACE`` and ``LFM_DATA_DIR`` alone.
+service with ``REDIS_URL``, ``LFM_NAMESPACE`` and ``LFM_DATA_DIR`` alone.  ``RECALL_API_TOKEN`` (environment
+only: a command line is visible to other users) puts every route but ``/healthz`` behind a bearer token.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ps_redis import mask_url
     from recall_api.app import create_app
+    from recall_api.auth import TOKEN_ENV, token_from_env
     from recall_api.catalog import Catalog
     from recall_api.protocol import fast_protocol
     from recall_api.store import RecallStore, StoreConfig
@@ -85,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     store = RecallStore(config, catalog)
-    app = create_app(store)
+    token = token_from_env()
+    app = create_app(store, token=token)
     # u2i / i2i answered at the protocol level (recall_api.protocol) unless turned off or uvicorn is not a tested
     # release; uvloop is picked by uvicorn's loop="auto" when installed
-    http = (fast_protocol(store, app.state.metrics) if args.fast_protocol else None) or "auto"
+    http = (fast_protocol(store, app.state.metrics, token) if args.fast_protocol else None) or "auto"
     with contextlib.suppress(ImportError):  # imported now so that the freeze below covers it
         importlib.import_module("uvloop")
     # what is loaded now (modules, catalog) lives as long as the process: keep it out of the cyclic GC, whose
@@ -97,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     url = local_url(args.host, args.port)
     print(f"recall_api {version()}: namespace {args.namespace!r} of {mask_url(args.redis_url)}, serving {url} "
-          f"(listening on {args.host}:{args.port}; API docs {url}/docs)", file=sys.stderr, flush=True)
+          f"(listening on {args.host}:{args.port}; API docs {url}/docs"
+          + (f"; every route but /healthz needs the bearer token in {TOKEN_ENV})" if token else ")"),
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, http=http)
     return 0
 

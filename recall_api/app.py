@@ -12,6 +12,9 @@ route                                  answer
 ``GET /metrics``                       Prometheus metrics (request latency per route, cache hits, freshness)
 =====================================  =========================================================
 
+With ``RECALL_API_TOKEN`` set, every route but ``/healthz`` answers 401 unless the request carries
+``Authorization: Bearer <token>`` (:mod:`recall_api.auth`).
+
 Status codes: 404 unknown user (no vector, no rated movies, not in the prepared data) or movie without
 a vector; 422 a non-integer or negative id, or ``k`` outside 1..1000 or not an integer; 503 Redis
 unreachable (recovers by itself) or nothing loaded yet.  A known user without a vector gets the
@@ -39,6 +42,7 @@ from fastapi import FastAPI, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from recall_api.auth import BearerAuth
 from recall_api.catalog import Catalog
 from recall_api.dashboard import install_dashboard
 from recall_api.docs import install_docs
@@ -151,12 +155,14 @@ def _problem(exc: NotFound | Unavailable) -> tuple[int, bytes]:
     return 404 if isinstance(exc, NotFound) else 503, orjson.dumps({"detail": str(exc)})
 
 
-def create_app(store: RecallStore, manage_store: bool = True) -> FastAPI:
+def create_app(store: RecallStore, manage_store: bool = True, token: str | None = None) -> FastAPI:
     """The FastAPI application over ``store``.
 
     Args:
         store: the recall store (its catalog names the movies).
         manage_store: start the store's refresh thread when the app starts and stop it at shutdown.
+        token: when given, every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise;
+            :mod:`recall_api.auth`).
     """
 
     @contextlib.asynccontextmanager
@@ -222,5 +228,7 @@ def create_app(store: RecallStore, manage_store: bool = True) -> FastAPI:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
+    if token:
+        app.add_middleware(BearerAuth, token=token)
     app.add_middleware(Timing, metrics=metrics)  # times every request (the protocol times the ones it answers)
     return app

@@ -31,6 +31,7 @@ import time
 import uvicorn
 
 from recall_api.app import DEFAULT_K, MAX_K, respond
+from recall_api.auth import authorized, expected_header
 from recall_api.prom import I2I_ROUTE, U2I_ROUTE
 from recall_api.store import RecallStore
 
@@ -97,11 +98,12 @@ def uvicorn_pin() -> str:
     return f">={a}.{b},<{c}.{d}"
 
 
-def fast_protocol(store: RecallStore, metrics=None):
+def fast_protocol(store: RecallStore, metrics=None, token: str | None = None):
     """An ``asyncio.Protocol`` class for ``uvicorn.Config(http=...)`` that answers fast requests from ``store``,
     or None (logged) when the installed uvicorn is not supported (:func:`unsupported_uvicorn`): then serve with
     uvicorn's own protocol.  ``metrics`` (:class:`recall_api.prom.RecallMetrics`, the app's
-    ``app.state.metrics``) times its answers."""
+    ``app.state.metrics``) times its answers.  With a ``token`` (:mod:`recall_api.auth`) only requests that carry
+    it are answered here; the others go to the app, which answers 401."""
     problem = unsupported_uvicorn()
     if problem is not None:
         log.warning("serving u2i / i2i through the FastAPI routes (no fast protocol): %s", problem)
@@ -113,6 +115,7 @@ def fast_protocol(store: RecallStore, metrics=None):
         _store = store
         _fast = None
         _metrics = metrics
+        _auth = expected_header(token) if token else None
         _timed: tuple[str, float] | None = None  # (route, start) of the fast request in flight
 
         def on_message_begin(self) -> None:
@@ -124,7 +127,8 @@ def fast_protocol(store: RecallStore, metrics=None):
             if (m is not None and self.parser.get_method() == b"GET" and self.parser.get_http_version() == "1.1"
                     and self.parser.should_keep_alive() and not self.root_path and self.limit_concurrency is None
                     and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
-                    and not any(name in _SKIP_HEADERS for name, _ in self.headers)):
+                    and not any(name in _SKIP_HEADERS for name, _ in self.headers)
+                    and (self._auth is None or authorized(self.headers, self._auth))):
                 k = int(m.group(3)) if m.group(3) is not None else DEFAULT_K
                 if 1 <= k <= MAX_K:
                     self._fast = (m.group(1).decode(), int(m.group(2)), k)

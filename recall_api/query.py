@@ -23,6 +23,7 @@ import urllib.request
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, PREPARED_DEFAULT_HELP, REDIS_URL_ENV,
                                default_redis_url, env_default, env_help, prepared_data_dir)
 from lfm_stream.version import add_version_flag
+from recall_api.auth import token_from_env
 from recall_api.ids import ID_DIGITS, K_DIGITS, parse_digits
 
 RECALL_URL_ENV = "RECALL_URL"
@@ -63,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _via_http(args: argparse.Namespace) -> tuple[int, dict]:
     url = f"{args.url.rstrip('/')}/{args.kind}/{args.id}?{urllib.parse.urlencode({'k': args.k})}"
+    token = token_from_env()  # a service run with RECALL_API_TOKEN wants it back as a bearer token
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:  # 4xx / 5xx: the service's JSON problem
         with exc:

@@ -33,7 +33,7 @@ from collections import deque
 
 import redis.exceptions as rex
 
-from ps_redis.connection import pack
+from ps_redis.connection import mask_url, pack
 
 try:
     import hiredis
@@ -180,7 +180,7 @@ class RespClient:
     def __init__(self, url: str, timeout: float = 2.0, on_invalidate=None):
         kw = connection_kwargs(url)
         if kw is None:
-            raise ValueError(f"RespClient cannot serve {url!r} (TLS or unsupported URL, or hiredis missing)")
+            raise ValueError(f"RespClient cannot serve {mask_url(url)!r} (TLS or unsupported URL, or hiredis missing)")
         self.url, self.timeout, self._kw = url, float(timeout), kw
         self.on_invalidate = on_invalidate
         self.tracking = False  # True while the connection tracks keys (RESP3 + CLIENT TRACKING ON)
@@ -218,10 +218,10 @@ class RespClient:
             try:
                 proto = await asyncio.wait_for(self._open(loop), self.timeout)
             except asyncio.TimeoutError:
-                raise rex.TimeoutError(f"connecting to Redis at {self.url} timed out after {self.timeout} s") \
+                raise rex.TimeoutError(f"connecting to Redis at {mask_url(self.url)} timed out after {self.timeout} s") \
                     from None
             except OSError as exc:
-                raise rex.ConnectionError(f"cannot connect to Redis at {self.url}: {exc}") from None
+                raise rex.ConnectionError(f"cannot connect to Redis at {mask_url(self.url)}: {exc}") from None
         except BaseException as exc:  # also a cancelled caller: the next call must try again, not wait forever
             if self._connecting is pending:
                 self._connecting = None

@@ -363,7 +363,7 @@ class RecallStore:
         m = self.matrix
         return {
             "healthy": self.healthy,
-            "redis_url": self.config.redis_url,
+            "redis_url": mask_url(self.config.redis_url),  # never the password
             "namespace": self.config.namespace,
             "dim": None if self.ps is None else self.ps.dim,
             "vectors_loaded": 0 if m is None else len(m),
