@@ -17,13 +17,16 @@ import sys
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, PREPARED_DEFAULT_HELP, REDIS_URL_ENV,
                                default_redis_url, env_default, env_help, prepared_data_dir)
 from lfm_stream.version import add_version_flag, version
+from recall_api.auth import TOKEN_ENV
 
 HOST_ENV, PORT_ENV = "RECALL_HOST", "RECALL_PORT"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the service."""
-    p = argparse.ArgumentParser(prog="python -m recall_api", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recall_api", description=__doc__.split("\n\n")[0],
+                                epilog=f"env {TOKEN_ENV} (environment only): when set, every route but /healthz "
+                                       "answers 401 unless the request carries 'Authorization: Bearer <token>'")
     add_version_flag(p)
     p.add_argument("--host", default=env_default(HOST_ENV, "127.0.0.1"),
                    help=env_help("interface to listen on", HOST_ENV, "127.0.0.1"))
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ps_redis import mask_url
     from recall_api.app import create_app
-    from recall_api.auth import TOKEN_ENV, token_from_env
+    from recall_api.auth import token_from_env
     from recall_api.catalog import Catalog
     from recall_api.protocol import fast_protocol
     from recall_api.store import RecallStore, StoreConfig

@@ -97,22 +97,36 @@ def test_chain_agrees():
         mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name]["volumes"]}
         assert any(out_dir.startswith(target) and src == "prepared" for target, src in mounts.items()), (
             f"{name} does not mount the prepared volume over {out_dir}")
-    # Redis and Kafka addresses point at the right services and listeners
-    for name in ("learner", "recall_api"):
-        assert re.fullmatch(r"redis://redis:6379/\d+", env[name]["REDIS_URL"])
+    # Redis and Kafka addresses point at the right services and listeners; every Redis URL carries the password
+    for name in ("learner", "items", "recall_api"):
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:-[\w-]+\}@redis:6379/\d+", env[name]["REDIS_URL"])
     kafka_env = SERVICES["kafka"]["environment"]
     for name in ("producer", "learner"):
         host, port = env[name]["KAFKA_BOOTSTRAP"].split(":")
         assert f"PLAINTEXT://{host}:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
         assert f"PLAINTEXT://:{port}" in kafka_env["KAFKA_LISTENERS"]
-    # the host listener is published on the port it advertises
-    ext = re.search(r"EXTERNAL://localhost:(\d+)", kafka_env["KAFKA_ADVERTISED_LISTENERS"]).group(1)
-    assert f"{ext}:{ext}" in SERVICES["kafka"]["ports"]
+    # the host listener is advertised with the host port it is published on (LFM_KAFKA_PORT), from its own port
+    ext = re.search(r"EXTERNAL://localhost:(\$\{LFM_KAFKA_PORT:-9094\})", kafka_env["KAFKA_ADVERTISED_LISTENERS"]).group(1)
+    inner = re.search(r"EXTERNAL://:(\d+)", kafka_env["KAFKA_LISTENERS"]).group(1)
+    assert f"127.0.0.1:{ext}:{inner}" in SERVICES["kafka"]["ports"]
     # the API listens on the published port
     api_cmd = SERVICES["recall_api"]["command"]
     port = api_cmd[api_cmd.index("--port") + 1]
-    assert f"{port}:{port}" in SERVICES["recall_api"]["ports"]
+    assert f"127.0.0.1:${{LFM_API_PORT:-8000}}:{port}" in SERVICES["recall_api"]["ports"]
     assert api_cmd[api_cmd.index("--host") + 1] == "0.0.0.0"
+    assert env["recall_api"]["RECALL_API_TOKEN"] == "${RECALL_API_TOKEN:-}"  # optional bearer token
+
+
+def test_nothing_is_published_beyond_this_machine_and_redis_needs_its_password():
+    for name, svc in SERVICES.items():
+        for mapping in svc.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping!r} on every interface"
+    assert "127.0.0.1:${LFM_REDIS_PORT:-6379}:6379" in SERVICES["redis"]["ports"]
+    redis_svc = SERVICES["redis"]
+    assert _env(redis_svc)["REDIS_PASSWORD"] == "${REDIS_PASSWORD:-change-me}"
+    cmd = " ".join(redis_svc["command"])
+    assert '--requirepass "$$REDIS_PASSWORD"' in cmd  # from the container's environment ($$: not compose's)
+    assert 'REDISCLI_AUTH="$$REDIS_PASSWORD"' in " ".join(redis_svc["healthcheck"]["test"])
 
 
 def test_startup_order_and_volumes():
@@ -124,7 +138,7 @@ def test_startup_order_and_volumes():
                 assert src in declared, f"{name} uses undeclared volume {src}"
     for name in ("redis", "kafka"):
         assert "healthcheck" in SERVICES[name]
-    assert "--appendonly" in SERVICES["redis"]["command"], "Redis must persist"
+    assert "--appendonly yes" in " ".join(SERVICES["redis"]["command"]), "Redis must persist"
     assert re.match(r"redis:7\.", SERVICES["redis"]["image"])
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert "broker,controller" in SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
