@@ -3,10 +3,18 @@ learner drops those at or below the partition's mark, which the PS stores with t
 
 from __future__ import annotations
 
-import numpy as np
+import subprocess
+import time
+import uuid
 
+import numpy as np
+import pytest
+
+from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exactly_once, child_env, create_topic,
+                           learner_cmd, read_metrics)
 from learner.dedup import SeqFilter, select
 from learner.kafka_io import Chunk
+from learner_fixtures import COMMON, run_learner, syn_dir, syn_values  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------- pure
@@ -41,3 +49,82 @@ def test_select_keeps_records_and_their_decoded_fields_aligned():
     parsed = kept.decoded.parsed()
     assert [i for i, _ in parsed.bad] == [0]  # the poison record, renumbered
     assert parsed.columns["raw_user_id"].tolist() == [3]
+
+
+# ------------------------------------------------------------------------------------------ learner runs
+def produce_numbered(bootstrap: str, topic: str, values: list[bytes], seqs: list[int], partitions: int = 2) -> None:
+    """Publish as the replay does (key = hashed user id, timestamp = event time, header lfm-seq = the seq)."""
+    from kafka import KafkaProducer
+
+    from lfm_stream.event_seq import seq_header
+    from lfm_stream.schema import parse_batch
+
+    create_topic(bootstrap, topic, partitions)
+    c = parse_batch(values)
+    prod = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20)
+    for v, u, ts, s in zip(values, c["user_id"].tolist(), c["timestamp"].tolist(), seqs):
+        prod.send(topic, value=v, key=str(u).encode(), timestamp_ms=int(ts) * 1000, headers=[seq_header(s)])
+    prod.flush()
+    prod.close()
+
+
+def resent(n: int, every: int, lo: int, hi: int) -> list[int]:
+    """Indexes in [lo, hi) a producer re-sends: every ``every``-th, plus a run of 20 back to back."""
+    return sorted(set(range(lo, hi, every)) | set(range(lo + 5, min(hi, lo + 25))))
+
+
+@pytest.fixture
+def dtopic() -> str:
+    return f"dedup-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("flags", [(), ("--push-mode", "gradient")])
+def test_re_sent_records_are_applied_once(redis_url, bootstrap, dtopic, namespace, syn_values, tmp_path, flags):
+    """The stream with 10% of its records sent twice (later in the stream, and back to back): every event is
+    applied once, the re-sends are counted as duplicates, and the PS holds each partition's highest seq (with
+    gradient pushes the marks go with ``lfm_push``'s offsets)."""
+    n = len(syn_values)
+    again = resent(n, 10, 0, n)
+    order = list(range(n // 2)) + [i for i in again if i < n // 2] + list(range(n // 2, n)) + \
+        [i for i in again if i >= n // 2]
+    produce_numbered(bootstrap, dtopic, [syn_values[i] for i in order], order)
+    r = run_learner(redis_url, bootstrap, dtopic, namespace, tmp_path / "m.jsonl", *COMMON, *flags,
+                    "--idle-timeout", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    end = read_metrics(tmp_path / "m.jsonl")[-1]
+    assert end["duplicates"] == len(again) and end["records"] == len(order)
+    assert_exactly_once(redis_url, namespace, syn_values)
+    assert_activity_exactly_once(redis_url, namespace, syn_values)
+    from ps_redis import ParameterServer
+
+    offsets, marks = ParameterServer.get(redis_url, namespace, 8).fence_state(f"g-{namespace}", dtopic)
+    assert sum(offsets.values()) == len(order) and max(marks.values()) == n - 1 and len(marks) == 2
+
+
+def test_the_mark_survives_a_sigkill_like_the_offsets(redis_url, bootstrap, dtopic, namespace, syn_values, tmp_path):
+    """Killed after writing the first half: the re-sends of first-half records that arrive after the restart are
+    dropped by the mark the PS stored with the offsets (a mark kept only in memory would apply them again)."""
+    from _learner_util import ps_state
+
+    n, half = len(syn_values), len(syn_values) // 2
+    produce_numbered(bootstrap, dtopic, syn_values[:half], list(range(half)))
+    metrics = tmp_path / "m.jsonl"
+    cmd = learner_cmd(redis_url, bootstrap, dtopic, namespace, "--metrics", str(metrics), *FAST, *COMMON,
+                      "--idle-timeout", "90")
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stderr=subprocess.DEVNULL)
+    ps, _ = ps_state(redis_url, namespace)
+    deadline = time.monotonic() + 120
+    while sum(ps.offsets(f"g-{namespace}", dtopic).values()) != half:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert max(ps.fence_state(f"g-{namespace}", dtopic)[1].values()) == half - 1
+    again = resent(n, 7, 0, half)
+    produce_numbered(bootstrap, dtopic, [syn_values[i] for i in again] + syn_values[half:],
+                     again + list(range(half, n)))
+    r = run_learner(redis_url, bootstrap, dtopic, namespace, tmp_path / "m2.jsonl", *COMMON, "--idle-timeout", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_metrics(tmp_path / "m2.jsonl")[-1]["duplicates"] == len(again)
+    assert_exactly_once(redis_url, namespace, syn_values)
+    assert_activity_exactly_once(redis_url, namespace, syn_values)
