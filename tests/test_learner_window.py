@@ -113,9 +113,12 @@ def test_chunk_index_counts_and_micro_batches():
     day = 86400
     c = {"label": np.array([1, 0, 1, 1, 0], np.float32), "user_id": np.array([7, 8, 7, 9, 7]),
          "movie_id": np.array([70, 70, 71, 72, 71]), "raw_user_id": np.array([1, 2, 1, 3, 1]),
-         "raw_movie_id": np.array([10, 10, 11, 12, 11]),
+         "raw_movie_id": np.array([10, 10, 11, 12, 11]), "rating": np.array([4.0, 2.5, 5.0, 4.5, 0.5], np.float32),
          "timestamp": np.array([0, 1, 2, 200 * day, 201 * day])}
     ci = index_chunk(c, m)
+    # the training target: (1 − w)·label + w·(rating − 0.5)/4.5 with w = rating_weight (0.5)
+    assert ci.target.tolist() == pytest.approx([0.5 + 0.5 * 3.5 / 4.5, 0.5 * 2 / 4.5, 1.0, 0.5 + 0.5 * 4 / 4.5, 0.0])
+    assert ci.labels.tolist() == [1, 0, 1, 1, 0]  # metrics keep the 0/1 label
     assert ci.uu.tolist() == [7, 8, 9] and ci.ucnt.tolist() == [3, 1, 1] and ci.uinv.tolist() == [0, 1, 0, 2, 0]
     assert ci.icnt.tolist() == [2, 2, 1] and ci.wanted["item"][1].tolist() == [10, 11, 12]
     assert ci.ppop.tolist() == [(int(k) << 32) | m for k, m in zip(ci.kpop, [10, 10, 11, 12, 11])]
