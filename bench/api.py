@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import load, query_paths  # noqa: E402
 from bench.synthetic_ps import churn_user_rows, fill_synthetic  # noqa: E402
-from lfm_stream.stack import LocalStack, free_port  # noqa: E402
+from lfm_local.stack import LocalStack, free_port  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------- server

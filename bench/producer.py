@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
-    from lfm_stream.stack import TansuBroker
+    from lfm_local.stack import TansuBroker
     from producer.manifest import load_manifest
     from producer.publish import PublishConfig, Publisher
     from producer.replay import ReplayConfig, run

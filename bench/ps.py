@@ -165,7 +165,7 @@ def bench_activity(url: str, batch: int = 1024, batches: int = 100) -> dict:
 
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement against ``cfg.redis_url`` or a redis-server of our own."""
-    from lfm_stream.stack import LocalStack
+    from lfm_local.stack import LocalStack
 
     stack = None
     url = cfg.redis_url

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             [f"--{'' if v == 'true' else 'no-'}{k.replace('_', '-')}"]
     stack = None
     if not (args.redis_url and args.bootstrap):
-        from lfm_stream.stack import LocalStack
+        from lfm_local.stack import LocalStack
 
         stack = LocalStack(work / "stack", use_env=False).start()
     redis_url = args.redis_url or stack.redis_url

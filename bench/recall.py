@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lfm_stream.stack import LocalStack  # noqa: E402
+from lfm_local.stack import LocalStack  # noqa: E402
 
 DEFAULT_RATINGS = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
 

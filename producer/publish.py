@@ -177,7 +177,7 @@ class Publisher:
                         f"Kafka broker {cfg.bootstrap} unreachable for {cfg.retry_budget_s:g} s (retry budget, "
                         f"{self._outage.failures} attempts, {why}): {type(exc).__name__}: {exc}. Is it running, and "
                         f"does it take these settings ({cfg.security.describe()}; KAFKA_SECURITY_PROTOCOL ...)? "
-                        "(`python -m lfm_stream.stack up` starts a local one)") from exc
+                        "(`python -m lfm_local.stack up` starts a local one)") from exc
                 if self._outage.failures == 1 or self._outage.failures % 5 == 0:
                     self.notify(f"waiting for Kafka broker {cfg.bootstrap} ({why}; {type(exc).__name__}: "
                                 f"{str(exc)[:120]}); {self._outage.left:.0f} s of retry budget left")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from lfm_stream.stack import RedisServer, free_port
+from lfm_local.stack import RedisServer, free_port
 
 
 class LocalCluster:

@@ -20,7 +20,7 @@ import uvicorn
 
 from lfm_stream.hashing import hash_movie_ids, hash_user_ids, user_hash
 from lfm_stream.scoring import ScoreContract, contract_key
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from ps_redis import ParameterServer, Update
 from ps_redis.activity import ActivityLog
 

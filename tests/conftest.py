@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lfm_stream.config import default_cache_dir
-from lfm_stream.stack import LocalStack
+from lfm_local.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from _learner_util import FAST, ROOT, child_env, learner_cmd, prepare
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from tests._recall_util import wait_for
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

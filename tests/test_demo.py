@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_once_on_a_slice(ml_small_ratings, tmp_path):
     work = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "lfm_stream.cli", "demo", "--once", "--port", "0", "--max-events", "20000",
+        [sys.executable, "-m", "lfm_local.cli", "demo", "--once", "--port", "0", "--max-events", "20000",
          "--ratings", str(ml_small_ratings), "--workdir", str(work)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(Path.home()), "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -41,14 +41,14 @@ def test_demo_once_on_a_slice(ml_small_ratings, tmp_path):
 def _offline_env(tmp_path: Path) -> dict[str, str]:
     """A user's environment with no MovieLens anywhere: no ``$LFM_DATA``, an empty download cache, and a download
     server that refuses connections (a loopback port nobody listens on)."""
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
 
     return {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(Path.home()), "TF_CPP_MIN_LOG_LEVEL": "2",
             "LFM_CACHE_DIR": str(tmp_path / "cache"), "LFM_MOVIELENS_URL": f"http://127.0.0.1:{free_port()}"}
 
 
 def _demo(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lfm_stream.cli", "demo", "--once", "--port", "0", *args],
+    return subprocess.run([sys.executable, "-m", "lfm_local.cli", "demo", "--once", "--port", "0", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -110,7 +110,7 @@ def test_no_checksum_unknown_name_and_http_errors(served, tmp_path, capsys):
 
 def test_an_unreachable_server_is_said_as_such(tmp_path):
     """Offline (nothing listens): the error names the connection failure, not a missing checksum."""
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
 
     base = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(download.DownloadError, match=r"GET .*/ml-latest-small\.zip\.md5 failed: .*Connection refused"):

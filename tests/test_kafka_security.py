@@ -105,7 +105,7 @@ def test_env_vars_are_the_fallback_of_the_flags(monkeypatch, ca):
 
 
 def test_the_probe_tells_a_kafka_broker_from_a_wrong_protocol(bootstrap):
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
 
     assert probe_broker(bootstrap, KafkaSecurity()) is None  # ApiVersions answered
     err = probe_broker(bootstrap, KafkaSecurity("SSL"), timeout=1.0)

@@ -15,7 +15,7 @@ from learner.config import LearnerConfig
 from learner.live import Live
 from learner.progress import Snapshot
 from learner.prom import LearnerMetrics
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from ps_redis.metricslog import MetricsLog, metrics_key
 from tests._prom_util import metric
 

@@ -21,7 +21,7 @@ import pytest
 from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exactly_once, child_env, learner_cmd,
                            produce, ps_state)
 from learner_fixtures import COMMON, syn_dir, syn_values  # noqa: F401 (fixtures)
-from lfm_stream.stack import TansuBroker, free_port
+from lfm_local.stack import TansuBroker, free_port
 
 FLAGS = [*FAST, *COMMON, "--no-xla", "--train-log-steps", "20"]
 

@@ -17,7 +17,7 @@ import redis
 from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exactly_once, child_env, learner_cmd,
                            produce, read_metrics)
 from learner_fixtures import COMMON, run_learner, syn_dir, syn_values  # noqa: F401
-from lfm_stream.stack import RedisServer
+from lfm_local.stack import RedisServer
 from ps_redis import ParameterServer
 
 

@@ -320,7 +320,7 @@ def test_corrupt_stored_value_names_the_key(ps):
 
 
 def test_connection_refused_names_masked_url_after_retries():
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
     from ps_redis import PSConnectionError
 
     url = f"redis://alice:s3cret@127.0.0.1:{free_port()}/0"
@@ -331,7 +331,7 @@ def test_connection_refused_names_masked_url_after_retries():
 
 
 def test_auth_through_the_url(tmp_path, namespace):
-    from lfm_stream.stack import RedisServer
+    from lfm_local.stack import RedisServer
     from ps_redis import PSConnectionError
 
     class AuthRedis(RedisServer):
@@ -412,7 +412,7 @@ def test_tls_through_a_rediss_url(tmp_path, namespace):
     import shutil
     import subprocess
 
-    from lfm_stream.stack import RedisServer, free_port
+    from lfm_local.stack import RedisServer, free_port
 
     openssl = shutil.which("openssl")
     assert openssl, "openssl is needed to make the test certificates"
@@ -462,7 +462,7 @@ def test_timeout_names_the_url():
 
 
 def test_server_restart_reconnects_and_reloads_functions(tmp_path, namespace):
-    from lfm_stream.stack import RedisServer
+    from lfm_local.stack import RedisServer
     from ps_redis import PSConnectionError
 
     srv = RedisServer(tmp_path)

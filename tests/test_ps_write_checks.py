@@ -112,7 +112,7 @@ def test_fenced_writes_below_the_writers_bounds_fail_and_write_nothing(ps):
 def test_a_server_restarted_without_persistence_is_detected_by_the_next_bounded_write(tmp_path, namespace):
     """SIGKILL + restart of a redis-server without persistence: the library and every key are gone; a write that
     knows what it stored fails with PSStateLost, an unbounded one reloads the library and lands."""
-    from lfm_stream.stack import RedisServer
+    from lfm_local.stack import RedisServer
 
     srv = RedisServer(tmp_path)
     srv.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 from _learner_util import FAST, ROOT, child_env, learner_cmd
 from learner_fixtures import syn_dir, syn_topic, syn_values  # noqa: F401 (fixtures)
 from lfm_stream.quiet import QUIET_ENV
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from lfm_stream.version import version
 
 #: What TensorFlow, XLA, absl and oneDNN print when nobody quiets them.
@@ -110,7 +110,7 @@ def test_demo_ctrl_c_stops_clients_before_servers(ml_small_ratings, tmp_path):
     replay and recall API stop while Redis and the broker are still up, so none of them complains."""
     work = tmp_path / "demo"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(Path.home()), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lfm_stream.cli", "demo", "--port", "0", "--max-events", "3000",
+    proc = subprocess.Popen([sys.executable, "-m", "lfm_local.cli", "demo", "--port", "0", "--max-events", "3000",
                              "--no-seed", "--ratings", str(ml_small_ratings), "--workdir", str(work)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

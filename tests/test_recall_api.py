@@ -19,7 +19,7 @@ import pytest
 
 from lfm_stream.hashing import hash_movie_ids, user_hash
 from lfm_stream.scoring import ScoreContract
-from lfm_stream.stack import RedisServer
+from lfm_local.stack import RedisServer
 from producer.prepare import main as prepare_main
 from ps_redis import ParameterServer
 from ps_redis.activity import ActivityLog
@@ -308,7 +308,7 @@ def test_cli_runs_the_service_with_env_fallbacks(world, prepared):
     import subprocess
     import sys
 
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), REDIS_URL=world["url"], LFM_NAMESPACE=world["ns"],
@@ -364,7 +364,7 @@ def test_full_reload_when_the_cursor_fell_off_the_change_stream(redis_url, prepa
 
 def test_service_started_before_redis_comes_up(tmp_path, prepared):
     """Redis absent at start: 503 (not a crash); once it is up and holds vectors, answers come by themselves."""
-    from lfm_stream.stack import free_port
+    from lfm_local.stack import free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from ps_redis import ParameterServer
 from recall_api import Catalog, RecallStore, StoreConfig
 from recall_api.app import create_app

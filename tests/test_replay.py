@@ -15,7 +15,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from lfm_stream.event_seq import seq_of
-from lfm_stream.stack import TansuBroker, free_port
+from lfm_local.stack import TansuBroker, free_port
 from producer.publish import Publisher, PublishConfig, _Chunk
 from producer.replay import main
 from tests._replay_util import ROOT, child_env, consume, prepare_synthetic, read_stream, replay_cmd

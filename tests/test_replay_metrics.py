@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 from producer.replay import build_parser, config_from_args, run
 from tests._prom_util import metric
 from tests._replay_util import prepare_synthetic

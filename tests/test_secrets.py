@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from lfm_stream.stack import RedisServer, free_port
+from lfm_local.stack import RedisServer, free_port
 from ps_redis import ParameterServer, PSConnectionError
 from ps_redis.connection import PSAuthError, mask_url
 

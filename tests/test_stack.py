@@ -1,7 +1,7 @@
 import redis
 from kafka import KafkaAdminClient
 
-from lfm_stream.stack import LocalStack, main
+from lfm_local.stack import LocalStack, main
 
 
 def test_local_stack_starts_and_stops_own_servers(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from lfm_stream.version import version
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("lfm_stream", "producer", "learner", "ps_redis", "recall_api")
+PACKAGES = ("lfm_stream", "lfm_local", "producer", "learner", "ps_redis", "recall_api")
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 
@@ -38,7 +38,7 @@ def test_the_version_is_the_distributions():
 
 
 def test_every_entry_point_is_found():
-    assert {"learner.__main__", "recall_api.__main__", "producer.replay", "learner.plot", "lfm_stream.cli"} <= set(
+    assert {"learner.__main__", "recall_api.__main__", "producer.replay", "learner.plot", "lfm_local.cli"} <= set(
         ENTRY_POINTS)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from conftest import ROOT, shared_data_dir
 from lfm_stream.config import default_cache_dir
-from lfm_stream.stack import free_port
+from lfm_local.stack import free_port
 
 DOC = ROOT / "docs" / "walkthrough.md"
 COMMAND_TIMEOUT = 300  # seconds; a stuck command fails the test instead of hanging it
@@ -208,7 +208,7 @@ def test_walkthrough_runs_as_pasted(tmp_path):
     try:
         run_walkthrough(shell, commands, results)
         assert not step(r"^source \.venv/bin/activate")[0].stderr
-        stack = step(r"^eval \"\$\(python -m lfm_stream\.stack up\)\"")[0]
+        stack = step(r"^eval \"\$\(python -m lfm_local\.stack up\)\"")[0]
         assert not stack.stdout and "error" not in stack.stderr, stack.describe()
 
         prepare = step(r"^python -m producer\.prepare ")[0]
@@ -251,12 +251,12 @@ def test_walkthrough_runs_as_pasted(tmp_path):
         i2i = json.loads(step(r"^curl .*/i2i/318\?k=3")[0].stdout)
         assert len(i2i["items"]) == 3 and all(it["title"] for it in i2i["items"]), i2i
         step(r"^kill \$api")
-        down = step(r"^python -m lfm_stream\.stack down")[0]
+        down = step(r"^python -m lfm_local\.stack down")[0]
         assert "stopped" in down.stderr, down.describe()
     finally:
         for job in results:
             if job.pid is not None and job.code is None:
                 subprocess.run(["kill", str(job.pid)], capture_output=True)
-        subprocess.run([sys.executable, "-m", "lfm_stream.stack", "down"], cwd=home, capture_output=True, timeout=60,
+        subprocess.run([sys.executable, "-m", "lfm_local.stack", "down"], cwd=home, capture_output=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")})
         shell.close()

@@ -3,9 +3,9 @@ broker on loopback ports.
 
 Used by tests, benchmarks and the demo, and from the shell::
 
-    python -m lfm_stream.stack up      # start both, print REDIS_URL / KAFKA_BOOTSTRAP, return
-    python -m lfm_stream.stack status
-    python -m lfm_stream.stack down    # stop exactly the processes `up` started
+    python -m lfm_local.stack up      # start both, print REDIS_URL / KAFKA_BOOTSTRAP, return
+    python -m lfm_local.stack status
+    python -m lfm_local.stack down    # stop exactly the processes `up` started
 
 When ``REDIS_URL`` / ``KAFKA_BOOTSTRAP`` are set, those servers are used instead of starting local
 ones (that is how docker compose and real clusters plug in).  Tansu keeps topics and committed
@@ -298,7 +298,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if state_path.exists():
         state = json.loads(state_path.read_text())
         if any(_alive(p) for p in state.get("pids", [])):
-            print(f"stack already running (see {state_path}); `python -m lfm_stream.stack down` stops it", file=sys.stderr)
+            print(f"stack already running (see {state_path}); `python -m lfm_local.stack down` stops it", file=sys.stderr)
             _print_state(state)
             return 0
     stack = LocalStack(args.run_dir, redis_port=args.redis_port, kafka_port=args.kafka_port)
@@ -356,8 +356,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lfm_stream.stack up|down|status``."""
-    parser = argparse.ArgumentParser(prog="python -m lfm_stream.stack", description=__doc__.split("\n\n")[0])
+    """``python -m lfm_local.stack up|down|status``."""
+    parser = argparse.ArgumentParser(prog="python -m lfm_local.stack", description=__doc__.split("\n\n")[0])
     add_version_flag(parser)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--run-dir", default=env_default("LFM_RUN_DIR", DEFAULT_RUN_DIR),

@@ -11,14 +11,14 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch ``lfm <command> ...`` to the component entry points."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
-        "stack": "lfm_stream.stack",
+        "stack": "lfm_local.stack",
         "prepare": "producer.prepare",
         "replay": "producer.replay",
         "learn": "learner.__main__",
         "items": "learner.items",
         "ps": "ps_redis.__main__",
         "recall": "recall_api.__main__",
-        "demo": "lfm_stream.demo",
+        "demo": "lfm_local.demo",
     }
     if argv and argv[0] == "--version":
         print(f"lfm {version()}")

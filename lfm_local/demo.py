@@ -32,8 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lfm_local.stack import LocalStack, StackError, free_port
 from lfm_stream.config import DATASET_DIR_ENV, default_cache_dir, env_default, env_help
-from lfm_stream.stack import LocalStack, StackError, free_port
 from lfm_stream.version import add_version_flag
 
 PY = sys.executable
