@@ -261,7 +261,7 @@ class Publisher:
             except Exception as exc:
                 if type(exc).__name__ not in ("KafkaConfigurationError", "UnsupportedVersionError"):
                     raise  # the broker is away: the caller retries
-                why_not = f"the broker does not support it ({exc})"
+                why_not = f"refused ({type(exc).__name__}: {exc})"  # an old broker, or settings it conflicts with
             else:
                 self._say_idempotence(True, "the broker deduplicates the producer's own retries")
                 return producer
