@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lfm_stream.kafka_security import KafkaSecurity
+from lfm_stream.scoring import ScoreContract
 from learner.validate import RecordLimits
 
 LOSSES = ("mse", "logloss")
@@ -69,6 +70,10 @@ class ModelConfig:
             user's last period k_u is kept in ``user_ctx``; the recall score is
             s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i),
             τ_u(i) = log(pop_smooth + Σ_{|k − k_u| ≤ pop_window} n[k, i] + pop_total_w·n_i).
+        rating_weight: the training target is ``(1 − rating_weight)·label + rating_weight·(rating − 0.5) / 4.5``
+            (clipped to [0, 1]): the rating value as a second, graded target of the same logloss (chosen on the
+            validation folds: 0.5 raised the end-of-stream AUC by ~0.004 on all five, 0.8 and 1.0 no further,
+            and 0.8 cost prequential AUC).  Metrics always use the 0/1 label.
         seed: seed of the PS initializer and of the HR@50 sampling.
     """
 
@@ -104,6 +109,7 @@ class ModelConfig:
     pop_smooth: float = 0.1
     pop_total_w: float = 0.001
     pop_weight: float = 1.0
+    rating_weight: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,6 +137,8 @@ class ModelConfig:
             bad("item_init_std", "must be >= 0 or None")
         if self.lr_bias is not None and not self.lr_bias > 0:
             bad("lr_bias", "must be > 0 or None")
+        if not 0 <= self.rating_weight <= 1:
+            bad("rating_weight", "must be in [0, 1]")
         if not 0 < self.user_bias_decay <= 1:
             bad("user_bias_decay", "must be in (0, 1]")
         if self.optimizer != "sgd" and self.init_accum <= 0:
@@ -167,7 +175,8 @@ DEFAULT_MODEL = ModelConfig()
 #: The seed project's configuration.
 SEED_MODEL = ModelConfig(
     dim=8, batch_size=8, init_std=0.1, use_bias=False, learn_mu=False, loss="mse", optimizer="sgd",
-    lr=1e-4, reduction="mean", count_pow=0.0, clip=0.0, ret_weight=0.0, logq=0.0, gamma=0.0, pop_period_days=0.0)
+    lr=1e-4, reduction="mean", count_pow=0.0, clip=0.0, ret_weight=0.0, logq=0.0, gamma=0.0, pop_period_days=0.0,
+    rating_weight=0.0)
 
 PRESETS: dict[str, ModelConfig] = {"default": DEFAULT_MODEL, "seed": SEED_MODEL}
 
@@ -227,6 +236,8 @@ class LearnerConfig:
             ``fail`` (default) stops with an error naming the offsets, writing and committing nothing more;
             ``rebuild`` drops what it holds and replays from the PS offsets (the earliest where none).
         xla: compile the TF loop over a chunk's micro-batches with XLA (see :class:`learner.model.MFModel`).
+        contract: the recall score contract the learner writes to ``<ns>:@contract`` at start (None: the defaults of
+            :class:`lfm_stream.scoring.ScoreContract` with the model's dim).
         progress_s: seconds between progress lines when stderr is not a TTY (a TTY gets a bar; 0 = neither).
         metrics_port, metrics_host: serve Prometheus ``/metrics`` there (0 = not served).
     """
@@ -262,6 +273,7 @@ class LearnerConfig:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     on_ps_loss: str = "fail"
     xla: bool = True
+    contract: ScoreContract | None = None
     progress_s: float = 5.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -298,6 +310,11 @@ class LearnerConfig:
         if self.consumer_process is None:
             return self.prefetch
         return self.consumer_process
+
+    @property
+    def score_contract(self) -> ScoreContract:
+        """The contract this learner writes (its dim is the model's)."""
+        return (self.contract or ScoreContract()).replace(dim=self.model.dim)
 
     @property
     def gradient_push(self) -> bool:

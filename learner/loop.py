@@ -169,6 +169,7 @@ class Learner:
         prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if threading.current_thread() is threading.main_thread() else {}
         poll_records = max(4 * B, 10000)
+        self._write_contract()
         self.fetcher = self._open_fetcher(poll_records)
         self.say(f"lfm-learner {version()}: consuming {cfg.topic!r} from {cfg.bootstrap} as group {cfg.group!r}, "
                  f"PS {mask_url(cfg.redis_url)} namespace {cfg.namespace!r} ({cfg.backend}"
@@ -248,6 +249,14 @@ class Learner:
             self.sync.reset()
             self.seqs.reset()
         self.fetcher = self._open_fetcher(poll_records)
+
+    def _write_contract(self) -> None:
+        """Publish the recall score contract (``<ns>:@contract``) the recall service ranks with."""
+        from lfm_stream.scoring import contract_key
+
+        contract = self.cfg.score_contract
+        self._retry("writing the score contract", self.ps.redis.set, contract_key(self.cfg.namespace),
+                    contract.to_json())
 
     def _on_signal(self, signum, frame) -> None:
         self.say(f"signal {signum}: finishing the batch, then push, commit, checkpoint, exit")
@@ -369,7 +378,7 @@ class Learner:
         micro-batch in one TF call, write the rows back, then log each micro-batch."""
         cfg, m = self.cfg, self.cfg.model
         B, d = m.batch_size, m.dim
-        r = run_index({table: at[lo:hi] for table, at in ev.items()}, ci.labels[lo:hi], B)
+        r = run_index({table: at[lo:hi] for table, at in ev.items()}, ci.target[lo:hi], B)
         state, mu = gather_run(r, packed, g, d)
         t = self._tick("pull", t)
         if self.probe is not None and self.probe.due(slice(lo, hi)):
