@@ -102,7 +102,7 @@ def bench_dim(url: str, dim: int, cfg: BenchConfig) -> list[dict]:
             offset += 1
             timed("push_gradient_fenced", lambda: ps.push({"item": step}, mode="gradient",
                                                           fence=Fence("bench", "t", {0: offset})))
-            ps._rows.forget()
+            ps.row_cache.forget()
             timed("push_assign_server_side", lambda: ps.push({"item": u}, mode="assign"))
         raw_get, raw_set = _median_rate(times["raw_mget"], b), _median_rate(times["raw_mset"], b)
         for op, ts in times.items():

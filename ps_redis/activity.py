@@ -31,8 +31,8 @@ import uuid
 
 import numpy as np
 
-from ps_redis.connection import PSError
-from ps_redis.server import ParameterServer
+from ps_redis.connection import PSError, node_clients
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.types import Fence
 
 DEFAULT_MAXLEN = 10_000  # stream entries (one per recorded batch) kept, approximately
@@ -45,7 +45,7 @@ class CursorExpired(PSError):
 class ActivityLog:
     """Activity log of ``ps``'s namespace.  ``maxlen``: change-stream entries kept (approximate trim)."""
 
-    def __init__(self, ps: ParameterServer, maxlen: int = DEFAULT_MAXLEN):
+    def __init__(self, ps: ParameterServerAPI, maxlen: int = DEFAULT_MAXLEN):
         if maxlen < 1:
             raise ValueError(f"maxlen must be >= 1 (got {maxlen})")
         self.ps, self.maxlen, self.keys = ps, int(maxlen), ps.keys
@@ -53,11 +53,11 @@ class ActivityLog:
         self._ensure_epoch()
 
     def _ensure_epoch(self) -> None:
-        with self.ps._io():
+        with self.ps.io():
             self.ps.redis.set(self._epoch_key, uuid.uuid4().hex[:12], nx=True)
 
     def _call(self, *commands: tuple) -> list:
-        return self.ps._run([(self.keys.act_popular, c) for c in commands])
+        return self.ps.run([(self.keys.act_popular, c) for c in commands])
 
     def fence_key(self, group: str, topic: str) -> str:
         """Offsets of the log's fenced records for (group, topic)."""
@@ -83,7 +83,7 @@ class ActivityLog:
         args = self.record_command(raw_user_ids, raw_movie_ids, item_ids, labels, timestamps, fence)
         if args is None:
             return None
-        if fence is not None and fence.offsets and self.ps._covered(fence):
+        if fence is not None and fence.offsets and self.ps.covered(fence):
             return None  # e.g. a replay after load(): the log's own offsets are gone
         entry = self._call(args)[0]
         return entry.decode() if isinstance(entry, bytes) else None
@@ -222,11 +222,9 @@ class ActivityLog:
     # ---------------------------------------------------------------------------- save / load
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(seen users, seen movies, popular movies, popular counts) as arrays, for snapshots."""
-        from ps_redis.connection import node_clients
-
         users, movies = [], []
         prefix = self.keys.act_seen_prefix
-        with self.ps._io():
+        with self.ps.io():
             for node in node_clients(self.ps.redis, self.ps.is_cluster):
                 for key in node.scan_iter(match=prefix + "*", count=1000):
                     u = int(key.decode()[len(prefix):])

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.maintenance import scan_keys
-from ps_redis.server import ParameterServer
 from ps_redis.types import NO_FENCE, Fence
 
 RECORD = np.dtype([("bucket", "<i8"), ("member", "<i8"), ("count", "<i8")])
@@ -31,7 +31,7 @@ RECORD = np.dtype([("bucket", "<i8"), ("member", "<i8"), ("count", "<i8")])
 class Counters:
     """The counter set ``name`` of ``ps``'s namespace."""
 
-    def __init__(self, ps: ParameterServer, name: str):
+    def __init__(self, ps: ParameterServerAPI, name: str):
         self.ps, self.name = ps, name
         self.tag = ps.keys.counters_tag(name)
         self.total_key = f"{self.tag}:@total"
@@ -63,13 +63,13 @@ class Counters:
         cmd = self.add_command(buckets, members, counts, fence)
         if cmd is None:
             return False
-        if fence is not None and fence.offsets and self.ps._covered(fence):
+        if fence is not None and fence.offsets and self.ps.covered(fence):
             return False  # e.g. a replay after load(): this set's own offsets are gone
-        return bool(self.ps._run([(self.total_key, cmd)])[0])
+        return bool(self.ps.run([(self.total_key, cmd)])[0])
 
     def total(self) -> int:
         """Sum of every count added."""
-        return int(self.ps._run([(self.total_key, ("GET", self.total_key))])[0] or 0)
+        return int(self.ps.run([(self.total_key, ("GET", self.total_key))])[0] or 0)
 
     def _bucket_keys(self) -> list[bytes]:
         return sorted(k for k in scan_keys(self.ps, f"{self.tag}:*")
@@ -78,7 +78,7 @@ class Counters:
     def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (bucket, member, count), int64 arrays sorted by bucket then member (one HGETALL per bucket)."""
         keys = self._bucket_keys()
-        replies = self.ps._run([(k, ("HGETALL", k)) for k in keys]) if keys else []
+        replies = self.ps.run([(k, ("HGETALL", k)) for k in keys]) if keys else []
         b, m, c = [], [], []
         for key, flat in zip(keys, replies):
             if isinstance(flat, dict):
@@ -100,7 +100,7 @@ class Counters:
             self.add(b[lo:lo + 100_000], m[lo:lo + 100_000], c[lo:lo + 100_000])
 
     @staticmethod
-    def names(ps: ParameterServer) -> list[str]:
+    def names(ps: ParameterServerAPI) -> list[str]:
         """The counter sets present in ``ps``'s namespace."""
         prefix = f"{{{ps.namespace}:@cnt:"
         return sorted({k.decode()[len(prefix):].split("}", 1)[0] for k in scan_keys(ps, f"{prefix}*}}:@total")})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.types import Fence
 
 INT64_MAX = (1 << 63) - 1
@@ -41,7 +42,7 @@ def _key_text(key) -> str:
 class Covisit:
     """The item channel's keys in ``ps``'s namespace, the commands that update them and the reads of them."""
 
-    def __init__(self, ps):
+    def __init__(self, ps: ParameterServerAPI):
         self.ps = ps
         self.tag = "{" + f"{ps.namespace}:@co" + "}"
         self.degree_key = f"{self.tag}:deg"

@@ -2,8 +2,8 @@
 
 Lua spends ~3 µs per row rebuilding strings; a client-packed MSET costs what a raw MSET costs.
 The PS can pack whole rows itself when it knows the rows' current values, which it does right
-after pulling them (the learner's pull → compute → push cycle): :class:`RowCache` keeps the rows of
-the last few pulls and pushes per table (references to arrays the PS built anyway, no copies).
+after pulling them (the learner's pull → compute → push cycle): its row cache (:mod:`ps_redis.rowcache`) keeps
+the rows of the last few pulls and pushes per table (references to arrays the PS built anyway, no copies).
 A push qualifies when
 
 - mode is ``assign`` and the server is standalone (a cluster uses the per-slot-group Lua path),
@@ -28,70 +28,14 @@ offsets even when a command inside fails (see :func:`transact`).
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
 from ps_redis.codec import encode, row_dtype
 from ps_redis.connection import call
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.keys import check_table
 from ps_redis.types import NO_FENCE, Fence, as_ids
-
-
-class RowCache:
-    """Rows of recent pulls / pushes per table (structured arrays of ``row_dtype``); newest first."""
-
-    def __init__(self, depth: int = 4):
-        self.depth = depth
-        self._entries: dict[str, deque] = {}
-
-    def remember(self, table: str, ids: np.ndarray, rows: np.ndarray, keys: list[bytes] | None = None,
-                 new: np.ndarray | None = None) -> None:
-        """Record rows as they are stored now (the arrays must not be modified afterwards).
-
-        ``new`` marks rows that are not stored yet (a deferred create): the next fast push writes them
-        and adds them to the table's row counter.
-        """
-        if new is not None and not new.any():
-            new = None
-        self._entries.setdefault(table, deque(maxlen=self.depth)).appendleft([ids, rows, None, keys, new])
-
-    def forget(self, table: str | None = None) -> None:
-        """Drop cached rows (of one table or all): after delete / flush / load / server-side pushes."""
-        if table is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(table, None)
-
-    def lookup(self, table: str, ids: np.ndarray) -> tuple[np.ndarray, list | None, np.ndarray | None] | None:
-        """(rows for ``ids`` in order, keys or None, new-row mask or None), or None if any id is not cached.
-
-        ``keys`` are the row keys remembered with an entry holding exactly ``ids`` in this order.
-        """
-        entries = self._entries.get(table)
-        if not entries or not len(ids):
-            return None
-        entries = list(entries)  # a snapshot: other threads may pull (and append) meanwhile
-        first = entries[0]
-        if len(first[0]) == len(ids) and np.array_equal(first[0], ids):
-            return first[1], first[3], first[4]
-        out = np.empty(len(ids), dtype=first[1].dtype)
-        new = np.zeros(len(ids), dtype=bool)
-        todo = np.ones(len(ids), dtype=bool)
-        for entry in entries:
-            cids, crows, order, _, cnew = entry
-            if order is None:
-                order = entry[2] = np.argsort(cids, kind="stable")
-            sorted_ids = cids[order]
-            pos = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
-            hit = todo & (sorted_ids[pos] == ids)
-            out[hit] = crows[order[pos[hit]]]
-            if cnew is not None:
-                new[hit] = cnew[order[pos[hit]]]
-            todo &= ~hit
-            if not todo.any():
-                return out, None, new if new.any() else None
-        return None
 
 
 def mset_args(keys: list[bytes], rows: np.ndarray) -> list[bytes]:
@@ -125,14 +69,14 @@ def subcall(command: tuple) -> list:
     return [name, len(keys), len(args), *keys, *args]
 
 
-def transact(ps, keys: list[bytes], rows: list[np.ndarray], commands: list[tuple], fence: Fence | None) -> bool:
+def transact(ps: ParameterServerAPI, keys: list[bytes], rows: list[np.ndarray], commands: list[tuple], fence: Fence | None) -> bool:
     """Store whole ``rows`` at ``keys``, run ``commands`` and raise the offsets of ``fence`` (if it has any) in one
     ``FCALL lfm_write``: False (nothing written) when the fence is already covered.
 
     One Function call is all or nothing where a MULTI/EXEC is not: EXEC runs every queued command even when one
     fails (a Redis restarted without persistence answers ``FCALL lfm_activity`` with "Function not found" and
     still commits the rows and the offsets).  Without the library nothing runs; the PS reloads it and resends
-    (:meth:`ParameterServer._run`).  Offsets below ``fence.stored`` raise :class:`PSStateLost` (nothing written).
+    (:meth:`ParameterServer.run`).  Offsets below ``fence.stored`` raise :class:`PSStateLost` (nothing written).
     """
     fenced = fence is not None and bool(fence.offsets)
     fkeys = [ps.keys.fence(fence.group, fence.topic)] if fenced else []
@@ -143,17 +87,17 @@ def transact(ps, keys: list[bytes], rows: list[np.ndarray], commands: list[tuple
     all_keys = [*fkeys, *keys, *sub_keys]
     args = ("FCALL", "lfm_write", len(all_keys), *all_keys, *(fence.block() if fenced else NO_FENCE),
             len(values), *values, len(calls), *sub_parts)
-    return bool(ps._run([(all_keys[0] if all_keys else ps.keys.meta, args)])[0])
+    return bool(ps.run([(all_keys[0] if all_keys else ps.keys.meta, args)])[0])
 
 
-def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
+def assign(ps: ParameterServerAPI, packed: list, fence: Fence | None, now: float) -> bool | None:
     """``ps.push`` in assign mode as one MSET when every row is in the row cache, else None (Lua path)."""
     all_keys: list = []
     all_rows = []
     fresh = []
     counts: list[tuple] = []  # INCRBY of the row counters for rows created by this push
     for table, ids, mask, arr in packed:
-        hit = ps._rows.lookup(table, ids)
+        hit = ps.row_cache.lookup(table, ids)
         if hit is None:
             return None
         rows = apply_assign(hit[0], arr, mask, now)
@@ -164,18 +108,19 @@ def assign(ps, packed: list, fence: Fence | None, now: float) -> bool | None:
         if hit[2] is not None:
             counts.append(("INCRBY", ps.keys.counter(table), int(hit[2].sum())))
     if fence is None and not counts:
-        with ps._io():  # a lone unfenced MSET needs no Function
+        with ps.io():  # a lone unfenced MSET needs no Function
             call(ps.redis, "MSET", *mset_args(all_keys, np.concatenate(all_rows)))
         applied = True
     else:
         applied = transact(ps, all_keys, all_rows, counts, fence)
     if applied:
         for table, ids, rows, keys in fresh:
-            ps._rows.remember(table, ids.copy(), rows, keys)
+            ps.row_cache.remember(table, ids.copy(), rows, keys)
     return applied
 
 
-def write_rows(ps, tables: dict[str, tuple], fence: Fence | None, extra: list[tuple]) -> bool:
+def write_rows(ps: ParameterServerAPI, tables: dict[str, tuple], fence: Fence | None,
+               extra: list[tuple]) -> bool:
     """:meth:`ParameterServer.write_rows` on a standalone server."""
     now = time.time()
     all_keys: list = []
@@ -203,7 +148,7 @@ def write_rows(ps, tables: dict[str, tuple], fence: Fence | None, extra: list[tu
         return False
     applied = transact(ps, all_keys, all_rows, commands, fence)
     for table, ids, rows, keys in written:
-        ps._rows.forget(table)
+        ps.row_cache.forget(table)
         if applied:
-            ps._rows.remember(table, ids.copy(), rows, keys)
+            ps.row_cache.remember(table, ids.copy(), rows, keys)
     return applied

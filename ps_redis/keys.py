@@ -104,6 +104,14 @@ class KeySpace:
         return [(int(shard_of[part[0]]), part) for part in np.split(order, cuts) if len(part)] \
             if len(ids) else []
 
+    def slot_groups(self, table: str, ids: np.ndarray) -> list[tuple[list[bytes], np.ndarray, str]]:
+        """(row keys, positions into ``ids``, row counter key) per single-slot group: one group standalone, one per
+        shard group present on a cluster (what one Function call may touch)."""
+        if not self.shards:
+            return [(self.row_keys(table, ids), np.arange(len(ids)), self.counter(table))]
+        return [(self.shard_keys(table, shard, ids[pos]), pos, self.counter(table, shard))
+                for shard, pos in self.groups(table, ids)]
+
     def shard_keys(self, table: str, shard: int, ids: np.ndarray) -> list[bytes]:
         """Keys of rows that all belong to one shard group."""
         return list(map((self.prefix(table, shard).encode() + b"%d").__mod__, ids.tolist()))

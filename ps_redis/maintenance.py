@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ps_redis.connection import node_clients
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.keys import KeySpace
 from ps_redis.types import Rows
 
-if TYPE_CHECKING:
-    from ps_redis.server import ParameterServer
 
-
-def scan_keys(ps: "ParameterServer", pattern: str) -> set[bytes]:
+def scan_keys(ps: ParameterServerAPI, pattern: str) -> set[bytes]:
     """Every key matching the SCAN MATCH ``pattern``, on every primary (each once)."""
     found = set()
-    with ps._io():
+    with ps.io():
         for node in node_clients(ps.redis, ps.is_cluster):
             found.update(node.scan_iter(match=pattern, count=1000))
     return found
 
 
-def tables(ps: "ParameterServer") -> list[str]:
+def tables(ps: ParameterServerAPI) -> list[str]:
     """Names of the tables that hold rows (or once did): from the row-counter keys."""
     pattern = f"{{{ps.namespace}:*}}:@n" if ps.keys.shards else f"{ps.namespace}:@n:*"
     found = {k.decode()[1:].split(":")[1] if ps.keys.shards else k.decode().rsplit(":", 1)[1]
@@ -32,7 +29,7 @@ def tables(ps: "ParameterServer") -> list[str]:
     return sorted(t for t in found if not t.startswith("@"))
 
 
-def scan(ps: "ParameterServer", table: str, chunk: int) -> Iterator[Rows]:
+def scan(ps: ParameterServerAPI, table: str, chunk: int) -> Iterator[Rows]:
     """Rows of ``table`` in chunks of up to ``chunk``, each id once (SCAN may repeat keys)."""
     pattern = ps.keys.scan_patterns(table)[0]
     seen: set[int] = set()
@@ -40,7 +37,7 @@ def scan(ps: "ParameterServer", table: str, chunk: int) -> Iterator[Rows]:
         batch: list[int] = []
         cursor = None
         while cursor != 0:
-            with ps._io():
+            with ps.io():
                 cursor, keys = node.scan(cursor or 0, match=pattern, count=chunk)
             for key in keys:
                 hid = KeySpace.id_of(key)
@@ -54,7 +51,7 @@ def scan(ps: "ParameterServer", table: str, chunk: int) -> Iterator[Rows]:
             yield _present(ps, table, batch)
 
 
-def _present(ps: "ParameterServer", table: str, ids: list[int]) -> Rows:
+def _present(ps: ParameterServerAPI, table: str, ids: list[int]) -> Rows:
     rows = ps.pull(table, np.array(ids, dtype=np.int64), create=False)
     if rows.found.all():
         return rows
@@ -63,10 +60,10 @@ def _present(ps: "ParameterServer", table: str, ids: list[int]) -> Rows:
     return Rows(**{f: getattr(rows, f)[keep] for f in fields})
 
 
-def flush(ps: "ParameterServer") -> int:
+def flush(ps: ParameterServerAPI) -> int:
     """UNLINK every key of the namespace on every primary; returns keys deleted."""
     n = 0
-    with ps._io():
+    with ps.io():
         for node in node_clients(ps.redis, ps.is_cluster):
             for pattern in ps.keys.namespace_patterns():
                 pipe = node.pipeline(transaction=False)

@@ -3,45 +3,42 @@
 A standalone server gets one MGET over every key of every table; a cluster one MGET per slot group,
 pipelined per node.  Unseen ids get seeded fresh rows (:func:`ps_redis.codec.new_rows`), stored
 set-if-absent in one more pipelined round trip (or, with ``defer_create``, left to the next assign
-push), and the rows as stored go to the PS's row cache (see :mod:`ps_redis.fastpath`).
+push), and the rows as stored go to the PS's row cache (:mod:`ps_redis.rowcache`, read by :mod:`ps_redis.fastpath`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ps_redis.codec import decode, new_rows
 from ps_redis.connection import call
+from ps_redis.interface import ParameterServerAPI
 from ps_redis.keys import check_table
 from ps_redis.types import Rows, as_ids, empty_rows
 
-if TYPE_CHECKING:
-    from ps_redis.server import ParameterServer
 
-
-def pull_many(ps: "ParameterServer", requests: dict, create: bool, defer_create: bool) -> dict[str, Rows]:
+def pull_many(ps: ParameterServerAPI, requests: dict, create: bool, defer_create: bool) -> dict[str, Rows]:
     """:meth:`ParameterServer.pull_many`: rows of several tables, unseen ids created (or deferred) and cached."""
     asked = []
     for table, req in requests.items():
         ids, raw = req if isinstance(req, tuple) else (req, None)
         asked.append((check_table(table), as_ids(ids), raw))
     # (table, keys, positions) per MGET: one over all tables standalone, one per slot group on a cluster
-    groups = [(t, keys, pos) for t, ids, _ in asked if len(ids) for keys, pos, _ in ps._groups(t, ids)]
+    groups = [(t, keys, pos) for t, ids, _ in asked if len(ids) for keys, pos, _ in ps.keys.slot_groups(t, ids)]
     keys_of = {t: [b""] * len(ids) for t, ids, _ in asked}
     vals_of = {t: [None] * len(ids) for t, ids, _ in asked}
     if groups and not ps.keys.shards:  # the hot path: one MGET
         flat = [k for _, keys, _ in groups for k in keys]
-        with ps._io():
+        with ps.io():
             values = call(ps.redis, "MGET", *flat)
         at = 0
         for t, keys, _ in groups:
             keys_of[t], vals_of[t] = keys, values[at: at + len(keys)]
             at += len(keys)
     elif groups:
-        replies = ps._run([(keys[0], ("MGET", *keys)) for _, keys, _ in groups])
+        replies = ps.run([(keys[0], ("MGET", *keys)) for _, keys, _ in groups])
         for (t, gkeys, pos), vals in zip(groups, replies):
             for p, k, v in zip(pos.tolist(), gkeys, vals):
                 keys_of[t][p], vals_of[t][p] = k, v
@@ -66,12 +63,12 @@ def pull_many(ps: "ParameterServer", requests: dict, create: bool, defer_create:
             rows = rows.copy()
             rows[missing[t]] = created[t]
         if create or found.all():
-            ps._rows.remember(t, ids.copy(), rows, keys_of[t], ~found if defer and t in missing else None)
+            ps.row_cache.remember(t, ids.copy(), rows, keys_of[t], ~found if defer and t in missing else None)
         out[t] = Rows.from_struct(ids, rows, found)
     return out
 
 
-def create_many(ps: "ParameterServer", todo: dict[str, tuple[np.ndarray, np.ndarray, list[bytes]]]
+def create_many(ps: ParameterServerAPI, todo: dict[str, tuple[np.ndarray, np.ndarray, list[bytes]]]
                 ) -> dict[str, np.ndarray]:
     """Store fresh rows set-if-absent (one pipelined round trip); returns the rows as stored.
 
@@ -80,12 +77,12 @@ def create_many(ps: "ParameterServer", todo: dict[str, tuple[np.ndarray, np.ndar
     """
     commands, where = [], []
     for table, (ids, fresh, keys) in todo.items():
-        for gkeys, pos, counter in ps._groups(table, ids):
+        for gkeys, pos, counter in ps.keys.slot_groups(table, ids):
             commands.append((counter, ("FCALL", "lfm_create", len(gkeys) + 1, counter, *gkeys,
                                        ps.dim, fresh[pos].tobytes())))
             where.append((table, pos))
     out = {t: fresh.copy() for t, (_, fresh, _) in todo.items()}
-    for (table, pos), values in zip(where, ps._run(commands)):
+    for (table, pos), values in zip(where, ps.run(commands)):
         keys = todo[table][2]
         stored, _ = decode(values, [keys[p] for p in pos.tolist()], ps.dim)
         out[table][pos] = stored

@@ -14,7 +14,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ps_redis.codec import CorruptRowError, row_size
 from ps_redis.connection import PSError, PSStateLost, connect, mask_url, node_clients, run, translate_errors
 from ps_redis.functions import load_library
 from ps_redis.keys import KeySpace, check_namespace, check_table
+from ps_redis.rowcache import RowCache
 from ps_redis.types import NO_FENCE, SEQ_FIELD, Fence, Rows, Update, as_ids, pack_update
 
 DEFAULT_SHARDS = 32  # shard groups per table on a cluster
@@ -90,7 +92,7 @@ class ParameterServer:
     def _setup(self, dim: int | None, init_scale: float | None, seed: int | None, shards: int | None) -> None:
         namespace, url = self.namespace, self.url
         self.load_functions()
-        with self._io():
+        with self.io():
             meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(KeySpace(namespace).meta).items()}
         if dim is None and "dim" not in meta:
             raise PSError(f"namespace {namespace!r} at {mask_url(url)} is empty; give dim")
@@ -110,7 +112,7 @@ class ParameterServer:
         self.keys = KeySpace(namespace, int(shards))
         self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
         self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
-        self._rows = fastpath.RowCache()
+        self.row_cache = RowCache()  # rows of recent pulls / pushes: what the assign fast path builds rows from
         self._write_meta()
 
     def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
@@ -121,7 +123,7 @@ class ParameterServer:
         return self
 
     def _write_meta(self) -> None:
-        with self._io():
+        with self.io():
             self.redis.hset(self.keys.meta, mapping={
                 "dim": self.dim, "shards": self.keys.shards, "init_scale": repr(self.init_scale),
                 "seed": self.seed, "layout": "vec f32[dim] | bias f32 | accum f32[dim+1] | count i64 | "
@@ -134,13 +136,23 @@ class ParameterServer:
         """Close the connections (the instance stays registered; see :meth:`reset_instances`)."""
         self.redis.close()
 
-    def _io(self):
+    # ------------------------------------------------------------------------------------ raw I/O
+    def io(self) -> AbstractContextManager[None]:
+        """Context for direct redis-py calls on :attr:`redis` (``with ps.io(): ps.redis.get(key)``): connection
+        errors, raised after redis-py's retries with backoff, become :class:`PSConnectionError` and refused
+        credentials :class:`PSAuthError`, each naming the URL (password masked)."""
         return translate_errors(self.url, self.retries)
 
-    def _run(self, commands: list[tuple[str | bytes, tuple]]) -> list:
-        """Run commands (see :func:`ps_redis.connection.run`); reload the Function library once if a
-        server lost it (restart without persistence) and resend only the commands that failed so."""
-        with self._io():
+    def run(self, commands: Sequence[tuple[str | bytes, tuple]]) -> list:
+        """Run ``(routing key, (command, *args))`` pairs in one round trip per node; replies in order.
+
+        On a cluster each command touches the one slot of its routing key (see :func:`ps_redis.connection.run`).
+        A server that lost the Function library (a restart without persistence) gets it again and only the
+        commands that failed so are resent.  The first error is raised after every reply was read: a row that
+        is not a packed row as :class:`CorruptRowError`, offsets behind the writer's as :class:`PSStateLost`,
+        anything else as the ``redis.ResponseError``.
+        """
+        with self.io():
             out = run(self.redis, self.is_cluster, commands, raise_on_error=False)
             lost = [i for i, r in enumerate(out)
                     if isinstance(r, redis.ResponseError) and "Function not found" in str(r)]
@@ -159,17 +171,9 @@ class ParameterServer:
 
     def load_functions(self) -> None:
         """FUNCTION LOAD REPLACE the ``lfm`` library on every primary (done at start and after a restart)."""
-        with self._io():
+        with self.io():
             for node in node_clients(self.redis, self.is_cluster):
                 load_library(node)
-
-    # ------------------------------------------------------------------------------------- groups
-    def _groups(self, table: str, ids: np.ndarray) -> list[tuple[list[bytes], np.ndarray, str]]:
-        """(row keys, positions into ids, counter key) per single-slot group."""
-        if not self.keys.shards:
-            return [(self.keys.row_keys(table, ids), np.arange(len(ids)), self.keys.counter(table))]
-        return [(self.keys.shard_keys(table, s, ids[pos]), pos, self.keys.counter(table, s))
-                for s, pos in self.keys.groups(table, ids)]
 
     # --------------------------------------------------------------------------------------- pull
     def pull(self, table: str, ids, raw_ids=None, create: bool = True) -> Rows:
@@ -225,18 +229,18 @@ class ParameterServer:
             if done is not None:
                 return done
         for table, _, _, _ in packed:
-            self._rows.forget(table)  # the server changes these rows: cached copies are stale now
+            self.row_cache.forget(table)  # the server changes these rows: cached copies are stale now
         if not self.keys.shards:
             args = self._push_args(packed, mode, now, fence)
-            return bool(self._run([(args[3], args)])[0])
-        if fence is not None and self._covered(fence, bounds=True):
+            return bool(self.run([(args[3], args)])[0])
+        if fence is not None and self.covered(fence, bounds=True):
             return False  # e.g. a replay after load(): the shard groups' own offsets are gone
         commands = self._shard_commands(packed, mode, now, fence)
-        applied = any(self._run(commands)) if commands else True  # a fence-only push moves the offsets
+        applied = any(self.run(commands)) if commands else True  # a fence-only push moves the offsets
         if fence is not None:
             fkey = self.keys.fence(fence.group, fence.topic)
             block = fence.block()
-            self._run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, *block))])
+            self.run([(fkey, ("FCALL", "lfm_fence_max", 1, fkey, *block))])
         return applied
 
     def _pack_updates(self, updates: dict[str, Update], mode: str) -> list[tuple]:
@@ -278,7 +282,7 @@ class ParameterServer:
 
     def _shard_commands(self, packed: list, mode: str, now: float, fence: Fence | None) -> list:
         """Cluster layout: one ``lfm_push`` per (table, shard group), each with its own offsets copy (the writer's
-        bounds are checked on the namespace's offsets, by :meth:`_covered` and ``lfm_fence_max``)."""
+        bounds are checked on the namespace's offsets, by :meth:`covered` and ``lfm_fence_max``)."""
         block = Fence(fence.group, fence.topic, fence.offsets).block() if fence is not None else NO_FENCE
         commands = []
         for table, ids, mask, arr in packed:
@@ -290,9 +294,10 @@ class ParameterServer:
                                             *block, 1, len(rkeys), mask, arr[pos].tobytes())))
         return commands
 
-    def _covered(self, fence: Fence, bounds: bool = False) -> bool:
-        """Whether the namespace's stored offsets cover ``fence``; with ``bounds``, :class:`PSStateLost` when they
-        are below the fence's ``stored`` bounds."""
+    def covered(self, fence: Fence, bounds: bool = False) -> bool:
+        """Whether the namespace's stored offsets cover ``fence`` (every partition's at or past the fence's): a
+        fenced write of it would be skipped.  With ``bounds``, :class:`PSStateLost` when they are below the
+        fence's ``stored`` bounds."""
         key = self.keys.fence(fence.group, fence.topic)
         stored = self.fence_offsets([key])[0]
         if bounds:
@@ -324,7 +329,7 @@ class ParameterServer:
 
     def _fence_hashes(self, keys: list[str]) -> list[tuple[dict[int, int], dict[int, int]]]:
         """(offsets, event seqs) stored at each fence key, one round trip."""
-        with self._io():
+        with self.io():
             pipe = self.redis.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
@@ -342,10 +347,10 @@ class ParameterServer:
         """Delete rows; returns how many existed."""
         check_table(table)
         ids = np.unique(as_ids(ids))
-        self._rows.forget(table)
+        self.row_cache.forget(table)
         commands = [(counter, ("FCALL", "lfm_delete", len(keys) + 1, counter, *keys))
-                    for keys, _, counter in self._groups(table, ids)] if len(ids) else []
-        n = int(sum(self._run(commands)))
+                    for keys, _, counter in self.keys.slot_groups(table, ids)] if len(ids) else []
+        n = int(sum(self.run(commands)))
         self._new_epoch()
         return n
 
@@ -356,7 +361,7 @@ class ParameterServer:
             counters = [self.keys.counter(table)]
         else:
             counters = [self.keys.counter(table, s) for s in range(self.keys.shards)]
-        return int(sum(int(v or 0) for v in self._run([(c, ("GET", c)) for c in counters])))
+        return int(sum(int(v or 0) for v in self.run([(c, ("GET", c)) for c in counters])))
 
     def tables(self) -> list[str]:
         """Names of the tables that hold rows (or once did)."""
@@ -375,10 +380,10 @@ class ParameterServer:
         """Overwrite whole rows (structured array of :func:`ps_redis.codec.row_dtype`); returns rows created."""
         check_table(table)
         ids = as_ids(ids)
-        self._rows.forget(table)
+        self.row_cache.forget(table)
         commands = [(counter, ("FCALL", "lfm_put", len(keys) + 1, counter, *keys, self.dim, rows[pos].tobytes()))
-                    for keys, pos, counter in self._groups(table, ids)] if len(ids) else []
-        n = int(sum(self._run(commands)))
+                    for keys, pos, counter in self.keys.slot_groups(table, ids)] if len(ids) else []
+        n = int(sum(self.run(commands)))
         self._new_epoch()
         return n
 
@@ -387,7 +392,7 @@ class ParameterServer:
 
         The instance stays usable (its ``@meta`` is written again).
         """
-        self._rows.forget()
+        self.row_cache.forget()
         n = maintenance.flush(self)
         self._write_meta()
         self._new_epoch()
@@ -396,12 +401,12 @@ class ParameterServer:
     def epoch(self) -> str | None:
         """Token that changes whenever rows change other than by push / write_rows (delete, put_rows, load,
         flush): a process holding rows it pulled drops them when it moves."""
-        with self._io():
+        with self.io():
             v = self.redis.get(self.keys.epoch)
         return None if v is None else v.decode()
 
     def _new_epoch(self) -> None:
-        with self._io():
+        with self.io():
             self.redis.set(self.keys.epoch, uuid.uuid4().hex[:12])
 
     def save(self, path: str | Path) -> Path:

@@ -23,25 +23,22 @@ The activity log's change stream is not saved: after ``load`` a reader's old cur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ps_redis.activity import ActivityLog
 from ps_redis.codec import row_dtype
+from ps_redis.counters import Counters
+from ps_redis.interface import ParameterServerAPI
+from ps_redis.maintenance import scan_keys
 from ps_redis.types import SEQ_FIELD
-
-if TYPE_CHECKING:
-    from ps_redis.server import ParameterServer
 
 FIELDS = ("vec", "bias", "accum", "count", "updated", "raw")
 
 
-def save(ps: "ParameterServer", path: str | Path) -> Path:
+def save(ps: ParameterServerAPI, path: str | Path) -> Path:
     """Write every table, the stored offsets, the activity log and the counter sets of ``ps``'s namespace to
     ``path``."""
-    from ps_redis.activity import ActivityLog
-    from ps_redis.counters import Counters
-
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
@@ -86,20 +83,15 @@ def save(ps: "ParameterServer", path: str | Path) -> Path:
     return path
 
 
-def fence_names(ps: "ParameterServer") -> list[tuple[str, str]]:
+def fence_names(ps: ParameterServerAPI) -> list[tuple[str, str]]:
     """(group, topic) of every stored offsets hash of the namespace."""
-    from ps_redis.maintenance import scan_keys
-
     prefix = f"{ps.namespace}:@fence:"
     # topics never contain ':'
     return sorted(tuple(key.decode()[len(prefix):].rsplit(":", 1)) for key in scan_keys(ps, prefix + "*"))
 
 
-def load(ps: "ParameterServer", path: str | Path) -> None:
+def load(ps: ParameterServerAPI, path: str | Path) -> None:
     """Flush ``ps``'s namespace and restore the content of ``path`` (rows bit-exact)."""
-    from ps_redis.activity import ActivityLog
-    from ps_redis.counters import Counters
-
     with np.load(Path(path), allow_pickle=False) as z:
         dim = int(z["dim"])
         if dim != ps.dim:
@@ -120,7 +112,7 @@ def load(ps: "ParameterServer", path: str | Path) -> None:
         fences.setdefault((g, t), {})[str(int(p))] = int(o)
         if q >= 0:
             fences[(g, t)][f"{SEQ_FIELD}{int(p)}"] = int(q)
-    with ps._io():
+    with ps.io():
         for (g, t), offs in fences.items():
             ps.redis.hset(ps.keys.fence(g, t), mapping=offs)
     ActivityLog(ps).restore(data["seen.user"], data["seen.movie"], data["popular.movie"], data["popular.count"])

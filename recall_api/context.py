@@ -99,7 +99,7 @@ class ContextReader:
         """(keys, raw replies) of one pipelined read over the PS's connection (one round trip per node)."""
         keys = self.keys(ps, user_id)
         cmds = [(keys[0], ("GET", keys[0])), (keys[1], ("SMEMBERS", keys[1])), (keys[2], ("GET", keys[2]))]
-        with ps._io():
+        with ps.io():
             return keys, run(ps.redis, ps.is_cluster, cmds)
 
     def read(self, ps, user_id: int) -> tuple:

@@ -75,7 +75,7 @@ def scan_items(ps, chunk: int, stats: RefreshStats) -> Iterator[Rows]:
         batch: list[int] = []
         cursor = None
         while cursor != 0:
-            with ps._io():
+            with ps.io():
                 cursor, keys = node.scan(cursor or 0, match=pattern, count=chunk)
             for key in keys:
                 hid = KeySpace.id_of(key)

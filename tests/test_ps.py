@@ -46,6 +46,22 @@ def test_singleton_per_url_namespace_dim(redis_url, namespace, ps):
     other.flush()
 
 
+def test_public_interface_of_the_helpers(ps):
+    """The server has every member of ``ParameterServerAPI`` (what its helper modules are typed with), and the raw
+    I/O part of it works: ``covered`` reads the stored offsets, ``io`` wraps direct calls, ``run`` pipelines."""
+    from ps_redis.interface import ParameterServerAPI
+
+    assert isinstance(ps, ParameterServerAPI)
+    fence = Fence("g", "t", {0: 5})
+    assert not ps.covered(fence)
+    assert ps.push({}, fence=fence) is True
+    assert ps.covered(fence) and not ps.covered(Fence("g", "t", {0: 6}))
+    with ps.io():
+        assert ps.redis.hget(ps.keys.fence("g", "t"), "0") == b"5"
+    assert ps.run([(ps.keys.meta, ("HGET", ps.keys.meta, "dim")), (ps.keys.meta, ("HGET", ps.keys.meta, "seed"))]) \
+        == [str(DIM).encode(), b"7"]
+
+
 # ---------------------------------------------------------------------------------------- pull
 def test_pull_creates_seeded_rows_once(ps):
     ids = ids_of(11, 12, 11, 13)
@@ -108,7 +124,7 @@ def test_push_assign_sets_values_and_adds_count(ps, fast):
     ids = ids_of(1, 2, 3)
     before = ps.pull("item", ids, raw_ids=ids_of(10, 20, 30))
     if not fast:
-        ps._rows.forget()  # as if another process had pulled: the server-side path runs
+        ps.row_cache.forget()  # as if another process had pulled: the server-side path runs
     assert ps.push({"item": full_update(ids, 0.5)}, mode="assign") is True
     assert ps.push({"item": full_update(ids, 0.25)}, mode="assign") is True
     rows = ps.pull("item", ids)
@@ -179,7 +195,7 @@ def test_fenced_push_is_idempotent(ps, mode, fast):
     ids = ids_of(1, 2, 3)
     ps.pull("item", ids)
     if not fast:
-        ps._rows.forget()
+        ps.row_cache.forget()
     fence = Fence("learner", "ratings", {0: 100, 1: 50})
     assert ps.push({"item": full_update(ids, 0.5)}, mode=mode, fence=fence) is True
     keys = [ps.keys.row_key("item", i) for i in ids]
@@ -206,7 +222,7 @@ def test_fence_stores_event_seqs_with_the_offsets(ps, tmp_path, path):
             return ps.write_rows({"item": (ids, rows, np.ones(2, bool))}, fence=fence)
         ps.pull("item", ids)
         if path == "lua assign":
-            ps._rows.forget()
+            ps.row_cache.forget()
         return ps.push({"item": full_update(ids, 0.5)}, mode="gradient" if path == "gradient" else "assign",
                        fence=fence)
 
@@ -332,7 +348,7 @@ def test_connection_refused_names_masked_url_after_retries():
 
 def test_auth_through_the_url(tmp_path, namespace):
     from lfm_local.stack import RedisServer
-    from ps_redis import PSConnectionError
+    from ps_redis.connection import PSAuthError
 
     class AuthRedis(RedisServer):
         def ready(self, timeout: float) -> None:  # PING without the password would be refused
@@ -344,9 +360,9 @@ def test_auth_through_the_url(tmp_path, namespace):
         good = f"redis://:s3cret@127.0.0.1:{srv.port}/0"
         ps = ParameterServer.get(good, namespace, dim=4)
         assert ps.pull("item", ids_of(1)).vec.shape == (1, 4)
-        with pytest.raises(PSConnectionError, match=r"redis://:\*\*\*@127.0.0.1"):
+        with pytest.raises(PSAuthError, match=r"redis://:\*\*\*@127.0.0.1.*authentication failed"):
             ParameterServer.get(f"redis://:wrong@127.0.0.1:{srv.port}/0", namespace, dim=4, retries=0)
-        with pytest.raises(PSConnectionError):
+        with pytest.raises(PSAuthError):
             ParameterServer.get(f"redis://127.0.0.1:{srv.port}/0", namespace, dim=4, retries=0)
         # an ACL user through the URL
         redis.Redis(port=srv.port, password="s3cret").acl_setuser(

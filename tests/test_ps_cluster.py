@@ -110,7 +110,7 @@ def test_cluster_replay_after_a_crash_mid_push_applies_each_row_once(cps):
     fence = Fence("learner", "ratings", {0: 42})
     commands = cps._shard_commands([("item", *pack_update("item", step, DIM, "gradient"))], "gradient", 0.0, fence)
     assert len(commands) == 32
-    cps._run(commands[:10])  # ... and the process dies here: global offsets not raised yet
+    cps.run(commands[:10])  # ... and the process dies here: global offsets not raised yet
     assert cps.offsets("learner", "ratings") == {}
     assert cps.push({"item": step}, mode="gradient", fence=fence) is True  # the replay
     rows = cps.pull("item", ids)
