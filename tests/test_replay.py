@@ -270,3 +270,16 @@ def test_start_ts_iso_date_max_events_and_speedup(data, expected, bootstrap, top
     s = summary_of(capsys.readouterr().out)
     assert (s["start"], s["events"], s["resume"]) == (first, 100, first + 100)
     assert [m.value for m in consume(bootstrap, topic, expect=100)[0]] == values[first:first + 100]
+
+
+@pytest.mark.parametrize("flags, said", [
+    ([], "idempotent producer on: the broker deduplicates the producer's own retries"),
+    (["--acks", "1"], "idempotent producer off: it needs acks=all (--acks 1); every record still carries its lfm-seq"),
+    (["--no-idempotent"], "idempotent producer off: turned off; every record still carries its lfm-seq header"),
+])
+def test_the_replay_says_whether_its_producer_is_idempotent(data, expected, bootstrap, topic, capsys, flags, said):
+    assert main(["--data-dir", str(data), "--bootstrap", bootstrap, "--topic", topic, "--rate", "0", "--max-events",
+                 "50", "--state-file", str(data.parent / "st.json"), *flags]) == 0
+    assert said in capsys.readouterr().err
+    got = consume(bootstrap, topic, expect=50)[0]
+    assert [seq_of(m.headers) for m in got] == list(range(50))  # numbered either way
