@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     from learner.config import BACKENDS
     from lfm_stream.config import (DEFAULT_NAMESPACE, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, NAMESPACE_ENV, REDIS_URL_ENV,
                                    TOPIC_ENV, default_bootstrap, default_redis_url, env_default, env_help)
+    from lfm_stream import kafka_security
     from lfm_stream.version import add_version_flag
 
     p = argparse.ArgumentParser(prog="lfm-items", description=__doc__.split("\n\n")[0],
@@ -287,10 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-records", type=int, default=10000, help="most records per poll")
     p.add_argument("--window-events", type=int, default=50000,
                    help="most records per fenced write while a backlog drains (caught up: every poll)")
+    p.add_argument("--retry-budget", type=float, default=float(env_default("LFM_RETRY_BUDGET", "60")),
+                   help=env_help("seconds the Kafka broker may stay away before the worker stops with an error "
+                                 "(0 = wait forever)", "LFM_RETRY_BUDGET"))
     defaults = ScoreContract()
     for name in ("pair_window", "recent_items", "neighbors", "neighbor_hold", "bucket_events"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                        help=f"score contract: {name}")
+    kafka_security.add_arguments(p)
     return p
 
 
@@ -300,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()  # before InputFn imports TensorFlow
     args = build_parser().parse_args(argv)
     try:
+        from lfm_stream import kafka_security
+
         cfg = LearnerConfig(redis_url=args.redis_url, bootstrap=args.bootstrap, topic=args.topic, group=args.group,
                             namespace=args.namespace, backend=args.backend,
                             session_timeout_ms=args.session_timeout_ms, max_events=args.max_events,
-                            idle_timeout=args.idle_timeout)
+                            idle_timeout=args.idle_timeout, retry_budget_s=args.retry_budget,
+                            kafka_security=kafka_security.from_args(args))
         contract = ScoreContract(pair_window=args.pair_window, recent_items=args.recent_items,
                                  neighbors=args.neighbors, neighbor_hold=max(args.neighbor_hold, args.neighbors),
                                  bucket_events=args.bucket_events)
@@ -316,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     worker = ItemChannel(cfg, contract, poll_records=args.poll_records, window_events=args.window_events)
     worker.contract = worker.published_contract(contract)
-    worker.run()
+    from learner.kafka_guard import KafkaFailure
+
+    try:
+        worker.run()
+    except KafkaFailure as exc:  # the broker stayed away past --retry-budget
+        print(f"lfm-items: error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
