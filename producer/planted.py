@@ -21,12 +21,7 @@ ratings each, ``M`` movies with ground-truth factors ``q_i`` and users' ``p_u``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from producer.synthetic import SyntheticConfig
 
 YEAR = 365.25 * 86400
 DRIFT_ROUNDS = 4
@@ -85,9 +80,14 @@ class ClusterSampler:
         return self.by_cluster[np.clip(pos, start, end - 1)]
 
 
-def events(counts: np.ndarray, p_u: np.ndarray, q_i: np.ndarray, cfg: SyntheticConfig,
-           rng: np.random.Generator) -> dict[str, np.ndarray]:
+def events(counts: np.ndarray, p_u: np.ndarray, q_i: np.ndarray, rng: np.random.Generator, *, years: float,
+           n_clusters: int, popularity_s: float, session_mean: float, half_life: float, focus: float
+           ) -> dict[str, np.ndarray]:
     """Distinct (user, movie) pairs, ``counts[u]`` per user, with times; see the module docstring.
+
+    The keyword arguments are the planted fields of ``producer.synthetic.SyntheticConfig``: ``years`` of log,
+    ``n_clusters`` (K), ``popularity_s`` (the Zipf exponent), ``session_mean`` (mean ratings per session),
+    ``half_life`` (years) and ``focus``.
 
     Returns:
         ``user``, ``movie`` (indices) and ``seconds`` (float, from the start of the log), in (user, time) order;
@@ -95,22 +95,22 @@ def events(counts: np.ndarray, p_u: np.ndarray, q_i: np.ndarray, cfg: SyntheticC
         pairs came from the uniform fill.
     """
     u, m = len(counts), len(q_i)
-    span = cfg.years * YEAR
-    half_life = cfg.half_life * YEAR
+    span = years * YEAR
+    half_life_s = half_life * YEAR
     start = rng.uniform(0, span * 0.95, u)
     duration = np.minimum(span - start, rng.exponential(span / 10, u) + 3600)
-    cluster = clusters(q_i, cfg.clusters, rng)
-    centroid = np.zeros((cfg.clusters, q_i.shape[1]))
+    cluster = clusters(q_i, n_clusters, rng)
+    centroid = np.zeros((n_clusters, q_i.shape[1]))
     np.add.at(centroid, cluster, q_i)
-    centroid /= np.maximum(np.bincount(cluster, minlength=cfg.clusters), 1)[:, None]
+    centroid /= np.maximum(np.bincount(cluster, minlength=n_clusters), 1)[:, None]
     affinity = p_u @ centroid.T
     affinity /= affinity.std() or 1.0
-    zipf = 1.0 / np.arange(1, m + 1) ** cfg.popularity_s
+    zipf = 1.0 / np.arange(1, m + 1) ** popularity_s
     base = (0.8 * zipf / zipf.sum() + 0.2 / m)[rng.permutation(m)]  # movie index -> base weight
-    release = rng.uniform(-3 * half_life, span, m)
-    width = half_life / BINS_PER_HALF_LIFE
-    drift = ClusterSampler(weight_table(base, release, width, span, half_life), cluster, cfg.clusters)
-    catalogue = ClusterSampler(weight_table(base, release, width, span), cluster, cfg.clusters)
+    release = rng.uniform(-3 * half_life_s, span, m)
+    width = half_life_s / BINS_PER_HALF_LIFE
+    drift = ClusterSampler(weight_table(base, release, width, span, half_life_s), cluster, n_clusters)
+    catalogue = ClusterSampler(weight_table(base, release, width, span), cluster, n_clusters)
 
     kept_user, kept_movie, kept_seconds = [], [], []
     taken = np.empty(0, dtype=np.int64)
@@ -122,7 +122,7 @@ def events(counts: np.ndarray, p_u: np.ndarray, q_i: np.ndarray, cfg: SyntheticC
         draws = np.ceil(need[needy] * (1.3 if rounds == 0 else 2.0)).astype(np.int64) + 4
         du = np.repeat(needy, draws)
         first = np.concatenate([[0], np.cumsum(draws)[:-1]])
-        new_session = rng.random(len(du)) < 1.0 / cfg.session_mean
+        new_session = rng.random(len(du)) < 1.0 / session_mean
         new_session[first] = True
         session = np.cumsum(new_session) - 1
         su = du[new_session]
@@ -134,7 +134,7 @@ def events(counts: np.ndarray, p_u: np.ndarray, q_i: np.ndarray, cfg: SyntheticC
         if rounds < DRIFT_ROUNDS + CATALOGUE_ROUNDS:
             sampler = drift if rounds < DRIFT_ROUNDS else catalogue
             b = np.minimum((when // width).astype(np.int64), sampler.n_bins - 1)
-            k = sampler.clusters(cfg.focus * affinity[su], b, rng)
+            k = sampler.clusters(focus * affinity[su], b, rng)
             movie = sampler.movies(k[session], b[session], rng)
         else:
             movie = rng.integers(0, m, len(du))

@@ -165,7 +165,8 @@ def run(cfg: ReplayConfig, stop: Stop | None = None, progress_tty: bool | None =
         summary.resume = pub.acked
         summary.events = pub.acked - start
         summary.last_ts = None if pub.last_acked_ts_ms is None else pub.last_acked_ts_ms // 1000
-        err = save_position(cfg.state_path, cfg.publish.topic, manifest, summary, cfg.publish.bootstrap)
+        err = save_position(cfg.state_path, cfg.publish.topic, manifest, cfg.publish.bootstrap,
+                            next_index=summary.resume, total=summary.total, last_ts=summary.last_ts)
         if err and not save_error:
             save_error = err
             progress.message(err)

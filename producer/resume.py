@@ -18,13 +18,9 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from producer.manifest import DataError, Manifest
 from producer.stream import start_index_for_ts
-
-if TYPE_CHECKING:  # only for the annotation: producer.replay imports this module
-    from producer.replay import Summary
 
 STATE_NAME = "replay-state.json"
 
@@ -45,15 +41,26 @@ def load_position(path: Path, topic: str, manifest: Manifest) -> int:
     return pos
 
 
-def save_position(path: Path, topic: str, manifest: Manifest, summary: Summary, bootstrap: str) -> str | None:
-    """Write the resume position atomically; returns an error text instead of raising."""
+def save_position(path: Path, topic: str, manifest: Manifest, bootstrap: str, *, next_index: int, total: int,
+                  last_ts: int | None) -> str | None:
+    """Write the resume position atomically; returns an error text instead of raising.
+
+    Args:
+        path: the state file (other topics' entries in it are kept).
+        topic: whose position this is.
+        manifest: the data set the position counts in (its digest is stored with it).
+        bootstrap: the brokers the records went to (stored for the reader).
+        next_index: the resume position: the first record the broker has not acknowledged.
+        total: records in the stream (the manifest's train records).
+        last_ts: the event time (unix seconds) of the last acknowledged record, None before any.
+    """
     try:
         state = json.loads(path.read_text()) if path.exists() else {}
         if not isinstance(state, dict):
             state = {}
     except (OSError, ValueError):
         state = {}
-    state[topic] = {"next_index": summary.resume, "total": summary.total, "last_ts": summary.last_ts,
+    state[topic] = {"next_index": next_index, "total": total, "last_ts": last_ts,
                     "bootstrap": bootstrap, "manifest_sha256": manifest.digest,
                     "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

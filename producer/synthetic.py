@@ -173,7 +173,9 @@ def _generate_planted(cfg: SyntheticConfig, counts: np.ndarray, rng: np.random.G
     """:func:`generate` with sessions and popularity drift; adds the truth ``movie_cluster``, ``movie_release``
     (unix seconds) and ``filled`` (ratings outside the planted structure)."""
     truth = _ground_truth(cfg, rng)
-    ev = planted_structure.events(counts, truth["user_factors"], truth["movie_factors"], cfg, rng)
+    ev = planted_structure.events(counts, truth["user_factors"], truth["movie_factors"], rng, years=cfg.years,
+                                  n_clusters=cfg.clusters, popularity_s=cfg.popularity_s,
+                                  session_mean=cfg.session_mean, half_life=cfg.half_life, focus=cfg.focus)
     users, movies = ev["user"], ev["movie"]
     stars = _stars(users, movies, truth, cfg, rng)
     ts = (T0 + ev["seconds"]).astype(np.int64)
