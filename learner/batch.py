@@ -1,10 +1,8 @@
 """ChunkIndex: the rows a chunk of micro-batches touches and its event → row indexes (pure numpy, no I/O).
 
 The learner indexes what it takes from the stream a chunk (several micro-batches) at a time: the distinct
-ids of every PS table, each event's position among them, and the counters the chunk adds (events per row,
-positives per (period, movie), each user's last popularity period).  Micro-batches then only look up
-positions: one at a time (:func:`micro_index`) or a run of consecutive micro-batches at once (:func:`run_index`,
-the input of :meth:`learner.model.MFModel.run`).
+ids of every PS table, each event's position among them and the events per row.  A run of consecutive
+micro-batches then only looks up positions (:func:`run_index`, the input of :meth:`learner.model.MFModel.run`).
 """
 
 from __future__ import annotations
@@ -14,17 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from learner.config import ModelConfig
-from learner.evaluate import ppop_ids
 
 
 @dataclass
 class ChunkIndex:
     """Distinct ids per table, event → row positions and per-row counts of one chunk of ``n`` events.
 
-    ``wanted`` maps each PS table the chunk trains or sets to ``(distinct ids, raw ids or None)``: ``user``,
-    ``item``, ``period`` (time-period vectors), ``global`` (μ) and ``user_ctx`` (each user's last popularity
-    period, ``ulast``, over ``uu``).  The ``ppop`` counter set (positives per (period, movie); each event's pair
-    id in ``ppop``) is only counted, never read, so it is not held: the sync adds the counts on the server.
+    ``wanted`` maps each PS table the chunk trains to ``(distinct ids, raw ids or None)``: ``user``, ``item`` and
+    ``global`` (μ).
     """
 
     n: int
@@ -36,13 +31,6 @@ class ChunkIndex:
     ii: np.ndarray
     iinv: np.ndarray
     icnt: np.ndarray
-    kk: np.ndarray
-    kinv: np.ndarray
-    kcnt: np.ndarray
-    period: np.ndarray | None  # each event's time period (period_days > 0)
-    kpop: np.ndarray | None  # each event's popularity period (pop_period_days > 0)
-    ppop: np.ndarray | None  # each event's (period, raw movie) id (``ppop_ids``); the sync counts the pairs of positive events
-    ulast: np.ndarray | None  # each user's last popularity period in the chunk
     wanted: dict[str, tuple] = field(default_factory=dict)
 
 
@@ -65,35 +53,13 @@ def index_chunk(c: dict[str, np.ndarray], m: ModelConfig) -> ChunkIndex:
     raw_u[uinv] = c["raw_user_id"]
     raw_i = np.empty(len(ii), np.int64)
     raw_i[iinv] = c["raw_movie_id"]
-    kk, kinv, kcnt = np.zeros(1, np.int64), np.zeros(n, np.int64), np.array([n], np.int64)
-    period = None
-    kpop = c["timestamp"] // m.pop_seconds if m.pop_seconds else None
     wanted = {"user": (uu, raw_u), "item": (ii, raw_i)}
-    if m.period_days > 0:
-        period = (c["timestamp"] // int(m.period_seconds)).astype(np.int64)
-        kk, kinv, kcnt = _index(period)
-        wanted["period"] = (kk, None)
     if m.learn_mu:
         wanted["global"] = (np.zeros(1, np.int64), None)
-    ppop = ulast = None
-    if kpop is not None:
-        ppop = ppop_ids(kpop, c["raw_movie_id"])
-        ulast = np.full(len(uu), np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(ulast, uinv, kpop)
-        wanted["user_ctx"] = (uu, None)
-    return ChunkIndex(n, y, target, uu, uinv, ucnt, ii, iinv, icnt, kk, kinv, kcnt, period, kpop, ppop, ulast, wanted)
+    return ChunkIndex(n, y, target, uu, uinv, ucnt, ii, iinv, icnt, wanted)
 
 
-def micro_index(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """For one micro-batch: its distinct ``rows`` (slots of held rows, one per event) and each event's
-    position among them, padded to ``size`` (int32)."""
-    uniq, inv = np.unique(rows, return_inverse=True)
-    out = np.zeros(size, np.int32)
-    out[: len(rows)] = inv.reshape(-1)
-    return uniq, out
-
-
-TABLES = ("user", "item", "period")  # the step's row tables, in the order of its index arrays
+TABLES = ("user", "item")  # the step's row tables, in the order of its index arrays
 
 
 @dataclass
@@ -102,12 +68,11 @@ class RunIndex:
 
     Attributes:
         held: table → the distinct slots (of the held rows) the run touches; state row r of the table is slot
-            ``held[table][r]`` and row ``len(held[table])`` is the padding row.  A table the events do not use
-            (no ``period`` without time periods) has no slots: only its padding row.
-        rows: ``[K, 3, n]`` int32, per micro-batch its distinct state rows per table (user, item, period) in
-            slot order, padded with the padding row.
-        index: ``[K, 3, n]`` int32, each event's position among its micro-batch's rows (0 for padding).
-        target: ``[K, 2, n]`` float32, label and mask (1 for real events).
+            ``held[table][r]`` and row ``len(held[table])`` is the padding row.
+        rows: ``[K, 2, n]`` int32, per micro-batch its distinct state rows per table (user, item) in slot order,
+            padded with the padding row.
+        index: ``[K, 2, n]`` int32, each event's position among its micro-batch's rows (0 for padding).
+        target: ``[K, 2, n]`` float32, training target and mask (1 for real events).
     """
 
     held: dict[str, np.ndarray]
@@ -116,20 +81,18 @@ class RunIndex:
     target: np.ndarray
 
 
-def run_index(slots: dict[str, np.ndarray], labels: np.ndarray, n: int) -> RunIndex:
-    """Index a run of events cut into micro-batches of ``n``: ``slots`` maps each table to the held slot of every
-    event's row, ``labels`` the events' labels.  Two ``np.unique`` per table cover every micro-batch."""
-    e = len(labels)
+def run_index(slots: dict[str, np.ndarray], targets: np.ndarray, n: int) -> RunIndex:
+    """Index a run of events cut into micro-batches of ``n``: ``slots`` maps each table of :data:`TABLES` to the
+    held slot of every event's row, ``targets`` the events' training targets.  Two ``np.unique`` per table cover
+    every micro-batch."""
+    e = len(targets)
     k = -(-e // n)
     at = np.arange(e)
     mb, col = at // n, at % n
-    rows = np.zeros((k, 3, n), np.int32)
-    index = np.zeros((k, 3, n), np.int32)
+    rows = np.zeros((k, len(TABLES), n), np.int32)
+    index = np.zeros((k, len(TABLES), n), np.int32)
     held = {}
     for t, table in enumerate(TABLES):
-        if table not in slots:
-            held[table] = np.zeros(0, np.int64)
-            continue
         uniq, pos = np.unique(slots[table], return_inverse=True)
         pad = len(uniq)
         keys, inv = np.unique(mb * (pad + 1) + pos.reshape(-1), return_inverse=True)
@@ -140,7 +103,7 @@ def run_index(slots: dict[str, np.ndarray], labels: np.ndarray, n: int) -> RunIn
         index[mb, t, col] = inv.reshape(-1) - start[mb]
         held[table] = uniq
     target = np.zeros((k, 2, n), np.float32)
-    target[mb, 0, col] = labels
+    target[mb, 0, col] = targets
     target[mb, 1, col] = 1.0
     return RunIndex(held, rows, index, target)
 

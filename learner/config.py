@@ -4,13 +4,11 @@ Two named presets:
 
 * ``default`` — the recipe chosen on the validation split (``producer.prepare --validation``) to be
   good at both goals at once: biased MF, logloss on the 0/1 label, per-event-equivalent row-wise
-  Adagrad (lr 0.1 vectors, 0.2 biases and μ; the user-bias accumulator decays 0.9 per event) for the
-  AUC, and a time-aware popularity prior (positive counts per 90-day period, ±2 periods around the
-  user's last event) added to u·v in the recall score; micro-batches of 64 events (512 gave the same
-  end-of-stream AUC within noise but a much lower prequential AUC: a time-ordered micro-batch of 512 holds
-  few users' sessions, each predicted from the state before it).  The in-batch
-  sampled-softmax retrieval term (``ret_weight``) is available but off: on the validation split it
-  stayed below popularity for HR@50 and cost AUC.
+  Adagrad (lr 0.1 vectors, 0.2 biases and μ; the user-bias accumulator decays 0.9 per event), the rating as a
+  graded second target; micro-batches of 64 events (512 gave the same end-of-stream AUC within noise but a much
+  lower prequential AUC: a time-ordered micro-batch of 512 holds few users' sessions, each predicted from the
+  state before it).  What the recall service ranks with is not a learner option: the score contract
+  (:mod:`lfm_stream.scoring`) combines the learner's rows with the item channel and stream popularity.
 * ``seed`` — the seed project's configuration, kept for the before/after comparison: dim 8, no
   biases, MSE on the 0/1 label, plain SGD with lr 1e-4, batch 8, gradient of the batch mean.
 """
@@ -40,9 +38,6 @@ class ModelConfig:
         dim: latent dimension d.
         batch_size: events per micro-batch (the TF step is traced once for this padded size).
         init_std: vectors start as N(0, init_std²) (the PS initializes them; biases start at 0).
-        item_init_std: item vectors start as N(0, item_init_std²) (None = init_std; 0 = zero). The PS
-            has one initializer per namespace, so never-updated item rows (count 0) are rescaled on pull.
-        mse_vec_w: weight of the rating loss in the vector gradients (biases always weight 1).
         use_bias: include b_u, b_i and μ in the prediction (False = the seed's u·i only).
         learn_mu: learn the global offset μ (table ``global``).
         loss: ``mse`` (½(ŷ−y)² on the 0/1 label) or ``logloss`` (BCE of sigmoid(ŷ)).
@@ -51,37 +46,22 @@ class ModelConfig:
         user_bias_decay: the user-bias Adagrad accumulator decays by this factor per event (1 = off).
         lr: learning rate of vectors; lr_bias of biases and μ (None = lr).
         init_accum: Adagrad's initial accumulator (the PS stores accumulators minus this value).
-        reduction: ``sum`` — row gradient = sum over the row's events / n_row^count_pow;
-            ``mean`` — the seed's tf.reduce_mean over the batch (count_pow ignored).
-        count_pow: count-aware steps: 0 sums a row's event gradients, 1 averages them.
-        l2, l2_bias: L2 per event on vectors / biases (adds l2·x to each event's gradient).
-        clip: clip each row's vector gradient to this L2 norm and bias gradients to ±clip (0 = off).
-        ret_weight: weight of the in-batch sampled-softmax retrieval loss on positive events (0 = off).
-        ret_bias: the retrieval logit includes b_j.
-        ret_temp: softmax temperature.
-        logq: popularity correction, subtract logq·log(in-batch frequency of column j).
-        mask_same_user: other positives of the same user in the batch are not negatives.
-        ret_user_only: the retrieval gradient updates only the query side.
-        period_days: length of the time-period context vectors w_k added to the user query (0 = off).
-        period_in_pred: also add w_k to the user vector in the rating prediction.
-        gamma: weight of the item bias in the recall score (see pop_*).
-        pop_period_days: time-aware popularity prior of the recall score (0 = off).  Positive events are
-            counted per (period k = floor(ts / pop_period_days), movie) in the counter set ``ppop`` and each
-            user's last period k_u is kept in ``user_ctx``; the recall score is
-            s(u, i) = q_u·v_i + gamma·b_i + pop_weight·τ_u(i),
-            τ_u(i) = log(pop_smooth + Σ_{|k − k_u| ≤ pop_window} n[k, i] + pop_total_w·n_i).
+        reduction: ``sum`` — a row's gradient is the sum over its events; ``mean`` — the seed's
+            tf.reduce_mean over the batch.
+        l2_bias: L2 per event on the biases (adds l2_bias·b to each event's gradient; swept in
+            docs/decisions.md, off in both presets).
+        clip: clip each row's vector gradient to this L2 norm and bias gradients to ±clip (0 = off): the guard
+            against a diverging step.
         rating_weight: the training target is ``(1 − rating_weight)·label + rating_weight·(rating − 0.5) / 4.5``
             (clipped to [0, 1]): the rating value as a second, graded target of the same logloss (chosen on the
             validation folds: 0.5 raised the end-of-stream AUC by ~0.004 on all five, 0.8 and 1.0 no further,
             and 0.8 cost prequential AUC).  Metrics always use the 0/1 label.
-        seed: seed of the PS initializer and of the HR@50 sampling.
+        seed: seed of the PS initializer and of the prequential HR@k sampling.
     """
 
     dim: int = 32
     batch_size: int = 64
     init_std: float = 0.01
-    item_init_std: float | None = None
-    mse_vec_w: float = 1.0
     use_bias: bool = True
     learn_mu: bool = True
     loss: str = "logloss"
@@ -90,25 +70,9 @@ class ModelConfig:
     lr_bias: float | None = 0.2
     init_accum: float = 0.1
     reduction: str = "sum"
-    count_pow: float = 0.0
     user_bias_decay: float = 0.9
-    l2: float = 0.0
     l2_bias: float = 0.0
     clip: float = 0.0
-    ret_weight: float = 0.0
-    ret_bias: bool = True
-    ret_temp: float = 1.0
-    logq: float = 1.0
-    mask_same_user: bool = True
-    ret_user_only: bool = False
-    period_days: float = 0.0
-    period_in_pred: bool = False
-    gamma: float = 0.0
-    pop_period_days: float = 90.0
-    pop_window: int = 2
-    pop_smooth: float = 0.1
-    pop_total_w: float = 0.001
-    pop_weight: float = 1.0
     rating_weight: float = 0.5
     seed: int = 0
 
@@ -126,15 +90,12 @@ class ModelConfig:
             bad("optimizer", f"must be one of {OPTIMIZERS}")
         if self.reduction not in REDUCTIONS:
             bad("reduction", f"must be one of {REDUCTIONS}")
-        for name in ("lr", "init_accum", "ret_temp"):
+        for name in ("lr", "init_accum"):
             if not getattr(self, name) > 0:
                 bad(name, "must be > 0")
-        for name in ("init_std", "l2", "l2_bias", "clip", "ret_weight", "count_pow", "logq", "period_days",
-                     "pop_period_days", "pop_window", "pop_total_w", "pop_weight"):
+        for name in ("init_std", "l2_bias", "clip"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
-        if self.item_init_std is not None and self.item_init_std < 0:
-            bad("item_init_std", "must be >= 0 or None")
         if self.lr_bias is not None and not self.lr_bias > 0:
             bad("lr_bias", "must be > 0 or None")
         if not 0 <= self.rating_weight <= 1:
@@ -151,23 +112,6 @@ class ModelConfig:
         """Learning rate of biases and μ."""
         return self.lr if self.lr_bias is None else self.lr_bias
 
-    @property
-    def item_scale(self) -> float:
-        """Factor applied to never-updated item vectors pulled from the PS (item_init_std / init_std)."""
-        if self.item_init_std is None or self.init_std == 0:
-            return 1.0
-        return self.item_init_std / self.init_std
-
-    @property
-    def pop_seconds(self) -> int:
-        """Length of a popularity period in seconds (0 = prior off)."""
-        return int(self.pop_period_days * 86400)
-
-    @property
-    def period_seconds(self) -> float:
-        """Length of a context period in seconds (0 = periods off)."""
-        return self.period_days * 86400.0
-
 
 #: The recipe chosen on the validation split (see bench/quality.py and the README).
 DEFAULT_MODEL = ModelConfig()
@@ -175,8 +119,7 @@ DEFAULT_MODEL = ModelConfig()
 #: The seed project's configuration.
 SEED_MODEL = ModelConfig(
     dim=8, batch_size=8, init_std=0.1, use_bias=False, learn_mu=False, loss="mse", optimizer="sgd",
-    lr=1e-4, reduction="mean", count_pow=0.0, clip=0.0, ret_weight=0.0, logq=0.0, gamma=0.0, pop_period_days=0.0,
-    rating_weight=0.0)
+    lr=1e-4, reduction="mean", rating_weight=0.0)
 
 PRESETS: dict[str, ModelConfig] = {"default": DEFAULT_MODEL, "seed": SEED_MODEL}
 

@@ -15,7 +15,6 @@ The PS and the activity log are passed in; this module only reads them (``pull(c
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +25,6 @@ from learner.metrics import auc_exact, per_user_hits, top_k
 from learner.scores import predict
 from lfm_stream.scoring import ItemChannels, ScoreContract, contract_key, lfm_channel
 from ps_redis.covisit import Covisit
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,93 +88,6 @@ class EvalResult:
     per_user: dict = field(default_factory=dict)  # name -> per-ranked-user array (hit@10, hit@50, recall@50, pop@50)
 
 
-PPOP = "ppop"  # counter set (ps_redis.counters) of positive events: bucket = period, member = raw movie id
-PPOP_SHIFT = 32  # one int64 per (period, raw movie) pair while counting: period << 32 | raw movie id
-
-
-def ppop_ids(periods: np.ndarray, raw_movies: np.ndarray) -> np.ndarray:
-    """One int64 per (period, raw movie) pair: ``period << 32 | raw movie id``."""
-    return (np.asarray(periods, np.int64) << PPOP_SHIFT) | (np.asarray(raw_movies, np.int64) & 0xFFFFFFFF)
-
-
-def prior_log(cfg: ModelConfig, window: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """τ = log(pop_smooth + window + pop_total_w · total): positives of the ±pop_window periods and of all time."""
-    return np.log(cfg.pop_smooth + window + cfg.pop_total_w * total)
-
-
-MAX_PERIODS = 1024  # periods a PeriodPrior spans at most (252 years of 90-day periods): its table is bounded
-
-
-def densest_span(periods: np.ndarray, max_periods: int) -> np.ndarray:
-    """Mask of the entries inside the ``max_periods`` consecutive periods holding the most entries (all of
-    them when they span fewer): a stray period far from the data (an event time of 2**62) is left out."""
-    periods = np.asarray(periods, np.int64)
-    if periods.size == 0 or int(periods.max()) - int(periods.min()) < max_periods:
-        return np.ones(periods.size, bool)
-    uniq, per = np.unique(periods, return_counts=True)
-    top = np.iinfo(np.int64).max
-    ends = np.minimum(uniq, top - max_periods) + max_periods  # (no int64 overflow for a stray huge period)
-    end = np.searchsorted(uniq, ends, side="left")  # first period past each start's span
-    csum = np.concatenate([[0], np.cumsum(per)])
-    lo = int(uniq[np.argmax(csum[end] - csum[:-1])])
-    return (periods >= lo) & (periods < min(lo + max_periods, top))
-
-
-class PeriodPrior:
-    """Time-aware popularity prior τ_u(i) over the columns of an item table (pure numpy).
-
-    τ(k, i) = log(smooth + Σ_{|k' − k| ≤ window} n[k', i] + total_w · n_i) with n[k, i] the positive
-    events of movie i in period k and n_i all of them.  The counts span at most ``max_periods`` periods (the
-    densest such span, :func:`densest_span`); counts outside are skipped, logged and counted in ``skipped``.
-    """
-
-    def __init__(self, cfg: ModelConfig, periods: np.ndarray, cols: np.ndarray, counts: np.ndarray, n_items: int,
-                 max_periods: int = MAX_PERIODS):
-        self.cfg = cfg
-        periods = np.asarray(periods, np.int64)
-        keep = densest_span(periods, max_periods)
-        self.skipped = int(keep.size - keep.sum())
-        if self.skipped:
-            out = periods[~keep]
-            log.warning("popularity prior: skipped %d count(s) of %d period(s) outside the %d periods around the "
-                        "data [%d, %d] (e.g. period %d)", self.skipped, np.unique(out).size, max_periods,
-                        int(periods[keep].min()), int(periods[keep].max()), int(out[0]))
-            periods, cols, counts = periods[keep], np.asarray(cols)[keep], np.asarray(counts)[keep]
-        self.k0 = int(periods.min()) if periods.size else 0
-        nk = int(periods.max()) - self.k0 + 1 if periods.size else 1
-        dense = np.zeros((nk + 1, n_items), np.float64)  # row 0 = zeros for the cumulative sums
-        np.add.at(dense, (periods - self.k0 + 1, cols), counts)
-        self.cum = np.cumsum(dense, axis=0)
-        self.total = self.cum[-1]
-        self.latest = self.k0 + nk - 1
-
-    @classmethod
-    def from_ps(cls, ps, cfg: ModelConfig, table: "ItemTable") -> "PeriodPrior":
-        """The prior of the counts in ``ps``'s ``ppop`` counter set, over the columns of ``table``."""
-        from ps_redis.counters import Counters
-
-        periods, movies, counts = Counters(ps, PPOP).read()
-        cols = table.raw_column_array(movies)
-        ok = cols >= 0
-        return cls(cfg, periods[ok], cols[ok], counts[ok], len(table.ids))
-
-    def tau(self, k: np.ndarray) -> np.ndarray:
-        """τ rows for periods ``k`` (one row per entry)."""
-        c = self.cfg
-        span = self.cum.shape[0] + c.pop_window + 1  # beyond this, every k gives the first / last row: clip first
-        i64 = np.iinfo(np.int64)
-        k = np.clip(np.asarray(k, np.int64), max(self.k0 - span, i64.min), min(self.k0 + span, i64.max)) - self.k0
-        hi = np.clip(k + c.pop_window + 1, 0, self.cum.shape[0] - 1)
-        lo = np.clip(k - c.pop_window, 0, self.cum.shape[0] - 1)
-        return prior_log(c, self.cum[hi] - self.cum[lo], self.total[None, :])
-
-
-def user_periods(ps, user_ids: np.ndarray, default: int) -> np.ndarray:
-    """Period of each user's last event (``user_ctx`` bias), ``default`` for unknown users."""
-    rows = ps.pull("user_ctx", np.asarray(user_ids, np.int64), create=False)
-    return np.where(rows.found, np.rint(rows.bias).astype(np.int64), default)
-
-
 def served_channels(ps, cfg: ModelConfig, table: "ItemTable"):
     """(the score contract in ``ps``'s namespace — or the defaults —, the item channel over ``table``'s columns):
     what the recall service ranks with (:mod:`recall_api.channels` builds the same from the same keys)."""
@@ -197,16 +107,14 @@ def served_channels(ps, cfg: ModelConfig, table: "ItemTable"):
 
 
 def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tuple[int, ...] = (10, 50),
-             user_period: dict[int, int] | None = None, max_users: int = 0, popularity: bool = False,
-             seed: int = 0) -> EvalResult:
+             max_users: int = 0, popularity: bool = False, seed: int = 0) -> EvalResult:
     """Test metrics of the model currently in the PS.
 
     Args:
         ps: the ParameterServer.  log: its ActivityLog (seen filter and popularity), or None to skip ranking.
-        cfg: model config (prediction and recall score).
+        cfg: model config (the prediction; the recall score is the namespace's contract).
         test: test columns (``InputFn.read_all`` of the test shards).
         ks: cut-offs of HR@k (Recall is reported at the largest k).
-        user_period: hashed user id → period of the user's last event (period models only).
         max_users: rank at most this many users (a seeded sample; 0 = all).
         popularity: also compute the popularity baseline's HR@k.
     """
@@ -225,15 +133,7 @@ def evaluate(ps, log, cfg: ModelConfig, test: dict[str, np.ndarray], *, ks: tupl
         mu = float(g.bias[0])
     uwarm = ur.found & (ur.count > 0)
     iwarm = ir.found & (ir.count > 0)
-    ivec = ir.vec.copy()
-    if cfg.item_scale != 1.0:
-        ivec[~iwarm] *= cfg.item_scale
-    periods = None
-    if cfg.period_days > 0 and cfg.period_in_pred and user_period is not None:
-        k = np.array([user_period.get(int(u), -1) for u in uu], np.int64)
-        periods = ps.pull("period", np.maximum(k, 0), create=False).vec * (k >= 0)[:, None]
-    preds = predict(cfg, ur.vec[uinv], ur.bias[uinv], ivec[iinv], ir.bias[iinv], mu,
-                    None if periods is None else periods[uinv])
+    preds = predict(cfg, ur.vec[uinv], ur.bias[uinv], ir.vec[iinv], ir.bias[iinv], mu)
     warm = uwarm[uinv] & iwarm[iinv]
     out["test_auc"] = auc_exact(labels, preds)
     out["warm_auc"] = auc_exact(labels[warm], preds[warm]) if warm.any() else 0.5
@@ -302,7 +202,7 @@ def _pad_top(top: np.ndarray, k: int) -> np.ndarray:
 
 
 class ItemMirror:
-    """The learner's local copy of item rows (vec, bias, raw id), for prequential HR@k without a PS scan.
+    """The learner's local copy of item rows (vec, bias, count, raw id), for prequential HR@k without a PS scan.
 
     Rows are appended in first-seen order; two :class:`~learner.idindex.IdIndex` map hashed and raw ids to rows.
     """
@@ -314,10 +214,11 @@ class ItemMirror:
         self.raw = np.zeros(1024, np.int64)
         self.vec = np.zeros((1024, dim), np.float32)
         self.bias = np.zeros(1024, np.float32)
+        self.count = np.zeros(1024, np.int64)
         self.n = 0
 
-    def update(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray) -> None:
-        """Insert or overwrite rows (``ids`` distinct)."""
+    def update(self, ids: np.ndarray, raw: np.ndarray, vec: np.ndarray, bias: np.ndarray, count: np.ndarray) -> None:
+        """Insert or overwrite rows (``ids`` distinct; ``count``: the events each row was trained on)."""
         ids = np.asarray(ids, np.int64)
         rows = self.columns(ids)
         fresh = rows < 0
@@ -329,11 +230,11 @@ class ItemMirror:
             self.n += k
             self._index.add(ids[fresh], rows[fresh])
             self._raw_index.add(np.asarray(raw)[fresh], rows[fresh])
-        self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows] = ids, raw, vec, bias
+        self.ids[rows], self.raw[rows], self.vec[rows], self.bias[rows], self.count[rows] = ids, raw, vec, bias, count
 
     def _grow(self) -> None:
         n = 2 * len(self.ids)
-        for name in ("ids", "raw", "vec", "bias"):
+        for name in ("ids", "raw", "vec", "bias", "count"):
             old = getattr(self, name)
             new = np.zeros((n,) + old.shape[1:], old.dtype)
             new[: len(old)] = old

@@ -4,7 +4,7 @@ With :mod:`learner.sync` (the PS writes) the only module doing Redis I/O, and (t
 Kafka I/O.
 
 The loop takes consumed records a chunk (up to CHUNK_EVENTS events, whole micro-batches) at a time: it indexes
-the chunk (:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's counters, and
+the chunk (:mod:`learner.batch`), pulls the rows it does not hold (one MGET), adds the chunk's row counts, and
 trains its micro-batches in order on the held rows, consecutive micro-batches in one TF call (``MFModel.run``; a
 run ends before a micro-batch the prequential HR probe scores). A *sync* (:mod:`learner.sync`) writes the rows
 changed since the previous one, between chunks only: once the consumer has reached the end of its partitions and
@@ -28,8 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from learner.config import LearnerConfig
 from learner.backoff import retry
 from learner.batch import gather_run, index_chunk, run_index, scatter_run
@@ -38,7 +36,7 @@ from learner.input import InputFn, shard_paths
 from learner.consumer_process import ProcessFetcher
 from learner.dedup import SeqFilter, select
 from learner.kafka_io import Chunk, Fetcher, make_source
-from learner.metrics import AUCUtils, StreamAUC
+from learner.metrics import AUCUtils
 from learner import runtime
 from learner.model import MFModel
 from learner.pending import Pending
@@ -71,13 +69,11 @@ class Learner:
         self.mode = "gradient" if cfg.gradient_push else "assign"
         self.lock = threading.RLock()
         self.pending = Pending()
-        self.window = AUCUtils()
-        self.stream_auc = StreamAUC()  # prequential AUC over the whole stream
+        self.window = AUCUtils()  # prequential AUC and loss of the current log window
+        self.stream_auc = AUCUtils()  # prequential AUC over the whole stream
         self.step = 0
         self.events = 0  # valid events trained
         self.records = 0  # stream records consumed and handled (valid + poison)
-        self.ret_loss = 0.0
-        self.user_period: dict[int, int] = {}
         self._stop = False
         self.rebuilds = 0  # times the PS lost state and the learner replayed (--on-ps-loss rebuild)
         self.seqs = SeqFilter()  # drops re-sent records already applied (learner.dedup)
@@ -92,7 +88,7 @@ class Learner:
         self.fetcher: Fetcher | None = None
         from ps_redis import Fence
 
-        self.sync = WindowSync(self.ps, self.activity, m.dim, m.item_scale, self.mode,
+        self.sync = WindowSync(self.ps, self.activity, m.dim, self.mode,
                                fence=lambda offsets: Fence(cfg.group, cfg.topic, offsets),
                                commit=self._commit, retry=self._retry,
                                say=self.say, tick=self._tick)
@@ -316,10 +312,6 @@ class Learner:
             return
         c = parsed.columns
         ci = index_chunk(c, m)
-        if ci.period is not None:
-            last = np.zeros(len(ci.uu), np.int64)
-            np.maximum.at(last, ci.uinv, ci.period)
-            self.user_period.update(zip(ci.uu.tolist(), last.tolist()))
         # a single writer reads the rows it lacks before the previous window's write starts (a read queued
         # behind that transaction would wait for it); gradient pushes write first (their rows are re-read)
         slots = self.sync.hold(ci.wanted) if self.mode == "assign" else None
@@ -336,22 +328,19 @@ class Learner:
         # each event's row slot per table, and the packed row views of this chunk
         ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}
         packed = {"user": self.sync.packed("user"), "item": self.sync.packed("item")}
-        if m.period_days > 0:
-            ev["period"] = slots["period"][ci.kinv]
-            packed["period"] = self.sync.packed("period")
         g = None
         if m.learn_mu:
             g, packed["global"] = int(slots["global"][0]), self.sync.packed("global")
         t = self._tick("pull", t)
         if self.probe is not None:
-            self.probe.plan(c, ci, self.step)
+            self.probe.plan(c, ci, self.step, ev["item"])
         # one TF call per run of micro-batches; a run ends before a micro-batch the probe scores
         B = m.batch_size
         cuts = [s for s in range(B, ci.n, B) if self.probe is not None and self.probe.due(slice(s, s + B))]
         for lo, hi in zip([0, *cuts], [*cuts, ci.n]):
             t = self._run(c, ci, lo, hi, ev, packed, g, t)
         self.sync.add_events(c["raw_user_id"], c["raw_movie_id"], c["movie_id"], ci.labels, c["timestamp"],
-                             batch.parts[parsed.valid], batch.offsets[parsed.valid], ci.ppop)
+                             batch.parts[parsed.valid], batch.offsets[parsed.valid])
         if self.probe is not None:
             self.probe.refresh()
         self._tick("prequential_hr", t)
@@ -382,11 +371,9 @@ class Learner:
         state, mu = gather_run(r, packed, g, d)
         t = self._tick("pull", t)
         if self.probe is not None and self.probe.due(slice(lo, hi)):
-            self.probe.score(slice(lo, min(lo + B, hi)), state["user"][r.rows[0, 0]], state["period"][r.rows[0, 2]],
-                             r.index[0])
+            self.probe.score(slice(lo, min(lo + B, hi)), state["user"][r.rows[0, 0]], mu[0], r.index[0])
         t = self._tick("prequential_hr", t)
-        pred, losses, *rows, mu = self.model.run(state["user"], state["item"], state["period"], mu, r.rows,
-                                                 r.index, r.target)
+        pred, losses, *rows, mu = self.model.run(state["user"], state["item"], mu, r.rows, r.index, r.target)
         t = self._tick("step", t)
         scatter_run(r, packed, g, d, rows, mu)
         if self.probe is not None:
@@ -398,9 +385,8 @@ class Learner:
         while j < k:
             e = min(k, j + L - self.step % L)
             a, b = j * B, min(e * B, hi - lo)
-            self.window.add(y[a:b], p[a:b], float(losses[j:e, 0].sum()))
+            self.window.add(y[a:b], p[a:b], float(losses[j:e].sum()))
             self.stream_auc.add(y[a:b], p[a:b])
-            self.ret_loss += float(losses[j:e, 1].sum())
             self.events += b - a
             self.step += e - j
             if self.step % L == 0:
@@ -429,8 +415,7 @@ class Learner:
         res = {}
         if self.test is not None:
             t = time.time()
-            r, _ = self._retry("test evaluation", evaluate, self.ps, self.activity, self.cfg.model, self.test,
-                               user_period=self.user_period or None)
+            r, _ = self._retry("test evaluation", evaluate, self.ps, self.activity, self.cfg.model, self.test)
             res = r.metrics
             self.say("test " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
                      + f" ({time.time() - t:.1f}s)")

@@ -1,11 +1,12 @@
 """Evaluation metrics on arrays (pure numpy, no I/O): exact streaming AUC, hit rate / recall at k,
 bootstrap confidence intervals over users.
 
-``AUCUtils`` follows the seed's interface (reset / add / cal / calc_str).  It keeps every
-(label, score) pair of the window and computes the exact Mann-Whitney statistic with tied scores
-counted as half, which equals ``sklearn.metrics.roc_auc_score``.  A window holding one class only has
-no ranking information: ``cal()`` then returns 0.5 (chance) and ``one_class`` is True, so logs can
-say so instead of failing.
+``AUCUtils`` follows the seed's interface (reset / add / cal / calc_str); the learner keeps one for each log
+window and one for the whole stream (the prequential AUC).  It keeps every (label, score) pair added since its
+reset and computes the exact Mann-Whitney statistic with tied scores counted as half, which equals
+``sklearn.metrics.roc_auc_score`` (checked in the tests; scikit-learn is a test dependency only).  A window
+holding one class only has no ranking information: ``cal()`` then returns 0.5 (chance) and ``one_class`` is
+True, so logs can say so instead of failing (``roc_auc_score`` has no value there).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def auc_exact(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 class AUCUtils:
-    """Streaming exact AUC and mean loss over a window of events.
+    """Streaming exact AUC and mean loss over the events added since the last reset.
 
     Example::
 
@@ -98,35 +99,8 @@ class AUCUtils:
         auc = "n/a (one class)" if self.one_class else f"{self.cal():.4f}"
         return f"auc={auc} loss={self.loss():.4f} n={self.n} (pos {self.positives} / neg {self.negatives})"
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (labels, scores) of the window."""
-        if not self._labels:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        self.cal()
-        return self._labels[0], self._scores[0]
-
 
 # ---------------------------------------------------------------------- ranking metrics
-class StreamAUC:
-    """Exact AUC over every (label, score) pair added so far: the prequential AUC of the whole stream."""
-
-    def __init__(self) -> None:
-        self._labels: list[np.ndarray] = []
-        self._scores: list[np.ndarray] = []
-
-    def add(self, labels: np.ndarray, scores: np.ndarray) -> None:
-        """Add one micro-batch's labels and the scores predicted before its update."""
-        self._labels.append(np.asarray(labels))
-        self._scores.append(np.asarray(scores, np.float32))
-
-    def cal(self) -> float:
-        """The exact AUC of all pairs (0.5 before any pair or with one class only)."""
-        if not self._labels:
-            return 0.5
-        self._labels, self._scores = [np.concatenate(self._labels)], [np.concatenate(self._scores)]
-        return auc_exact(self._labels[0], self._scores[0])
-
-
 def top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     """Per row: is column ``targets[r]`` among the ``k`` highest scores of row r?
 

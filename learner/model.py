@@ -1,32 +1,25 @@
 """The online MF model: prediction, loss, gradients and the optimizer step, on tensors only (no I/O).
 
-One micro-batch of E events touches the rows it pulled from the PS (unique users, unique items,
-optionally the time periods of its events and the global offset μ).  ``mf_fn`` takes those rows plus
-the event→row index arrays and returns the predictions made *before* the update (they feed the
-prequential AUC) and the updated rows.  Shapes are padded to the configured batch size so the
-``tf.function`` is traced once.
+A micro-batch of E events touches the rows it pulled from the PS (unique users, unique items and the global
+offset μ).  :meth:`MFModel.run` takes those rows plus the event→row index arrays of a run of micro-batches and
+returns the predictions made *before* each update (they feed the prequential AUC) and the updated rows.  Shapes
+are padded to the configured batch size so the ``tf.function`` is traced once.
 
-Equations (per event e = (u, i, y), rows gathered from the PS; ``k`` the event's time period):
+Equations (per event e = (u, i, y), rows gathered from the PS):
 
-    q_e   = p_u + w_k   if period_in_pred else p_u
-    ŷ_e   = q_e·v_i + b_u + b_i + μ        (the seed preset: ŷ_e = p_u·v_i)
+    ŷ_e   = p_u·v_i + b_u + b_i + μ        (the seed preset: ŷ_e = p_u·v_i)
     mse:      ℓ_e = ½ (ŷ_e − y_e)²          ∂ℓ/∂ŷ = ŷ − y
     logloss:  ℓ_e = BCE(sigmoid(ŷ_e), y_e)  ∂ℓ/∂ŷ = sigmoid(ŷ) − y
-    L2:       + ½ l2 (|p_u|² + |v_i|²) + ½ l2_bias (b_u² + b_i²)   per event
-    the rating term's gradient on p_u and v_i is scaled by mse_vec_w (biases and w_k: weight 1)
-    retrieval (positive events P, columns C = unique items of P, ≥ 2 positives):
-        z_ej = ((p_u + w_k)·v_j + b_j) / temp − logq · log(n_j / |P|)
-        (mask_same_user: columns that are other positives of e's user are left out)
-        L_ret = ret_weight · Σ_{e∈P} CE(softmax_j z_e·, i_e)
-    L = Σ_e ℓ_e + L_ret             (reduction "mean": L / E, the seed's tf.reduce_mean)
+    L2 on biases: + ½ l2_bias (b_u² + b_i²) per event
+    L = Σ_e ℓ_e                     (reduction "mean": L / E, the seed's tf.reduce_mean)
 
-Row gradient g_r = ∂L/∂x_r / n_r^count_pow (n_r = events of row r in the batch; μ uses E), then
-clipping (vector rows to L2 norm ``clip``, biases to ±clip), then per coordinate:
+Row gradient g_r = ∂L/∂x_r (the sum over the row's events), then clipping (vector rows to L2 norm ``clip``,
+biases to ±clip), then per coordinate:
 
     sgd:         x ← x − lr · g
     adagrad:     a ← a + g²;          x ← x − lr · g / sqrt(a)
     adagrad_ev:  a ← a + Σ_e g_e²;    x ← x − lr · g / sqrt(a)     ("per-event-equivalent": a row hit n
-                 times moves about as far as n per-event Adagrad steps would; the research recipe)
+                 times moves about as far as n per-event Adagrad steps would; the default)
     user_bias_decay < 1: the user-bias accumulator forgets, a ← decay^{n_u} · a + Σ_e g_e²
 
 Accumulators start at init_accum; the PS stores a − init_accum (its rows start at 0).  Biases and μ use
@@ -38,9 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from learner.config import ModelConfig
-from learner.step_io import StepInput, StepOutput
 
-_NEG = -1e9  # logit of a masked retrieval column
+TABLES = 2  # row tables of a step: user, item (μ travels in the scalars)
 
 
 class MFModel:
@@ -49,7 +41,7 @@ class MFModel:
     One traced function runs a *sequence* of micro-batches on shared rows (:meth:`run`): the rows live in TF
     variables for the call, each micro-batch gathers its rows, takes one step and scatters them back, so the
     next micro-batch sees the update — the same arithmetic as one call per micro-batch, without a Python
-    round trip per micro-batch.  :meth:`step` is one micro-batch.
+    round trip per micro-batch.
 
     Args:
         cfg: the model hyperparameters.
@@ -74,114 +66,90 @@ class MFModel:
         if jit:  # compiled now (a few seconds), not in the middle of the stream
             self._jit = self._compile()
             w0 = np.zeros((1, w), np.float32)
-            rows0 = np.zeros((1, 3, n), np.int32)
-            self._run_jit(w0, w0, w0, np.zeros(2, np.float32), rows0, rows0, np.zeros((1, 2, n), np.float32))
+            rows0 = np.zeros((1, TABLES, n), np.int32)
+            self._run_jit(w0, w0, np.zeros(2, np.float32), rows0, rows0, np.zeros((1, 2, n), np.float32))
             return
-        self._state = [tf.Variable(tf.zeros([self.capacity, w]), trainable=False) for _ in range(3)]
+        self._state = [tf.Variable(tf.zeros([self.capacity, w]), trainable=False) for _ in range(TABLES)]
         f32, i32 = tf.float32, tf.int32
-        spec = [tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32),
-                tf.TensorSpec([2], f32), tf.TensorSpec([None, 3, n], i32), tf.TensorSpec([None, 3, n], i32),
+        spec = [tf.TensorSpec([None, w], f32), tf.TensorSpec([None, w], f32), tf.TensorSpec([2], f32),
+                tf.TensorSpec([None, TABLES, n], i32), tf.TensorSpec([None, TABLES, n], i32),
                 tf.TensorSpec([None, 2, n], f32)]
         # the concrete function skips tf.function's per-call signature matching (about half the call cost)
         self._run = tf.function(self._run_fn, input_signature=spec).get_concrete_function()
 
-    def step(self, x: StepInput) -> StepOutput:
-        """Run ``mf_fn`` on one padded batch; returns numpy arrays."""
-        d = self.cfg.dim
-        pred, losses, users, items, periods, scalars = self.step_packed(x)
-        return StepOutput(pred, float(losses[0]), float(losses[1]),
-                          users[:, :d], users[:, d], users[:, d + 1:], items[:, :d], items[:, d], items[:, d + 1:],
-                          periods[:, :d], periods[:, d + 1:], scalars[:1], scalars[1:])
-
-    def step_packed(self, x: StepInput) -> tuple[np.ndarray, ...]:
-        """:meth:`step` with the results packed as the inputs: ``(pred, [loss_sum, ret_loss], users, items,
-        periods, [μ, μ's accumulator])``, rows ``vec | bias | accum``."""
-        n = self.cfg.batch_size
-        rows = np.broadcast_to(np.arange(n, dtype=np.int32), (1, 3, n))
-        pred, losses, users, items, periods, scalars = self.run(x.users, x.items, x.periods, x.scalars, rows,
-                                                                x.index[None], x.target[None])
-        return pred[0], losses[0], users, items, periods, scalars
-
-    def run(self, users: np.ndarray, items: np.ndarray, periods: np.ndarray, scalars: np.ndarray,
-            rows: np.ndarray, index: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+    def run(self, users: np.ndarray, items: np.ndarray, scalars: np.ndarray, rows: np.ndarray, index: np.ndarray,
+            target: np.ndarray) -> tuple[np.ndarray, ...]:
         """K micro-batches in order on shared rows.
 
-        ``users`` / ``items`` / ``periods``: the rows ``vec | bias | accum`` the micro-batches touch (at most
-        :attr:`capacity`, padding rows included); ``scalars`` ``[μ, μ's accumulator]``; ``rows`` ``[K, 3, n]``:
-        micro-batch k's distinct rows per table (user, item, period), padded with the index of a padding row
-        (its update is discarded); ``index`` ``[K, 3, n]`` each event's position among them; ``target``
-        ``[K, 2, n]`` label and mask.  Returns ``(pred [K, n] before each update, [K, 2] losses, users, items,
-        periods, scalars)`` with every row as it stands after the last micro-batch (without time periods the
-        period rows are neither read nor changed).
+        ``users`` / ``items``: the rows ``vec | bias | accum`` the micro-batches touch (at most :attr:`capacity`,
+        padding rows included); ``scalars`` ``[μ, μ's accumulator]``; ``rows`` ``[K, 2, n]``: micro-batch k's
+        distinct rows per table (user, item), padded with the index of a padding row (its update is discarded);
+        ``index`` ``[K, 2, n]`` each event's position among them; ``target`` ``[K, 2, n]`` training target and
+        mask.  Returns ``(pred [K, n] before each update, loss [K] (Σ of the micro-batch's per-event data loss),
+        users, items, scalars)`` with every row as it stands after the last micro-batch.
         """
         tf = self._tf
         k = len(rows)
-        sizes = [len(users), len(items), len(periods)]
+        sizes = [len(users), len(items)]
         if max(sizes) > self.capacity or k > self.max_batches:
             raise ValueError(f"run of {k} micro-batches over {sizes} rows exceeds {self.max_batches} / {self.capacity}")
         if self._jit is not None:
-            return self._run_jit(users, items, periods, scalars, rows, index, target)
-        states = [users, items, periods]
-        out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (*states, scalars, rows, index, target)))
-        pred, losses, users, items, periods, scalars = (t.numpy() for t in out)
-        return (pred[:k], losses[:k], users[: sizes[0]], items[: sizes[1]], periods[: sizes[2]], scalars)
+            return self._run_jit(users, items, scalars, rows, index, target)
+        out = self._run(*(tf.constant(np.ascontiguousarray(a)) for a in (users, items, scalars, rows, index, target)))
+        pred, losses, users, items, scalars = (t.numpy() for t in out)
+        return pred[:k], losses[:k], users[: sizes[0]], items[: sizes[1]], scalars
 
-    def _run_jit(self, users, items, periods, scalars, rows, index, target) -> tuple[np.ndarray, ...]:
+    def _run_jit(self, users, items, scalars, rows, index, target) -> tuple[np.ndarray, ...]:
         """:meth:`run` through the XLA-compiled loop: pad to the compiled shapes, run, cut the padding off."""
         tf = self._tf
-        k, nu, ni, nk = len(rows), len(users), len(items), len(periods)
-        has_periods = self.cfg.period_days > 0
+        k, nu, ni = len(rows), len(users), len(items)
         # the inputs go into buffers of the compiled shapes, kept across calls (fresh ones cost page faults);
         # what lies past the copied prefix is never read: indexes point into it, the loop stops at k
-        new = [users, items, periods if has_periods else periods[:1], rows, index, target]
+        new = [users, items, rows, index, target]
         if self._bufs is None:
-            sizes = [self.capacity, self.capacity, self.capacity if has_periods else 1] + [self.max_batches] * 3
+            sizes = [self.capacity, self.capacity] + [self.max_batches] * 3
             self._bufs = [_pad(a, n) for a, n in zip(new, sizes)]
         for buf, a in zip(self._bufs, new):
             buf[: len(a)] = a
-        u, i, p, r, x, y = self._bufs
-        out = self._jit(*(tf.constant(a) for a in (u, i, p, scalars, r, x, y)), tf.constant(k, tf.int32))
-        pred, losses, users2, items2, periods2, scalars = (t.numpy() for t in out)
-        periods2 = periods2[:nk] if has_periods else periods
-        return pred[:k], losses[:k], users2[:nu], items2[:ni], periods2, scalars
+        u, i, r, x, y = self._bufs
+        out = self._jit(*(tf.constant(a) for a in (u, i, scalars, r, x, y)), tf.constant(k, tf.int32))
+        pred, losses, users2, items2, scalars = (t.numpy() for t in out)
+        return pred[:k], losses[:k], users2[:nu], items2[:ni], scalars
 
     def _compile(self):
-        """The XLA-compiled run: :attr:`capacity` rows per table (time-period rows: 1 when unused)."""
+        """The XLA-compiled run: :attr:`capacity` rows per table."""
         tf = self._tf
         n, w, f32, i32 = self.cfg.batch_size, 2 * self.cfg.dim + 2, tf.float32, tf.int32
-        size = self.capacity
-        nk = size if self.cfg.period_days > 0 else 1
-        spec = [tf.TensorSpec([size, w], f32), tf.TensorSpec([size, w], f32), tf.TensorSpec([nk, w], f32),
-                tf.TensorSpec([2], f32), tf.TensorSpec([self.max_batches, 3, n], i32),
-                tf.TensorSpec([self.max_batches, 3, n], i32), tf.TensorSpec([self.max_batches, 2, n], f32),
+        size, k = self.capacity, self.max_batches
+        spec = [tf.TensorSpec([size, w], f32), tf.TensorSpec([size, w], f32), tf.TensorSpec([2], f32),
+                tf.TensorSpec([k, TABLES, n], i32), tf.TensorSpec([k, TABLES, n], i32), tf.TensorSpec([k, 2, n], f32),
                 tf.TensorSpec([], i32)]
         return tf.function(self._run_xla, input_signature=spec, jit_compile=True).get_concrete_function()
 
-    def _run_xla(self, users, items, periods, scalars, rows, index, target, count):
+    def _run_xla(self, users, items, scalars, rows, index, target, count):
         """The XLA-compiled :meth:`run`: the rows are loop-carried tensors, micro-batches ``0 .. count - 1``."""
         tf = self._tf
         n = self.cfg.batch_size
 
         def body(j, state, scalars, preds, losses):
             at, _, yhat, loss, new, scalars = self._micro_step(state, scalars, rows[j], index[j], target[j])
-            state = [tf.tensor_scatter_nd_update(v, r[:, None], x) for v, r, x in zip(state, at, new)] + state[len(at):]
+            state = [tf.tensor_scatter_nd_update(v, r[:, None], x) for v, r, x in zip(state, at, new)]
             preds = tf.tensor_scatter_nd_update(preds, [[j]], yhat[None])
             losses = tf.tensor_scatter_nd_update(losses, [[j]], loss[None])
             return j + 1, state, scalars, preds, losses
 
-        init = (tf.constant(0), [users, items, periods], scalars, tf.zeros([self.max_batches, n]),
-                tf.zeros([self.max_batches, 2]))
+        init = (tf.constant(0), [users, items], scalars, tf.zeros([self.max_batches, n]), tf.zeros([self.max_batches]))
         _, state, scalars, preds, losses = tf.while_loop(lambda j, *_: j < count, body, init)
         return (preds, losses, *state, scalars)
 
-    def _run_fn(self, users, items, periods, scalars, rows, index, target):
+    def _run_fn(self, users, items, scalars, rows, index, target):
         """The traced :meth:`run`: load the rows into the state variables, loop over micro-batches, read back."""
         tf = self._tf
         state = self._state
-        sizes = [tf.shape(a)[0] for a in (users, items, periods)]
+        sizes = [tf.shape(a)[0] for a in (users, items)]
         # whole-row scatters and gathers: a strided-slice assign / read of the variable costs ~10x more
         first = [tf.range(m) for m in sizes]
-        loads = [v.scatter_nd_update(r[:, None], a) for v, r, a in zip(state, first, (users, items, periods))]
+        loads = [v.scatter_nd_update(r[:, None], a) for v, r, a in zip(state, first, (users, items))]
         size = tf.shape(rows)[0]
         preds = tf.TensorArray(tf.float32, size=size)
         losses = tf.TensorArray(tf.float32, size=size)
@@ -201,42 +169,33 @@ class MFModel:
             return (preds.stack(), losses.stack(), *rows_out, tf.identity(scalars))
 
     def _micro_step(self, state, scalars, rows, index, target):
-        """One micro-batch inside a run's loop: gather its rows from ``state`` (user, item, period tables) at
-        ``rows``, step.  Returns (row indexes per table used, gathered rows, predictions, losses, new rows,
-        scalars); without time periods their rows are never read (zeros stand in) nor written back."""
+        """One micro-batch inside a run's loop: gather its rows from ``state`` (user, item tables) at ``rows``,
+        step.  Returns (row indexes per table, gathered rows, predictions, loss, new rows, scalars)."""
         tf = self._tf
-        tables = 3 if self.cfg.period_days > 0 else 2
-        at = [rows[t] for t in range(tables)]
+        at = [rows[t] for t in range(TABLES)]
         got = [tf.gather(v, r) for v, r in zip(state, at)]
-        if tables == 2:
-            got.append(tf.zeros([self.cfg.batch_size, 2 * self.cfg.dim + 2]))
-        yhat, loss, *new, scalars = self._packed_fn(*got, scalars, index, target)
-        return at, got, yhat, loss, new[:tables], scalars
+        yhat, loss, users, items, scalars = self._packed_fn(*got, scalars, index, target)
+        return at, got, yhat, loss, [users, items], scalars
 
-    def _packed_fn(self, users, items, periods, scalars, index, target):
-        """Unpack the six arguments, run :meth:`_mf_fn`, pack its results the same way."""
+    def _packed_fn(self, users, items, scalars, index, target):
+        """Unpack the rows ``vec | bias | accum`` and scalars, run :meth:`_mf_fn`, pack its results the same way."""
         tf, d = self._tf, self.cfg.dim
         out = self._mf_fn(users[:, :d], users[:, d], users[:, d + 1:], items[:, :d], items[:, d], items[:, d + 1:],
-                          periods[:, :d], periods[:, d + 1:], scalars[:1], scalars[1:], index[0], index[1], index[2],
-                          target[0], target[1])
-        yhat, loss_sum, ret, uv2, ub2, ua2, iv2, ib2, ia2, wv2, wa2, mu2, mua2 = out
-        return (yhat, tf.stack([loss_sum, ret]), tf.concat([uv2, ub2[:, None], ua2], 1),
-                tf.concat([iv2, ib2[:, None], ia2], 1), tf.concat([wv2, periods[:, d:d + 1], wa2], 1),
+                          scalars[:1], scalars[1:], index[0], index[1], target[0], target[1])
+        yhat, loss_sum, uv2, ub2, ua2, iv2, ib2, ia2, mu2, mua2 = out
+        return (yhat, loss_sum, tf.concat([uv2, ub2[:, None], ua2], 1), tf.concat([iv2, ib2[:, None], ia2], 1),
                 tf.concat([mu2, mua2], 0))
 
     # ------------------------------------------------------------------ the TF math
-    def _mf_fn(self, uv, ub, ua, iv, ib, ia, wv, wa, mu, mua, uinv, iinv, kinv, y, mask):
+    def _mf_fn(self, uv, ub, ua, iv, ib, ia, mu, mua, uinv, iinv, y, mask):
         """Forward pass, loss, gradients and optimizer step (see the module docstring)."""
         tf = self._tf
         cfg = self.cfg
         n = cfg.batch_size
-        periods = cfg.period_days > 0
         seg = tf.math.unsorted_segment_sum
         pe = tf.gather(uv, uinv)
         ve = tf.gather(iv, iinv)
-        we = tf.gather(wv, kinv) if periods else None
-        q_pred = pe + we if (periods and cfg.period_in_pred) else pe
-        yhat = tf.reduce_sum(q_pred * ve, axis=1)
+        yhat = tf.reduce_sum(pe * ve, axis=1)
         if cfg.use_bias:
             bue = tf.gather(ub, uinv)
             bie = tf.gather(ib, iinv)
@@ -247,13 +206,9 @@ class MFModel:
         else:
             data = mask * tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=yhat)
             dy = mask * (tf.sigmoid(yhat) - y)
-        dyv = dy * cfg.mse_vec_w
-        m = mask[:, None]
-        gpe = dyv[:, None] * ve + cfg.l2 * pe * m
-        gve = dyv[:, None] * q_pred + cfg.l2 * ve * m
+        gpe = dy[:, None] * ve
+        gve = dy[:, None] * pe
         guv, giv = seg(gpe, uinv, n), seg(gve, iinv, n)
-        gwe = dy[:, None] * ve if (periods and cfg.period_in_pred) else None
-        gwv = seg(gwe, kinv, n) if gwe is not None else tf.zeros_like(wv)
         if cfg.use_bias:
             gbue = dy + cfg.l2_bias * bue * mask
             gbie = dy + cfg.l2_bias * bie * mask
@@ -263,56 +218,18 @@ class MFModel:
             gub, gib = tf.zeros_like(ub), tf.zeros_like(ib)
         gmu = tf.reduce_sum(dy)[None]
         ev = cfg.optimizer == "adagrad_ev"
+        suv = siv = sub = sib = smu = None
         if ev:  # per-event-equivalent Adagrad: accumulate the sum of per-event squared gradients
             suv, siv = seg(gpe * gpe, uinv, n), seg(gve * gve, iinv, n)
             sub, sib = seg(gbue * gbue, uinv, n), seg(gbie * gbie, iinv, n)
-            swv = seg(gwe * gwe, kinv, n) if gwe is not None else tf.zeros_like(wv)
             smu = tf.reduce_sum(dy * dy)[None]
-        ret = tf.zeros([])
-        if cfg.ret_weight > 0:
-            ret, gq, gvc, gbc = self._retrieval(pe, we, iv, ib, uinv, iinv, y, mask)
-            guv += seg(gq, uinv, n)
-            if ev:
-                suv += seg(gq * gq, uinv, n)
-            if periods:
-                gwv += seg(gq, kinv, n)
-                if ev:
-                    swv += seg(gq * gq, kinv, n)
-            if not cfg.ret_user_only:
-                giv += gvc
-                if ev:
-                    siv += gvc * gvc  # per item row (the retrieval gradient is not split by event)
-                if cfg.ret_bias and cfg.use_bias:
-                    gib += gbc
-                    if ev:
-                        sib += gbc * gbc
-        nvalid = tf.maximum(tf.reduce_sum(mask), 1.0)
         if cfg.reduction == "mean":
-            guv, giv, gub, gib, gwv, gmu = (g / nvalid for g in (guv, giv, gub, gib, gwv, gmu))
+            nvalid = tf.maximum(tf.reduce_sum(mask), 1.0)
+            guv, giv, gub, gib, gmu = (g / nvalid for g in (guv, giv, gub, gib, gmu))
             if ev:
-                suv, siv, sub, sib, swv, smu = (g / nvalid**2 for g in (suv, siv, sub, sib, swv, smu))
-        elif cfg.count_pow > 0:
-            def scale(keys):
-                return tf.pow(tf.maximum(seg(mask, keys, n), 1.0), -cfg.count_pow)
-
-            su, si, sk = scale(uinv), scale(iinv), scale(kinv)
-            sm = tf.pow(nvalid, -cfg.count_pow)
-            guv, gub = guv * su[:, None], gub * su
-            giv, gib = giv * si[:, None], gib * si
-            gwv = gwv * sk[:, None]
-            gmu = gmu * sm
-            if ev:
-                suv, sub = suv * (su * su)[:, None], sub * su * su
-                siv, sib = siv * (si * si)[:, None], sib * si * si
-                swv, smu = swv * (sk * sk)[:, None], smu * sm * sm
-        if not ev:
-            suv = siv = sub = sib = swv = smu = None
+                suv, siv, sub, sib, smu = (g / nvalid**2 for g in (suv, siv, sub, sib, smu))
         uv2, ua_v = self._apply(uv, ua[:, :-1], self._clip_rows(guv), cfg.lr, suv)
         iv2, ia_v = self._apply(iv, ia[:, :-1], self._clip_rows(giv), cfg.lr, siv)
-        if periods:
-            wv2, wa_v = self._apply(wv, wa[:, :-1], self._clip_rows(gwv), cfg.lr, swv)
-        else:  # no period rows: passed through unchanged
-            wv2, wa_v = wv, wa[:, :-1]
         if cfg.use_bias:
             decay = None
             if cfg.user_bias_decay < 1.0:
@@ -326,39 +243,8 @@ class MFModel:
         else:
             mu2, mua2 = mu, mua
         loss_sum = tf.reduce_sum(data)
-        return (yhat, loss_sum, ret, uv2, ub2, tf.concat([ua_v, ua_b[:, None]], 1),
-                iv2, ib2, tf.concat([ia_v, ia_b[:, None]], 1), wv2, tf.concat([wa_v, wa[:, -1:]], 1), mu2, mua2)
-
-    def _retrieval(self, pe, we, iv, ib, uinv, iinv, y, mask):
-        """In-batch sampled softmax over the batch's positive items, with log-q popularity correction.
-
-        Returns (loss, ∂L/∂q per event, ∂L/∂v per item row, ∂L/∂b per item row).
-        """
-        tf = self._tf
-        cfg = self.cfg
-        n = cfg.batch_size
-        pos = mask * tf.cast(y > 0.5, tf.float32)
-        npos = tf.reduce_sum(pos)
-        colcnt = tf.math.unsorted_segment_sum(pos, iinv, n)
-        q = pe + we if we is not None else pe
-        z = tf.matmul(q, iv, transpose_b=True)
-        if cfg.ret_bias and cfg.use_bias:
-            z = z + ib[None, :]
-        z = z / cfg.ret_temp
-        target = tf.one_hot(iinv, n)
-        valid = (colcnt > 0)[None, :]
-        if cfg.mask_same_user:
-            # a column that is another positive of the same user is not a negative (accidental hit)
-            hit = tf.tensor_scatter_nd_max(tf.zeros([n, n]), tf.stack([uinv, iinv], 1), pos)
-            valid = valid & ~((tf.gather(hit, uinv) > 0) & (target < 0.5))
-        if cfg.logq > 0:
-            z = z - cfg.logq * tf.math.log(tf.maximum(colcnt, 1.0) / tf.maximum(npos, 1.0))[None, :]
-        z = tf.where(valid, z, _NEG)
-        logp = tf.nn.log_softmax(z, axis=1)
-        weight = cfg.ret_weight * tf.cast(npos >= 2.0, tf.float32) * pos
-        loss = -tf.reduce_sum(weight * tf.reduce_sum(target * logp, 1))
-        g = (tf.exp(logp) - target) * (weight / cfg.ret_temp)[:, None]  # ∂L/∂(q·v_j + b_j)
-        return loss, tf.matmul(g, iv), tf.matmul(g, q, transpose_a=True), tf.reduce_sum(g, 0)
+        return (yhat, loss_sum, uv2, ub2, tf.concat([ua_v, ua_b[:, None]], 1),
+                iv2, ib2, tf.concat([ia_v, ia_b[:, None]], 1), mu2, mua2)
 
     def _clip_rows(self, g):
         tf = self._tf

@@ -1,5 +1,6 @@
 """HRProbe: prequential HR@k inside the learner's loop — which events to score, their users' rated movies, and
-the item mirror kept up to the steps trained so far (the math is :class:`learner.prequential.PrequentialHR`).
+the item mirror kept up to the steps trained so far (the math is :class:`learner.prequential.PrequentialHR`: the
+LFM channel of the score contract).
 
 Per chunk (:meth:`plan`): the positives of one micro-batch in every ``every`` (about HR_EVENTS events, fewer if
 the sampling rate needs it) are sampled at ``every`` times the sampling rate (the same expected sample, less
@@ -47,6 +48,7 @@ class HRProbe:
         self._items: list[np.ndarray] = []  # item slots and event ranges trained since the mirror's refresh
         self._events: list[slice] = []
         self._chunk = None
+        self._item_slots = np.zeros(0, np.int64)  # each chunk event's held item slot
         self._plan: dict[int, np.ndarray] = {}  # first event of a scored micro-batch → its sampled events
         self._seen = None
         self._unsynced = (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -54,12 +56,12 @@ class HRProbe:
         self._work = ThreadPoolExecutor(1, thread_name_prefix="lfm-hr")  # mirror updates and scores, in order
         self._queued: list[Future] = []
 
-    def plan(self, c: dict, ci, step: int) -> None:
-        """Sample the chunk (columns ``c``, :class:`~learner.batch.ChunkIndex` ``ci``, first step ``step``) and
-        start reading the sampled users' rated movies."""
+    def plan(self, c: dict, ci, step: int, item_slots: np.ndarray) -> None:
+        """Sample the chunk (columns ``c``, :class:`~learner.batch.ChunkIndex` ``ci``, first step ``step``, each
+        event's held item slot ``item_slots``) and start reading the sampled users' rated movies."""
         B = self.m.batch_size
         rate = min(1.0, self.sample * self.every)
-        self._chunk, self._plan = (c, ci), {}
+        self._chunk, self._item_slots, self._plan = (c, ci), item_slots, {}
         for j, s in enumerate(range(0, ci.n, B)):
             if (step + j) % self.every == 0:
                 y = ci.labels[s: s + B]
@@ -76,25 +78,24 @@ class HRProbe:
         """Whether the micro-batch of chunk events ``sl`` is scored."""
         return sl.start in self._plan
 
-    def score(self, sl: slice, user_rows: np.ndarray, period_rows: np.ndarray, index: np.ndarray) -> None:
-        """Score the samples of micro-batch ``sl`` before its update; ``user_rows`` / ``period_rows``: its packed
-        rows as gathered for the step, ``index`` its event → row indexes ``[user, item, period]``."""
+    def score(self, sl: slice, user_rows: np.ndarray, mu: float, index: np.ndarray) -> None:
+        """Score the samples of micro-batch ``sl`` before its update; ``user_rows``: its packed user rows as
+        gathered for the step, ``mu`` the global offset μ, ``index`` its event → row indexes ``[user, item]``."""
         self.refresh()
-        c, ci = self._chunk
+        c, _ = self._chunk
         ev = self._plan.get(sl.start)
         if ev is None or not len(ev):
             return
         at = sum(len(e) for s, e in self._plan.items() if s < sl.start)
         pos = ev - sl.start
         d = self.m.dim
-        q = user_rows[index[0][pos], :d]
-        if self.m.period_days > 0:
-            q = q + period_rows[index[2][pos], :d]
+        rows = user_rows[index[0][pos]]
+        q, offsets = rows[:, :d], rows[:, d] + np.float32(mu)  # p_u and b_u + μ
         earlier = c["raw_user_id"][: sl.start], c["raw_movie_id"][: sl.start]
-        self._submit(self._score, q, c["movie_id"][ev], None if ci.kpop is None else ci.kpop[ev],
-                     c["raw_user_id"][ev], self._seen, at, self._unsynced, earlier)
+        self._submit(self._score, q, offsets, c["movie_id"][ev], c["raw_user_id"][ev], self._seen, at,
+                     self._unsynced, earlier)
 
-    def _score(self, q, movies, kpop, users, seen_read, at: int, unsynced, earlier) -> None:
+    def _score(self, q, offsets, movies, users, seen_read, at: int, unsynced, earlier) -> None:
         """(helper thread) The user's rated movies: the log's, the unsynced ones, and those earlier in the chunk
         (all excluded); then the hit test."""
         if self.hr.mirror.n == 0:
@@ -105,7 +106,7 @@ class HRProbe:
         wu, wm = np.r_[wu, cu[mine]], np.r_[wm, cm[mine]]
         if len(wu):
             seen = [np.r_[s, wm[wu == u]] for s, u in zip(seen, users.tolist())]
-        self.hr.score(q, movies, kpop, seen)
+        self.hr.score(q, offsets, movies, seen)
 
     def trained(self, item_slots: np.ndarray, sl: slice) -> None:
         """Note trained chunk events ``sl`` (a run of micro-batches) and the held item rows they changed, for the
@@ -114,19 +115,23 @@ class HRProbe:
         self._events.append(sl)
 
     def refresh(self) -> None:
-        """Bring the item mirror and positive counts up to the steps trained so far (before the held rows may
-        be dropped, i.e. at the end of every chunk, and before scoring): the rows are copied now, the mirror
-        takes them on the helper thread."""
+        """Bring the item mirror up to the steps trained so far (before the held rows may be dropped, i.e. at the
+        end of every chunk, and before scoring): the rows are copied now, the mirror takes them on the helper
+        thread.  A held row's count already holds the whole chunk's events (:meth:`WindowSync.count`), so the
+        chunk's events not trained yet are taken off."""
         if not self._items:
             return
         at = np.unique(np.concatenate(self._items))
         w = self.sync.held["item"]
         vec = w.packed()[at]
-        c, ci = self._chunk
-        ev = np.concatenate([np.arange(sl.start, sl.stop) for sl in self._events])
+        count = w.cur["count"][at].copy()
+        ahead, n_ahead = np.unique(self._item_slots[max(sl.stop for sl in self._events):], return_counts=True)
+        pos = np.searchsorted(at, ahead)
+        inside = pos < len(at)
+        inside[inside] = at[pos[inside]] == ahead[inside]
+        count[pos[inside]] -= n_ahead[inside]
         d = self.m.dim
-        self._submit(self.hr.learn, w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], c["movie_id"][ev],
-                     ci.labels[ev], None if ci.kpop is None else ci.kpop[ev])
+        self._submit(self.hr.learn, w.ids[at], w.cur["raw"][at], vec[:, :d], vec[:, d], count)
         self._items, self._events = [], []
 
     def _submit(self, fn, *args) -> None:

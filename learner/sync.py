@@ -5,16 +5,15 @@ them in place in a :class:`~learner.window.RowWindow` per table, and records the
 it covers.  A sync writes the rows changed since the previous sync:
 
 - assign mode (one writer per row): on a standalone Redis one Function call with the changed rows, the new-row
-  counters, the activity log of the window's events, the window's positives per (period, movie) added to the
-  ``ppop`` counter set (:class:`~ps_redis.counters.Counters`) and the fence offsets
-  (:meth:`ParameterServer.write_rows`), on a background thread while the next window trains (writes land in
+  counters, the activity log of the window's events and the fence offsets (:meth:`ParameterServer.write_rows`),
+  on a background thread while the next window trains (writes land in
   window order); on a Redis Cluster ``ps.push`` of the assigned values.  The rows stay held: as their only
   writer the learner's copy is the PS's, so each row is pulled once.  They are dropped (and pulled again
   when next touched) on a partition revocation, when the PS epoch moved (a ``delete`` / ``load`` /
   ``flush`` by another process: rows it changed may be written back by the next two syncs), and above
   ``max_held`` rows.
-- gradient mode (several workers share item rows): the ``ppop`` additions and the activity log (each fenced on
-  its own), then ``ps.push`` of the steps ``pulled − trained``; the held rows are dropped after each sync (other
+- gradient mode (several workers share item rows): the activity log (fenced on its own), then ``ps.push`` of
+  the steps ``pulled − trained``; the held rows are dropped after each sync (other
   workers change them).  A Redis Cluster in assign mode writes the same way, with assigned values.
 
 After each write the offsets are committed to Kafka (the PS offsets stay the source of truth).  The window's
@@ -38,7 +37,6 @@ from typing import Callable
 
 import numpy as np
 
-from learner.evaluate import PPOP, PPOP_SHIFT
 from learner.window import RowWindow
 
 
@@ -52,7 +50,6 @@ class WindowSync:
         ps: the :class:`~ps_redis.ParameterServer`.
         activity: the :class:`~ps_redis.activity.ActivityLog`.
         dim: vector dimension.
-        item_scale: never-trained item vectors (count 0) are scaled by this when first held.
         mode: ``assign`` or ``gradient`` pushes.
         fence: ``offsets -> Fence`` of this learner's group and topic.
         commit: commits ``{partition: next offset}`` to Kafka after a write.
@@ -62,10 +59,10 @@ class WindowSync:
         max_held: held rows (all tables) above which the rows are dropped after a sync (memory bound).
     """
 
-    def __init__(self, ps, activity, dim: int, item_scale: float, mode: str, fence: Callable,
+    def __init__(self, ps, activity, dim: int, mode: str, fence: Callable,
                  commit: Callable[[dict[int, int]], None], retry: Callable, say: Callable[[str], None],
                  tick: Callable[[str, float], float], max_held: int = 2_000_000):
-        self.ps, self.activity, self.dim, self.item_scale, self.mode = ps, activity, dim, item_scale, mode
+        self.ps, self.activity, self.dim, self.mode = ps, activity, dim, mode
         self._fence, self._commit, self._retry, self._say, self._tick = fence, commit, retry, say, tick
         self.held: dict[str, RowWindow] = {}
         self.offsets: dict[int, int] = {}
@@ -74,9 +71,6 @@ class WindowSync:
         self.batches = 0
         self.since = 0.0
         self.skipped = 0  # writes found already applied (replays after a lost reply or a restart)
-        from ps_redis.counters import Counters
-
-        self.pop = Counters(ps, PPOP)
         self.background = mode == "assign" and not ps.keys.shards
         self.max_held = max_held
         self._epoch = self._epoch_seen = _UNSEEN  # PS epoch after the last write (delete / load / flush move it)
@@ -151,15 +145,8 @@ class WindowSync:
         defer = self.mode == "assign"
         pulled, _ = self._retry("pull", self.ps.pull_many, req, defer_create=defer)
         for table, rows in pulled.items():
-            stored = rows.struct
-            cur = None
-            if table == "item" and self.item_scale != 1.0:  # never-trained items start at a smaller scale
-                fresh = stored["count"] == 0
-                if fresh.any():
-                    cur = stored.copy()
-                    cur["vec"][fresh] *= self.item_scale
             s = slots[table]
-            s[s < 0] = self.held[table].add(rows.ids, stored, ~rows.found if defer else None, cur=cur)
+            s[s < 0] = self.held[table].add(rows.ids, rows.struct, ~rows.found if defer else None)
         return slots
 
     def packed(self, table: str) -> np.ndarray:
@@ -167,24 +154,16 @@ class WindowSync:
         return self.held[table].packed()
 
     def count(self, ci, slots: dict[str, np.ndarray]) -> None:
-        """Add a chunk's counters (:class:`~learner.batch.ChunkIndex`, its rows at ``slots`` from :meth:`hold`):
-        events per user / item / period / μ, each user's last popularity period into ``user_ctx`` (bias) with
-        its events (count).  (Positives per (period, movie) are counted from the events at the sync, which adds
-        them to the ``ppop`` counter set on the server: the learner never reads them.)"""
-        counts = {"user": ci.ucnt, "item": ci.icnt, "period": ci.kcnt, "global": [ci.n], "user_ctx": ci.ucnt}
+        """Add a chunk's events per user / item / μ (:class:`~learner.batch.ChunkIndex`, its rows at ``slots``
+        from :meth:`hold`) to the held rows' counts."""
+        counts = {"user": ci.ucnt, "item": ci.icnt, "global": [ci.n]}
         for table, at in slots.items():  # every held table of the chunk counts events (and becomes changed)
-            bias = None
-            if table == "user_ctx":
-                bias = np.maximum(self.held[table].cur["bias"][at], ci.ulast.astype(np.float32))
-            self.held[table].update_at(at, bias=bias, count=counts[table])
+            self.held[table].update_at(at, count=counts[table])
 
-    def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets,
-                   ppop=None) -> None:
-        """Events written with the window: the activity log's columns, each event's Kafka partition and offset,
-        and its ``ppop`` (period, movie) id (None: no ``ppop`` counter set)."""
-        if ppop is None:
-            ppop = np.full(len(labels), -1, np.int64)
-        self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets, ppop))
+    def add_events(self, raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets) -> None:
+        """Events written with the window: the activity log's columns, each event's Kafka partition and
+        offset."""
+        self.events.append((raw_user_ids, raw_movie_ids, movie_ids, labels, timestamps, parts, offsets))
 
     def unsynced(self) -> tuple[np.ndarray, np.ndarray]:
         """(raw user ids, raw movie ids) of the events trained but maybe not in the activity log yet: the
@@ -231,35 +210,16 @@ class WindowSync:
         return dropped
 
     @staticmethod
-    def _counts(events, keep: np.ndarray | None = None) -> tuple | None:
-        """The ``ppop`` additions of the window's events (those in ``keep``): (periods, raw movies, counts), one
-        entry per (period, movie) pair of positive events; None if none."""
-        if events is None:
-            return None
-        labels, ppop = events[3], events[7]
-        pos = (labels > 0.5) & (ppop >= 0)
-        if keep is not None:
-            pos &= keep
-        if not pos.any():
-            return None
-        uniq, total = np.unique(ppop[pos], return_counts=True)
-        return uniq >> PPOP_SHIFT, uniq & 0xFFFFFFFF, total.astype(np.int64)
-
-    @staticmethod
-    def _unrecorded(fences: list[dict[int, int]], events) -> list[np.ndarray]:
-        """Per side write (its stored ``{partition: next offset}`` in ``fences``), which of the window's events it
-        has not recorded yet: an event is recorded when its offset is below the stored next offset of its
-        partition.  A learner restarted after a crash between the side writes and the rows replays a window whose
-        bounds differ from the crashed one's, so the side writes filter by event instead of skipping or applying a
-        whole window."""
+    def _unrecorded(stored: dict[int, int], events) -> np.ndarray:
+        """Which of the window's events a side write (its stored ``{partition: next offset}``) has not recorded
+        yet: an event is recorded when its offset is below the stored next offset of its partition.  A learner
+        restarted after a crash between the side write and the rows replays a window whose bounds differ from the
+        crashed one's, so the side write filters by event instead of skipping or applying a whole window."""
         parts, offs = events[5], events[6]
-        out = []
-        for stored in fences:
-            below = np.full(len(parts), -1, np.int64)
-            for p, o in stored.items():
-                below[parts == p] = o
-            out.append(offs >= below)
-        return out
+        below = np.full(len(parts), -1, np.int64)
+        for p, o in stored.items():
+            below[parts == p] = o
+        return offs >= below
 
     def _stale(self) -> bool:
         """Whether the PS epoch (moved by delete / load / flush) changed since the previous write."""
@@ -299,24 +259,22 @@ class WindowSync:
 
     def _write(self, dirty: dict[str, tuple], offsets: dict[int, int], marks: dict[int, int],
                events) -> tuple[bool, dict]:
-        """Background thread: one Function call (rows, counters, activity log, offsets, checked against what the PS
-        is known to hold), then the Kafka commit."""
-        counts = self._counts(events)
-        extra = [self.activity.record_command(*events[:5]) if events else None,
-                 self.pop.add_command(*counts) if counts is not None else None]
+        """Background thread: one Function call (rows, row counters, activity log, offsets, checked against what the
+        PS is known to hold), then the Kafka commit."""
+        extra = [self.activity.record_command(*events[:5])] if events else []
         fence = self._fence(offsets)
         key = self.ps.keys.fence(fence.group, fence.topic)
         applied, attempts = self._retry("fenced push", self.ps.write_rows,
                                         {table: (ids, cur, new) for table, (ids, cur, _, new) in dirty.items()},
-                                        fence=self._bounded(fence, key, marks), extra=[c for c in extra if c])
+                                        fence=self._bounded(fence, key, marks), extra=extra)
         self._landed(key, offsets)
         self._epoch_seen, _ = self._retry("PS epoch", self.ps.epoch)
         self._commit(offsets)
         return applied or attempts > 0, offsets  # an earlier attempt may have landed before its reply was lost
 
     def _push(self, dirty: dict[str, tuple], offsets: dict[int, int], marks: dict[int, int], events) -> None:
-        """Gradient mode or a cluster: the ``ppop`` additions and the activity log, each fenced on its own, then
-        ``ps.push`` of the rows (server-side Lua, fenced)."""
+        """Gradient mode or a cluster: the activity log, fenced on its own, then ``ps.push`` of the rows (server-side
+        Lua, fenced)."""
         from ps_redis import Update
 
         t = time.perf_counter()
@@ -329,28 +287,23 @@ class WindowSync:
             else:
                 ups[table] = Update(ids, vec=np.ascontiguousarray(cur["vec"]), bias=cur["bias"].copy(),
                                     accum=np.ascontiguousarray(cur["accum"]), count=count)
-        # before the rows raise the namespace's offsets (which Counters.add and ActivityLog.record also check),
-        # each fenced on its own and sent for the events it has not recorded: a replay after a crash adds exactly
-        # what the crashed sync did not.  The three fences are read first, in one round trip: if the namespace's
-        # offsets lost what this learner stored, nothing is written.
+        # before the rows raise the namespace's offsets (which ActivityLog.record also checks), fenced on its own and
+        # sent for the events it has not recorded: a replay after a crash adds exactly what the crashed sync did
+        # not.  Both fences are read first, in one round trip: if the namespace's offsets lost what this learner
+        # stored, nothing is written.
         from ps_redis import Fence, PSStateLost
 
         fence = self._fence(offsets)
-        keys = [self.ps.keys.fence(fence.group, fence.topic), self.pop.fence_key(fence.group, fence.topic),
-                self.activity.fence_key(fence.group, fence.topic)]
+        keys = [self.ps.keys.fence(fence.group, fence.topic), self.activity.fence_key(fence.group, fence.topic)]
         try:
             stored, _ = self._retry("fence offsets", self.ps.fence_offsets, keys)
             self.ps.check_stored(keys[0], stored[0], self.stored.get(keys[0], {}))
             if events is not None:
-                new_counts, keep = self._unrecorded(stored[1:], events)
-                counts = self._counts(events, new_counts)
-                # the side fences must still hold what was just read (checked in the same Function call)
-                if counts is not None:
-                    self._retry("fenced counter push", self.pop.add, *counts,
-                                fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[1]))
+                keep = self._unrecorded(stored[1], events)
+                # the side fence must still hold what was just read (checked in the same Function call)
                 if keep.any():
                     self._retry("fenced activity log", self.activity.record, None, *(col[keep] for col in events[:5]),
-                                fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[2]))
+                                fence=Fence(fence.group, fence.topic, fence.offsets, stored=stored[1]))
             applied, attempts = self._retry("fenced push", self.ps.push, ups, mode=self.mode,
                                             fence=self._bounded(fence, keys[0], marks))
         except PSStateLost as exc:

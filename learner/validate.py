@@ -12,8 +12,10 @@ kind                       check
 =========================  ===========================================================================
 ``schema_version``         ``schema_version == SCHEMA_VERSION``
 ``id_out_of_range``        ``user_id``, ``movie_id`` in [0, 2**60) (the hash range);
-                           ``raw_user_id``, ``raw_movie_id`` in [0, 2**32) (the ``ppop`` pair id packs
-                           the raw movie id in 32 bits)
+                           ``raw_user_id``, ``raw_movie_id`` in [0, 2**32) (MovieLens ids are 32-bit; the
+                           PS's Lua Functions read raw ids as doubles, exact only below 2**53, and the
+                           recall service takes an item row's raw id outside this range for one the
+                           learner did not store: ``recall_api.refresh``)
 ``timestamp_out_of_range`` ``timestamp`` in [min_timestamp, max_timestamp] (default [0, now + 1 day])
 ``rating_not_finite``      ``rating`` is a finite number
 ``rating_out_of_range``    ``rating`` in [min_rating, max_rating] (default [0.5, 5], MovieLens stars)
@@ -38,7 +40,7 @@ from lfm_stream.hashing import MASK60
 from lfm_stream.schema import SCHEMA_VERSION
 
 HASH_LIMIT = MASK60 + 1  # hashed ids are 60-bit: [0, 2**60)
-RAW_ID_LIMIT = 1 << 32  # raw ids: [0, 2**32) (learner.evaluate.ppop_ids keeps 32 bits of the raw movie id)
+RAW_ID_LIMIT = 1 << 32  # raw ids: [0, 2**32), the range the recall service takes as stored (module docstring)
 DAY = 86400
 
 

@@ -84,11 +84,9 @@ class RowWindow:
         """Boolean mask over ``ids``: True where the row is not held."""
         return self.slots(ids) < 0
 
-    def add(self, ids: np.ndarray, rows: np.ndarray, new: np.ndarray | None = None,
-            cur: np.ndarray | None = None) -> np.ndarray:
+    def add(self, ids: np.ndarray, rows: np.ndarray, new: np.ndarray | None = None) -> np.ndarray:
         """Hold pulled rows (distinct ids not held yet; ``rows`` structured as stored, ``new`` = not stored in
-        the PS yet, ``cur`` = the values to train from when they differ from the stored ones); returns their
-        slots.  Added rows are clean until changed (:meth:`update_at`)."""
+        the PS yet); returns their slots.  Added rows are clean until changed (:meth:`update_at`)."""
         ids = np.asarray(ids, np.int64)
         k = len(ids)
         if not k:
@@ -103,7 +101,7 @@ class RowWindow:
         at = slice(self.n, self.n + k)
         self._ids[at] = ids
         self._base[at] = rows
-        self._cur[at] = rows if cur is None else cur
+        self._cur[at] = rows
         self._new[at] = False if new is None else new
         self._dirty[at] = False
         self._index.add(ids, np.arange(self.n, self.n + k))

@@ -50,16 +50,6 @@ def test_window_grows_without_moving_rows():
     assert w.rows(ids)["count"].tolist() == [1, 1235, 3000]
 
 
-def test_window_trains_from_cur_when_it_differs_from_the_stored_row():
-    w = RowWindow(DIM)
-    stored = rows_of(0)
-    cur = stored.copy()
-    cur["vec"] *= 0.5
-    w.add(np.array([1]), stored, cur=cur)
-    assert w.rows(np.array([1]))["vec"].tolist() == (stored["vec"] * 0.5).tolist()
-    assert w.base["vec"].tolist() == stored["vec"].tolist()
-
-
 def test_decoded_cut_and_join_keep_records_and_reasons_aligned():
     cols = {"label": np.array([1.0, 0.0, 0.0, 1.0], np.float32), "user_id": np.array([1, 0, 3, 4])}
     d = Decoded(cols, np.array([True, False, True, True]), {1: "bad"})
@@ -73,16 +63,19 @@ def test_decoded_cut_and_join_keep_records_and_reasons_aligned():
 
 def test_item_mirror_maps_ids_and_raw_ids_to_rows():
     m = ItemMirror(DIM)
-    m.update(np.array([30, 10]), np.array([3, 1]), np.ones((2, DIM), np.float32), np.array([0.1, 0.2], np.float32))
-    m.update(np.array([20, 30]), np.array([2, 3]), np.full((2, DIM), 2.0, np.float32), np.array([0.3, 0.4], np.float32))
+    m.update(np.array([30, 10]), np.array([3, 1]), np.ones((2, DIM), np.float32), np.array([0.1, 0.2], np.float32),
+             np.array([5, 1]))
+    m.update(np.array([20, 30]), np.array([2, 3]), np.full((2, DIM), 2.0, np.float32), np.array([0.3, 0.4], np.float32),
+             np.array([2, 6]))
     assert m.n == 3
     assert m.columns(np.array([10, 20, 30, 40])).tolist() == [1, 2, 0, -1]
     assert m.bias[:3].tolist() == pytest.approx([0.4, 0.2, 0.3])
+    assert m.count[:3].tolist() == [6, 1, 2]
     assert sorted(m.raw_columns({1, 2, 99}).tolist()) == [1, 2]
     for _ in range(3):  # growth past the initial capacity keeps every row
         ids = np.arange(1000, 1700) + 1000 * _
-        m.update(ids, ids, np.zeros((700, DIM), np.float32), np.zeros(700, np.float32))
-    assert m.n == 2103 and m.columns(np.array([10, 3699])).tolist() == [1, 2102]
+        m.update(ids, ids, np.zeros((700, DIM), np.float32), np.zeros(700, np.float32), np.ones(700, np.int64))
+    assert m.n == 2103 and m.columns(np.array([10, 3699])).tolist() == [1, 2102] and m.count[1] == 1
 
 
 def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
@@ -104,10 +97,9 @@ def test_window_packed_view_writes_rows_and_dirty_rows_are_taken_once():
     assert w.base["bias"][1] == 0.75  # after a sync the base is the written value
 
 
-def test_chunk_index_counts_and_micro_batches():
-    from learner.batch import index_chunk, micro_index
+def test_chunk_index_counts_rows_and_grades_the_target():
+    from learner.batch import index_chunk
     from learner.config import ModelConfig
-    from learner.step_io import make_input
 
     m = ModelConfig(dim=DIM, batch_size=4)
     day = 86400
@@ -121,16 +113,7 @@ def test_chunk_index_counts_and_micro_batches():
     assert ci.labels.tolist() == [1, 0, 1, 1, 0]  # metrics keep the 0/1 label
     assert ci.uu.tolist() == [7, 8, 9] and ci.ucnt.tolist() == [3, 1, 1] and ci.uinv.tolist() == [0, 1, 0, 2, 0]
     assert ci.icnt.tolist() == [2, 2, 1] and ci.wanted["item"][1].tolist() == [10, 11, 12]
-    assert ci.ppop.tolist() == [(int(k) << 32) | m for k, m in zip(ci.kpop, [10, 10, 11, 12, 11])]
-    assert "ppop" not in ci.wanted  # counted on the server, never held
-    assert ci.ulast.tolist() == [ci.kpop[4], ci.kpop[1], ci.kpop[3]]  # each user's last popularity period
-    uniq, inv = micro_index(np.array([4, 2, 4, 9]), 6)
-    assert uniq.tolist() == [2, 4, 9] and inv.tolist() == [1, 0, 1, 2, 0, 0] and inv.dtype == np.int32
-    held = np.arange(2 * (2 * DIM + 2), dtype=np.float32).reshape(2, -1)  # two packed rows vec | bias | accum
-    x = make_input(ModelConfig(dim=DIM, batch_size=3), user_rows=held, item_rows=None, period_rows=None, mu=0.5,
-                   mu_acc=0.0, uinv=[1, 0], iinv=[0, 0], kinv=[], label=[1.0, 0.0])
-    assert x.users.tolist() == [*held.tolist(), [0.0] * (2 * DIM + 2)] and not x.items.any()
-    assert x.index.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]] and x.target.tolist() == [[1, 0, 0], [1, 1, 0]]
+    assert ci.wanted["user"][1].tolist() == [1, 2, 3] and set(ci.wanted) == {"user", "item", "global"}
 
 
 def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
@@ -141,7 +124,7 @@ def test_held_rows_survive_syncs_until_the_ps_epoch_moves(redis_url, namespace):
 
     ps = ParameterServer.get(redis_url, namespace, dim=DIM, init_scale=0.1, seed=1)
     try:
-        sync = WindowSync(ps, ActivityLog(ps), DIM, 1.0, "assign", fence=lambda o: Fence("g", "t", o),
+        sync = WindowSync(ps, ActivityLog(ps), DIM, "assign", fence=lambda o: Fence("g", "t", o),
                           commit=lambda o: None, retry=lambda what, fn, *a, **k: (fn(*a, **k), 0),
                           say=lambda s: None, tick=lambda name, t: t)
         ids = np.array([11, 12], np.int64)
@@ -249,18 +232,16 @@ def test_read_ahead_holds_the_rows_of_pending_records_and_writes_nothing(redis_u
 
 
 def test_side_writes_of_a_replayed_window_with_other_bounds_count_each_event_once(redis_url, namespace):
-    """Gradient mode / cluster: a learner killed after its counter and activity writes but before its rows
-    replays from the rows' offsets, in windows cut elsewhere: the side writes skip exactly the recorded events."""
-    from learner.evaluate import PPOP, ppop_ids
+    """Gradient mode / cluster: a learner killed after its activity-log write but before its rows replays from the
+    rows' offsets, in windows cut elsewhere: the side write skips exactly the recorded events."""
     from learner.sync import WindowSync
     from ps_redis import Fence, ParameterServer
     from ps_redis.activity import ActivityLog
-    from ps_redis.counters import Counters
 
     ps = ParameterServer.get(redis_url, namespace, dim=DIM, init_scale=0.1, seed=1)
     try:
         fence = lambda o: Fence("g", "t", o)  # noqa: E731
-        sync = WindowSync(ps, ActivityLog(ps), DIM, 1.0, "gradient", fence=fence, commit=lambda o: None,
+        sync = WindowSync(ps, ActivityLog(ps), DIM, "gradient", fence=fence, commit=lambda o: None,
                           retry=lambda what, fn, *a, **k: (fn(*a, **k), 0), say=lambda s: None,
                           tick=lambda name, t: t)
         n = 20
@@ -268,20 +249,70 @@ def test_side_writes_of_a_replayed_window_with_other_bounds_count_each_event_onc
         movies = np.arange(n, dtype=np.int64) % 4 + 10
         labels = np.ones(n, np.float32)
         ts, parts, offs = np.full(n, 1000, np.int64), np.arange(n, dtype=np.int32) % 2, np.arange(n) // 2
-        ppop = ppop_ids(np.zeros(n, np.int64), movies)
-        # the crashed sync: counters and activity of events 0..11 (offsets 0..5 of both partitions), no rows
+        # the crashed sync: the activity of events 0..11 (offsets 0..5 of both partitions), no rows
         first = slice(0, 12)
-        sync.pop.add(np.zeros(12, np.int64), movies[first], np.ones(12, np.int64), fence=fence({0: 6, 1: 6}))
         sync.activity.record(None, users[first], movies[first], movies[first], labels[first], ts[first],
                              fence=fence({0: 6, 1: 6}))
         # the replay: one window of all 20 events (offsets 0..9), then its rows
-        sync.add_events(users, movies, movies, labels, ts, parts, offs, ppop)
+        sync.add_events(users, movies, movies, labels, ts, parts, offs)
         sync.add_batch(parts, offs)
         sync.sync(wait=True)
-        _, got_movies, got_counts = Counters(ps, PPOP).read()
-        assert dict(zip(got_movies.tolist(), got_counts.tolist())) == {10: 5, 11: 5, 12: 5, 13: 5}
         assert sorted(sync.activity.popular(10)) == [(10, 5.0), (11, 5.0), (12, 5.0), (13, 5.0)]
         assert ps.offsets("g", "t") == {0: 10, 1: 10}
         sync.close()
+    finally:
+        ps.flush()
+
+
+def test_prequential_hr_ranks_by_the_lfm_channel():
+    """log σ(q·v + b_i + b_u + μ) + log(1 + n_i), computed by hand for three items; rated movies are excluded."""
+    from learner.config import ModelConfig
+    from learner.prequential import PrequentialHR
+
+    hr = PrequentialHR(ModelConfig(dim=DIM), k=1)
+    hr.learn(np.array([1, 2, 3]), np.array([11, 12, 13]), np.array([[1, 0], [0, 1], [1, 1]], np.float32),
+             np.array([0.0, 0.0, -2.0], np.float32), np.array([0, 100, 0]))
+    # q = [2, 0], b_u + μ = 0.5: logits 2.5, 0.5, 0.5; channel -0.079, -0.474 + log 101 = 4.141, -0.474
+    q, offsets = np.array([[2.0, 0.0]] * 3, np.float32), np.full(3, 0.5, np.float32)
+    hr.score(q, offsets, np.array([2, 1, 1]), [set(), set(), {12}])
+    assert (hr.hits, hr.n) == (2, 3)  # item 2 tops; item 1 only once item 2 is rated
+
+
+def test_probe_mirrors_item_counts_as_trained_so_far(redis_url, namespace):
+    """The held rows count a whole chunk's events before it trains; the probe's mirror counts only the events
+    trained before the sample (the LFM channel's n_i does not see the chunk's later events)."""
+    from learner.batch import index_chunk
+    from learner.config import ModelConfig
+    from learner.probe import HRProbe
+    from learner.sync import WindowSync
+    from ps_redis import Fence, ParameterServer
+    from ps_redis.activity import ActivityLog
+
+    m = ModelConfig(dim=DIM, batch_size=2)
+    ps = ParameterServer.get(redis_url, namespace, dim=DIM, init_scale=0.1, seed=1)
+    try:
+        retry = lambda what, fn, *a, **k: (fn(*a, **k), 0)  # noqa: E731
+        sync = WindowSync(ps, ActivityLog(ps), DIM, "assign", fence=lambda o: Fence("g", "t", o),
+                          commit=lambda o: None, retry=retry, say=lambda s: None, tick=lambda name, t: t)
+        movies = np.array([70, 71, 70, 70, 72, 71])
+        c = {"label": np.array([1, 0, 1, 1, 0, 1], np.float32), "user_id": np.array([1, 2, 1, 3, 2, 1]),
+             "movie_id": movies, "raw_user_id": np.array([1, 2, 1, 3, 2, 1]), "raw_movie_id": movies - 60,
+             "rating": np.full(6, 4.0, np.float32), "timestamp": np.arange(6)}
+        ci = index_chunk(c, m)
+        slots = sync.hold(ci.wanted)
+        sync.count(ci, slots)  # the whole chunk: 70 → 3, 71 → 2, 72 → 1
+        item_slots = slots["item"][ci.iinv]
+        probe = HRProbe(m, 10, 0.0, ActivityLog(ps), sync, retry)
+        probe.plan(c, ci, 0, item_slots)
+        mirror = probe.hr.mirror
+        probe.trained(np.unique(item_slots[:2]), slice(0, 2))  # the first micro-batch: one event of 70 and of 71
+        probe.refresh()
+        probe.rate()
+        assert mirror.count[mirror.columns(np.array([70, 71]))].tolist() == [1, 1] and mirror.n == 2
+        probe.trained(np.unique(item_slots[2:]), slice(2, 6))
+        probe.refresh()
+        probe.rate()
+        assert mirror.count[mirror.columns(np.array([70, 71, 72]))].tolist() == [3, 2, 1]
+        probe.close()
     finally:
         ps.flush()
