@@ -20,7 +20,7 @@ A fenced fast push is one ``FCALL lfm_write`` (:func:`transact`): the fence chec
 Lua) and the offsets in one Function call, skipped when covered.  Rows pulled with ``defer_create=True``
 are cached as *new*: the write that first stores them also adds them to the table's row counter (an
 ``INCRBY`` in the same call).  :func:`write_rows` is the same call for a caller that holds whole rows
-itself (the learner's sync window), with extra commands (its activity-log record, counter additions)
+itself (the learner's sync window), with extra commands (its activity-log record)
 inside.  It replaced ``WATCH; MULTI; MSET; ...; HSET fence; EXEC``, whose EXEC commits the rows and the
 offsets even when a command inside fails (see :func:`transact`).
 """

@@ -11,9 +11,8 @@ Functions (rows use the layout of :mod:`ps_redis.codec`; every call touches one 
 - ``lfm_delete``   delete rows, keeping the row counter right.
 - ``lfm_fence_max`` raise stored offsets to at least the given ones (cluster bookkeeping).
 - ``lfm_activity`` one micro-batch of the activity log (see :mod:`ps_redis.activity`).
-- ``lfm_count`` additions to a counter set (see :mod:`ps_redis.counters`).
 - ``lfm_covisit`` one window of the item channel (see :mod:`ps_redis.covisit`).
-- ``lfm_write``   whole rows + sub-calls (activity log, counters, row counters) + fence in one call: the
+- ``lfm_write``   whole rows + sub-calls (activity log, row counters) + fence in one call: the
   learner's sync (see :mod:`ps_redis.fastpath`).
 
 Stored values of the wrong length make a function fail before it writes anything, naming the key.
@@ -345,30 +344,6 @@ end
 
 local function int(x) return string.format('%d', x) end
 
--- KEYS: total counter [, fence key]   (one hash tag: the keys of one counter set)
--- ARGV: bucket prefix, fence block, packed (bucket i8, member i8, count i8) records
-local function lfm_count(keys, args)
-  local f = fence_at(args, 2)
-  local fkey = f.np > 0 and keys[2] or nil
-  if fkey then
-    local stop = enter(fkey, args, f)
-    if stop then return stop end
-  end
-  local blob = args[f.after]
-  local prefix, total, n, step = args[1], 0, #blob / 24, 1000  -- 3000 values per unpack: below Lua's limit
-  for c = 0, n - 1, step do
-    local m = math.min(step, n - c)
-    local v = {struct.unpack('<' .. string.rep('i8', 3 * m), blob, c * 24 + 1)}
-    for j = 1, 3 * m, 3 do
-      redis.call('HINCRBY', prefix .. int(v[j]), int(v[j + 1]), v[j + 2])
-      total = total + v[j + 2]
-    end
-  end
-  redis.call('INCRBY', keys[1], total)
-  if fkey then raise_fence(fkey, args, f) end
-  return 1
-end
-
 -- KEYS: popular zset, changes stream, clock, epoch [, fence key]
 -- ARGV: seen prefix, int width (4|8), users (packed ints: raw user, n, movie 1 .. movie n, ...),
 --       positives (packed ints: movie, count, ...), changed item ids (packed int64), max event ts,
@@ -444,7 +419,7 @@ local function lfm_covisit(keys, args)
 end
 
 -- the library's functions lfm_write runs as sub-calls (a Function cannot FCALL another)
-local SUBCALLS = {lfm_activity = lfm_activity, lfm_count = lfm_count, lfm_covisit = lfm_covisit}
+local SUBCALLS = {lfm_activity = lfm_activity, lfm_covisit = lfm_covisit}
 
 -- One write, all or nothing as far as this library goes: rows, sub-calls and the fence in one Function call, so
 -- a server without the library (restarted without persistence, FUNCTION FLUSH) runs none of it.  In a MULTI/EXEC
@@ -517,7 +492,6 @@ redis.register_function('lfm_delete', lfm_delete)
 redis.register_function('lfm_fence_max', lfm_fence_max)
 redis.register_function('lfm_push', lfm_push)
 redis.register_function('lfm_activity', lfm_activity)
-redis.register_function('lfm_count', lfm_count)
 redis.register_function('lfm_covisit', lfm_covisit)
 redis.register_function('lfm_write', lfm_write)
 """

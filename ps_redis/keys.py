@@ -17,12 +17,8 @@ by one Function call::
     {<ns>:<table>:<shard>}:@fence:<group>:<topic>   offsets this shard group has applied
     <ns>:@fence:<group>:<topic>          offsets every shard group has applied (what offsets() returns)
 
-Activity log keys share one hash tag, ``{<ns>:@act}``, so one call updates them on a cluster too; so do the
-keys of one counter set (:mod:`ps_redis.counters`)::
+Activity log keys share one hash tag, ``{<ns>:@act}``, so one call updates them on a cluster too.
 
-    {<ns>:@cnt:<name>}:<bucket>          hash member -> count
-    {<ns>:@cnt:<name>}:@total            sum of every count added
-    {<ns>:@cnt:<name>}:@fence:<group>:<topic>   offsets of the fenced additions
 Table names match ``[a-z_]+``; ``@`` never appears in a table name, so the kinds cannot collide.
 """
 
@@ -134,11 +130,6 @@ class KeySpace:
             return int(tail)
         except ValueError:
             return None
-
-    # counter sets ------------------------------------------------------------------------------
-    def counters_tag(self, name: str) -> str:
-        """``{ns:@cnt:<name>}``: the hash tag (and key prefix) of one counter set."""
-        return f"{{{self.namespace}:@cnt:{check_table(name)}}}"
 
     # activity log ------------------------------------------------------------------------------
     @property

@@ -13,11 +13,10 @@ Arrays in the file (``z = np.load(path)``)::
     offsets.seq                           int64[m]  highest event seq applied (-1: none)
     seen.user / seen.movie                int64[k]  activity log: raw user rated raw movie
     popular.movie / popular.count         int64[p] / float64[p]
-    counters                              str[C]  counter set names (ps_redis.counters)
-    counters.<name>.bucket / .member / .count   int64[q]
 
 e.g. ``pd.DataFrame({"id": z["item.ids"], "raw": z["item.raw"], "bias": z["item.bias"]})``.
-The activity log's change stream is not saved: after ``load`` a reader's old cursor is expired.
+The activity log's change stream is not saved: after ``load`` a reader's old cursor is expired.  Files of older
+versions may hold ``counters.*`` arrays (the counter sets of the learner's old popularity prior): ``load`` skips them.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import numpy as np
 
 from ps_redis.activity import ActivityLog
 from ps_redis.codec import row_dtype
-from ps_redis.counters import Counters
 from ps_redis.interface import ParameterServerAPI
 from ps_redis.maintenance import scan_keys
 from ps_redis.types import SEQ_FIELD
@@ -37,8 +35,7 @@ FIELDS = ("vec", "bias", "accum", "count", "updated", "raw")
 
 
 def save(ps: ParameterServerAPI, path: str | Path) -> Path:
-    """Write every table, the stored offsets, the activity log and the counter sets of ``ps``'s namespace to
-    ``path``."""
+    """Write every table, the stored offsets and the activity log of ``ps``'s namespace to ``path``."""
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
@@ -71,11 +68,6 @@ def save(ps: ParameterServerAPI, path: str | Path) -> Path:
     users, movies, pop_m, pop_c = ActivityLog(ps).export()
     out["seen.user"], out["seen.movie"] = users, movies
     out["popular.movie"], out["popular.count"] = pop_m, pop_c
-    names = Counters.names(ps)
-    out["counters"] = np.array(names, dtype=str)
-    for name in names:
-        b, m, c = Counters(ps, name).read()
-        out[f"counters.{name}.bucket"], out[f"counters.{name}.member"], out[f"counters.{name}.count"] = b, m, c
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **out)
@@ -116,5 +108,3 @@ def load(ps: ParameterServerAPI, path: str | Path) -> None:
         for (g, t), offs in fences.items():
             ps.redis.hset(ps.keys.fence(g, t), mapping=offs)
     ActivityLog(ps).restore(data["seen.user"], data["seen.movie"], data["popular.movie"], data["popular.count"])
-    for name in data["counters"].tolist() if "counters" in data else []:  # files of older versions have none
-        Counters(ps, name).restore(*(data[f"counters.{name}.{f}"] for f in ("bucket", "member", "count")))

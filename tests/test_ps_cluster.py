@@ -87,18 +87,6 @@ def test_cluster_activity_log(cps):
     assert log.changes_since(cursor)[1].tolist() == []
 
 
-def test_cluster_counters(cps):
-    """A counter set lives under one hash tag: one node answers its whole batch, fences included."""
-    from ps_redis.counters import Counters
-
-    c = Counters(cps, "ppop")
-    f = Fence("learner", "ratings", {0: 10})
-    assert c.add(np.arange(40) % 7, np.arange(40), np.ones(40), fence=f)
-    assert not c.add(np.arange(40) % 7, np.arange(40), np.ones(40), fence=f)
-    b, m, n = c.read()
-    assert len(b) == 40 and n.sum() == 40 and c.total() == 40 and Counters.names(cps) == ["ppop"]
-
-
 def test_cluster_replay_after_a_crash_mid_push_applies_each_row_once(cps):
     """A learner dies after some shard groups applied a fenced push; replaying the same push
     applies the remaining groups only (the exactly-once claim of the cluster layout)."""

@@ -10,7 +10,6 @@ import redis
 
 from ps_redis import Fence, ParameterServer, PSStateLost, Update, row_dtype
 from ps_redis.activity import ActivityLog
-from ps_redis.counters import Counters
 
 DIM = 4
 
@@ -33,11 +32,10 @@ def rows_with_bias(*biases: float) -> np.ndarray:
 
 
 def side_writes(ps: ParameterServer) -> list[tuple]:
-    """The learner's extra commands of one sync: the activity-log record and a ppop counter addition."""
+    """The learner's extra command of one sync: the activity-log record (the write adds the row counters)."""
     log = ActivityLog(ps)
     users, movies = np.array([1, 2], np.int64), np.array([10, 20], np.int64)
-    return [log.record_command(users, movies, movies, np.ones(2, np.float32), np.array([5, 6])),
-            Counters(ps, "ppop").add_command([1, 1], [10, 20], [1, 1])]
+    return [log.record_command(users, movies, movies, np.ones(2, np.float32), np.array([5, 6]))]
 
 
 def test_a_failing_side_write_leaves_rows_and_offsets_unchanged(ps):
@@ -50,8 +48,7 @@ def test_a_failing_side_write_leaves_rows_and_offsets_unchanged(ps):
                       fence=Fence("g", "t", {0: 20}), extra=side_writes(ps))
     back = ps.pull("user", ids_of(1, 2), create=False)
     assert back.bias.tolist() == [0.5, 0.0] and back.found.tolist() == [True, False]
-    assert ps.offsets("g", "t") == {0: 10} and ps.count("user") == 1
-    assert Counters(ps, "ppop").total() == 0
+    assert ps.offsets("g", "t") == {0: 10} and ps.count("user") == 1  # the row counter's INCRBY did not run
 
 
 def test_a_write_after_the_library_was_flushed_reloads_it_and_lands_whole(ps):
@@ -64,7 +61,7 @@ def test_a_write_after_the_library_was_flushed_reloads_it_and_lands_whole(ps):
     finally:
         r.close()
     assert ps.pull("user", ids_of(1), create=False).bias.tolist() == [0.5] and ps.offsets("g", "t") == {0: 10}
-    assert ActivityLog(ps).seen(1) == {10} and Counters(ps, "ppop").total() == 2
+    assert ActivityLog(ps).seen(1) == {10} and ActivityLog(ps).popular(5) == [(20, 1.0), (10, 1.0)]
 
 
 def test_a_fast_assign_push_after_the_library_was_flushed_reloads_it(ps):
@@ -86,7 +83,7 @@ def test_fenced_writes_below_the_writers_bounds_fail_and_write_nothing(ps):
         ps.write_rows({"user": (ids_of(1), rows_with_bias(9.0), np.array([False]))}, fence=bounded,
                       extra=side_writes(ps))
     assert ps.pull("user", ids_of(1), create=False).bias.tolist() == [0.5]
-    assert ps.offsets("g", "t") == {0: 10, 1: 2} and Counters(ps, "ppop").total() == 0
+    assert ps.offsets("g", "t") == {0: 10, 1: 2} and ActivityLog(ps).seen(1) == set()
     ps.redis.delete(ps.keys.fence("g", "t"))  # offsets gone (a restart without persistence)
     with pytest.raises(PSStateLost, match=r"partition 0 at none < 10, partition 1 at none < 4"):
         ps.push({"user": Update(ids_of(1), bias=np.float32([1.0]))}, mode="gradient", fence=bounded)
@@ -94,14 +91,11 @@ def test_fenced_writes_below_the_writers_bounds_fail_and_write_nothing(ps):
     with pytest.raises(PSStateLost):
         ps.push({"user": Update(ids_of(1), bias=np.float32([1.0]))}, mode="assign", fence=bounded)
     assert ps.pull("user", ids_of(1), create=False).bias.tolist() == [0.5] and ps.offsets("g", "t") == {}
-    # the side writes check their own fence keys the same way
-    counters, log = Counters(ps, "ppop"), ActivityLog(ps)
-    assert counters.add([1], [10], [1], fence=Fence("g", "t", {0: 5}))
-    with pytest.raises(PSStateLost, match="@cnt:ppop"):
-        counters.add([1], [10], [1], fence=Fence("g", "t", {0: 6}, stored={0: 7}))
+    # the side write checks its own fence key the same way
+    log = ActivityLog(ps)
     with pytest.raises(PSStateLost, match="@act"):
         log.record(None, [1], [10], [10], [1.0], [5], fence=Fence("g", "t", {0: 6}, stored={0: 1}))
-    assert counters.total() == 1 and log.seen(1) == set()
+    assert log.seen(1) == set()
     # bounds met: the write goes through
     assert ps.write_rows({}, fence=Fence("g", "t", {0: 3}))
     assert ps.write_rows({"user": (ids_of(1), rows_with_bias(2.0), np.array([False]))},
