@@ -2,7 +2,7 @@
 
 :class:`ps_redis.server.ParameterServer` delegates to helper modules: the pull path (:mod:`ps_redis.pullpath`), the
 assign fast path (:mod:`ps_redis.fastpath`), whole-namespace maintenance (:mod:`ps_redis.maintenance`) and
-snapshots (:mod:`ps_redis.snapshot`, which saves the activity log and the counter sets too).  Those take the server
+snapshots (:mod:`ps_redis.snapshot`, which saves the activity log too).  Those take the server
 as an argument typed by :class:`ParameterServerAPI` instead of importing ``ps_redis.server``, so imports go one
 way (server → helpers) and the modules form no cycle.  Everything named here is public on the server, and the
 helpers use nothing else of it.
