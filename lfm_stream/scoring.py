@@ -279,18 +279,38 @@ class ItemChannels:
         np.add.at(sums, inv, np.concatenate(parts_v))
         return uniq, sums / np.sqrt(self.degree[uniq] + 1.0)
 
+    def base(self, contract: ScoreContract, popularity: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """The part of the served score that does not depend on the user's row or recent movies:
+        ``w_co·log(eps) + w_pop·popularity`` (a user's bucket), plus ``w_lfm·log(1 + n_i)`` with ``counts`` (users
+        with an LFM row).  A ranker keeps it per bucket and adds :meth:`user_scores`' terms per request."""
+        out = contract.covisit_weight * np.log(contract.covisit_eps) + \
+            contract.popularity_weight * np.asarray(popularity, np.float64)
+        if counts is not None and contract.lfm_weight:
+            out = out + contract.lfm_weight * np.log1p(np.maximum(np.asarray(counts, np.float64), 0.0))
+        return out
+
+    def user_scores(self, contract: ScoreContract, base: np.ndarray, logits: np.ndarray | None,
+                    recent_cols: np.ndarray) -> np.ndarray:
+        """The served score (:func:`blend`) of every column: ``base`` from :meth:`base` (with the counts when the
+        user has an LFM row), the LFM logits ``q_u·v_i + b_u + b_i + μ`` (None: no row) and the user's recent movies
+        as columns (oldest first).  The item channel touches only the recent movies' neighbours."""
+        out = np.array(base, np.float64)
+        if logits is not None and contract.lfm_weight:
+            out += contract.lfm_weight * -np.logaddexp(0.0, -np.asarray(logits, np.float64))
+        floor = np.log(contract.covisit_eps)
+        cols, sums = self.covisit(contract, recent_cols)
+        keep = cols < len(out)  # a ranker over fewer columns than the channel was built on
+        out[cols[keep]] += contract.covisit_weight * (np.log(contract.covisit_eps + sums[keep]) - floor)
+        return out
+
     def scores(self, contract: ScoreContract, lfm: np.ndarray | None, recent_cols: np.ndarray,
                bucket: int | None, popularity: np.ndarray | None = None) -> np.ndarray:
         """The served score (:func:`blend`) of every column for one user: ``lfm`` = :func:`lfm_channel` (None:
         the user has no LFM row), the user's recent movies as columns (oldest first), the bucket of their last event
-        (``popularity``: :meth:`popularity` of that bucket, if the caller keeps it).  Computed sparsely: the item
-        channel touches only the recent movies' neighbours."""
+        (``popularity``: :meth:`popularity` of that bucket, if the caller keeps it)."""
         if popularity is None:
             popularity = self.popularity(contract, bucket)
-        floor = np.log(contract.covisit_eps)
-        out = contract.covisit_weight * floor + contract.popularity_weight * popularity
-        cols, sums = self.covisit(contract, recent_cols)
-        out[cols] += contract.covisit_weight * (np.log(contract.covisit_eps + sums) - floor)
+        out = self.user_scores(contract, self.base(contract, popularity), None, recent_cols)
         if lfm is not None and contract.lfm_weight:
             out += contract.lfm_weight * np.asarray(lfm, np.float64)
         return out

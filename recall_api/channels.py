@@ -39,11 +39,12 @@ class ChannelSource:
         self.mu = 0.0  # the learner's global offset μ (its ``global`` row)
         self._popularity: dict = {}
         self._top: dict = {}
+        self._base_snap, self._bases = None, {}  # user-independent score parts of one snapshot
 
     def use_contract(self, contract: ScoreContract) -> None:
         """Rank with ``contract`` until the next :meth:`build` (benchmarks re-rank one state with ablations)."""
         self.contract = contract
-        self._popularity, self._top = {}, {}
+        self._popularity, self._top, self._base_snap = {}, {}, None
 
     def read_contract(self, ps) -> ScoreContract:
         """The learner's contract from Redis; without one (no learner has started yet), the defaults."""
@@ -81,7 +82,7 @@ class ChannelSource:
             buckets, lookup_rows(raw_pos, pop_movies.tolist()), pop_counts, store.latest_bucket())
         self.n_built = n_items
         self.version += 1
-        self._popularity, self._top = {}, {}
+        self._popularity, self._top, self._base_snap = {}, {}, None
 
     def top_popular(self, bucket: int | None, n: int) -> np.ndarray:
         """Rows of the ``n`` highest popularity priors for ``bucket`` (candidates of the ANN path; cached per
@@ -107,24 +108,35 @@ class ChannelSource:
             got.flags.writeable = False
         return got
 
-    def scores(self, lfm: np.ndarray | None, recent_rows: np.ndarray, bucket: int | None, n: int) -> np.ndarray:
-        """The served score over the matrix's first ``n`` rows; rows added after the last build rank as movies
-        with no co-occurrence and no popularity yet."""
-        c, built = self.contract, self.n_built
-        m = min(n, built)
-        if lfm is not None:
-            lfm = np.asarray(lfm, np.float64)
-            lfm_built = np.zeros(built, np.float64)
-            lfm_built[:m] = lfm[:m]
-        out = self.channels.scores(c, None if lfm is None else lfm_built, recent_rows, bucket,
-                                   self.popularity(bucket).copy())[:n]
-        if n > built:
-            tail = np.full(n - built, c.covisit_weight * np.log(c.covisit_eps)
-                           + c.popularity_weight * np.log(c.popularity_smooth))
-            if lfm is not None and c.lfm_weight:
-                tail += c.lfm_weight * lfm[built:n]
-            out = np.r_[out, tail]
-        return out
+    def scores(self, snap, query, recent_rows: np.ndarray, bucket: int | None) -> np.ndarray:
+        """The served score over the snapshot's rows for a user with LFM row ``query`` (``vec``, ``bias``; None:
+        none), recent movies ``recent_rows`` and last bucket ``bucket``.  The user-independent part is cached per
+        (snapshot, bucket, LFM row or not); rows added after the last build rank as movies with no co-occurrence
+        and no popularity yet."""
+        c, ch = self.contract, self.channels
+        lfm = query is not None and bool(c.lfm_weight)
+        base = self._base(snap, bucket, lfm)
+        logits = None
+        if lfm:
+            logits = snap.vec @ query.vec + snap.bias + np.float32(query.bias + self.mu)
+        return ch.user_scores(c, base, logits, recent_rows) if snap.n <= ch.n else \
+            _padded_scores(ch, c, base, logits, recent_rows)
+
+    def _base(self, snap, bucket: int | None, lfm: bool) -> np.ndarray:
+        key = (bucket, lfm)
+        if self._base_snap is not snap:
+            self._base_snap, self._bases = snap, {}
+        got = self._bases.get(key)
+        if got is None:
+            c, n, built = self.contract, snap.n, self.n_built
+            pop = np.full(n, np.log(c.popularity_smooth))
+            pop[:min(n, built)] = self.popularity(bucket)[:min(n, built)]
+            got = self.channels.base(c, pop, snap.count if lfm else None)
+            got.flags.writeable = False
+            if len(self._bases) >= POPULARITY_CACHE:
+                self._bases = {}
+            self._bases[key] = got
+        return got
 
     def stats(self) -> dict:
         """Facts for /stats."""
@@ -134,3 +146,14 @@ class ChannelSource:
                 "items_with_neighbours": 0 if ch is None else int(np.count_nonzero(np.diff(ch.indptr))),
                 "popularity_buckets": 0 if ch is None else len(ch.bucket_ids),
                 "latest_bucket": None if ch is None else ch.latest_bucket}
+
+
+def _padded_scores(channels: ItemChannels, contract: ScoreContract, base: np.ndarray, logits, recent_rows) -> np.ndarray:
+    """:meth:`ItemChannels.user_scores` when the snapshot has rows the channels were not built over (they get no
+    co-occurrence): the item channel runs over the built columns only."""
+    n = channels.n
+    head = channels.user_scores(contract, base[:n], None if logits is None else logits[:n], recent_rows)
+    tail = np.array(base[n:], np.float64)
+    if logits is not None and contract.lfm_weight:
+        tail += contract.lfm_weight * -np.logaddexp(0.0, -np.asarray(logits[n:], np.float64))
+    return np.r_[head, tail]

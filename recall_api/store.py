@@ -238,8 +238,7 @@ class RecallStore:
         if self.index is not None and self.index.ready:
             pos, scores = self._rank_candidates(snap, query, recent_rows, bucket, k, exclude)
         else:
-            lfm = None if query is None or not self.channels.contract.lfm_weight else self._lfm(snap, query)
-            s = self.channels.scores(lfm, recent_rows, bucket, snap.n)
+            s = self.channels.scores(snap, query, recent_rows, bucket)
             if snap.invalid is not None:
                 s[snap.invalid] = NEG_INF
             pos, scores = top_k(s, k, exclude)
