@@ -110,17 +110,26 @@ class ChannelSource:
 
     def scores(self, snap, query, recent_rows: np.ndarray, bucket: int | None) -> np.ndarray:
         """The served score over the snapshot's rows for a user with LFM row ``query`` (``vec``, ``bias``; None:
-        none), recent movies ``recent_rows`` and last bucket ``bucket``.  The user-independent part is cached per
+        none), recent movies ``recent_rows`` and last bucket ``bucket``: :meth:`bound` plus :meth:`lfm_term`."""
+        out = self.bound(snap, query, recent_rows, bucket)
+        if query is not None and self.contract.lfm_weight:
+            out += self.lfm_term(snap, query, np.arange(snap.n))
+        return out
+
+    def bound(self, snap, query, recent_rows: np.ndarray, bucket: int | None) -> np.ndarray:
+        """The served score without the LFM channel's ``w_lfm·log σ(ŷ)`` term — an upper bound of it, since
+        ``log σ ≤ 0`` (exactly the score for a user without an LFM row).  The user-independent part is cached per
         (snapshot, bucket, LFM row or not); rows added after the last build rank as movies with no co-occurrence
         and no popularity yet."""
         c, ch = self.contract, self.channels
-        lfm = query is not None and bool(c.lfm_weight)
-        base = self._base(snap, bucket, lfm)
-        logits = None
-        if lfm:
-            logits = snap.vec @ query.vec + snap.bias + np.float32(query.bias + self.mu)
-        return ch.user_scores(c, base, logits, recent_rows) if snap.n <= ch.n else \
-            _padded_scores(ch, c, base, logits, recent_rows)
+        base = self._base(snap, bucket, query is not None and bool(c.lfm_weight))
+        out = ch.user_scores(c, base, None, recent_rows)
+        return out
+
+    def lfm_term(self, snap, query, rows: np.ndarray) -> np.ndarray:
+        """``w_lfm·log σ(q_u·v_i + b_u + b_i + μ)`` of ``rows`` (the LFM channel's user-dependent part)."""
+        x = (snap.vec[rows] @ query.vec + snap.bias[rows]).astype(np.float64) + (query.bias + self.mu)
+        return self.contract.lfm_weight * (np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x))))
 
     def _base(self, snap, bucket: int | None, lfm: bool) -> np.ndarray:
         key = (bucket, lfm)
@@ -147,13 +156,3 @@ class ChannelSource:
                 "popularity_buckets": 0 if ch is None else len(ch.bucket_ids),
                 "latest_bucket": None if ch is None else ch.latest_bucket}
 
-
-def _padded_scores(channels: ItemChannels, contract: ScoreContract, base: np.ndarray, logits, recent_rows) -> np.ndarray:
-    """:meth:`ItemChannels.user_scores` when the snapshot has rows the channels were not built over (they get no
-    co-occurrence): the item channel runs over the built columns only."""
-    n = channels.n
-    head = channels.user_scores(contract, base[:n], None if logits is None else logits[:n], recent_rows)
-    tail = np.array(base[n:], np.float64)
-    if logits is not None and contract.lfm_weight:
-        tail += contract.lfm_weight * -np.logaddexp(0.0, -np.asarray(logits[n:], np.float64))
-    return np.r_[head, tail]
