@@ -110,26 +110,28 @@ class ChannelSource:
 
     def scores(self, snap, query, recent_rows: np.ndarray, bucket: int | None) -> np.ndarray:
         """The served score over the snapshot's rows for a user with LFM row ``query`` (``vec``, ``bias``; None:
-        none), recent movies ``recent_rows`` and last bucket ``bucket``: :meth:`bound` plus :meth:`lfm_term`."""
+        none), recent movies ``recent_rows`` and last bucket ``bucket``: :meth:`bound` plus the LFM term."""
         out = self.bound(snap, query, recent_rows, bucket)
         if query is not None and self.contract.lfm_weight:
-            out += self.lfm_term(snap, query, np.arange(snap.n))
+            out += self.lfm_term(self.logits(snap, query))
         return out
 
     def bound(self, snap, query, recent_rows: np.ndarray, bucket: int | None) -> np.ndarray:
-        """The served score without the LFM channel's ``w_lfm·log σ(ŷ)`` term — an upper bound of it, since
-        ``log σ ≤ 0`` (exactly the score for a user without an LFM row).  The user-independent part is cached per
-        (snapshot, bucket, LFM row or not); rows added after the last build rank as movies with no co-occurrence
-        and no popularity yet."""
+        """The served score without the LFM channel's ``w_lfm·log σ(ŷ)`` term (exactly the score for a user
+        without an LFM row).  The user-independent part is cached per (snapshot, bucket, LFM row or not); rows
+        added after the last build rank as movies with no co-occurrence and no popularity yet."""
         c, ch = self.contract, self.channels
         base = self._base(snap, bucket, query is not None and bool(c.lfm_weight))
-        out = ch.user_scores(c, base, None, recent_rows)
-        return out
+        return ch.user_scores(c, base, None, recent_rows)
 
-    def lfm_term(self, snap, query, rows: np.ndarray) -> np.ndarray:
-        """``w_lfm·log σ(q_u·v_i + b_u + b_i + μ)`` of ``rows`` (the LFM channel's user-dependent part)."""
-        x = (snap.vec[rows] @ query.vec + snap.bias[rows]).astype(np.float64) + (query.bias + self.mu)
-        return self.contract.lfm_weight * (np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x))))
+    def logits(self, snap, query) -> np.ndarray:
+        """``ŷ = q_u·v_i + b_u + b_i + μ`` of every row (float64)."""
+        return (snap.vec @ query.vec + snap.bias).astype(np.float64) + (query.bias + self.mu)
+
+    def lfm_term(self, logits: np.ndarray) -> np.ndarray:
+        """``w_lfm·log σ(ŷ)``, the LFM channel's user-dependent part; it lies in ``[w·(min(ŷ, 0) − log 2),
+        w·min(ŷ, 0)]``."""
+        return self.contract.lfm_weight * (np.minimum(logits, 0.0) - np.log1p(np.exp(-np.abs(logits))))
 
     def _base(self, snap, bucket: int | None, lfm: bool) -> np.ndarray:
         key = (bucket, lfm)

@@ -244,21 +244,24 @@ class RecallStore:
 
     def _rank_exact(self, snap: Snapshot, query, recent_rows: np.ndarray, bucket: int | None, k: int,
                     exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Brute force, exact: the score without the LFM channel's ``w·log σ(ŷ)`` term bounds the served score
-        from above (``log σ ≤ 0``), so the term is computed only for the rows whose bound reaches the k-th best
-        full score of the bound's own top k (~k to a few hundred rows instead of the whole catalogue)."""
+        """Brute force, exact.  The LFM term ``w·log σ(ŷ)`` lies within ``w·log 2`` below ``w·min(ŷ, 0)``, so
+        ``upper = bound + w·min(ŷ, 0)`` bounds the served score from above: log σ is computed only for the rows
+        whose upper bound reaches the k-th best served score of the upper bound's own top k (a handful of rows,
+        instead of an exp and a log over the whole catalogue)."""
         ch = self.channels
         bound = ch.bound(snap, query, recent_rows, bucket)
         if snap.invalid is not None:
             bound[snap.invalid] = NEG_INF
         if query is None or not ch.contract.lfm_weight:
             return top_k(bound, k, exclude)
-        first, _ = top_k(bound, k, exclude)  # also sets the excluded rows to -inf
+        logits = ch.logits(snap, query)
+        upper = bound + ch.contract.lfm_weight * np.minimum(logits, 0.0)
+        first, _ = top_k(upper, k, exclude)  # also sets the excluded rows to -inf
         if not len(first):
             return first, np.zeros(0, np.float32)
-        kth = float((bound[first] + ch.lfm_term(snap, query, first)).min())
-        cand = np.flatnonzero(bound >= kth)
-        pos, scores = top_k(bound[cand] + ch.lfm_term(snap, query, cand), k)
+        kth = float((bound[first] + ch.lfm_term(logits[first])).min())
+        cand = np.flatnonzero(upper >= kth)
+        pos, scores = top_k(bound[cand] + ch.lfm_term(logits[cand]), k)
         return cand[pos], scores
 
     def _rank_candidates(self, snap: Snapshot, query: np.ndarray | None, recent_rows: np.ndarray,
