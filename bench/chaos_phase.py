@@ -26,7 +26,8 @@ import redis
 from bench.chaos_poison import PoisonInjector, kind_count, poison_records
 from bench.chaos_procs import FenceMonitor, RecallService, Worker
 from bench.chaos_report import poison_report, recovery_summary
-from bench.chaos_state import (dead_letters, fence_offsets, items_check, items_state, learner_check, topic_end)
+from bench.chaos_state import (dead_letters, fence_offsets, items_check, items_state, learner_check, topic_audit,
+                               topic_end)
 from lfm_local.stack import RedisServer, TansuBroker
 
 
@@ -43,7 +44,7 @@ class ChaosConfig:
 
     data_dir: Path
     max_events: int | None = None
-    rate: float = 200.0  # reference and chaos: the stream outlasts the kills (~17 s per kill and restart)
+    rate: float = 150.0  # reference and chaos: the stream outlasts the kills (15-30 s per kill and restart)
     fault_rate: float = 1000.0  # ps-loss-* and broker
     kills: int = 20
     items_kills: int = 5
@@ -209,12 +210,15 @@ class Phase:
                 self.end = topic_end(self.bootstrap, self.topic)
         return self.end
 
+    def _joined(self, role: str) -> bool:
+        """Whether ``role``'s current process has joined the group (it says so in its log)."""
+        return "assigned partitions" in self.workers[role].current.log.read_text(errors="replace")
+
     def _caught_up(self, role: str) -> bool:
         """Nothing is left for ``role`` to apply: the stream is over, its PS offsets are at the topic's end and its
-        current process has joined the group (said so in its log)."""
+        current process has joined the group."""
         end = self._final_end()
-        return end is not None and self.monitor.latest(role) == end and \
-            "assigned partitions" in self.workers[role].current.log.read_text(errors="replace")
+        return end is not None and self.monitor.latest(role) == end and self._joined(role)
 
     def _note_recoveries(self) -> None:
         """Each fault's recovery per role: the first fenced write of the role after the restart (or, once the role
@@ -261,7 +265,7 @@ class Phase:
             self.injector.join(120)
         end = self._final_end()
         deadline = time.monotonic() + self.cfg.progress_timeout_s
-        while any(self.monitor.latest(role) != end for role in self.roles):
+        while any(self.monitor.latest(role) != end or not self._joined(role) for role in self.roles):
             self._check_exits()
             self._note_recoveries()
             if time.monotonic() > deadline:
@@ -464,6 +468,7 @@ class Phase:
             state = items_state(self.redis_url, self.namespace)
             self.nb = state["nb"]
             self.result["items_state"] = items_check(state, self.values)
+        self.result["topic"] = topic_audit(self.bootstrap, self.topic, self.result["topic_end"])
         if self.poison:
             self.result["dead_letters"] = dead_letters(self.bootstrap, self.topic)
 
@@ -497,7 +502,8 @@ class Phase:
     def _poison_report(self) -> dict:
         counted = {m["offset"] for m in self.workers["learner"].metrics_records() if m.get("event") == "poison"}
         return poison_report(self.poison, self.injector.result if self.injector else None,
-                             self.result.pop("dead_letters", []), counted)
+                             self.result.pop("dead_letters", []), counted,
+                             self.result.get("topic", {}).get("poison_at"))
 
     def _report(self) -> dict:
         self._recoveries()
@@ -506,6 +512,8 @@ class Phase:
                "seconds": round(time.monotonic() - self.t0, 1), "error": self.result.get("error"),
                "first_write_s": self.result.get("first_write_s"), "topic_end": self.result.get("topic_end"),
                "faults": self.faults, "skipped_faults": self.skipped, "recovery_s": recovery_summary(self.faults)}
+        if "topic" in self.result:
+            out["topic"] = {k: v for k, v in self.result["topic"].items() if k != "poison_at"}
         state = self.result.get("learner_state")
         if state is not None:
             out["events"] = state

@@ -8,14 +8,15 @@ from bench.chaos_poison import Injected, PoisonRecord
 
 
 def poison_report(poison: list[PoisonRecord], injected: Injected | None, letters: list[tuple[bytes | None, dict]],
-                  counted: set[int]) -> dict:
-    """Poison published / counted by the learner / dead-lettered, per kind.
+                  counted: set[int], in_topic: dict[int, int] | None) -> dict:
+    """Poison published / found in the topic / counted by the learner / dead-lettered, per kind.
 
     Args:
         poison: the records planned.
         injected: what the injector published (each record's offset), None when it never ran.
         letters: ``(key, headers)`` of every dead letter (:func:`bench.chaos_state.dead_letters`).
         counted: offsets of the poison records the learner reported (``poison`` metrics events, every process).
+        in_topic: record number → offset of the poison records read back from the topic (None: not read).
     """
     published = injected.offsets if injected else {}
     by_n = {p.n: p for p in poison}
@@ -29,14 +30,16 @@ def poison_report(poison: list[PoisonRecord], injected: Injected | None, letters
     kinds: dict[str, dict] = {}
     for n, offset in published.items():
         p = by_n[n]
-        k = kinds.setdefault(p.kind, {"reason": p.reason, "published": 0, "dead_lettered": 0,
+        k = kinds.setdefault(p.kind, {"reason": p.reason, "published": 0, "in_topic": 0, "dead_lettered": 0,
                                       "counted_by_learner": 0, "wrong_reason": 0})
         k["published"] += 1
+        k["in_topic"] += in_topic is not None and in_topic.get(n) == offset
         k["dead_lettered"] += n in reasons
         k["counted_by_learner"] += offset in counted
         k["wrong_reason"] += any(r != p.reason for r in reasons.get(n, []))
     dead = sum(n in reasons for n in published)
     return {"published": len(published), "planned": len(poison), "kinds": len(kinds),
+            "in_topic": sum(k["in_topic"] for k in kinds.values()) if in_topic is not None else None,
             "counted_by_learner": sum(k["counted_by_learner"] for k in kinds.values()),
             "dead_lettered": dead, "dead_lettered_share": round(dead / len(published), 4) if published else None,
             "dead_letter_copies": sum(len(v) for v in reasons.values()),

@@ -173,6 +173,37 @@ def topic_end(bootstrap: str, topic: str) -> int:
         c.close()
 
 
+def topic_audit(bootstrap: str, topic: str, end: int) -> dict:
+    """What the topic holds, read from its start to ``end`` (one partition): records, offsets without a record,
+    stream events (``lfm-seq``) and their extra copies, and the offset of each poison record (key ``poison-<n>``)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000,
+                      fetch_max_bytes=8 << 20, max_partition_fetch_bytes=8 << 20)
+    tp = TopicPartition(topic, 0)
+    records, seqs, poison, last = 0, set(), {}, -1
+    gaps = copies = 0
+    try:
+        c.assign([tp])
+        c.seek_to_beginning(tp)
+        for m in c:
+            records += 1
+            gaps += m.offset - last - 1
+            last = m.offset
+            seq = dict(m.headers).get("lfm-seq")
+            if seq is not None:
+                copies += seq in seqs
+                seqs.add(seq)
+            elif m.key and m.key.startswith(b"poison-"):
+                poison[int(m.key[7:])] = m.offset
+            if m.offset + 1 >= end:
+                break
+    finally:
+        c.close()
+    return {"records": records, "end": last + 1, "offsets_without_record": gaps + max(0, end - last - 1),
+            "events": len(seqs), "event_copies": copies, "poison_at": poison}
+
+
 def dead_letters(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict[str, str]]]:
     """(key, headers) of every record of the dead-letter topic ``<topic>.dlq``."""
     from kafka import KafkaConsumer, TopicPartition
