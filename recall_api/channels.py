@@ -64,10 +64,13 @@ class ChannelSource:
         return contract
 
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
-        """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows."""
-        self.contract = self.read_contract(ps)
+        """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows.
+
+        Everything is read and built first, then published: the channels before the contract (``/stats`` shows the
+        new contract only once the channels it names are served), the caches cleared again after it."""
+        contract = self.read_contract(ps)
         g = ps.pull("global", np.zeros(1, np.int64), create=False)
-        self.mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
+        mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
         store = Covisit(ps)
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()
@@ -75,12 +78,14 @@ class ChannelSource:
         # a stored list holds up to neighbor_hold neighbours, most counted first: serve the first `neighbors` of each
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
         rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
-        top = rank < self.contract.neighbors
-        self.channels = ItemChannels.build(
+        top = rank < contract.neighbors
+        channels = ItemChannels.build(
             n_items, lookup_rows(raw_pos, deg_movies.tolist()), deg,
             lookup_rows(raw_pos, owners[top].tolist()), lookup_rows(raw_pos, cols[top].tolist()), counts[top],
             buckets, lookup_rows(raw_pos, pop_movies.tolist()), pop_counts, store.latest_bucket())
-        self.n_built = n_items
+        self.channels, self.mu, self.n_built = channels, mu, n_items
+        self._popularity, self._top, self._base_snap = {}, {}, None
+        self.contract = contract
         self.version += 1
         self._popularity, self._top, self._base_snap = {}, {}, None
 

@@ -228,7 +228,7 @@ class RecallStore:
             raise NotFound(f"unknown user {user_id}: no vector, no rated movies, and not in the prepared data")
         snap = matrix.snapshot()
         exclude = lookup_ids(snap.row_of_raw, snap.raw_pos, rated) if len(rated) else None
-        if self.channels.channels is None:  # nothing built yet (first refresh failed): the LFM score alone
+        if self.channels.contract is None:  # nothing built yet (first refresh failed): the LFM score alone
             if query is None:
                 return self.popularity(k, set(rated.tolist()))
             pos, scores = top_k(self._lfm(snap, query), k, exclude)
@@ -347,7 +347,7 @@ class RecallStore:
                 raise NotFound(f"movie {movie_id} ({self.catalog.movies[movie_id].title}) has no vector yet")
             raise NotFound(f"unknown movie {movie_id}: not in the catalog and no vector")
         exclude = np.array([row], np.int64)
-        if source == "covisit" and self.channels.channels is not None:
+        if source == "covisit" and self.channels.contract is not None:
             cols, sums = self.channels.channels.covisit(self.channels.contract, exclude)
             keep = (cols < snap.n) & (cols != row)
             if snap.invalid is not None:
