@@ -96,13 +96,10 @@ def served_channels(ps, cfg: ModelConfig, table: "ItemTable"):
     store = Covisit(ps)
     deg_movies, deg = store.degrees()
     buckets, pop_movies, pop_counts = store.popularity()
-    owners, cols, counts = store.all_neighbours()
-    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
-    rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
-    top = rank < contract.neighbors
+    owners, cols, counts = store.all_neighbours(limit=contract.neighbors)  # the served top of each list
     col = table.raw_column_array
-    channels = ItemChannels.build(len(table.ids), col(deg_movies), deg, col(owners[top]), col(cols[top]),
-                                  counts[top], buckets, col(pop_movies), pop_counts, store.latest_bucket())
+    channels = ItemChannels.build(len(table.ids), col(deg_movies), deg, col(owners), col(cols), counts, buckets,
+                                  col(pop_movies), pop_counts, store.latest_bucket())
     return contract, channels
 
 

@@ -133,9 +133,9 @@ class Covisit:
             return []
         return [parse_neighbours(v) for v in self.ps.redis.mget([self.neighbours_key(m) for m in movies])]
 
-    def all_neighbours(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(owner raw ids, neighbour raw ids, counts) of every stored list (SCAN + MGET in batches); malformed
-        keys or values are skipped."""
+    def all_neighbours(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(owner raw ids, neighbour raw ids, counts) of every stored list (SCAN + MGET in batches), at most the
+        first ``limit`` (the most counted) of each list; malformed keys or values are skipped."""
         keys = [_key_text(k) for k in self.ps.redis.scan_iter(match=f"{self.tag}:nb:*", count=2000)]
         owners, cols, counts = [], [], []
         for lo in range(0, len(keys), 2000):
@@ -145,6 +145,8 @@ class Covisit:
                 if owner is None:
                     continue
                 ids, cnt = parse_neighbours(value)
+                if limit is not None:
+                    ids, cnt = ids[:limit], cnt[:limit]
                 owners.append(np.full(len(ids), owner, np.int64))
                 cols.append(ids)
                 counts.append(cnt)

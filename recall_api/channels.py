@@ -74,15 +74,12 @@ class ChannelSource:
         store = Covisit(ps)
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()
-        owners, cols, counts = store.all_neighbours()
-        # a stored list holds up to neighbor_hold neighbours, most counted first: serve the first `neighbors` of each
-        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
-        rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
-        top = rank < contract.neighbors
+        # a stored list holds up to neighbor_hold neighbours, most counted first: the first `neighbors` are served
+        owners, cols, counts = store.all_neighbours(limit=contract.neighbors)
         channels = ItemChannels.build(
-            n_items, lookup_rows(raw_pos, deg_movies.tolist()), deg,
-            lookup_rows(raw_pos, owners[top].tolist()), lookup_rows(raw_pos, cols[top].tolist()), counts[top],
-            buckets, lookup_rows(raw_pos, pop_movies.tolist()), pop_counts, store.latest_bucket())
+            n_items, lookup_rows(raw_pos, deg_movies.tolist()), deg, lookup_rows(raw_pos, owners.tolist()),
+            lookup_rows(raw_pos, cols.tolist()), counts, buckets, lookup_rows(raw_pos, pop_movies.tolist()),
+            pop_counts, store.latest_bucket())
         self.channels, self.mu, self.n_built = channels, mu, n_items
         self._popularity, self._top, self._base_snap = {}, {}, None
         self.contract = contract
