@@ -1,6 +1,6 @@
 """Chaos bench: crashes, outages and poison records against the whole pipeline; JSON on stdout.
 
-    python bench/chaos.py                          # the full ml-latest-small stream, every phase (~10 min)
+    python bench/chaos.py                          # the full ml-latest-small stream, every phase (~20 min)
     python bench/chaos.py --max-events 20000 --kills 5 --phases chaos
 
 Each phase runs on servers of its own on loopback (redis-server with the append-only file fsynced every second,
@@ -33,8 +33,9 @@ Poison (``--poison-share``, 1% of the events; every kind of ``bench/chaos_poison
 the replay in every phase but ``broker``.
 
 Figures per phase: events expected / applied / lost / applied twice from the PS rows' event counts (users, movies,
-μ), the activity log, the item channel (against one pass over the stream), PS offsets against the topic's end;
-poison published / counted by the learner / dead-lettered (distinct; the reason each dead letter gives); every
+μ), the activity log, the item channel (against one pass over the stream), PS offsets against the topic's end, the
+topic itself read back (records, offsets without one, events and their copies); poison published / found in the
+topic / counted by the learner / dead-lettered (distinct; the reason each dead letter gives); every
 fault with its recovery time (from the restart to the next fenced write of the learner, resp. the item channel);
 exits the bench did not cause; the learner's final test AUC (vs the reference run); whether the learner and the
 recall service (``/healthz`` and a u2i answer) are up at the end.  Targets: 0 lost, 0 applied twice, every poison
