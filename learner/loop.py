@@ -244,6 +244,10 @@ class Learner:
             self.pending.clear()
             self.sync.reset()
             self.seqs.reset()
+        # a Redis that lost everything lost the namespace's description and the score contract too: readers (the
+        # recall service, dim=None) need both
+        self._retry("writing the PS metadata", self.ps.write_meta)
+        self._write_contract()
         self.fetcher = self._open_fetcher(poll_records)
 
     def _write_contract(self) -> None:

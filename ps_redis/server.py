@@ -113,7 +113,7 @@ class ParameterServer:
         self.init_scale = float(init_scale if init_scale is not None else meta.get("init_scale", DEFAULT_INIT_SCALE))
         self.seed = int(seed if seed is not None else meta.get("seed", DEFAULT_SEED))
         self.row_cache = RowCache()  # rows of recent pulls / pushes: what the assign fast path builds rows from
-        self._write_meta()
+        self.write_meta()
 
     def _same(self, init_scale: float | None, seed: int | None) -> "ParameterServer":
         if init_scale is not None and float(init_scale) != self.init_scale:
@@ -122,7 +122,9 @@ class ParameterServer:
             raise ValueError(f"PS {self!r} exists with seed {self.seed}; asked for {seed}")
         return self
 
-    def _write_meta(self) -> None:
+    def write_meta(self) -> None:
+        """(Re)write the namespace's ``@meta`` (dim, shards, init scale, seed, row layout): it describes the
+        namespace to readers (``dim=None``), e.g. after a Redis that lost everything."""
         with self.io():
             self.redis.hset(self.keys.meta, mapping={
                 "dim": self.dim, "shards": self.keys.shards, "init_scale": repr(self.init_scale),
@@ -394,7 +396,7 @@ class ParameterServer:
         """
         self.row_cache.forget()
         n = maintenance.flush(self)
-        self._write_meta()
+        self.write_meta()
         self._new_epoch()
         return n
 

@@ -110,6 +110,14 @@ def test_on_ps_loss_rebuild_replays_from_the_earliest_offset_without_stopping(
         end = read_metrics(tmp_path / "m.jsonl")[-1]
         assert end["reason"] == "signal" and end["rebuilds"] == 1 and end["ps_state_lost"] is None
         assert_whole_stream_once(srv.url, namespace, topic, syn_values)
+        # the emptied Redis is described again: readers find the namespace's dim and the score contract
+        import redis
+
+        from lfm_stream.scoring import ScoreContract, contract_key
+
+        r = redis.Redis.from_url(srv.url)
+        assert int(r.hget(f"{namespace}:@meta", "dim")) == 8
+        assert ScoreContract.from_json(r.get(contract_key(namespace))).dim == 8
     finally:
         ParameterServer.reset_instances()
         srv.stop()
