@@ -46,29 +46,29 @@ class ChannelSource:
         self.contract = contract
         self._popularity, self._top, self._base_snap = {}, {}, None
 
-    def read_contract(self, ps) -> ScoreContract:
-        """The learner's contract from Redis; without one (no learner has started yet), the defaults."""
+    def read_contract(self, ps) -> tuple[ScoreContract, str]:
+        """The learner's contract from Redis and where it came from (``redis``); without one (no learner has
+        started yet), the defaults (``default``). Nothing is published here: :meth:`build` publishes both."""
         raw = ps.redis.get(contract_key(ps.namespace))
         if raw is None:
             if self.contract_source != "default":
                 log.info("no score contract at %s yet: serving the default contract", contract_key(ps.namespace))
-            self.contract_source = "default"
-            return ScoreContract(dim=ps.dim)
+            return ScoreContract(dim=ps.dim), "default"
         try:
-            contract = ScoreContract.from_json(raw)
+            return ScoreContract.from_json(raw), "redis"
         except ValueError as exc:
             log.warning("score contract at %s is unusable (%s): keeping %s", contract_key(ps.namespace), exc,
                         "the previous one" if self.contract is not None else "the defaults")
-            return self.contract or ScoreContract(dim=ps.dim)
-        self.contract_source = "redis"
-        return contract
+            if self.contract is not None:
+                return self.contract, self.contract_source
+            return ScoreContract(dim=ps.dim), "default"
 
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
         """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows.
 
         Everything is read and built first, then published: the channels before the contract (``/stats`` shows the
         new contract only once the channels it names are served), the caches cleared again after it."""
-        contract = self.read_contract(ps)
+        contract, source = self.read_contract(ps)
         g = ps.pull("global", np.zeros(1, np.int64), create=False)
         mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
         store = Covisit(ps)
@@ -82,7 +82,7 @@ class ChannelSource:
             pop_counts, store.latest_bucket())
         self.channels, self.mu, self.n_built = channels, mu, n_items
         self._popularity, self._top, self._base_snap = {}, {}, None
-        self.contract = contract
+        self.contract, self.contract_source = contract, source
         self.version += 1
         self._popularity, self._top, self._base_snap = {}, {}, None
 
