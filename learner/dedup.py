@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from learner.input import Decoded
-from learner.kafka_io import Chunk
 
 
 class SeqFilter:
@@ -62,16 +60,10 @@ class SeqFilter:
         return keep
 
 
-def select(chunk: Chunk, keep: np.ndarray) -> Chunk:
-    """The records of ``chunk`` where ``keep`` is True (the same chunk when all are)."""
-    if keep.all():
-        return chunk
-    at = np.flatnonzero(keep)
-    decoded = chunk.decoded
-    if isinstance(decoded, Decoded):
-        renumber = {int(i): j for j, i in enumerate(at.tolist())}
-        decoded = Decoded({k: v[at] for k, v in decoded.columns.items()}, decoded.ok[at],
-                          {renumber[i]: r for i, r in decoded.reasons.items() if i in renumber})
-    return Chunk(chunk.parts[at], chunk.offsets[at], [chunk.values[i] for i in at.tolist()],
-                 [chunk.keys[i] for i in at.tolist()] if chunk.keys else [], chunk.gen, decoded,
-                 ends=chunk.ends, seqs=chunk.seqs[at])
+def valid_seqs(seqs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The records' seqs with -1 (no seq) where a record is not ``valid``: poison takes no part in deduplication.
+
+    >>> valid_seqs(np.array([4, 10**9, 5]), np.array([True, False, True])).tolist()
+    [4, -1, 5]
+    """
+    return np.where(valid, seqs, -1)

@@ -40,6 +40,19 @@ class Parsed:
     def __len__(self) -> int:
         return int(self.valid.size)
 
+    def valid_mask(self, n: int) -> np.ndarray:
+        """True at the input indexes (of ``n`` records) of the valid records."""
+        mask = np.zeros(n, bool)
+        mask[self.valid] = True
+        return mask
+
+    def taking(self, keep: np.ndarray) -> "Parsed":
+        """The valid records where ``keep`` (over the input indexes) is True; indexes and bad records unchanged."""
+        at = keep[self.valid]
+        if at.all():
+            return self
+        return Parsed({k: v[at] for k, v in self.columns.items()}, self.valid[at], self.bad)
+
 
 @dataclass
 class Decoded:

@@ -28,7 +28,7 @@ import numpy as np
 from learner.backoff import retry
 from learner.config import LearnerConfig
 from learner.covisit import NeighbourLists, chunk_update, encode_many
-from learner.dedup import SeqFilter
+from learner.dedup import SeqFilter, valid_seqs
 from learner.report import say as learner_say
 from lfm_stream.scoring import ScoreContract
 
@@ -164,12 +164,10 @@ class ItemChannel:
 
         fence_offsets = {int(p): int(offsets[parts == p].max()) + 1 for p in np.unique(parts).tolist()}
         self.records += len(values)
-        if seqs is not None:
-            keep = self.seq.keep(parts, seqs)
-            if not keep.all():
-                values = [v for v, k in zip(values, keep.tolist()) if k]
         parsed = self.input.parse(values)
         self.poison += len(parsed.bad)
+        if seqs is not None:  # re-sent valid records applied already are skipped (poison never moves a mark)
+            parsed = parsed.taking(self.seq.keep(parts, valid_seqs(seqs, parsed.valid_mask(len(values)))))
         cols = parsed.columns
         users = np.asarray(cols["raw_user_id"], np.int64)
         missing = [u for u in np.unique(users).tolist() if u not in self.kept]

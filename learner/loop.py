@@ -34,7 +34,7 @@ from learner.batch import gather_run, index_chunk, run_index, scatter_run
 from learner.evaluate import evaluate
 from learner.input import InputFn, shard_paths
 from learner.consumer_process import ProcessFetcher
-from learner.dedup import SeqFilter, select
+from learner.dedup import SeqFilter, valid_seqs
 from learner.kafka_io import Chunk, Fetcher, make_source
 from learner.metrics import AUCUtils
 from learner import runtime
@@ -303,16 +303,17 @@ class Learner:
         hold its rows (one pull of those not held), add its counters, then train its micro-batches in runs
         (one TF call each, :meth:`_run`)."""
         m = self.cfg.model
-        # re-sent records already applied are not trained again; the offsets of the whole chunk move on
-        whole, batch = batch, select(batch, self.seqs.keep(batch.parts, batch.seqs))
         parsed = batch.decoded.parsed() if batch.decoded is not None else self.input.parse(batch.values)
         if parsed.bad:
             self.poison.handle(batch, parsed.bad)
+        # re-sent valid records already applied are not trained again; the offsets of the whole chunk move on
+        seqs = valid_seqs(batch.seqs, parsed.valid_mask(len(batch)))
+        parsed = parsed.taking(self.seqs.keep(batch.parts, seqs))
         t = self._tick("parse", t)
         if len(parsed) == 0:
             self._sync_due()
-            self.sync.add_batch(whole.parts, whole.offsets, whole.seqs)  # the offsets move with the next sync
-            self.records += len(whole)
+            self.sync.add_batch(batch.parts, batch.offsets, seqs)  # the offsets move with the next sync
+            self.records += len(batch)
             return
         c = parsed.columns
         ci = index_chunk(c, m)
@@ -326,8 +327,8 @@ class Learner:
         t = time.perf_counter()
         if dropped or slots is None:
             slots = self.sync.hold(ci.wanted)
-        self.sync.add_batch(whole.parts, whole.offsets, whole.seqs)
-        self.records += len(whole)
+        self.sync.add_batch(batch.parts, batch.offsets, seqs)
+        self.records += len(batch)
         self.sync.count(ci, slots)
         # each event's row slot per table, and the packed row views of this chunk
         ev = {"user": slots["user"][ci.uinv], "item": slots["item"][ci.iinv]}

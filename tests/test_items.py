@@ -108,8 +108,9 @@ def test_item_channel_sigkill_applies_every_event_once(redis_url, bootstrap, syn
 
 
 def test_item_channel_drops_re_sent_records(redis_url, bootstrap, syn_values, namespace):
-    """10% of the stream re-sent later with the same lfm-seq: the item channel counts each event once, like the
-    learner (learner.dedup), and stores each partition's mark with its offsets."""
+    """10% of the stream re-sent later with the same lfm-seq, and a malformed record with a forged, too-high seq:
+    the item channel counts each event once, like the learner (learner.dedup), the forged seq moves no mark, and
+    each partition's mark is stored with its offsets."""
     import uuid
 
     from test_learner_dedup import produce_numbered, resent
@@ -119,7 +120,7 @@ def test_item_channel_drops_re_sent_records(redis_url, bootstrap, syn_values, na
     again = resent(n, 10, 0, n)
     order = list(range(n // 2)) + [i for i in again if i < n // 2] + list(range(n // 2, n)) + \
         [i for i in again if i >= n // 2]
-    produce_numbered(bootstrap, topic, [syn_values[i] for i in order], order)
+    produce_numbered(bootstrap, topic, [syn_values[i] for i in order], order, forged_at=10)  # + a forged seq
     make_namespace(redis_url, namespace)
     r = subprocess.run(items_cmd(redis_url, bootstrap, topic, namespace, "--idle-timeout", "2",
                                  "--poll-records", "500", "--window-events", "700"),
@@ -129,4 +130,4 @@ def test_item_channel_drops_re_sent_records(redis_url, bootstrap, syn_values, na
     from ps_redis import ParameterServer
 
     offsets, marks = ParameterServer.get(redis_url, namespace, 8).fence_state(f"items-{namespace}", topic)
-    assert sum(offsets.values()) == len(order) and max(marks.values()) == n - 1
+    assert sum(offsets.values()) == len(order) + 1 and max(marks.values()) == n - 1
