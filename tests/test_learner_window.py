@@ -214,7 +214,7 @@ def test_read_ahead_holds_the_rows_of_pending_records_and_writes_nothing(redis_u
     try:
         chunk = Chunk(np.zeros(6, np.int32), np.arange(6, dtype=np.int64), values)
         chunk.decoded = learner.input.decode(values)
-        learner.pending.add(chunk)
+        learner.source.pending.add(chunk)
         learner._read_ahead()
         held = learner.sync.held
         assert not held["user"].missing(np.array(sorted({user_key(u) for u in users}))).any()
@@ -222,7 +222,7 @@ def test_read_ahead_holds_the_rows_of_pending_records_and_writes_nothing(redis_u
         assert not any(w.dirty.any() for w in held.values()) and learner.ps.count("user") == 0
         before = calls()
         learner._process(learner._take(6))  # three micro-batches, all rows held: no pull
-        assert calls() == before and learner.step == 3 and learner.records == 6
+        assert calls() == before and learner.trainer.step == 3 and learner.records == 6
         assert held["user"].dirty.all() and held["item"].dirty.all()
         learner.sync.close()  # the fenced write of the trained rows
         assert learner.ps.count("user") == 4 and learner.ps.count("item") == 5
