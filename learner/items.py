@@ -298,10 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lfm_stream.quiet import quiet_tensorflow
+    from lfm_stream.quiet import import_tensorflow
 
-    quiet_tensorflow()  # before InputFn imports TensorFlow
     args = build_parser().parse_args(argv)
+    import_tensorflow()  # quietly, before InputFn uses TensorFlow
     try:
         from lfm_stream import kafka_security
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from learner.config import ModelConfig
+from lfm_stream.quiet import muted_native_stderr
 
 TABLES = 2  # row tables of a step: user, item (μ travels in the scalars)
 
@@ -63,11 +64,12 @@ class MFModel:
         self.capacity = max_batches * n + 1
         self._tf = tf
         self._jit = self._bufs = None
-        if jit:  # compiled now (a few seconds), not in the middle of the stream
+        if jit:  # compiled now (a few seconds), not in the middle of the stream; XLA's start-up notices muted
             self._jit = self._compile()
             w0 = np.zeros((1, w), np.float32)
             rows0 = np.zeros((1, TABLES, n), np.int32)
-            self._run_jit(w0, w0, np.zeros(2, np.float32), rows0, rows0, np.zeros((1, 2, n), np.float32))
+            with muted_native_stderr():
+                self._run_jit(w0, w0, np.zeros(2, np.float32), rows0, rows0, np.zeros((1, 2, n), np.float32))
             return
         self._state = [tf.Variable(tf.zeros([self.capacity, w]), trainable=False) for _ in range(TABLES)]
         f32, i32 = tf.float32, tf.int32

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
-from lfm_stream.quiet import quiet_tensorflow
+from lfm_stream.quiet import import_tensorflow
 
 
 def tf_threads(n: int) -> None:
     """Run TF ops on ``n`` intra-op and inter-op threads (0 = TF's default, one per core)."""
-    quiet_tensorflow()  # also for a learner built in-process (tests, benches), which skips main()
-    import tensorflow as tf
+    tf = import_tensorflow()  # quietly, also for a learner built in-process (tests, benches), which skips main()
 
     if n > 0:
         try:

@@ -33,7 +33,7 @@ from pathlib import Path
 from lfm_stream import kafka_security
 from lfm_stream.config import (DATA_DIR_ENV, DEFAULT_TOPIC, KAFKA_BOOTSTRAP_ENV, TOPIC_ENV, default_bootstrap,
                                default_data_dir, env_default, env_help)
-from lfm_stream.quiet import quiet_tensorflow
+from lfm_stream.quiet import import_tensorflow
 from lfm_stream.version import add_version_flag, version
 from producer.manifest import DataError, load_manifest, verify_shards
 from producer.progress import Progress, iso
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    quiet_tensorflow()  # before the shards are read with TensorFlow
+    import_tensorflow()  # quietly, before the shards are read with TensorFlow
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are reported by producer.publish

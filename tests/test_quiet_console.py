@@ -138,3 +138,19 @@ def test_demo_ctrl_c_stops_clients_before_servers(ml_small_ratings, tmp_path):
 
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", redis_port)) != 0, "the demo left its redis-server running"
+
+
+def test_muted_native_stderr_hides_fd_2_for_its_duration_unless_tf_logs_are_wanted():
+    """What a C++ library writes to fd 2 inside the block is gone; what is written after is there; a user who set
+    TF_CPP_MIN_LOG_LEVEL=0 sees everything."""
+    code = ("import os, sys\n"
+            "from lfm_stream.quiet import muted_native_stderr\n"
+            "with muted_native_stderr():\n"
+            "    os.write(2, b'native inside\\n'); print('python inside', file=sys.stderr)\n"
+            "os.write(2, b'native after\\n')\n")
+    quiet = subprocess.run([sys.executable, "-c", code], env=_user_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == "native after\n", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], env={**_user_env(), "TF_CPP_MIN_LOG_LEVEL": "0"}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert loud.stderr.splitlines() == ["native inside", "python inside", "native after"], loud.stderr
