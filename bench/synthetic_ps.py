@@ -1,8 +1,9 @@
 """Synthetic content of the parameter server for ``bench/api.py``: a random model, and churn on it.
 
 :func:`fill_synthetic` writes what a trained model would leave in a namespace (whole item and user rows
-via ``put_rows``, with raw ids, plus an activity log of popularity-skewed rated movies), so the recall
-service can be measured at any catalogue size without training.  :func:`churn_user_rows` rewrites
+via ``put_rows``, with raw ids, an activity log of popularity-skewed rated movies, the item channel the item worker
+would have written from those ratings, and the default score contract), so the recall service's served score
+(every channel) can be measured at any catalogue size without training.  :func:`churn_user_rows` rewrites
 random user rows at a fixed rate, as a learner's pushes would, to exercise the service's user cache
 invalidation during a u2i pass; it runs in a separate (spawned) process.
 """
@@ -14,6 +15,7 @@ import time
 import numpy as np
 
 from lfm_stream.hashing import hash_movie_ids, hash_user_ids
+from lfm_stream.scoring import ScoreContract
 
 
 def fill_synthetic(redis_url: str, namespace: str, movies: int, users: int, dim: int, seen: int,
@@ -41,6 +43,8 @@ def fill_synthetic(redis_url: str, namespace: str, movies: int, users: int, dim:
     user_ids = np.arange(1, users + 1, dtype=np.int64)
     put("user", user_ids, hash_user_ids(user_ids), 1.0)
     log = ActivityLog(ps)
+    channel = ItemChannelFill(ps, ScoreContract(dim=dim))
+    channel.contract_to_redis()
     # rated movies: popularity-skewed (Zipf-like), like MovieLens
     p = 1.0 / np.arange(1, movies + 1) ** 0.8
     p /= p.sum()
@@ -48,9 +52,54 @@ def fill_synthetic(redis_url: str, namespace: str, movies: int, users: int, dim:
         us = user_ids[s:s + 500]
         ru = np.repeat(us, seen)
         rm = rng.choice(movie_ids, size=len(ru), p=p)
-        log.record(hash_user_ids(ru), ru, rm, hash_movie_ids(rm), (rng.random(len(ru)) < 0.5).astype(np.float32),
-                   np.full(len(ru), 1_000_000, np.int64))
-    return {"fill_s": round(time.perf_counter() - t0, 2)}
+        labels = (rng.random(len(ru)) < 0.5).astype(np.float32)
+        log.record(hash_user_ids(ru), ru, rm, hash_movie_ids(rm), labels, np.full(len(ru), 1_000_000, np.int64))
+        channel.apply(ru, rm, labels)
+    return {"fill_s": round(time.perf_counter() - t0, 2), "item_channel_events": channel.events}
+
+
+class ItemChannelFill:
+    """The item worker's per-window steps (:mod:`learner.items`) without Kafka: co-occurrence counts, neighbour
+    lists, degrees, recent movies and popularity buckets of a rating stream, written with the fenced
+    :meth:`ps_redis.covisit.Covisit.apply`."""
+
+    def __init__(self, ps, contract, window: int = 20_000):
+        from learner.covisit import NeighbourLists
+        from ps_redis.covisit import Covisit
+
+        self.ps, self.contract, self.window = ps, contract, window
+        self.store = Covisit(ps)
+        self.kept: dict[int, np.ndarray] = {}
+        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
+        self.keep = max(contract.pair_window - 1, contract.recent_items)
+        self.events = 0
+
+    def contract_to_redis(self) -> None:
+        """The contract, as the learner publishes it at start."""
+        from lfm_stream.scoring import contract_key
+
+        self.ps.redis.set(contract_key(self.ps.namespace), self.contract.to_json())
+
+    def apply(self, users: np.ndarray, movies: np.ndarray, labels: np.ndarray) -> None:
+        """Count ratings in stream order (raw ids), ``window`` events per write."""
+        from learner.covisit import chunk_update, encode_many
+        from ps_redis import Fence
+
+        c = self.contract
+        for s in range(0, len(users), self.window):
+            update = chunk_update(users[s:s + self.window], movies[s:s + self.window], labels[s:s + self.window],
+                                  self.kept, self.events, c.pair_window, self.keep, c.bucket_events)
+            need = self.lists.missing(update.pair_a)
+            if need:
+                self.lists.keep(dict(zip(need, self.store.neighbours(need))))
+            lists = self.lists.merged(update)
+            end = self.events + update.events
+            fence = Fence(f"bench-items-{self.ps.namespace}", "ratings", {0: end})
+            if not self.store.apply(update, encode_many(lists), end, c.bucket_events, fence):
+                raise RuntimeError("the item channel's fenced write was refused")
+            self.events = end
+            self.kept.update(zip(update.users.tolist(), update.recent))
+            self.lists.keep(lists)
 
 
 def churn_user_rows(redis_url: str, namespace: str, users: np.ndarray, rate: float, stop_at_wall: float,

@@ -6,8 +6,9 @@ The learner writes its :class:`~lfm_stream.scoring.ScoreContract` to ``<ns>:@con
 math (:class:`lfm_stream.scoring.ItemChannels`), so the service serves what the learner's evaluation measured —
 it imports nothing from the learner.
 
-The channel arrays are rebuilt from Redis every ``channel_interval`` seconds by the refresh thread (neighbour
-lists, degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the user's row,
+The channel arrays are rebuilt from Redis by the refresh thread, at most every ``channel_interval`` seconds and only
+when the contract, the item channel's meta (applied events, latest bucket) or the catalogue's size changed (neighbour lists,
+degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the user's row,
 rated movies and recent movies (one round trip, :mod:`recall_api.context`).  Any malformed entry in Redis is
 skipped by the readers of :mod:`ps_redis.covisit`, never trusted for an allocation.
 """
@@ -40,6 +41,8 @@ class ChannelSource:
         self._popularity: dict = {}
         self._top: dict = {}
         self._base_snap, self._bases = None, {}  # user-independent score parts of one snapshot
+        self._built_from: tuple | None = None  # (contract JSON, item-channel meta, rows) of the last build
+        self.checks = 0  # calls of build (a rebuild or not): a test waits for two to know one started after it
 
     def use_contract(self, contract: ScoreContract) -> None:
         """Rank with ``contract`` until the next :meth:`build` (benchmarks re-rank one state with ablations)."""
@@ -63,15 +66,24 @@ class ChannelSource:
                 return self.contract, self.contract_source
             return ScoreContract(dim=ps.dim), "default"
 
-    def build(self, ps, raw_pos: dict[int, int], n_items: int) -> None:
-        """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows.
+    def build(self, ps, raw_pos: dict[int, int], n_items: int) -> bool:
+        """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows;
+        returns whether it rebuilt.  Nothing is rebuilt (μ is re-read) while the contract, the item channel's
+        ``meta`` (applied events, latest bucket) and ``n_items`` are what the last build saw: a rebuild holds the GIL for a while on a
+        large catalogue, and requests wait.
 
         Everything is read and built first, then published: the channels before the contract (``/stats`` shows the
         new contract only once the channels it names are served), the caches cleared again after it."""
-        contract, source = self.read_contract(ps)
+        store = Covisit(ps)
+        seen = (ps.redis.get(contract_key(ps.namespace)), tuple(sorted(ps.redis.hgetall(store.meta_key).items())),
+                n_items)
         g = ps.pull("global", np.zeros(1, np.int64), create=False)
         mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
-        store = Covisit(ps)
+        self.checks += 1
+        if self.channels is not None and seen == self._built_from:
+            self.mu = mu
+            return False
+        contract, source = self.read_contract(ps)
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()
         # a stored list holds up to neighbor_hold neighbours, most counted first: the first `neighbors` are served
@@ -85,6 +97,8 @@ class ChannelSource:
         self.contract, self.contract_source = contract, source
         self.version += 1
         self._popularity, self._top, self._base_snap = {}, {}, None
+        self._built_from = seen
+        return True
 
     def top_popular(self, bucket: int | None, n: int) -> np.ndarray:
         """Rows of the ``n`` highest popularity priors for ``bucket`` (candidates of the ANN path; cached per
@@ -155,7 +169,7 @@ class ChannelSource:
         """Facts for /stats."""
         ch = self.channels
         return {"contract": None if self.contract is None else self.contract.__dict__,
-                "contract_source": self.contract_source, "version": self.version,
+                "contract_source": self.contract_source, "version": self.version, "checks": self.checks,
                 "items_with_neighbours": 0 if ch is None else int(np.count_nonzero(np.diff(ch.indptr))),
                 "popularity_buckets": 0 if ch is None else len(ch.bucket_ids),
                 "latest_bucket": None if ch is None else ch.latest_bucket}

@@ -183,6 +183,6 @@ def test_malformed_item_channel_entries_are_skipped(garbage, caplog):
             assert {it["movie_id"] for it in got.json()["items"]} <= set(GOOD.tolist())
         r.hset(f"{tag}:meta", "bucket", "not a bucket")
         r.set(contract_key(ps.namespace), "{not json")
-        version = client.get("/stats").json()["channels"]["version"]
-        wait_for(lambda: client.get("/stats").json()["channels"]["version"] >= version + 2)
+        checks = client.get("/stats").json()["channels"]["checks"]
+        wait_for(lambda: client.get("/stats").json()["channels"]["checks"] >= checks + 2)
         assert store.healthy and client.get("/u2i/1?k=5").status_code == 200

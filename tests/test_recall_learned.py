@@ -94,7 +94,7 @@ def test_answers_after_real_training_match_brute_force(tmp_path, stack, namespac
         wait_for(caught_up, timeout=20)
         stats = client.get("/stats").json()
         assert stats["full_reloads"] == 1 and stats["rows_applied"] >= len(raw) and stats["lag_s"] == 0.0
-        rebuilt_after(client, stats["channels"]["version"])  # a channel rebuild that read the final state
+        rebuilt_after(client, stats["channels"]["checks"])  # a channel rebuild check that read the final state
 
         users = sorted(catalog.users)[:: max(1, len(catalog.users) // 15)]
         for u in users:  # the learner's contract: item channel + popularity (its default weights)
@@ -138,9 +138,10 @@ def test_answers_after_real_training_match_brute_force(tmp_path, stack, namespac
             check_ranking(client.get(f"/u2i/{u}?k=30").json()["items"], expected, scores, raw)
 
 
-def rebuilt_after(client, version: int) -> None:
-    """Wait for a channel rebuild that started after ``version`` was current (two more versions)."""
-    wait_for(lambda: client.get("/stats").json()["channels"]["version"] >= version + 2, timeout=10)
+def rebuilt_after(client, checks: int) -> None:
+    """Wait for a channel rebuild check that started after ``checks`` was current (two more checks; it rebuilds
+    when anything it reads changed)."""
+    wait_for(lambda: client.get("/stats").json()["channels"]["checks"] >= checks + 2, timeout=10)
 
 
 def serve_contract(ps: ParameterServer, client, contract: ScoreContract) -> None:
