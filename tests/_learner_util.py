@@ -122,11 +122,7 @@ def event_counts(values: list[bytes]) -> tuple[dict[int, int], dict[int, int]]:
     return dict(zip(u.tolist(), nu.tolist())), dict(zip(i.tolist(), ni.tolist()))
 
 
-#: Flags of the learner processes the integration tests start.  The graph executor (``--no-xla``): XLA's start and
-#: compile cost ~5 s per process and these tests start dozens; the XLA step equals the graph step
-#: (test_model.py), and the XLA path runs in the demo, walk-through and quiet-console tests.
-FAST = ["--session-timeout-ms", "3000", "--heartbeat-interval-ms", "500", "--flush-ms", "100", "--dim", "8",
-        "--no-xla"]
+FAST = ["--session-timeout-ms", "3000", "--heartbeat-interval-ms", "500", "--flush-ms", "100", "--dim", "8"]
 
 
 def ps_state(redis_url: str, namespace: str, dim: int = 8):

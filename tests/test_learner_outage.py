@@ -23,7 +23,7 @@ from _learner_util import (FAST, ROOT, assert_activity_exactly_once, assert_exac
 from learner_fixtures import COMMON, syn_dir, syn_values  # noqa: F401 (fixtures)
 from lfm_local.stack import TansuBroker, free_port
 
-FLAGS = [*FAST, *COMMON, "--train-log-steps", "20"]
+FLAGS = [*FAST, *COMMON, "--no-xla", "--train-log-steps", "20"]
 
 
 def _wait(what: str, ok, timeout: float = 120.0, proc: subprocess.Popen | None = None, log: Path | None = None):

@@ -36,7 +36,7 @@ def _user_env() -> dict[str, str]:
 
 def test_learner_prints_no_tensorflow_lines_and_one_start_line(redis_url, bootstrap, syn_topic, syn_dir, namespace,
                                                                tmp_path):
-    cmd = learner_cmd(redis_url, bootstrap, syn_topic, namespace, *FAST, "--xla", "--data-dir", str(syn_dir),
+    cmd = learner_cmd(redis_url, bootstrap, syn_topic, namespace, *FAST, "--data-dir", str(syn_dir),
                       "--max-events", "1500", "--idle-timeout", "5", "--metrics", str(tmp_path / "m.jsonl"))
     proc = subprocess.run(cmd, env=_user_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
