@@ -1,7 +1,9 @@
 """Optional bearer-token access to the recall service: ``RECALL_API_TOKEN``.
 
-When the token is set, every request but ``GET /healthz`` (what orchestrators probe) must carry
-``Authorization: Bearer <token>``; any other gets 401 with ``WWW-Authenticate: Bearer``.  :class:`BearerAuth`
+When the token is set, every request must carry ``Authorization: Bearer <token>`` but ``GET /healthz`` (what
+orchestrators probe) and the dashboard's page and assets (``/dashboard``, ``/static/dashboard/...``: static files
+that hold no data; the page sends the token it is given in its address's fragment, ``/dashboard#token=<token>``,
+with its data requests); any other gets 401 with ``WWW-Authenticate: Bearer``.  :class:`BearerAuth`
 guards the FastAPI application (routes, docs, dashboard, metrics) and the protocol-level fast path
 (:mod:`recall_api.protocol`) answers only authorized requests itself, leaving the rest to it.  The comparison
 takes the same time whatever the header holds (``hmac.compare_digest``).
@@ -14,7 +16,8 @@ import os
 from collections.abc import Iterable
 
 TOKEN_ENV = "RECALL_API_TOKEN"
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/dashboard"})
+OPEN_PREFIXES = ("/static/dashboard/",)  # the dashboard page's script and style
 _DENIED = (b'{"detail":"missing or wrong bearer token: send Authorization: Bearer <token> '
            b'(the RECALL_API_TOKEN the service runs with)"}')
 
@@ -38,8 +41,13 @@ def authorized(headers: Iterable[tuple[bytes, bytes]], expected: bytes) -> bool:
     return False
 
 
+def is_open(path: str) -> bool:
+    """Whether ``path`` is answered without the token (:data:`OPEN_PATHS`, :data:`OPEN_PREFIXES`)."""
+    return path in OPEN_PATHS or (path.startswith(OPEN_PREFIXES) and ".." not in path)
+
+
 class BearerAuth:
-    """Pure-ASGI middleware: 401 for a request without the token, on every path but :data:`OPEN_PATHS`."""
+    """Pure-ASGI middleware: 401 for a request without the token, on every path but :func:`is_open`."""
 
     def __init__(self, app, token: str):
         if not token:
@@ -47,8 +55,7 @@ class BearerAuth:
         self.app, self.expected = app, expected_header(token)
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and scope["path"] not in OPEN_PATHS
-                and not authorized(scope["headers"], self.expected)):
+        if scope["type"] == "http" and not is_open(scope["path"]) and not authorized(scope["headers"], self.expected):
             await send({"type": "http.response.start", "status": 401,
                         "headers": [(b"content-length", b"%d" % len(_DENIED)), (b"content-type", b"application/json"),
                                     (b"www-authenticate", b'Bearer realm="lfm-recall"')]})

@@ -145,3 +145,29 @@ def _states(url: str) -> set[str]:
 
 def _has_end(url: str) -> bool:
     return any(r.get("event") == "end" for r in _records(url))
+
+
+def test_a_token_protected_service_serves_the_dashboard_to_a_browser_given_the_token(redis_url, tmp_path, browser):
+    """RECALL_API_TOKEN set: the page loads without the token, says which address to open, and given the token in
+    its fragment polls /dashboard/data (whose answers reach the status line); the token leaves the address bar."""
+    token = "dash-" + uuid.uuid4().hex
+    port = free_port()
+    log = open(tmp_path / "recall.log", "w")
+    recall = subprocess.Popen([sys.executable, "-m", "recall_api", "--port", str(port), "--redis-url", redis_url,
+                               "--namespace", f"dash{uuid.uuid4().hex[:8]}", "--dim", "8"],
+                              cwd=ROOT, env=child_env(RECALL_API_TOKEN=token), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: recall.poll() is None and _ok(f"{url}/healthz"), timeout=120, interval=0.2)
+        status = lambda: browser.find_element("id", "status").text  # noqa: E731
+        browser.get(f"{url}/dashboard")
+        wait_for(lambda: "this service needs its token" in status(), timeout=30, interval=0.2)
+        assert "/dashboard#token=" in status()
+        browser.get(f"{url}/dashboard#token={token}")
+        wait_for(lambda: "served:" in status(), timeout=30, interval=0.2)  # /dashboard/data answered
+        assert "token" not in status() and token not in browser.current_url
+        browser.refresh()  # the tab keeps the token
+        wait_for(lambda: "served:" in status(), timeout=30, interval=0.2)
+    finally:
+        stop(recall)
+        log.close()

@@ -101,12 +101,17 @@ def test_the_token_guards_every_route_but_healthz(locked_redis, tmp_path, flags)
     try:
         status, _, body = svc.get("/healthz")
         assert status == 200, body  # what orchestrators probe stays open
-        for path in ("/u2i/1", "/u2i/1?k=5", "/i2i/1", "/stats", "/docs", "/openapi.json", "/metrics", "/dashboard"):
+        for path in ("/u2i/1", "/u2i/1?k=5", "/i2i/1", "/stats", "/docs", "/openapi.json", "/metrics",
+                     "/dashboard/data", "/static/dashboard/../../stats"):
             for token in (None, "wrong", TOKEN + "x"):
                 status, headers, body = svc.get(path, token)
                 assert status == 401, (path, token, status, body)
                 assert headers.get("www-authenticate") == 'Bearer realm="lfm-recall"'
                 assert b"missing or wrong bearer token" in body
+        # the dashboard's page and assets hold no data: open, so a browser can load the page it gives the token to
+        for path in ("/dashboard", "/static/dashboard/dashboard.js"):
+            assert svc.get(path)[0] == 200, path
+        assert svc.get("/dashboard/data", TOKEN)[0] == 200
         assert svc.get("/u2i/1", TOKEN)[0] == 404  # unknown user: the request went through (fast path or route)
         assert svc.get("/i2i/1?k=5", TOKEN)[0] == 404
         status, _, body = svc.get("/stats", TOKEN)

@@ -9,6 +9,19 @@
   const COLORS = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7e8c", "#6e7781"];
   const state = { lastId: null, sources: new Map(), polled: [], error: null, last: null };
 
+  // A service run with RECALL_API_TOKEN answers /dashboard/data only with the token: open the page as
+  // /dashboard#token=<token>. The fragment never reaches a server; the token is kept for this tab
+  // (sessionStorage) and taken out of the address bar.
+  const TOKEN_KEY = "lfm-dashboard-token";
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  window.addEventListener("hashchange", () => location.reload()); // a token pasted onto the open page
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const authHeaders = token ? { Authorization: "Bearer " + token } : {};
+
   // ------------------------------------------------------------------ data
   function push(arr, x) {
     arr.push(x);
@@ -198,7 +211,10 @@
   async function poll() {
     try {
       const url = "/dashboard/data" + (state.lastId ? "?after=" + encodeURIComponent(state.lastId) : "");
-      const resp = await fetch(url, { cache: "no-store" });
+      const resp = await fetch(url, { cache: "no-store", headers: authHeaders });
+      if (resp.status === 401)
+        throw new Error((token ? "wrong token" : "this service needs its token") +
+          ": open /dashboard#token=<RECALL_API_TOKEN>");
       const data = await resp.json();
       if (!resp.ok) throw new Error(data.detail || "HTTP " + resp.status);
       take(data.records || []);
