@@ -190,11 +190,14 @@ class Phase:
             self._restart(role)
 
     def _note_exit(self, role: str, rc: int, t: float) -> bool:
-        """Note an exit the bench did not cause; True when it is the learner stopping on a PS that lost state."""
+        """Note an exit the bench did not cause; True when it is the learner or the item channel stopping on a PS
+        that lost state."""
         text = self.workers[role].current.log.read_text(errors="replace")
-        lost = role == "learner" and rc == 3 and "state lost" in text
+        lost = role in ("learner", "items") and rc == 3 and ("state lost" in text or "PS lost" in text)
+        # the learner exits on a loss with --on-ps-loss fail; the item channel always does (a restart resumes)
+        expected = lost and (role == "items" or self.spec.on_ps_loss == "fail")
         self.exits.append({"role": role, "rc": rc, "at_s": self._t(t), "ps_state_lost": lost,
-                           "expected": lost and self.spec.on_ps_loss == "fail", "traceback": "Traceback" in text,
+                           "expected": expected, "traceback": "Traceback" in text,
                            "tail": text.strip().splitlines()[-3:]})
         return lost
 

@@ -8,7 +8,9 @@
 2. reads the recent movies of users it does not hold yet (one MGET);
 3. computes the chunk's pairs, degrees, popularity counts and new recent lists (:mod:`learner.covisit`);
 4. writes them with the chunk's Kafka offsets in one fenced MULTI/EXEC (:class:`ps_redis.covisit.Covisit`):
-   a replayed chunk whose offsets are already stored is skipped, so each event counts once across crashes;
+   a replayed chunk whose offsets are already stored is skipped, so each event counts once across crashes; a
+   write that finds less stored than the worker resumed from or wrote (Redis lost state) writes nothing, and the
+   worker exits 3 (a restart resumes from what the PS holds);
 5. commits the offsets to Kafka (the PS offsets stay the truth: on assignment it seeks to them).
 
 It holds only the recent lists of the users it has seen (dropped on revocation); the counts live in Redis,
@@ -66,6 +68,7 @@ class ItemChannel:
         self.input = InputFn()
         self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
         self.seq = SeqFilter()  # re-sent records (same lfm-seq) are dropped, as the learner drops them
+        self.stored: dict[int, int] = {}  # {partition: next offset} the PS is known to hold (Fence.stored)
         self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
         self.events = 0  # stream events applied (the PS's count, read on assignment)
         self.records = 0
@@ -133,8 +136,11 @@ class ItemChannel:
         self.events, _ = self._retry("reading the item channel", self.store.events_applied)
         self.kept.clear()
         self.lists.clear()
-        seek = {p: stored[p] for p in partitions if p in stored}
-        say(f"assigned partitions {partitions}; resuming from PS offsets {seek or '(none: from the start)'}")
+        # the PS offsets are the truth: a partition without any was never applied here (or the PS lost it), so it
+        # replays from the earliest offset, not from the group's Kafka commit
+        seek = {p: stored.get(p, 0) for p in partitions}
+        self.stored = {p: stored[p] for p in partitions if p in stored}  # a write finding less: PSStateLost
+        say(f"assigned partitions {partitions}; resuming from PS offsets {seek} (0: the earliest)")
         return seek
 
     def on_revoke(self, partitions: list[int]) -> None:
@@ -183,7 +189,7 @@ class ItemChannel:
             got, _ = self._retry("reading neighbour lists", self.store.neighbours, need)
             self.lists.keep(dict(zip(need, got)))
         lists = self.lists.merged(update)
-        fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets,
+        fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets, stored=dict(self.stored),
                       seqs={p: m for p, m in self.seq.marks.items() if p in fence_offsets and m >= 0})
         encoded = encode_many(lists)
         applied, _ = self._retry("item channel write", self.store.apply, update, encoded,
@@ -199,6 +205,7 @@ class ItemChannel:
             self.seq.resume(marks, list(fence_offsets))
             self.kept.clear()
             self.lists.clear()
+        self.stored.update(fence_offsets)  # applied now or before: the PS holds them
         if self.fetcher is not None:
             self.fetcher.commit(fence_offsets)
         return applied
@@ -323,11 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     worker = ItemChannel(cfg, contract, poll_records=args.poll_records, window_events=args.window_events)
     worker.contract = worker.published_contract(contract)
     from learner.kafka_guard import KafkaFailure
+    from ps_redis import PSStateLost
 
     try:
         worker.run()
     except KafkaFailure as exc:  # the broker stayed away past --retry-budget
         print(f"lfm-items: error: {exc}", file=sys.stderr)
+        return 3
+    except PSStateLost as exc:  # nothing was written: a restart resumes from what the PS holds
+        print(f"lfm-items: error: {exc}. The PS lost item-channel writes this worker had made (a Redis restart "
+              "without persistence, a flush, an older snapshot); nothing more was written or committed. Restarting "
+              "the worker resumes from the PS offsets (partitions without any replay from the earliest).",
+              file=sys.stderr)
         return 3
     return 0
 

@@ -131,3 +131,40 @@ def test_item_channel_drops_re_sent_records(redis_url, bootstrap, syn_values, na
 
     offsets, marks = ParameterServer.get(redis_url, namespace, 8).fence_state(f"items-{namespace}", topic)
     assert sum(offsets.values()) == len(order) + 1 and max(marks.values()) == n - 1
+
+
+def test_item_channel_stops_on_a_ps_that_lost_its_writes_and_a_restart_rebuilds(redis_url, bootstrap, syn_values,
+                                                                                namespace):
+    """Redis loses the namespace while the worker runs (a restart without persistence): its next write finds less
+    stored than it wrote, writes nothing and the worker exits 3 naming the loss; started again, it replays from the
+    earliest offset and the item channel equals one pass over the stream (nothing lost, nothing counted twice)."""
+    import uuid
+
+    from _learner_util import produce
+
+    topic = f"items-loss-{uuid.uuid4().hex[:8]}"
+    half = len(syn_values) // 2
+    produce(bootstrap, topic, syn_values[:half], partitions=1)
+    make_namespace(redis_url, namespace)
+    cmd = items_cmd(redis_url, bootstrap, topic, namespace, "--poll-records", "200", "--window-events", "500")
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    r = redis.Redis.from_url(redis_url)
+    meta = "{" + f"{namespace}:@co" + "}:meta"
+    deadline = time.monotonic() + 90
+    while int(r.hget(meta, "events") or 0) < half:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    lost = [k for k in r.scan_iter(match=f"*{namespace}*")]
+    assert lost and r.delete(*lost) == len(lost)  # everything of the namespace is gone
+    from ps_redis import ParameterServer
+
+    ParameterServer.get(redis_url, namespace, 8).write_meta()  # the learner, restarted, creates it again
+    produce(bootstrap, topic, syn_values[half:], partitions=1)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 3, err[-3000:]
+    assert "lost item-channel writes" in err and "state lost" in err and "Traceback" not in err
+    assert int(r.hget(meta, "events") or 0) == 0  # the failed write wrote nothing
+    done = subprocess.run(cmd + ["--idle-timeout", "2"], env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_one_pass(redis_url, namespace, syn_values)
