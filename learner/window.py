@@ -108,20 +108,6 @@ class RowWindow:
         self.n += k
         return np.arange(self.n - k, self.n)
 
-    def _held(self, ids: np.ndarray) -> np.ndarray:
-        slots = self.slots(ids)
-        if (slots < 0).any():
-            raise KeyError(f"{int((slots < 0).sum())} ids are not held, e.g. {int(np.asarray(ids)[slots < 0][0])}")
-        return slots
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Current rows of held ``ids`` (a copy, in the order asked)."""
-        return self._cur[self._held(ids)]
-
-    def update(self, ids: np.ndarray, **fields) -> None:
-        """:meth:`update_at` by id."""
-        self.update_at(self._held(ids), **fields)
-
     def update_at(self, slots: np.ndarray, *, vec=None, bias=None, accum=None, count=None) -> None:
         """Assign the given fields of the rows at ``slots`` (distinct); ``count`` is added.  Marks them dirty."""
         for name, value in (("vec", vec), ("bias", bias), ("accum", accum)):

@@ -26,14 +26,13 @@ def test_window_holds_trains_and_keeps_the_pulled_base():
     assert w.missing(np.array([5, 3])).tolist() == [True, True]
     w.add(np.array([5, 3]), rows_of(1, 2), new=np.array([False, True]))
     assert w.missing(np.array([3, 4, 5])).tolist() == [False, True, False]
-    w.update(np.array([3]), vec=[[7.0, 8.0]], bias=[0.5], count=[4])
+    w.update_at(w.slots(np.array([3])), vec=[[7.0, 8.0]], bias=[0.5], count=[4])
     w.add(np.array([4]), rows_of(0))
-    got = w.rows(np.array([3, 5, 4]))
+    got = w.cur[w.slots(np.array([3, 5, 4]))]
     assert got["count"].tolist() == [6, 1, 0] and got["vec"][0].tolist() == [7.0, 8.0] and got["bias"][0] == 0.5
     assert w.base["count"].tolist() == [1, 2, 0]  # slot order, as pulled
     assert w.ids.tolist() == [5, 3, 4] and w.new.tolist() == [False, True, False]
-    with pytest.raises(KeyError, match="not held"):
-        w.rows(np.array([9]))
+    assert w.slots(np.array([9])).tolist() == [-1]  # not held
     w.clear()
     assert len(w) == 0 and w.missing(np.array([3])).tolist() == [True]
 
@@ -45,9 +44,9 @@ def test_window_grows_without_moving_rows():
         w.add(ids, rows_of(*ids.tolist()))
     assert len(w) == 3000
     ids = np.array([0, 1234, 2999])
-    assert w.rows(ids)["count"].tolist() == [0, 1234, 2999]
-    w.update(ids, count=[1, 1, 1])
-    assert w.rows(ids)["count"].tolist() == [1, 1235, 3000]
+    assert w.cur[w.slots(ids)]["count"].tolist() == [0, 1234, 2999]
+    w.update_at(w.slots(ids), count=[1, 1, 1])
+    assert w.cur[w.slots(ids)]["count"].tolist() == [1, 1235, 3000]
 
 
 def test_decoded_cut_and_join_keep_records_and_reasons_aligned():
