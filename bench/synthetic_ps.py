@@ -59,47 +59,37 @@ def fill_synthetic(redis_url: str, namespace: str, movies: int, users: int, dim:
 
 
 class ItemChannelFill:
-    """The item worker's per-window steps (:mod:`learner.items`) without Kafka: co-occurrence counts, neighbour
-    lists, degrees, recent movies and popularity buckets of a rating stream, written with the fenced
-    :meth:`ps_redis.covisit.Covisit.apply`."""
+    """The item worker's writes (:class:`learner.items.ChannelCounter`) without Kafka: co-occurrence counts,
+    neighbour lists, degrees, recent movies and popularity buckets of a rating stream, ``window`` events per
+    fenced write."""
 
     def __init__(self, ps, contract, window: int = 20_000):
-        from learner.covisit import NeighbourLists
+        from learner.items import ChannelCounter
         from ps_redis.covisit import Covisit
 
-        self.ps, self.contract, self.window = ps, contract, window
-        self.store = Covisit(ps)
-        self.kept: dict[int, np.ndarray] = {}
-        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
-        self.keep = max(contract.pair_window - 1, contract.recent_items)
-        self.events = 0
+        self.ps, self.window = ps, window
+        self.counter = ChannelCounter(Covisit(ps), contract)
+
+    @property
+    def events(self) -> int:
+        return self.counter.events
 
     def contract_to_redis(self) -> None:
         """The contract, as the learner publishes it at start."""
         from lfm_stream.scoring import contract_key
 
-        self.ps.redis.set(contract_key(self.ps.namespace), self.contract.to_json())
+        self.ps.redis.set(contract_key(self.ps.namespace), self.counter.contract.to_json())
 
     def apply(self, users: np.ndarray, movies: np.ndarray, labels: np.ndarray) -> None:
-        """Count ratings in stream order (raw ids), ``window`` events per write."""
-        from learner.covisit import chunk_update, encode_many
+        """Count ratings in stream order (raw ids)."""
         from ps_redis import Fence
 
-        c = self.contract
         for s in range(0, len(users), self.window):
-            update = chunk_update(users[s:s + self.window], movies[s:s + self.window], labels[s:s + self.window],
-                                  self.kept, self.events, c.pair_window, self.keep, c.bucket_events)
-            need = self.lists.missing(update.pair_a)
-            if need:
-                self.lists.keep(dict(zip(need, self.store.neighbours(need))))
-            lists = self.lists.merged(update)
-            end = self.events + update.events
+            cut = slice(s, s + self.window)
+            end = self.events + len(users[cut])
             fence = Fence(f"bench-items-{self.ps.namespace}", "ratings", {0: end})
-            if not self.store.apply(update, encode_many(lists), end, c.bucket_events, fence):
+            if not self.counter.write(users[cut], movies[cut], labels[cut], fence):
                 raise RuntimeError("the item channel's fenced write was refused")
-            self.events = end
-            self.kept.update(zip(update.users.tolist(), update.recent))
-            self.lists.keep(lists)
 
 
 def churn_user_rows(redis_url: str, namespace: str, users: np.ndarray, rate: float, stop_at_wall: float,

@@ -43,6 +43,66 @@ def say(text: str) -> None:
     learner_say(f"items: {text}")
 
 
+def _call(what: str, fn, *args):
+    """Call ``fn`` once (the shape of a retry wrapper: returns (result, failed attempts))."""
+    return fn(*args), 0
+
+
+class ChannelCounter:
+    """The item channel's counting state between writes — each user's recent movies and the neighbour lists
+    held, the applied-event count — and :meth:`write`, one window of ratings in one fenced write (steps 2–4 of
+    the module docstring).  The worker feeds it from Kafka; benchmarks and tests feed it ratings directly.
+
+    Args:
+        store: the namespace's :class:`ps_redis.covisit.Covisit`.
+        contract: the channel's parameters (``pair_window``, ``recent_items``, ``neighbors``, ``neighbor_hold``,
+            ``bucket_events``).
+        call: how Redis calls are made (``call(what, fn, *args)`` → (result, failed attempts)): the worker's
+            retry; default: once.
+    """
+
+    def __init__(self, store, contract: ScoreContract, call=_call):
+        self.store, self.contract, self.call = store, contract, call
+        self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
+        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
+        self.events = 0  # stream events applied
+
+    @property
+    def keep(self) -> int:
+        """Movies kept per user: enough for the pair window and the recall query."""
+        return max(self.contract.pair_window - 1, self.contract.recent_items)
+
+    def forget(self) -> None:
+        """Drop the recent movies and neighbour lists held (Redis has them; they are read again when needed)."""
+        self.kept.clear()
+        self.lists.clear()
+
+    def write(self, users: np.ndarray, movies: np.ndarray, labels: np.ndarray, fence) -> bool:
+        """Count one window of ratings (raw ids, stream order) and write it with ``fence``; returns whether the
+        write was applied (False: its offsets were applied before — nothing held is updated then)."""
+        users = np.asarray(users, np.int64)
+        missing = [u for u in np.unique(users).tolist() if u not in self.kept]
+        if missing:
+            got, _ = self.call("reading recent movies", self.store.recent, missing)
+            for user, (_, recent) in got.items():
+                self.kept[user] = recent
+        c = self.contract
+        update = chunk_update(users, movies, labels, self.kept, self.events, c.pair_window, self.keep,
+                              c.bucket_events)
+        need = self.lists.missing(update.pair_a)
+        if need:
+            got, _ = self.call("reading neighbour lists", self.store.neighbours, need)
+            self.lists.keep(dict(zip(need, got)))
+        lists = self.lists.merged(update)
+        applied, _ = self.call("item channel write", self.store.apply, update, encode_many(lists),
+                               self.events + update.events, c.bucket_events, fence)
+        if applied:
+            self.events += update.events
+            self.kept.update(zip(update.users.tolist(), update.recent))
+            self.lists.keep(lists)
+        return applied
+
+
 class ItemChannel:
     """One item-channel worker (see the module docstring).
 
@@ -62,15 +122,13 @@ class ItemChannel:
         from ps_redis import ParameterServer
         from ps_redis.covisit import Covisit
 
-        self.cfg, self.contract = cfg, contract
+        self.cfg = cfg
         self.ps = ps or self._namespace(ParameterServer)
         self.store = Covisit(self.ps)
+        self.counter = ChannelCounter(self.store, contract, self._retry)  # its events: read on assignment
         self.input = InputFn()
-        self.kept: dict[int, np.ndarray] = {}  # raw user → recent movies
         self.seq = SeqFilter()  # re-sent records (same lfm-seq) are dropped, as the learner drops them
         self.stored: dict[int, int] = {}  # {partition: next offset} the PS is known to hold (Fence.stored)
-        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
-        self.events = 0  # stream events applied (the PS's count, read on assignment)
         self.records = 0
         self.poison = 0
         self.skipped = 0
@@ -108,9 +166,18 @@ class ItemChannel:
                      say=say, max_s=self.cfg.retry_max_s, **kwargs)
 
     @property
-    def keep(self) -> int:
-        """Movies kept per user: enough for the pair window and the recall query."""
-        return max(self.contract.pair_window - 1, self.contract.recent_items)
+    def contract(self) -> ScoreContract:
+        """The parameters the worker counts with."""
+        return self.counter.contract
+
+    @contract.setter
+    def contract(self, contract: ScoreContract) -> None:
+        self.counter.contract = contract
+
+    @property
+    def events(self) -> int:
+        """Stream events applied (the PS's count, read on assignment)."""
+        return self.counter.events
 
     def published_contract(self, fallback: ScoreContract) -> ScoreContract:
         """The learner's contract from Redis (its channel parameters are the ones to count with); ``fallback``
@@ -133,9 +200,8 @@ class ItemChannel:
         """Resume from the PS offsets; the applied-event count and recent lists are re-read from Redis."""
         (stored, marks), _ = self._retry("reading PS offsets", self.ps.fence_state, self.cfg.group, self.cfg.topic)
         self.seq.resume(marks, partitions)
-        self.events, _ = self._retry("reading the item channel", self.store.events_applied)
-        self.kept.clear()
-        self.lists.clear()
+        self.counter.events, _ = self._retry("reading the item channel", self.store.events_applied)
+        self.counter.forget()
         # the PS offsets are the truth: a partition without any was never applied here (or the PS lost it), so it
         # replays from the earliest offset, not from the group's Kafka commit
         seek = {p: stored.get(p, 0) for p in partitions}
@@ -145,8 +211,7 @@ class ItemChannel:
 
     def on_revoke(self, partitions: list[int]) -> None:
         self._flush()  # the window consumed so far is written (fenced) before another worker takes over
-        self.kept.clear()
-        self.lists.clear()
+        self.counter.forget()
 
     def _hold(self, values: list[bytes], parts: np.ndarray, offsets: np.ndarray, seqs: np.ndarray) -> None:
         if not self._buffered:
@@ -175,36 +240,15 @@ class ItemChannel:
         if seqs is not None:  # re-sent valid records applied already are skipped (poison never moves a mark)
             parsed = parsed.taking(self.seq.keep(parts, valid_seqs(seqs, parsed.valid_mask(len(values)))))
         cols = parsed.columns
-        users = np.asarray(cols["raw_user_id"], np.int64)
-        missing = [u for u in np.unique(users).tolist() if u not in self.kept]
-        if missing:
-            got, _ = self._retry("reading recent movies", self.store.recent, missing)
-            for user, (_, movies) in got.items():
-                self.kept[user] = movies
-        c = self.contract
-        update = chunk_update(users, cols["raw_movie_id"], cols["label"], self.kept, self.events, c.pair_window,
-                              self.keep, c.bucket_events)
-        need = self.lists.missing(update.pair_a)
-        if need:
-            got, _ = self._retry("reading neighbour lists", self.store.neighbours, need)
-            self.lists.keep(dict(zip(need, got)))
-        lists = self.lists.merged(update)
         fence = Fence(self.cfg.group, self.cfg.topic, fence_offsets, stored=dict(self.stored),
                       seqs={p: m for p, m in self.seq.marks.items() if p in fence_offsets and m >= 0})
-        encoded = encode_many(lists)
-        applied, _ = self._retry("item channel write", self.store.apply, update, encoded,
-                                 self.events + update.events, c.bucket_events, fence)
-        if applied:
-            self.events += update.events
-            self.kept.update(zip(update.users.tolist(), update.recent))
-            self.lists.keep(lists)
-        else:  # written before (a lost reply or a replay): Redis has it, re-read what depends on it
+        applied = self.counter.write(cols["raw_user_id"], cols["raw_movie_id"], cols["label"], fence)
+        if not applied:  # written before (a lost reply or a replay): Redis has it, re-read what depends on it
             self.skipped += 1
-            self.events, _ = self._retry("reading the item channel", self.store.events_applied)
+            self.counter.events, _ = self._retry("reading the item channel", self.store.events_applied)
             (_, marks), _ = self._retry("reading PS offsets", self.ps.fence_state, self.cfg.group, self.cfg.topic)
             self.seq.resume(marks, list(fence_offsets))
-            self.kept.clear()
-            self.lists.clear()
+            self.counter.forget()
         self.stored.update(fence_offsets)  # applied now or before: the PS holds them
         if self.fetcher is not None:
             self.fetcher.commit(fence_offsets)

@@ -1,11 +1,12 @@
 """The served multi-channel u2i score and the item channel's i2i over real HTTP and a real redis-server.
 
 The namespace holds LFM rows (random vectors, biases, counts, μ), ratings in the activity log, and an item channel
-written the way ``python -m learner.items`` writes it: :func:`learner.covisit.chunk_update` on chunks of the rating
-stream, neighbour lists kept by :class:`learner.covisit.NeighbourLists`, applied with
-:meth:`ps_redis.covisit.Covisit.apply` (fenced).  Every answer is checked against a float64 brute force of the
-contract's formula computed from what Redis holds (tests/_recall_util.brute_served, brute_covisit_i2i) — the
-neighbour strings, the degree hash, the bucket and all-time popularity hashes, the users' recent strings and the
+written by the code ``python -m learner.items`` writes with (:class:`learner.items.ChannelCounter`:
+:func:`learner.covisit.chunk_update` on chunks of the rating stream, neighbour lists kept by
+:class:`learner.covisit.NeighbourLists`, applied with :meth:`ps_redis.covisit.Covisit.apply`, fenced).  Every
+answer is checked against a float64 brute force of the contract's formula computed from what Redis holds
+(tests/_recall_util.brute_served, brute_covisit_i2i) — the neighbour strings, the degree hash, the bucket and
+all-time popularity hashes, the users' recent strings and the
 contract — never from the service's own arrays or :mod:`lfm_stream.scoring`.
 """
 
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from learner.covisit import NeighbourLists, chunk_update, encode_neighbours
+from learner.items import ChannelCounter
 from lfm_stream.scoring import ScoreContract, contract_key
 from ps_redis import Fence, ParameterServer
 from ps_redis.activity import ActivityLog
@@ -41,29 +42,15 @@ WRITER = ScoreContract(dim=DIM, pair_window=4, recent_items=5, neighbors=3, buck
 
 
 class ChannelWriter:
-    """The item-channel worker's per-chunk steps (learner.items.ItemChannel.process) without Kafka."""
+    """The item-channel worker's writes (learner.items.ChannelCounter, the worker's own) without Kafka."""
 
     def __init__(self, ps: ParameterServer, contract: ScoreContract):
-        self.ps, self.c = ps, contract
-        self.store = Covisit(ps)
-        self.kept: dict[int, np.ndarray] = {}
-        self.lists = NeighbourLists(contract.neighbors, contract.neighbor_hold)
-        self.events = 0
+        self.ps = ps
+        self.counter = ChannelCounter(Covisit(ps), contract)
 
     def apply(self, users, movies, labels) -> None:
-        c = self.c
-        keep = max(c.pair_window - 1, c.recent_items)
-        update = chunk_update(users, movies, labels, self.kept, self.events, c.pair_window, keep, c.bucket_events)
-        need = self.lists.missing(update.pair_a)
-        if need:
-            self.lists.keep(dict(zip(need, self.store.neighbours(need))))
-        lists = self.lists.merged(update)
-        fence = Fence(f"items-{self.ps.namespace}", "ratings", {0: self.events + update.events})
-        assert self.store.apply(update, {m: encode_neighbours(*v) for m, v in lists.items()},
-                                self.events + update.events, c.bucket_events, fence)
-        self.events += update.events
-        self.kept.update(zip(update.users.tolist(), update.recent))
-        self.lists.keep(lists)
+        fence = Fence(f"items-{self.ps.namespace}", "ratings", {0: self.counter.events + len(users)})
+        assert self.counter.write(users, movies, labels, fence)
 
 
 def rating_stream(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
