@@ -351,8 +351,9 @@ def test_auth_through_the_url(tmp_path, namespace):
     from ps_redis.connection import PSAuthError
 
     class AuthRedis(RedisServer):
-        def ready(self, timeout: float) -> None:  # PING without the password would be refused
-            redis.Redis(port=self.port, password="s3cret").ping()
+        @property
+        def url(self) -> str:  # RedisServer.ready polls this URL: PING without the password would be refused
+            return f"redis://:s3cret@{self.host}:{self.port}/0"
 
     srv = AuthRedis(tmp_path, extra=["--requirepass", "s3cret"])
     srv.start()
@@ -447,8 +448,9 @@ def test_tls_through_a_rediss_url(tmp_path, namespace):
     url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
 
     class TlsRedis(RedisServer):
-        def ready(self, timeout: float) -> None:
-            redis.Redis.from_url(url).ping()
+        @property
+        def url(self) -> str:  # RedisServer.ready polls this URL: the TLS port
+            return url
 
     srv = TlsRedis(tmp_path, port, extra=["--port", "0", "--tls-port", str(port),
                                           "--tls-cert-file", str(tmp_path / "server.crt"),

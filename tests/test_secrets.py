@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from lfm_local.stack import RedisServer, free_port
 from ps_redis import ParameterServer, PSConnectionError
@@ -24,25 +23,14 @@ TOKEN = "t0ken-for-the-recall-api"
 
 
 class PasswordRedis(RedisServer):
-    """redis-server with ``--requirepass`` (its readiness check authenticates)."""
+    """redis-server with ``--requirepass`` (its readiness check authenticates through :attr:`url`)."""
 
     def __init__(self, run_dir: Path):
         super().__init__(run_dir, extra=["--requirepass", PASSWORD])
 
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # RedisServer.ready polls this URL: with the password
         return f"redis://:{PASSWORD}@{self.host}:{self.port}/0"
-
-    def ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
