@@ -49,10 +49,10 @@ class ChannelSource:
         self.contract = contract
         self._popularity, self._top, self._base_snap = {}, {}, None
 
-    def read_contract(self, ps) -> tuple[ScoreContract, str]:
-        """The learner's contract from Redis and where it came from (``redis``); without one (no learner has
-        started yet), the defaults (``default``). Nothing is published here: :meth:`build` publishes both."""
-        raw = ps.redis.get(contract_key(ps.namespace))
+    def read_contract(self, ps, raw: bytes | None) -> tuple[ScoreContract, str]:
+        """The learner's contract, ``raw`` as read from ``<ns>:@contract``, and where it came from (``redis``);
+        without one (no learner has started yet), the defaults (``default``).  Nothing is published here:
+        :meth:`build` publishes both."""
         if raw is None:
             if self.contract_source != "default":
                 log.info("no score contract at %s yet: serving the default contract", contract_key(ps.namespace))
@@ -69,21 +69,21 @@ class ChannelSource:
     def build(self, ps, raw_pos: dict[int, int], n_items: int) -> bool:
         """Re-read the contract and the item channel from Redis, mapped to the matrix's first ``n_items`` rows;
         returns whether it rebuilt.  Nothing is rebuilt (μ is re-read) while the contract, the item channel's
-        ``meta`` (applied events, latest bucket) and ``n_items`` are what the last build saw: a rebuild holds the GIL for a while on a
-        large catalogue, and requests wait.
+        ``meta`` (applied events, latest bucket) and ``n_items`` are what the last build saw: a rebuild holds the
+        GIL for a while on a large catalogue, and requests wait.
 
         Everything is read and built first, then published: the channels before the contract (``/stats`` shows the
         new contract only once the channels it names are served), the caches cleared again after it."""
         store = Covisit(ps)
-        seen = (ps.redis.get(contract_key(ps.namespace)), tuple(sorted(ps.redis.hgetall(store.meta_key).items())),
-                n_items)
+        raw_contract = ps.redis.get(contract_key(ps.namespace))
+        seen = (raw_contract, tuple(sorted(ps.redis.hgetall(store.meta_key).items())), n_items)
         g = ps.pull("global", np.zeros(1, np.int64), create=False)
         mu = float(g.bias[0]) if g.found[0] and np.isfinite(g.bias[0]) else 0.0
         self.checks += 1
         if self.channels is not None and seen == self._built_from:
             self.mu = mu
             return False
-        contract, source = self.read_contract(ps)
+        contract, source = self.read_contract(ps, raw_contract)
         deg_movies, deg = store.degrees()
         buckets, pop_movies, pop_counts = store.popularity()
         # a stored list holds up to neighbor_hold neighbours, most counted first: the first `neighbors` are served
