@@ -120,13 +120,38 @@ def one_run(name: str, data: Path, redis_url: str, bootstrap: str, learner_args:
     for key in ("hr_at_10", "hr_at_50", "recall_at_50"):
         out[f"served_ann_{key}"] = got[key]["mean"]
     if grid:
-        variants = {json.dumps(change, sort_keys=True): change for change in grid}
-        got = recall.evaluate(store, test, ablations=variants, n_boot=50, baselines=False)
-        out["grid"] = {key: {m: v["mean"] for m, v in got[key].items()} for key in variants}
+        out["grid"] = evaluate_grid(store, test, grid)
     out["ranked_users"] = served["users"]
     out["contract"] = served["contract"]
     out["learner_args"] = learner_args
     out["items_args"] = items_args
+    return out
+
+
+def evaluate_grid(store, test: dict, grid: list[dict]) -> dict:
+    """Each grid variant's served HR / Recall (means) on the run's state.  Most contract fields only change the
+    ranking; ``neighbors`` (neighbours served per movie) changes what the item channel reads from Redis, so each
+    distinct value is served by a rebuild under that contract (written where the learner writes it, the run's
+    contract restored afterwards)."""
+    from lfm_stream.scoring import contract_key
+
+    served = store.channels.contract
+    key = contract_key(store.ps.namespace)
+    original = store.ps.redis.get(key)
+    out = {}
+    try:
+        for neighbors in sorted({int(change.get("neighbors", served.neighbors)) for change in grid}):
+            store.ps.redis.set(key, served.replace(neighbors=neighbors).to_json())
+            snap = store.matrix.snapshot()
+            store.channels.build(store.ps, snap.raw_pos, snap.n)
+            variants = {json.dumps(change, sort_keys=True): {k: v for k, v in change.items() if k != "neighbors"}
+                        for change in grid if int(change.get("neighbors", served.neighbors)) == neighbors}
+            got = recall.evaluate(store, test, ablations=variants, n_boot=50, baselines=False)
+            out.update({name: {m: v["mean"] for m, v in got[name].items()} for name in variants})
+    finally:
+        store.ps.redis.set(key, original)
+        snap = store.matrix.snapshot()
+        store.channels.build(store.ps, snap.raw_pos, snap.n)
     return out
 
 
@@ -167,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None, help="prepared data + metrics (default: a temp dir)")
     p.add_argument("--bootstrap-samples", type=int, default=300)
     p.add_argument("--grid", default="", help="serving-time contract variants re-ranked on each run's state, e.g. "
-                                             "'covisit_eps=0.003,0.01;popularity_weight=0.1,0.2' (every combination)")
+                                             "'covisit_eps=0.003,0.01;popularity_weight=0.1,0.2' (every combination; "
+                                             "neighbors up to neighbor_hold: the item channel is re-read for each)")
     args = p.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="lfm-quality-"))
     work.mkdir(parents=True, exist_ok=True)
