@@ -5,17 +5,15 @@ The learner writes a :class:`ScoreContract` into the parameter server (``<ns>:@c
 :func:`blend`, so what is served is what the learner's evaluation measured.  The score of movie i for user u:
 
     s(u, i) = w_lfm · (log σ(ŷ_ui) + log(1 + n_i))                        LFM channel (learner rows)
-            + w_co  · log(eps + Σ_j r_j · c(C[j, i]) / √((D_j + 1)(D_i + 1))) item channel (co-occurrence)
+            + w_co  · log(eps + Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1)))   item channel (co-occurrence)
             + w_pop · log(smooth + n_k(i) + total_w · n(i))               time-aware popularity
 
 * LFM channel: ``ŷ_ui = q_u·v_i + b_u + b_i + μ`` is the learner's logit that u likes i given u rates it, and
   ``n_i`` the events its row was trained on: ``log P(u rates i and likes it) ≈ log σ(ŷ) + log(1 + n_i)`` up to
   a constant (a user without a row has no LFM channel);
 * item channel: ``C[j, i]`` counts how often j and i were rated within ``pair_window`` consecutive ratings of a
-  user (top ``neighbors`` kept per item), ``D_j`` all of j's pair counts, ``c(C) = C·C / (C + covisit_shrink)``
-  (a pair seen a few times weighs less than its count: rare neighbours of a movie are mostly noise); the sum runs
-  over the user's last ``recent_items`` rated movies j, weighted ``r_j`` linearly from ``recent_min_weight``
-  (oldest) to 1 (newest);
+  user (top ``neighbors`` kept per item), ``D_j`` all of j's pair counts; the sum runs over the user's last
+  ``recent_items`` rated movies j, weighted ``r_j`` linearly from ``recent_min_weight`` (oldest) to 1 (newest);
 * popularity: ``n_k(i)`` counts positive events of i in the stream buckets within ``popularity_window`` buckets
   of the user's last event (a bucket is ``bucket_events`` consecutive stream events, so the time context scales
   with the data's density, not the calendar), ``n(i)`` all positive events of i.
@@ -51,8 +49,6 @@ class ScoreContract:
         dim: latent dimension of the learner's rows.
         lfm_weight, covisit_weight, popularity_weight: channel weights (0 switches a channel off).
         covisit_eps: floor inside the item channel's log (a movie with no co-occurrence scores log(eps)).
-        covisit_shrink: a pair count C weighs ``C·C / (C + covisit_shrink)`` (0: C itself).  A contract without
-            this field (written before it existed) reads as 0, the score it described.
         popularity_smooth, popularity_total_weight: smoothing and all-time share of the popularity prior.
         recent_items: rated movies in the user's item-channel query; recent_min_weight: weight of the oldest.
         pair_window: two ratings of a user at most this many positions apart form a pair (10: 9 neighbours).
@@ -65,7 +61,6 @@ class ScoreContract:
     lfm_weight: float = 0.03
     covisit_weight: float = 1.0
     covisit_eps: float = 0.03
-    covisit_shrink: float = 0.0
     popularity_weight: float = 0.1
     popularity_smooth: float = 0.1
     popularity_total_weight: float = 0.001
@@ -94,8 +89,8 @@ class ScoreContract:
             bad("pair_window", "must be >= 2")
         if self.neighbor_hold < self.neighbors:
             bad("neighbor_hold", f"must be >= neighbors ({self.neighbors})")
-        for name in ("lfm_weight", "covisit_weight", "covisit_shrink", "popularity_weight",
-                     "popularity_total_weight", "popularity_window"):
+        for name in ("lfm_weight", "covisit_weight", "popularity_weight", "popularity_total_weight",
+                     "popularity_window"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("covisit_eps", "popularity_smooth"):
@@ -118,7 +113,6 @@ class ScoreContract:
         if not isinstance(data, dict):
             raise ValueError(f"score contract: expected a JSON object (got {type(data).__name__})")
         known = {f.name for f in dataclasses.fields(cls)}
-        data.setdefault("covisit_shrink", 0.0)  # written before the field existed: the unshrunk counts
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"score contract: unknown field(s) {unknown}")
@@ -141,23 +135,15 @@ def recent_weights(n: int, min_weight: float) -> np.ndarray:
     return min_weight + (1.0 - min_weight) * np.arange(n, dtype=np.float64) / (n - 1)
 
 
-def shrunk_counts(counts: np.ndarray, shrink: float) -> np.ndarray:
-    """``C·C / (C + shrink)`` of pair counts (float64; ``shrink`` 0: the counts)."""
-    counts = np.asarray(counts, np.float64)
-    return counts * counts / (counts + shrink) if shrink else counts
-
-
 def covisit_scores(neighbors: list[tuple[np.ndarray, np.ndarray]], query_degree: np.ndarray, weights: np.ndarray,
-                   degree: np.ndarray, shrink: float = 0.0) -> np.ndarray:
-    """Item-channel sums ``Σ_j r_j · c(C[j, i]) / √((D_j + 1)(D_i + 1))`` over the columns of ``degree``, with
-    ``c`` = :func:`shrunk_counts`.
+                   degree: np.ndarray) -> np.ndarray:
+    """Item-channel sums ``Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1))`` over the columns of ``degree``.
 
     Args:
         neighbors: per query movie j, (columns i, counts C[j, i]) of its kept neighbours (columns < len(degree)).
         query_degree: D_j of each query movie.
         weights: r_j of each query movie.
         degree: D_i of every column.
-        shrink: the contract's ``covisit_shrink``.
 
     Returns:
         float64[len(degree)], zero where no query movie has the column as a neighbour.
@@ -165,7 +151,7 @@ def covisit_scores(neighbors: list[tuple[np.ndarray, np.ndarray]], query_degree:
     out = np.zeros(len(degree), np.float64)
     for (cols, counts), dj, rj in zip(neighbors, query_degree, weights):
         if len(cols):
-            np.add.at(out, cols, rj * shrunk_counts(counts, shrink) / np.sqrt(float(dj) + 1.0))
+            np.add.at(out, cols, rj * np.asarray(counts, np.float64) / np.sqrt(float(dj) + 1.0))
     return out / np.sqrt(np.asarray(degree, np.float64) + 1.0)
 
 
@@ -284,8 +270,7 @@ class ItemChannels:
         for j, r in zip(recent_cols.tolist(), weights.tolist()):
             lo, hi = self.indptr[j], self.indptr[j + 1]
             parts_c.append(self.neighbour_cols[lo:hi])
-            parts_v.append(r * shrunk_counts(self.neighbour_counts[lo:hi], contract.covisit_shrink)
-                           / np.sqrt(self.degree[j] + 1.0))
+            parts_v.append(r * self.neighbour_counts[lo:hi] / np.sqrt(self.degree[j] + 1.0))
         cols = np.concatenate(parts_c)
         if not len(cols):
             return cols, np.zeros(0, np.float64)

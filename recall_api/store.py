@@ -328,9 +328,8 @@ class RecallStore:
     def i2i(self, movie_id: int, k: int, source: str = I2I_DEFAULT) -> Answer:
         """Top-k movies similar to a raw movie id, the movie itself excluded.
 
-        ``source="covisit"`` (default): the item channel, ``c(C[j, i]) / √((D_j + 1)(D_i + 1))`` (``c`` =
-        :func:`lfm_stream.scoring.shrunk_counts`) over the movies rated within the pair window of it (a movie
-        without co-occurrences yet falls back to ``lfm``);
+        ``source="covisit"`` (default): the item channel, ``C[j, i] / √((D_j + 1)(D_i + 1))`` over the movies
+        rated within the pair window of it (a movie without co-occurrences yet falls back to ``lfm``);
         ``source="lfm"``: cosine similarity of the learner's item vectors.  The answer's ``source`` says which.
 
         Raises:

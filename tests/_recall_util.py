@@ -298,11 +298,11 @@ def brute_served(ps: ParameterServer, user: int, items: Items, state: ChannelSta
     """The served u2i score of ``user`` over every item row they did not rate, in float64 from what Redis holds:
 
         s(u, i) = w_lfm · (log σ(q_u·v_i + b_u + b_i + μ) + log(1 + n_i))
-                + w_co · log(eps + Σ_j r_j · c(C[j, i]) / √((D_j + 1)(D_i + 1)))
+                + w_co · log(eps + Σ_j r_j · C[j, i] / √((D_j + 1)(D_i + 1)))
                 + w_pop · log(smooth + n_k(i) + total_weight · n(i))
 
-    (c(C) = C·C / (C + covisit_shrink); j: the last ``recent_items`` movies of the user's recent string, weights
-    linear from ``recent_min_weight`` to 1; C[j, i] from the first ``neighbors`` pairs of j's list; n_k(i): positives in the buckets within
+    (j: the last ``recent_items`` movies of the user's recent string, weights linear from ``recent_min_weight`` to
+    1; C[j, i] from the first ``neighbors`` pairs of j's list; n_k(i): positives in the buckets within
     ``popularity_window`` of the bucket of the user's last event, or of the latest bucket for a user without one;
     n(i): the all-time hash; the LFM term only for a user with a row.)
 
@@ -319,13 +319,11 @@ def brute_served(ps: ParameterServer, user: int, items: Items, state: ChannelSta
     n = len(movies)
     weights = [1.0] if n == 1 else [c["recent_min_weight"] + (1 - c["recent_min_weight"]) * t / (n - 1)
                                     for t in range(n)]
-    shrink = c.get("covisit_shrink", 0.0)  # a contract written before the field: the unshrunk counts
     covisit: dict[int, float] = {}
     for j, r_j in zip(movies, weights):
         d_j = state.degree.get(j, 0)
         for i, c_ji in state.neighbours(ps, j):
-            shrunk = c_ji * c_ji / (c_ji + shrink) if shrink else c_ji
-            covisit[i] = covisit.get(i, 0.0) + r_j * shrunk / np.sqrt((d_j + 1.0) * (state.degree.get(i, 0) + 1.0))
+            covisit[i] = covisit.get(i, 0.0) + r_j * c_ji / np.sqrt((d_j + 1.0) * (state.degree.get(i, 0) + 1.0))
     window = state.window(ps, bucket)
     lfm = lfm_reference(row[0], row[1], read_mu(ps), items) if row is not None else None
     seen = seen_of(ps, user)
@@ -344,12 +342,10 @@ def brute_served(ps: ParameterServer, user: int, items: Items, state: ChannelSta
 
 def brute_covisit_i2i(ps: ParameterServer, movie: int, items: Items, state: ChannelState | None = None
                       ) -> dict[int, float]:
-    """i2i of the item channel in float64: ``c(C[j, i]) / √((D_j + 1)(D_i + 1))`` (c(C) = C·C / (C + covisit_shrink))
-    over the first ``neighbors`` pairs of the movie's list, for neighbours with an item row (empty: no
-    co-occurrences)."""
+    """i2i of the item channel in float64: ``C[j, i] / √((D_j + 1)(D_i + 1))`` over the first ``neighbors`` pairs of
+    the movie's list, for neighbours with an item row (empty: no co-occurrences)."""
     state = state or ChannelState.read(ps)
     rows = set(items.raw.tolist())
     d_j = state.degree.get(int(movie), 0)
-    shrink = state.contract.get("covisit_shrink", 0.0)
-    return {i: (c * c / (c + shrink) if shrink else c) / np.sqrt((d_j + 1.0) * (state.degree.get(i, 0) + 1.0))
+    return {i: c / np.sqrt((d_j + 1.0) * (state.degree.get(i, 0) + 1.0))
             for i, c in state.neighbours(ps, movie) if i in rows and i != movie}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from learner.covisit import chunk_update
-from lfm_stream.scoring import (ScoreContract, blend, covisit_scores, popularity_prior, recent_weights,
-                                shrunk_counts)
+from lfm_stream.scoring import ScoreContract, blend, covisit_scores, popularity_prior, recent_weights
 
 
 def pairs_of(update) -> dict[tuple[int, int], int]:
@@ -84,14 +81,6 @@ def test_covisit_scores_normalize_by_both_degrees():
     assert s == pytest.approx([0.5 * 2 / 2 / np.sqrt(2), 0.0, 0.5 * 1 / 2 / 3])
 
 
-def test_shrink_discounts_rare_pairs_by_hand():
-    # counts 1 and 4 with shrink 1: 1·1/2 = 0.5 and 4·4/5 = 3.2; query degree 3, column degrees 0 and 15
-    s = covisit_scores([(np.array([0, 1]), np.array([1.0, 4.0]))], np.array([3]), np.array([1.0]),
-                       np.array([0, 15]), shrink=1.0)
-    assert s == pytest.approx([0.5 / 2 / 1, 3.2 / 2 / 4])
-    assert shrunk_counts(np.array([1.0, 4.0]), 0.0).tolist() == [1.0, 4.0]
-
-
 def test_popularity_prior_and_blend():
     prior = popularity_prior(np.array([0.0, 4.0]), np.array([100.0, 10.0]), 0.1, 0.001)
     assert prior == pytest.approx(np.log([0.2, 4.11]))
@@ -111,12 +100,6 @@ def test_contract_round_trips_and_rejects_bad_values():
         ScoreContract.from_json(c.to_json().replace('"version": 1', '"version": 99'))
     with pytest.raises(ValueError, match="covisit_eps"):
         ScoreContract(covisit_eps=0)
-    with pytest.raises(ValueError, match="covisit_shrink"):
-        ScoreContract(covisit_shrink=-1)
-    # a contract written before covisit_shrink existed described the unshrunk counts
-    old = json.loads(c.replace(covisit_shrink=0.5).to_json())
-    del old["covisit_shrink"]
-    assert ScoreContract.from_json(json.dumps(old)).covisit_shrink == 0.0
 
 
 def test_item_channels_score_a_user_by_hand():

@@ -149,8 +149,7 @@ def test_every_channel_weighted(world):
     """A contract that weights the LFM channel too, with other channel parameters: read from Redis at the next
     channel rebuild, and the answers follow it (also the Faiss path: candidates of each channel, exact re-rank)."""
     ps, client = world["ps"], world["client"]
-    mixed = WRITER.replace(lfm_weight=0.7, popularity_weight=0.3, covisit_eps=0.05, covisit_shrink=0.5,
-                           recent_min_weight=0.2,
+    mixed = WRITER.replace(lfm_weight=0.7, popularity_weight=0.3, covisit_eps=0.05, recent_min_weight=0.2,
                            popularity_total_weight=0.01, recent_items=3, neighbors=2, popularity_window=2)
     write_contract(ps, mixed)
     try:
