@@ -138,20 +138,26 @@ def evaluate_grid(store, test: dict, grid: list[dict]) -> dict:
     served = store.channels.contract
     key = contract_key(store.ps.namespace)
     original = store.ps.redis.get(key)
+
+    def serve(raw: str | bytes) -> None:
+        """``raw`` as the namespace's contract, and the channels rebuilt from it."""
+        store.ps.redis.set(key, raw)
+        snap = store.matrix.snapshot()
+        store.channels.build(store.ps, snap.raw_pos, snap.n)
+
+    def neighbors_of(change: dict) -> int:
+        return int(change.get("neighbors", served.neighbors))
+
     out = {}
     try:
-        for neighbors in sorted({int(change.get("neighbors", served.neighbors)) for change in grid}):
-            store.ps.redis.set(key, served.replace(neighbors=neighbors).to_json())
-            snap = store.matrix.snapshot()
-            store.channels.build(store.ps, snap.raw_pos, snap.n)
+        for neighbors in sorted({neighbors_of(change) for change in grid}):
+            serve(served.replace(neighbors=neighbors).to_json())
             variants = {json.dumps(change, sort_keys=True): {k: v for k, v in change.items() if k != "neighbors"}
-                        for change in grid if int(change.get("neighbors", served.neighbors)) == neighbors}
+                        for change in grid if neighbors_of(change) == neighbors}
             got = recall.evaluate(store, test, ablations=variants, n_boot=50, baselines=False)
             out.update({name: {m: v["mean"] for m, v in got[name].items()} for name in variants})
     finally:
-        store.ps.redis.set(key, original)
-        snap = store.matrix.snapshot()
-        store.channels.build(store.ps, snap.raw_pos, snap.n)
+        serve(original)  # a run's learner always wrote one
     return out
 
 

@@ -7,9 +7,9 @@ math (:class:`lfm_stream.scoring.ItemChannels`), so the service serves what the 
 it imports nothing from the learner.
 
 The channel arrays are rebuilt from Redis by the refresh thread, at most every ``channel_interval`` seconds and only
-when the contract, the item channel's meta (applied events, latest bucket) or the catalogue's size changed (neighbour lists,
-degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the user's row,
-rated movies and recent movies (one round trip, :mod:`recall_api.context`).  Any malformed entry in Redis is
+when the contract, the item channel's meta (applied events, latest bucket) or the catalogue's size changed
+(neighbour lists, degrees and popularity are read whole: ~0.1 s for ml-latest-small); a request only reads the
+user's row, rated movies and recent movies (one round trip, :mod:`recall_api.context`).  Any malformed entry in Redis is
 skipped by the readers of :mod:`ps_redis.covisit`, never trusted for an allocation.
 """
 

@@ -84,7 +84,7 @@ class Service:
 
 
 @pytest.mark.parametrize("flags", [(), ("--no-fast-protocol",)], ids=["fast-protocol", "fastapi-routes"])
-def test_the_token_guards_every_route_but_healthz(locked_redis, tmp_path, flags):
+def test_the_token_guards_every_route_but_healthz_and_the_dashboard_page(locked_redis, tmp_path, flags):
     svc = Service(locked_redis.url, tmp_path, *flags, token=TOKEN)
     try:
         status, _, body = svc.get("/healthz")
