@@ -119,12 +119,13 @@ def items_check(got: dict, values: list[bytes]) -> dict:
     """The item channel's state (:func:`items_state`) against one pass over the stream."""
     from learner.covisit import chunk_update
     from lfm_stream.schema import parse_batch
-    from lfm_stream.scoring import ScoreContract
+    from lfm_stream.scoring import ScoreContract, pair_weights
 
     k = ScoreContract()
     c = parse_batch(values)
     u = chunk_update(c["raw_user_id"], c["raw_movie_id"], c["label"], {}, 0, k.pair_window,
-                     max(k.pair_window - 1, k.recent_items), k.bucket_events)
+                     max(k.pair_window - 1, k.recent_items), k.bucket_events,
+                     pair_weights(k.pair_window, k.pair_decay))
     pop: dict[int, int] = {}
     for m, n in zip(u.pop_movies.tolist(), u.pop_n.tolist()):
         pop[m] = pop.get(m, 0) + n

@@ -3,7 +3,8 @@
 For every user the channel keeps the last rated movies (oldest first).  A chunk of time-ordered events adds:
 
 * pairs: each event's movie with each of the same user's previous ``pair_window − 1`` rated movies (from the
-  kept list and the chunk itself), counted in both directions, ``C[a, b] += 1`` and ``C[b, a] += 1``;
+  kept list and the chunk itself), counted in both directions, ``C[a, b] += w_d`` and ``C[b, a] += w_d`` with
+  ``w_d`` the weight of a pair ``d`` ratings apart (:func:`lfm_stream.scoring.pair_weights`; 1 without weights);
 * degrees: ``D[a] += Σ_b`` of the pairs above (the row sums of C);
 * popularity: positive events per (stream bucket, movie), bucket = ``(events before it) // bucket_events``;
 * each user's new kept list and the bucket of their last event.
@@ -46,8 +47,9 @@ class ChunkUpdate:
     events: int
 
 
-def _count_rows(cols: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct rows of the stacked int64 columns and how often each occurs (rows sorted)."""
+def _count_rows(cols: list[np.ndarray], weights: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Distinct rows of the stacked int64 columns and how often each occurs (rows sorted); with int64 ``weights``
+    (one per row), the sum of each distinct row's weights instead."""
     if not len(cols[0]):
         return [np.zeros(0, np.int64) for _ in cols], np.zeros(0, np.int64)
     order = np.lexsort(cols[::-1])
@@ -55,12 +57,15 @@ def _count_rows(cols: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     new = np.ones(len(order), bool)
     new[1:] = np.any([c[1:] != c[:-1] for c in srt], axis=0)
     starts = np.flatnonzero(new)
+    if weights is not None:
+        return [c[starts] for c in srt], np.add.reduceat(np.asarray(weights, np.int64)[order], starts)
     counts = np.diff(np.r_[starts, len(order)])
     return [c[starts] for c in srt], counts
 
 
 def chunk_update(users: np.ndarray, movies: np.ndarray, labels: np.ndarray, kept: dict[int, np.ndarray],
-                 events_before: int, pair_window: int, keep: int, bucket_events: int) -> ChunkUpdate:
+                 events_before: int, pair_window: int, keep: int, bucket_events: int,
+                 pair_weights: np.ndarray | None = None) -> ChunkUpdate:
     """The item channel's additions for a chunk of time-ordered events.
 
     Args:
@@ -70,6 +75,8 @@ def chunk_update(users: np.ndarray, movies: np.ndarray, labels: np.ndarray, kept
         pair_window: a movie pairs with the same user's previous ``pair_window − 1`` movies.
         keep: movies kept per user after the chunk (≥ pair_window − 1).
         bucket_events: stream events per popularity bucket.
+        pair_weights: int64 weight of a pair ``d`` ratings apart at index ``d − 1`` (``pair_window − 1`` of them);
+            None: every pair counts 1.
     """
     users = np.asarray(users, np.int64)
     movies = np.asarray(movies, np.int64)
@@ -96,16 +103,23 @@ def chunk_update(users: np.ndarray, movies: np.ndarray, labels: np.ndarray, kept
     else:
         su2 = sm2 = np.zeros(0, np.int64)
         new = np.zeros(0, bool)
-    a_parts, b_parts = [], []
+    if pair_weights is None:
+        pair_weights = np.ones(back, np.int64)
+    pair_weights = np.asarray(pair_weights, np.int64)
+    if len(pair_weights) != back:
+        raise ValueError(f"pair_weights: expected {back} weights (pair_window - 1), got {len(pair_weights)}")
+    a_parts, b_parts, w_parts = [], [], []
     for d in range(1, pair_window):
         if d >= len(sm2):
             break
         ok = (su2[:-d] == su2[d:]) & new[d:] & (sm2[:-d] != sm2[d:])
         a_parts.append(sm2[:-d][ok])
         b_parts.append(sm2[d:][ok])
+        w_parts.append(np.full(int(ok.sum()), pair_weights[d - 1], np.int64))
     a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
     b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
-    (pa, pb), pn = _count_rows([np.r_[a, b], np.r_[b, a]])
+    w = np.concatenate(w_parts) if w_parts else np.zeros(0, np.int64)
+    (pa, pb), pn = _count_rows([np.r_[a, b], np.r_[b, a]], np.r_[w, w])
     (dm,), _ = _count_rows([pa])
     dn = np.zeros(len(dm), np.int64)
     if len(pa):

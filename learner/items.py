@@ -32,7 +32,7 @@ from learner.config import LearnerConfig
 from learner.covisit import NeighbourLists, chunk_update, encode_many
 from learner.dedup import SeqFilter, valid_seqs
 from learner.report import say as learner_say
-from lfm_stream.scoring import ScoreContract
+from lfm_stream.scoring import ScoreContract, pair_weights
 
 GROUP_ENV = "LFM_ITEMS_GROUP"
 WINDOW_SECONDS = 1.0  # longest a polled record waits for its window's write
@@ -55,8 +55,8 @@ class ChannelCounter:
 
     Args:
         store: the namespace's :class:`ps_redis.covisit.Covisit`.
-        contract: the channel's parameters (``pair_window``, ``recent_items``, ``neighbors``, ``neighbor_hold``,
-            ``bucket_events``).
+        contract: the channel's parameters (``pair_window``, ``pair_decay``, ``recent_items``, ``neighbors``,
+            ``neighbor_hold``, ``bucket_events``).
         call: how Redis calls are made (``call(what, fn, *args)`` → (result, failed attempts)): the worker's
             retry; default: once.
     """
@@ -88,7 +88,7 @@ class ChannelCounter:
                 self.kept[user] = recent
         c = self.contract
         update = chunk_update(users, movies, labels, self.kept, self.events, c.pair_window, self.keep,
-                              c.bucket_events)
+                              c.bucket_events, pair_weights(c.pair_window, c.pair_decay))
         need = self.lists.missing(update.pair_a)
         if need:
             got, _ = self.call("reading neighbour lists", self.store.neighbours, need)
@@ -108,7 +108,8 @@ class ItemChannel:
 
     Args:
         cfg: servers, topic, group (use a group of its own, not the learner's), backend and timeouts.
-        contract: the channel's parameters (``pair_window``, ``recent_items``, ``neighbors``, ``bucket_events``).
+        contract: the channel's parameters (``pair_window``, ``pair_decay``, ``recent_items``, ``neighbors``,
+            ``bucket_events``).
         ps: a ParameterServer (default: from ``cfg``).
         poll_records: most records per poll.
         window_events: most records per fenced write while a backlog drains (a caught-up worker writes after
@@ -263,8 +264,8 @@ class ItemChannel:
             if threading.current_thread() is threading.main_thread() else {}
         self.fetcher = Fetcher(lambda: make_source(cfg, self.on_assign, self.on_revoke, self.poll_records),
                                prefetch=False, log=say)
-        say(f"consuming {cfg.topic!r} as group {cfg.group!r}: pairs within {self.contract.pair_window} ratings, "
-            f"{self.contract.neighbors} neighbours per movie, popularity buckets of {self.contract.bucket_events} "
+        say(f"consuming {cfg.topic!r} as group {cfg.group!r}: pairs within {self.contract.pair_window} ratings "
+            f"(decay {self.contract.pair_decay:g}), {self.contract.neighbors} neighbours per movie, popularity buckets of {self.contract.bucket_events} "
             f"events")
         t0 = last = time.monotonic()
         reason = "stopped"
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pair_window", "recent_items", "neighbors", "neighbor_hold", "bucket_events"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                        help=f"score contract: {name}")
+    p.add_argument("--pair-decay", type=float, default=defaults.pair_decay,
+                   help="score contract: pair_decay (how much less the farthest pair counts than the nearest, [0, 1))")
     kafka_security.add_arguments(p)
     return p
 
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                             session_timeout_ms=args.session_timeout_ms, max_events=args.max_events,
                             idle_timeout=args.idle_timeout, retry_budget_s=args.retry_budget,
                             kafka_security=kafka_security.from_args(args))
-        contract = ScoreContract(pair_window=args.pair_window, recent_items=args.recent_items,
+        contract = ScoreContract(pair_window=args.pair_window, pair_decay=args.pair_decay,
+                                 recent_items=args.recent_items,
                                  neighbors=args.neighbors, neighbor_hold=max(args.neighbor_hold, args.neighbors),
                                  bucket_events=args.bucket_events)
     except ValueError as exc:

@@ -12,7 +12,8 @@ The learner writes a :class:`ScoreContract` into the parameter server (``<ns>:@c
   ``n_i`` the events its row was trained on: ``log P(u rates i and likes it) ≈ log σ(ŷ) + log(1 + n_i)`` up to
   a constant (a user without a row has no LFM channel);
 * item channel: ``C[j, i]`` counts how often j and i were rated within ``pair_window`` consecutive ratings of a
-  user (top ``neighbors`` kept per item), ``D_j`` all of j's pair counts; the sum runs over the user's last
+  user, each pair weighted by how close the two ratings were (:func:`pair_weights`; top ``neighbors`` kept per
+  item), ``D_j`` all of j's pair counts; the sum runs over the user's last
   ``recent_items`` rated movies j, weighted ``r_j`` linearly from ``recent_min_weight`` (oldest) to 1 (newest);
 * popularity: ``n_k(i)`` counts positive events of i in the stream buckets within ``popularity_window`` buckets
   of the user's last event (a bucket is ``bucket_events`` consecutive stream events, so the time context scales
@@ -52,6 +53,7 @@ class ScoreContract:
         popularity_smooth, popularity_total_weight: smoothing and all-time share of the popularity prior.
         recent_items: rated movies in the user's item-channel query; recent_min_weight: weight of the oldest.
         pair_window: two ratings of a user at most this many positions apart form a pair (10: 9 neighbours).
+        pair_decay: how much less the farthest pair counts than the nearest, in [0, 1) (:func:`pair_weights`).
         neighbors: co-occurring movies served per movie (the most counted).
         neighbor_hold: co-occurring movies a list may hold before it is cut to the ``neighbors`` most counted.
         bucket_events: stream events per popularity bucket; popularity_window: buckets on each side.
@@ -67,6 +69,7 @@ class ScoreContract:
     recent_items: int = 10
     recent_min_weight: float = 0.5
     pair_window: int = 10
+    pair_decay: float = 0.5
     neighbors: int = 100
     neighbor_hold: int = 800
     bucket_events: int = 1250
@@ -96,6 +99,8 @@ class ScoreContract:
         for name in ("covisit_eps", "popularity_smooth"):
             if not getattr(self, name) > 0:
                 bad(name, "must be > 0")
+        if not 0 <= self.pair_decay < 1:
+            bad("pair_decay", "must be in [0, 1)")
         if not 0 <= self.recent_min_weight <= 1:
             bad("recent_min_weight", "must be in [0, 1]")
 
@@ -124,6 +129,23 @@ class ScoreContract:
     def replace(self, **changes) -> "ScoreContract":
         """A copy with ``changes`` applied (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+PAIR_UNIT = 100  # a pair's weight in hundredths when pair_decay > 0
+
+
+def pair_weights(pair_window: int, pair_decay: float) -> np.ndarray:
+    """Integer weight of a pair of ratings ``d`` positions apart, at index ``d − 1`` (d = 1 … pair_window − 1).
+
+    ``pair_decay`` 0: every pair counts 1.  Otherwise the nearest pair counts ``PAIR_UNIT`` (100) and the weight
+    falls linearly to ``PAIR_UNIT · (1 − pair_decay)`` for the farthest, rounded (counts stay integers, so chunks add
+    up exactly).  The score divides counts by √(D + 1), so the unit matters only through that + 1.
+    """
+    d = np.arange(1, pair_window, dtype=np.float64)
+    if pair_decay == 0:
+        return np.ones(len(d), np.int64)
+    far = max(pair_window - 2, 1)
+    return np.rint(PAIR_UNIT * (1.0 - pair_decay * (d - 1) / far)).astype(np.int64)
 
 
 def recent_weights(n: int, min_weight: float) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.covisit import chunk_update
-from lfm_stream.scoring import ScoreContract, blend, covisit_scores, popularity_prior, recent_weights
+from lfm_stream.scoring import ScoreContract, blend, covisit_scores, pair_weights, popularity_prior, recent_weights
 
 
 def pairs_of(update) -> dict[tuple[int, int], int]:
@@ -40,13 +40,14 @@ def test_window_limits_the_distance_and_kept_movies_pair_with_new_ones():
     assert len(u.pop_movies) == 0  # no positives
 
 
-def test_chunks_add_up_to_one_pass():
+@pytest.mark.parametrize("weights", [None, np.array([100, 75, 50])], ids=["unit", "weighted"])
+def test_chunks_add_up_to_one_pass(weights):
     rng = np.random.default_rng(3)
     n = 600
     users = rng.integers(0, 15, n)
     movies = rng.integers(0, 40, n)
     labels = rng.integers(0, 2, n)
-    whole = chunk_update(users, movies, labels, {}, 0, pair_window=4, keep=5, bucket_events=50)
+    whole = chunk_update(users, movies, labels, {}, 0, pair_window=4, keep=5, bucket_events=50, pair_weights=weights)
     kept: dict[int, np.ndarray] = {}
     total: dict[tuple[int, int], int] = {}
     pop: dict[tuple[int, int], int] = {}
@@ -54,7 +55,7 @@ def test_chunks_add_up_to_one_pass():
     for lo in range(0, n, 97):
         hi = min(n, lo + 97)
         part = chunk_update(users[lo:hi], movies[lo:hi], labels[lo:hi], kept, done, pair_window=4, keep=5,
-                            bucket_events=50)
+                            bucket_events=50, pair_weights=weights)
         for key, c in pairs_of(part).items():
             total[key] = total.get(key, 0) + c
         for b, m, c in zip(part.pop_buckets.tolist(), part.pop_movies.tolist(), part.pop_n.tolist()):
@@ -66,6 +67,24 @@ def test_chunks_add_up_to_one_pass():
                                                  whole.pop_n.tolist())}
     assert {u: r.tolist() for u, r in kept.items()} == {u: r.tolist() for u, r in zip(whole.users.tolist(),
                                                                                        whole.recent)}
+
+
+def test_pair_weights_fall_linearly_from_the_nearest_pair():
+    assert pair_weights(4, 0.5).tolist() == [100, 75, 50]  # d = 1, 2, 3: 100 · (1 − 0.5 · (d − 1) / 2)
+    assert pair_weights(10, 0.0).tolist() == [1] * 9  # no decay: every pair counts 1
+    assert pair_weights(2, 0.3).tolist() == [100]  # one distance only
+    assert pair_weights(5, 0.9).tolist() == [100, 70, 40, 10]
+
+
+def test_weighted_pairs_count_their_distance_weight():
+    # user 1 rates 10, 20, 30 (10–20 and 20–30 one apart, 10–30 two apart); user 2 rates 10, 40
+    u = chunk_update([1, 2, 1, 1, 2], [10, 10, 20, 30, 40], [1, 0, 1, 0, 1], {}, 0, pair_window=3, keep=5,
+                     bucket_events=2, pair_weights=np.array([100, 50]))
+    assert pairs_of(u) == {(10, 20): 100, (20, 10): 100, (20, 30): 100, (30, 20): 100, (10, 30): 50, (30, 10): 50,
+                           (10, 40): 100, (40, 10): 100}
+    assert dict(zip(u.degree_movies.tolist(), u.degree_n.tolist())) == {10: 250, 20: 200, 30: 150, 40: 100}
+    with pytest.raises(ValueError, match="pair_weights"):
+        chunk_update([1], [10], [1], {}, 0, pair_window=3, keep=5, bucket_events=2, pair_weights=np.array([1]))
 
 
 def test_recent_weights_rise_linearly():
@@ -100,6 +119,8 @@ def test_contract_round_trips_and_rejects_bad_values():
         ScoreContract.from_json(c.to_json().replace('"version": 1', '"version": 99'))
     with pytest.raises(ValueError, match="covisit_eps"):
         ScoreContract(covisit_eps=0)
+    with pytest.raises(ValueError, match="pair_decay"):
+        ScoreContract(pair_decay=1.0)  # the farthest pair would count nothing
 
 
 def test_item_channels_score_a_user_by_hand():

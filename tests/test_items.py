@@ -23,10 +23,13 @@ def items_cmd(redis_url, bootstrap, topic, namespace, *args) -> list[str]:
 def expected_state(values: list[bytes]) -> dict:
     from learner.covisit import chunk_update
     from lfm_stream.schema import parse_batch
+    from lfm_stream.scoring import ScoreContract, pair_weights
 
     c = parse_batch(values)
-    u = chunk_update(c["raw_user_id"], c["raw_movie_id"], c["label"], {}, 0, pair_window=10, keep=10,
-                     bucket_events=1250)
+    k = ScoreContract()  # the worker's defaults
+    u = chunk_update(c["raw_user_id"], c["raw_movie_id"], c["label"], {}, 0, pair_window=k.pair_window,
+                     keep=k.recent_items, bucket_events=k.bucket_events,
+                     pair_weights=pair_weights(k.pair_window, k.pair_decay))
     nb: dict[int, dict[int, int]] = {}
     for a, b, n in zip(u.pair_a.tolist(), u.pair_b.tolist(), u.pair_n.tolist()):
         nb.setdefault(a, {})[b] = n
